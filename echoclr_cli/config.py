@@ -1,0 +1,448 @@
+"""Typed configuration: code defaults < profile < --config YAML < flags / --set.
+
+Defaults in code are the published EchoCLR settings (docs/METHOD.md). `configs/demo.yaml` is the
+small CPU profile. Every section is a pydantic model with ``extra="forbid"`` so an unknown key or a
+wrong type is refused before any work, naming the key and the closest valid key.
+
+Where we deliberately differ from the published setup the field's description says so
+(``DIFFERS:``), and the resolved config that is saved in every run dir carries those descriptions
+in ``docs/CONFIG.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from echoclr_cli.errors import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR.parent / "configs"  # the repo's configs/ (the package installs editable)
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- runtime / paths
+class RuntimeConfig(Section):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes")
+    seed: int = Field(0, description="global seed (model init, sampling, augmentation)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast dtype; auto = bf16 on CUDA, fp32 on CPU. "
+        "DIFFERS: the published scripts trained in fp32",
+    )
+    channels_last: bool = Field(True, description="channels_last_3d memory format on CUDA")
+    cudnn_benchmark: bool = Field(True, description="torch.backends.cudnn.benchmark on CUDA")
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class PathsConfig(Section):
+    raw: Path = Field(Path("data/raw"), description="raw archive (synthetic default lives here)")
+    data: Path = Field(Path("data/echo"), description="preprocessed dataset dir")
+    runs: Path = Field(Path("runs"), description="root of run dirs")
+
+
+# --------------------------------------------------------------------------- synth
+class SynthConfig(Section):
+    studies: int = Field(100, ge=1, description="number of studies")
+    seed: int = Field(0, description="random seed (output is deterministic in it)")
+    format: Literal["dicom", "avi", "mp4"] = Field("dicom", description="file format")
+    height: int = Field(300, ge=64, description="raw frame height (pixels)")
+    width: int = Field(400, ge=64, description="raw frame width (pixels)")
+    min_frames: int = Field(40, ge=2)
+    max_frames: int = Field(120, ge=2)
+    min_fps: float = Field(30.0, gt=0)
+    max_fps: float = Field(60.0, gt=0)
+    min_videos: int = Field(1, ge=1, description="videos per study, lower bound")
+    max_videos: int = Field(5, ge=1, description="videos per study, upper bound")
+    as_prevalence: float = Field(0.22, ge=0, le=1, description="share of severe AS studies")
+    lvh_prevalence: float = Field(0.30, ge=0, le=1, description="share of LVH studies")
+    label_noise: float = Field(0.05, ge=0, le=0.5, description="label flip probability")
+    repeat_patient_frac: float = Field(
+        0.2, ge=0, le=1, description="share of patients with a second study in a later year"
+    )
+    external_frac: float = Field(
+        0.15, ge=0, le=1, description="share of studies acquired at the external site"
+    )
+    compressed_frac: float = Field(
+        0.3, ge=0, le=1, description="share of DICOMs written compressed (RLE)"
+    )
+    extras: bool = Field(True, description="add a still image and a structured report per study")
+
+
+# --------------------------------------------------------------------------- preprocess
+class PreprocessConfig(Section):
+    input: Path | None = Field(
+        None, description="raw archive; None = the embedded synthetic archive (paths.raw)"
+    )
+    layout: Literal["auto", "dicom", "video", "echoclr", "echonet", "synth"] = "auto"
+    labels: Path | None = Field(None, description="label CSV for a plain DICOM/video tree")
+    label_key: Literal["auto", "study_id", "patient_id"] = Field(
+        "auto", description="which id the label CSV is keyed by"
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="output label column -> expression 'src_col' or 'src_col==value' or 'src_col>=x'",
+    )
+    label_threshold: dict[str, float] = Field(
+        default_factory=dict,
+        description="EchoNet numeric columns to binarise: column -> threshold (value < thr -> 1)",
+    )
+    size: int = Field(112, ge=16, description="output frame size (square)")
+    min_fps: float = Field(25.0, ge=0, description="videos below are skipped as low_fps")
+    fallback_fps: float = Field(30.0, gt=0, description="fps used when a file gives none")
+    min_frames: int = Field(16, ge=1, description="videos with fewer frames are skipped")
+    max_frames: int = Field(100, ge=1, description="keep at most this many frames")
+    color: Literal["auto", "gray", "rgb"] = Field(
+        "auto", description="auto = gray when channels are equal"
+    )
+    skip_color_doppler: bool = Field(True, description="skip videos with color flow content")
+    use_dicom_regions: bool = Field(
+        True, description="use SequenceOfUltrasoundRegions when consistent with the image"
+    )
+    salt: str = Field("echoclr", description="salt for de-identifying hashes")
+    split: tuple[float, float, float] = Field((0.75, 0.10, 0.15), description="train/val/test")
+    split_seed: int = 0
+    external_after: int | None = Field(
+        None, description="studies dated after this year go to ext_test"
+    )
+    external_column: str | None = Field(
+        None, description="label-file column whose truthy value sends a study to ext_test"
+    )
+    view_column: str | None = Field(None, description="label-file column for a view filter")
+    view_min: float = Field(0.5, description="keep rows with view_column >= view_min")
+    view_value: str | None = Field(None, description="or keep rows with view_column == value")
+    max_skipped_frac: float = Field(0.01, ge=0, le=1, description="fail above this skip share")
+    workers: int = Field(2, ge=1, description="parallel worker processes")
+    overwrite: bool = False
+
+
+# --------------------------------------------------------------------------- model / training
+class ModelConfig(Section):
+    arch: Literal["r3d_18", "r2plus1d_18", "mc3_18"] = "r3d_18"
+    width: float = Field(
+        1.0, gt=0, le=4, description="channel multiplier (1.0 = torchvision's model exactly)"
+    )
+    proj_hidden: int = Field(256, ge=1)
+    proj_dim: int = Field(128, ge=1)
+
+
+class AugmentConfig(Section):
+    enabled: bool = True
+    pad: int = Field(8, ge=0, description="zero-pad then random crop back to size")
+    flip_p: float = Field(0.5, ge=0, le=1)
+    rotate_p: float = Field(0.5, ge=0, le=1)
+    max_degrees: int = Field(10, ge=0, le=180, description="integer angle in [-d, d]")
+
+
+class OptimConfig(Section):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(0.1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    schedule: Literal["none", "cosine", "step"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class PretrainConfig(Section):
+    method: Literal["simclr", "mi-simclr", "echoclr"] = "echoclr"
+    epochs: int = Field(300, ge=1, description="paper: 300 (MI-SimCLR, EchoCLR), 520 (SimCLR)")
+    batch_size: int = Field(196, ge=2, description="pairs per process")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    temperature: float = Field(0.05, gt=0)
+    clip_len: int = Field(4, ge=1, le=64)
+    stride: int = Field(1, ge=1)
+    reorder_frames: int = Field(4, ge=2, le=5, description="K frames permuted (K! classes)")
+    nt_xent_weight: float = Field(1.0, ge=0)
+    reorder_weight: float = Field(1.0, ge=0)
+    exclude_same_study_negatives: bool = Field(
+        False, description="mask other pairs of the same study as negatives (paper: off)"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    checkpoint_every: int = Field(20, ge=1, description="keep checkpoints/epoch_N.pt every N")
+    probe_every: int = Field(0, ge=0, description="label probe every N epochs (0 = off)")
+    probe: Literal["knn", "logreg"] = "logreg"
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    nonfinite_tolerance: int = Field(0, ge=0, description="non-finite losses skipped before stop")
+    split: str = Field("train", description="split(s) used for pretraining, comma separated")
+
+
+class FinetuneConfig(Section):
+    task: str = Field("as", description="binary label column in the manifest")
+    init: str = Field(
+        "random", description="random | kinetics | SSL run dir | checkpoint file"
+    )
+    weights: Path | None = Field(None, description="Kinetics-400 weight file (else torch hub cache)")
+    allow_missing: bool = Field(False, description="allow backbone tensors that do not load")
+    frac: float = Field(1.0, gt=0, le=1, description="fraction of labeled training studies")
+    frac_seed: int = Field(0, description="seed for the nested study subsets")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(88, ge=1)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(learning_rate=1e-4))
+    clip_len: int = Field(16, ge=1)
+    stride: int = Field(1, ge=1)
+    dropout: float = Field(
+        0.25, ge=0, lt=1,
+        description="DIFFERS: applied before the linear head (published code dropped logits)",
+    )
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=1, description="targets y*(1-s)+s/2 (published code parsed but ignored it)"
+    )
+    pos_weight: str = Field("balanced", description="balanced | none | a number")
+    mode: Literal["full", "linear", "lp-ft"] = Field(
+        "full", description="full fine-tune, frozen-backbone linear probe, or LP then FT"
+    )
+    lp_epochs: int = Field(5, ge=0, description="linear-probe epochs before full FT (lp-ft)")
+    monitor: Literal["val_loss", "val_auroc"] = "val_loss"
+    patience: int = Field(5, ge=0, description="early stopping patience (0 = off)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    nonfinite_tolerance: int = Field(0, ge=0)
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pos_weight(cls, v: str) -> str:
+        if v in ("balanced", "none"):
+            return v
+        try:
+            if float(v) > 0:
+                return v
+        except ValueError:
+            pass
+        raise ValueError("must be 'balanced', 'none' or a positive number")
+
+
+class EvaluateConfig(Section):
+    clips_per_video: int | Literal["all"] = Field(4, description="N evenly spaced clips or 'all'")
+    block_size: int = Field(32, ge=1, description="clips per forward block (bounds memory)")
+    batch_size: int = Field(16, ge=1, description="videos per evaluation batch")
+    bootstrap: int = Field(1000, ge=0, description="stratified bootstrap resamples (0 = no CI)")
+    ci: float = Field(0.95, gt=0, lt=1, description="DIFFERS: a true 95% interval (2.5/97.5)")
+    bootstrap_seed: int = 0
+    splits: list[str] = Field(default_factory=lambda: ["test"])
+    plots: bool = True
+
+
+class SweepConfig(Section):
+    ratios: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+    inits: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="auto = random + kinetics (if weights) + every SSL run found",
+    )
+    tasks: list[str] = Field(default_factory=lambda: ["as", "lvh"])
+    lrs: list[float] = Field(default_factory=lambda: [1e-4])
+    low_ratio_lrs: list[float] = Field(
+        default_factory=lambda: [1e-5, 1e-4, 5e-4], description="LR grid at ratio <= low_ratio"
+    )
+    low_ratio: float = 0.10
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    pretrain_dir: Path | None = Field(None, description="where SSL runs live (paths.runs/pretrain)")
+    pretrain_missing: bool = False
+    splits: list[str] = Field(default_factory=lambda: ["test", "ext_test"])
+    select_metric: Literal["val_auroc", "val_loss"] = "val_auroc"
+
+
+class Config(Section):
+    profile: Literal["paper", "demo"] = "paper"
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+
+# --------------------------------------------------------------------------- helpers
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key path of the config tree (leaves and sections)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(all_keys(ann, path + "."))
+    return keys
+
+
+def suggest_key(bad: str, prefer: str | None = None) -> str | None:
+    """Closest valid dotted key for a bad one (matched on the leaf name, then the whole path)."""
+    keys = all_keys()
+    leaf = bad.rsplit(".", 1)[-1]
+    leaves: dict[str, list[str]] = {}
+    for k in keys:
+        leaves.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    best = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    if best:
+        cands = leaves[best[0]]
+        if prefer:
+            cands = sorted(cands, key=lambda k: (not k.startswith(prefer + "."), len(k)))
+        parent = bad.rsplit(".", 1)[0] if "." in bad else None
+        if parent:
+            same = [c for c in cands if c.startswith(parent + ".")]
+            if same:
+                return same[0]
+        return cands[0]
+    close = difflib.get_close_matches(bad, keys, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _format_error(err: ValidationError, source: str, prefer: str | None) -> str:
+    msgs = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            hint = suggest_key(key, prefer)
+            m = f"unknown key '{key}'"
+            m += f" (did you mean '{hint}'?)" if hint else ""
+        else:
+            m = f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})"
+        msgs.append(m)
+    return f"{source}: " + "; ".join(msgs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}", fix="check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})", fix="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: top level must be a mapping of keys", fix="use 'key: value' lines")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["a.b=3", "c=x"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set '{item}' is not key=value", fix="write e.g. --set pretrain.epochs=5")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def profile_path(name: str) -> Path:
+    return CONFIG_DIR / f"{name}.yaml"
+
+
+def cuda_available() -> bool:
+    if os.environ.get("ECHOCLR_FORCE_CPU"):
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def resolve_profile(profile: str, device: str = "auto") -> str:
+    """auto -> paper when the run will use CUDA, demo otherwise (documented in README)."""
+    if profile != "auto":
+        return profile
+    if device.startswith("cuda"):
+        return "paper"
+    if device == "auto" and cuda_available():
+        return "paper"
+    return "demo"
+
+
+def load_config(
+    config_files: list[Path] | None = None,
+    overrides: dict | None = None,
+    profile: str = "paper",
+    prefer: str | None = None,
+) -> Config:
+    """Build the resolved config. ``overrides`` is a nested dict (from flags and --set)."""
+    data: dict[str, Any] = {}
+    sources = ["defaults"]
+    if profile not in ("paper", "demo"):
+        raise UserError(f"unknown profile '{profile}'", fix="use --profile auto, paper or demo")
+    if profile != "paper":
+        data = deep_merge(data, read_yaml(profile_path(profile)))
+        sources.append(f"profile {profile}")
+    data["profile"] = profile
+    for f in config_files or []:
+        layer = read_yaml(f)
+        try:
+            Config.model_validate(deep_merge(data, layer))
+        except ValidationError as e:
+            raise UserError(_format_error(e, str(f), prefer), fix="fix the key or value in the YAML") from None
+        data = deep_merge(data, layer)
+        sources.append(str(f))
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        src = "command-line options" if overrides else "config"
+        raise UserError(_format_error(e, src, prefer), fix="fix the option or --set key") from None
+    return cfg
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: BaseModel, path: Path) -> None:
+    from echoclr_cli.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    changed = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        path = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.extend(diff_configs(a, b, path + "."))
+        elif a != b:
+            changed.append(path)
+    return changed

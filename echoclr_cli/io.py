@@ -1,0 +1,71 @@
+"""Atomic file writes: write to a temp file in the same directory, fsync, rename.
+
+A crash (kill -9, disk full) during a write leaves the previous file intact and never a partial
+file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from echoclr_cli.errors import UserError
+
+
+def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``writer(fileobj)`` on a temp file next to ``path`` then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _cleanup(tmp)
+        if e.errno == 28:  # ENOSPC
+            raise UserError(
+                f"disk full while writing {path}; earlier outputs are intact",
+                fix="free disk space and re-run (use --resume for training runs)",
+            ) from None
+        raise
+    except BaseException:
+        _cleanup(tmp)
+        raise
+
+
+def _cleanup(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path: Path, df) -> None:
+    atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
+
+
+def _json_default(o: Any):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
