@@ -34,7 +34,9 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."),
+    typer.Option(
+        "--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."
+    ),
 ]
 ProfileOpt = Annotated[
     str,
@@ -51,7 +53,9 @@ VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Print the resolved config and full tracebacks.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs (<section>.epochs).")]
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", help="Training epochs (<section>.epochs).")
+]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Batch size per process (<section>.batch_size).")
 ]
@@ -59,10 +63,17 @@ LrOpt = Annotated[
     float | None, typer.Option("--lr", help="Learning rate (<section>.optim.learning_rate).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Global seed (runtime.seed).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Data loader workers (runtime.workers).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Data loader workers (runtime.workers).")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
+]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace the outputs of an existing run dir (files we wrote only).")
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
+    ),
 ]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
@@ -143,7 +154,9 @@ def version_callback(value: bool) -> None:
 def _root(
     version: Annotated[
         bool | None,
-        typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
     ] = None,
 ) -> None:
     """EchoCLR for echocardiography."""
@@ -152,8 +165,12 @@ def _root(
 # --------------------------------------------------------------------------- synth
 @app.command()
 def synth(
-    out_dir: Annotated[Path, typer.Argument(help="Output directory for the synthetic archive.")] = None,  # type: ignore[assignment]
-    studies: Annotated[int | None, typer.Option("--studies", help="Number of studies (synth.studies).")] = None,
+    out_dir: Annotated[
+        Path, typer.Argument(help="Output directory for the synthetic archive.")
+    ] = None,  # type: ignore[assignment]
+    studies: Annotated[
+        int | None, typer.Option("--studies", help="Number of studies (synth.studies).")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (synth.seed).")] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="dicom | avi | mp4 (synth.format).")
@@ -170,7 +187,13 @@ def synth(
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
     with handle_errors(verbose):
         cfg = build_config(
-            "synth", config, set_, profile, None, verbose, quiet,
+            "synth",
+            config,
+            set_,
+            profile,
+            None,
+            verbose,
+            quiet,
             {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt},
         )
         from echoclr_cli.data.synth import synthesize, write_preview
@@ -191,8 +214,12 @@ def synth(
 def preprocess(
     input_dir: Annotated[
         Path | None,
-        typer.Option("--input", "-i", help="Raw archive: DICOM/video tree, EchoCLR or EchoNet layout, "
-                     "or synth output. Default: the embedded synthetic archive (paths.raw)."),
+        typer.Option(
+            "--input",
+            "-i",
+            help="Raw archive: DICOM/video tree, EchoCLR or EchoNet layout, "
+            "or synth output. Default: the embedded synthetic archive (paths.raw).",
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Dataset dir to write (paths.data).")
@@ -201,14 +228,17 @@ def preprocess(
         Path | None, typer.Option("--labels", help="Label CSV keyed by study or patient id.")
     ] = None,
     layout: Annotated[
-        str | None, typer.Option("--layout", help="auto | dicom | video | echoclr | echonet | synth.")
+        str | None,
+        typer.Option("--layout", help="auto | dicom | video | echoclr | echonet | synth."),
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Output frame size in pixels.")] = None,
     external_after: Annotated[
         int | None, typer.Option("--external-after", help="Studies after this year -> ext_test.")
     ] = None,
-    salt: Annotated[str | None, typer.Option("--salt", help="Salt for de-identifying hashes.")] = None,
+    salt: Annotated[
+        str | None, typer.Option("--salt", help="Salt for de-identifying hashes.")
+    ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -219,7 +249,13 @@ def preprocess(
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
     with handle_errors(verbose):
         cfg = build_config(
-            "preprocess", config, set_, profile, None, verbose, quiet,
+            "preprocess",
+            config,
+            set_,
+            profile,
+            None,
+            verbose,
+            quiet,
             {
                 "preprocess.input": str(input_dir) if input_dir else None,
                 "preprocess.labels": str(labels) if labels else None,
@@ -243,7 +279,8 @@ def preprocess(
 @app.command()
 def pretrain(
     method: Annotated[
-        str | None, typer.Option("--method", "-m", help="simclr | mi-simclr | echoclr (pretrain.method).")
+        str | None,
+        typer.Option("--method", "-m", help="simclr | mi-simclr | echoclr (pretrain.method)."),
     ] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
     out: Annotated[
@@ -275,7 +312,12 @@ def pretrain(
         run_dir = out or cfg.paths.runs / "pretrain" / cfg.pretrain.method
         with report.training_progress(f"pretrain {cfg.pretrain.method}") as progress:
             res = run_pretrain(
-                cfg, cfg.paths.data, run_dir, resume=resume, overwrite=overwrite, force=force,
+                cfg,
+                cfg.paths.data,
+                run_dir,
+                resume=resume,
+                overwrite=overwrite,
+                force=force,
                 progress=progress,
             )
         report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")

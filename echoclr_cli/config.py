@@ -189,10 +189,10 @@ class PretrainConfig(Section):
 
 class FinetuneConfig(Section):
     task: str = Field("as", description="binary label column in the manifest")
-    init: str = Field(
-        "random", description="random | kinetics | SSL run dir | checkpoint file"
+    init: str = Field("random", description="random | kinetics | SSL run dir | checkpoint file")
+    weights: Path | None = Field(
+        None, description="Kinetics-400 weight file (else torch hub cache)"
     )
-    weights: Path | None = Field(None, description="Kinetics-400 weight file (else torch hub cache)")
     allow_missing: bool = Field(False, description="allow backbone tensors that do not load")
     frac: float = Field(1.0, gt=0, le=1, description="fraction of labeled training studies")
     frac_seed: int = Field(0, description="seed for the nested study subsets")
@@ -202,7 +202,9 @@ class FinetuneConfig(Section):
     clip_len: int = Field(16, ge=1)
     stride: int = Field(1, ge=1)
     dropout: float = Field(
-        0.25, ge=0, lt=1,
+        0.25,
+        ge=0,
+        lt=1,
         description="DIFFERS: applied before the linear head (published code dropped logits)",
     )
     label_smoothing: float = Field(
@@ -343,7 +345,9 @@ def read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e})", fix="fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: top level must be a mapping of keys", fix="use 'key: value' lines")
+        raise UserError(
+            f"{path}: top level must be a mapping of keys", fix="use 'key: value' lines"
+        )
     return data
 
 
@@ -352,7 +356,9 @@ def parse_set(items: list[str]) -> dict:
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--set '{item}' is not key=value", fix="write e.g. --set pretrain.epochs=5")
+            raise UserError(
+                f"--set '{item}' is not key=value", fix="write e.g. --set pretrain.epochs=5"
+            )
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else None
@@ -412,7 +418,9 @@ def load_config(
         try:
             Config.model_validate(deep_merge(data, layer))
         except ValidationError as e:
-            raise UserError(_format_error(e, str(f), prefer), fix="fix the key or value in the YAML") from None
+            raise UserError(
+                _format_error(e, str(f), prefer), fix="fix the key or value in the YAML"
+            ) from None
         data = deep_merge(data, layer)
         sources.append(str(f))
     if overrides:

@@ -103,7 +103,9 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     if spec == "cuda":
         spec = f"cuda:{local_rank}"
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec} requested but CUDA is not available", fix="use --device cpu or auto")
+        raise UserError(
+            f"--device {spec} requested but CUDA is not available", fix="use --device cpu or auto"
+        )
     return torch.device(spec)
 
 
@@ -153,7 +155,11 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def tensors_finite(module: nn.Module) -> bool:
-    return all(torch.isfinite(t).all().item() for t in module.state_dict().values() if t.is_floating_point())
+    return all(
+        torch.isfinite(t).all().item()
+        for t in module.state_dict().values()
+        if t.is_floating_point()
+    )
 
 
 # --------------------------------------------------------------------------- engine
@@ -194,7 +200,9 @@ class Engine:
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic
+            torch.backends.cudnn.benchmark = (
+                cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic
+            )
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if cfg.runtime.deterministic:
@@ -208,6 +216,7 @@ class Engine:
         )
         self.state = TrainState()
         self._sigterm = False
+        self._pending_rng: dict | None = None
         if self.is_main:
             prepare_run_dir(self.run_dir, resume, overwrite)
             if resume:
@@ -341,13 +350,11 @@ class Engine:
         if scheduler is not None and ck.get("scheduler") is not None:
             scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        rng = ck["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"].cpu() if self.device.type == "cpu" else rng["generator"].cpu())
+        # Mid-epoch: the RNGs are restored after the epoch's loader iterator is created
+        # (creating it draws from the global torch RNG), exactly where they were saved.
+        self._pending_rng = ck["rng"]
+        if not ck["batch_in_epoch"]:
+            self._restore_rng()
         self.state = TrainState(
             epoch=ck["epoch"],
             step=ck["step"],
@@ -359,6 +366,17 @@ class Engine:
             sums=dict(ck.get("sums", {})),
             history=list(ck["history"]),
         )
+
+    def _restore_rng(self) -> None:
+        rng, self._pending_rng = self._pending_rng, None
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"].cpu())
 
     # ----------------------------------------------------------------- signals
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
@@ -417,7 +435,9 @@ class Engine:
                 t0 = time.perf_counter()
                 n_clips_epoch = 0
                 batch_idx = s.batch_in_epoch
-                for batch in train_loader:
+                batches = iter(train_loader)
+                self._restore_rng()
+                for batch in batches:
                     if max_steps_per_epoch and batch_idx >= max_steps_per_epoch:
                         break
                     n_clips_epoch += self._train_one(task, batch, optimizer, nonfinite_tolerance)
@@ -525,7 +545,9 @@ class Engine:
         if value is None or not math.isfinite(value):
             return False  # e.g. one-class validation AUROC: never selected
         s = self.state
-        better = s.best_metric is None or (value < s.best_metric if mode == "min" else value > s.best_metric)
+        better = s.best_metric is None or (
+            value < s.best_metric if mode == "min" else value > s.best_metric
+        )
         if better:
             s.best_metric = float(value)
             s.best_epoch = row["epoch"]
@@ -556,7 +578,9 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
             fix="use another checkpoint of the run (checkpoints/epoch_*.pt) or retrain",
         ) from None
     if not isinstance(ck, dict) or "model" not in ck:
-        raise UserError(f"{path} is not an echoclr checkpoint", fix="pass a run dir or a .pt written by echoclr")
+        raise UserError(
+            f"{path} is not an echoclr checkpoint", fix="pass a run dir or a .pt written by echoclr"
+        )
     return ck
 
 
