@@ -26,6 +26,7 @@ def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") ->
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp, path)
     except OSError as e:
         _cleanup(tmp)
@@ -38,6 +39,12 @@ def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") ->
     except BaseException:
         _cleanup(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _cleanup(tmp: str) -> None:
