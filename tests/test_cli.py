@@ -1,0 +1,110 @@
+"""CLI wiring: each command parses, resolves config and calls ONE core function with it."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from echoclr_cli import cli
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(cli.app, list(args))
+
+
+def test_help_lists_commands_with_option_help():
+    res = invoke("--help")
+    assert res.exit_code == 0
+    for cmd in ("synth", "preprocess", "pretrain"):
+        assert cmd in res.output
+
+
+def test_every_option_of_every_command_has_help():
+    import typer
+
+    group = typer.main.get_command(cli.app)
+    assert group.commands
+    for name, command in group.commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name}: {param.name} has no help"
+
+
+def test_version():
+    res = invoke("--version")
+    assert res.exit_code == 0 and "echoclr" in res.output
+
+
+def test_unknown_key_in_yaml_refused_without_traceback(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("lerning_rate: 0.1\n")
+    res = invoke("pretrain", "--config", str(y))
+    assert res.exit_code == 1
+    assert "lerning_rate" in res.output and "pretrain.optim.learning_rate" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(cfg, data_dir, out_dir, resume, overwrite, force, progress):
+        seen.update(cfg=cfg, data=data_dir, out=out_dir, resume=resume, overwrite=overwrite, force=force)
+
+        class R:
+            run_dir = out_dir
+
+        return R()
+
+    import echoclr_cli.pretrain as pre
+
+    monkeypatch.setattr(pre, "run_pretrain", fake)
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml.safe_dump({"pretrain": {"epochs": 3, "temperature": 0.2}}))
+    res = invoke(
+        "pretrain", "--method", "mi-simclr", "--data", str(tmp_path / "d"), "--epochs", "5",
+        "--batch-size", "8", "--lr", "0.01", "--seed", "7", "--workers", "0", "--config", str(y),
+        "--set", "pretrain.temperature=0.5", "--device", "cpu", "--resume", "--profile", "demo",
+    )
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert cfg.pretrain.method == "mi-simclr"
+    assert cfg.pretrain.epochs == 5  # flag beats YAML
+    assert cfg.pretrain.temperature == 0.5  # --set beats YAML
+    assert cfg.pretrain.batch_size == 8 and cfg.pretrain.optim.learning_rate == 0.01
+    assert cfg.runtime.seed == 7 and cfg.runtime.workers == 0 and cfg.runtime.device == "cpu"
+    assert cfg.model.width == 0.25  # demo profile
+    assert seen["data"] == tmp_path / "d"
+    assert seen["out"] == Path("runs/pretrain/mi-simclr")
+    assert seen["resume"] is True and seen["overwrite"] is False
+
+
+def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
+    from echoclr_cli.errors import UserError
+    import echoclr_cli.pretrain as pre
+
+    def boom(*a, **k):
+        raise UserError("dataset dir data/echo has no manifest.csv", fix="run echoclr preprocess")
+
+    monkeypatch.setattr(pre, "run_pretrain", boom)
+    res = invoke("pretrain", "--device", "cpu")
+    assert res.exit_code == 1
+    assert "manifest.csv" in res.output and "echoclr preprocess" in res.output
+    assert "Traceback" not in res.output
+    res = invoke("pretrain", "--device", "cpu", "--verbose")
+    assert "Traceback" in res.output
+    assert "resolved config" in res.output
+
+
+def test_preempted_exits_143(monkeypatch):
+    from echoclr_cli.errors import Preempted
+    import echoclr_cli.pretrain as pre
+
+    def pre_empt(*a, **k):
+        raise Preempted("SIGTERM at epoch 1 batch 2")
+
+    monkeypatch.setattr(pre, "run_pretrain", pre_empt)
+    res = invoke("pretrain", "--device", "cpu")
+    assert res.exit_code == 143
