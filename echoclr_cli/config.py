@@ -85,9 +85,19 @@ class SynthConfig(Section):
         0.15, ge=0, le=1, description="share of studies acquired at the external site"
     )
     compressed_frac: float = Field(
-        0.3, ge=0, le=1, description="share of DICOMs written compressed (RLE)"
+        0.5, ge=0, le=1, description="share of cine DICOMs written compressed (RLE or JPEG)"
+    )
+    jpeg_frac: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="share of the compressed cine DICOMs written as lossy JPEG Baseline "
+        "(YBR_FULL_422) instead of RLE Lossless",
     )
     extras: bool = Field(True, description="add a still image and a structured report per study")
+    workers: int = Field(
+        2, ge=1, description="parallel worker processes (the output is identical for any count)"
+    )
 
 
 # --------------------------------------------------------------------------- preprocess
@@ -194,6 +204,11 @@ class FinetuneConfig(Section):
         None, description="Kinetics-400 weight file (else torch hub cache)"
     )
     allow_missing: bool = Field(False, description="allow backbone tensors that do not load")
+    normalize: Literal["auto", "kinetics", "none"] = Field(
+        "auto",
+        description="input mean/std after min-max: auto = Kinetics-400 statistics for "
+        "init kinetics, none otherwise",
+    )
     frac: float = Field(1.0, gt=0, le=1, description="fraction of labeled training studies")
     frac_seed: int = Field(0, description="seed for the nested study subsets")
     epochs: int = Field(30, ge=1)
