@@ -145,3 +145,31 @@ def training_progress(description: str) -> Iterator[Callable[[dict], None]]:
                     p.console.print(event["text"])
 
         yield update
+
+
+# --------------------------------------------------------------------------- command summaries
+def show_preprocess(res: Any) -> None:
+    """Summary of a preprocess run: inputs, skipped by reason, splits with prevalence."""
+    if QUIET:
+        return
+    console.print(
+        f"preprocess: {res.n_inputs} input file(s) ({res.layout} layout) -> {res.n_videos} videos "
+        f"in {res.output_dir} ({res.n_reused} reused, {res.n_skipped} skipped) in {res.seconds:.1f}s"
+    )
+    if res.skipped_by_reason:
+        rows = [[reason, n] for reason, n in sorted(res.skipped_by_reason.items(), key=lambda x: -x[1])]
+        show(table("skipped (details in skipped.csv)", ["reason", "files"], rows))
+    labels = list(res.label_columns)
+    cols = ["split", "videos", "studies", "patients"] + [f"{lab} +/known" for lab in labels]
+    rows = []
+    for split, sizes in res.split_sizes.items():
+        row: list[Any] = [split, sizes.get("videos", 0), sizes.get("studies", 0), sizes.get("patients", 0)]
+        for lab in labels:
+            p = res.prevalence.get(split, {}).get(lab, {})
+            rate = p.get("rate")
+            rate_s = "n/a" if rate is None or (isinstance(rate, float) and math.isnan(rate)) else f"{rate:.0%}"
+            row.append(f"{p.get('positive', 0)}/{p.get('known', 0)} ({rate_s})")
+        rows.append(row)
+    show(table("splits (by patient)", cols, rows))
+    for w in res.warnings:
+        warn(w)
