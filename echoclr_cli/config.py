@@ -139,6 +139,9 @@ class PreprocessConfig(Section):
     external_column: str | None = Field(
         None, description="label-file column whose truthy value sends a study to ext_test"
     )
+    external_input: Path | None = Field(
+        None, description="separate raw dir (DICOM/video tree) whose files all go to ext_test"
+    )
     view_column: str | None = Field(None, description="label-file column for a view filter")
     view_min: float = Field(0.5, description="keep rows with view_column >= view_min")
     view_value: str | None = Field(None, description="or keep rows with view_column == value")

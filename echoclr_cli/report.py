@@ -126,9 +126,10 @@ def training_progress(description: str) -> Iterator[Callable[[dict], None]]:
 
         def update(event: dict) -> None:
             if event["kind"] == "step":
+                where = f" {event['run']}" if event.get("run") else ""
                 p.update(
                     task,
-                    description=f"{description} epoch {event['epoch']}/{event['epochs']}",
+                    description=f"{description}{where} epoch {event['epoch']}/{event['epochs']}",
                     completed=event["batch"],
                     total=event.get("batches"),
                     info=f"loss {event['loss']:.4f}",
@@ -140,9 +141,10 @@ def training_progress(description: str) -> Iterator[Callable[[dict], None]]:
                 if QUIET:
                     return
                 p.console.print(f"epoch {row['epoch']}/{event['epochs']}: {summary}")
-            elif event["kind"] == "message":
-                if not QUIET:
-                    p.console.print(event["text"])
+            elif event["kind"] in ("message", "status"):
+                text = event.get("text") or event.get("message")
+                if text and not QUIET:
+                    p.console.print(text)
 
         yield update
 
@@ -173,3 +175,84 @@ def show_preprocess(res: Any) -> None:
     show(table("splits (by patient)", cols, rows))
     for w in res.warnings:
         warn(w)
+
+
+KEY_METRICS = ("auroc", "ap", "aupr_trapz", "balanced_accuracy", "sensitivity", "specificity", "f1")
+
+
+def show_metrics(table_df: Any, title: str) -> None:
+    """metrics table (split, level, metric, value, ci_low, ci_high, n) -> one rich table."""
+    if QUIET:
+        return
+    df = table_df[table_df["metric"].isin(KEY_METRICS)]
+    metrics = [m for m in KEY_METRICS if m in set(df["metric"])]
+    t = Table(title=title, title_justify="left")
+    for c in ["split", "level", "n", *metrics]:
+        t.add_column(c, justify="left" if c in ("split", "level") else "right")
+    for (split, level), part in df.groupby(["split", "level"], sort=False):
+        by = part.set_index("metric")
+        n = by["n"].dropna().iloc[0] if by["n"].notna().any() else None
+        cells = [fmt_ci(_f(by.loc[m, "value"]), _f(by.loc[m, "ci_low"]), _f(by.loc[m, "ci_high"])) for m in metrics]
+        t.add_row(split, level, fmt(int(n)) if n is not None else "-", *cells)
+    console.print(t)
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def show_comparison(comparison: dict) -> None:
+    """Paired AUROC difference per split and level (from metrics.compare_runs)."""
+    if QUIET or not comparison:
+        return
+    t = Table(title="paired comparison (this run - compared run, same studies)", title_justify="left")
+    for c in ("split", "level", "n", "AUROC this", "AUROC other", "difference [95% CI]", "p (bootstrap)", "p (DeLong)"):
+        t.add_column(c, justify="right")
+    for split, levels in comparison.items():
+        for level, c in levels.items():
+            boot, dl = c.get("bootstrap") or {}, c.get("delong") or {}
+            t.add_row(
+                split, level, fmt(c.get("n")), fmt(_f(c.get("auroc_a"))), fmt(_f(c.get("auroc_b"))),
+                fmt_ci(_f(c.get("diff")), _f(boot.get("ci_low")), _f(boot.get("ci_high"))),
+                fmt(_f(boot.get("p_value"))), fmt(_f(dl.get("p_value"))),
+            )
+    console.print(t)
+
+
+def show_sweep_tables(tables: dict) -> None:
+    for tab in tables.values():
+        if QUIET:
+            return
+        t = Table(
+            title=f"{tab.metric.upper()} ({tab.level} level) - task {tab.task}, split {tab.split}; "
+            "* = best per column",
+            title_justify="left",
+        )
+        t.add_column("init", justify="left")
+        for col in tab.text.columns:
+            t.add_column(str(col), justify="right")
+        for init, row in tab.text.iterrows():
+            cells = []
+            for col in tab.text.columns:
+                cell = str(row[col])
+                cells.append(f"[bold green]{cell}[/bold green]" if bool(tab.best.loc[init, col]) else cell)
+            t.add_row(str(init), *cells)
+        console.print(t)
+
+
+def show_check(res: Any) -> None:
+    colour = {"ok": "green", "warn": "yellow", "error": "red"}
+    rows = [[k, v] for k, v in (("videos", res.n_videos), ("studies", res.n_studies), ("patients", res.n_patients))]
+    show(table(f"dataset {res.data_dir}", ["", "count"], rows))
+    show(table("splits", list(res.splits.columns), res.splits.values.tolist()))
+    for f in res.findings:
+        line = f"[{colour[f.level]}]{f.level:5}[/{colour[f.level]}] {f.what}: {f.detail}"
+        if f.fix and f.level != "ok":
+            line += f"  (fix: {f.fix})"
+        if f.level == "ok":
+            info(line)
+        else:
+            err_console.print(line)

@@ -1,0 +1,587 @@
+"""``echoclr preprocess``: raw archive -> dataset dir (ingest -> sector -> store -> manifest).
+
+Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
+small row; the parent streams rows (never videos), so memory is flat in the number of videos.
+Re-running skips videos whose ``.npy`` exists with the same source hash (``overwrite`` redoes
+them); nothing the user owns is ever deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
+``manifest.csv, dataset.json, skipped.csv, report.json, id_map.csv, videos/*.npy, preview.png``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from echoclr_cli.config import Config
+from echoclr_cli.data import ingest, sector
+from echoclr_cli.data.ingest import Inventory, Item, ReadOptions, SkipVideo
+from echoclr_cli.data.manifest import (
+    MANIFEST_COLUMNS,
+    SPLITS,
+    assign_splits,
+    check_leakage,
+)
+from echoclr_cli.data.store import save_video
+from echoclr_cli.errors import UserError
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
+
+PREVIEW_VIDEOS = 8
+PREVIEW_TILE = 160
+MAX_WARNINGS = 200
+STRATA_MAX = 3  # label columns used for stratification (combinations explode beyond)
+
+
+@dataclass
+class PreprocessResult:
+    """Summary of a preprocess run (also written to ``report.json``).
+
+    skipped_by_reason: count per reason code (filters and failures); failures: files that should
+    have worked (counted against ``max_skipped_frac``); split_sizes: split -> videos / studies /
+    patients; prevalence: split -> label -> {positive, known, rate}; frames / fps: min, median,
+    mean, max over stored videos.
+    """
+
+    output_dir: Path
+    input_dir: Path
+    layout: str
+    n_inputs: int
+    n_videos: int
+    n_reused: int
+    n_skipped: int
+    n_failures: int
+    skipped_by_reason: dict[str, int]
+    split_sizes: dict[str, dict[str, int]]
+    prevalence: dict[str, dict[str, dict]]
+    label_columns: list[str]
+    frames: dict[str, float]
+    fps: dict[str, float]
+    fps_source: dict[str, int]
+    channels: dict[str, int]
+    warnings: list[str]
+    paths: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output_dir"], d["input_dir"] = str(self.output_dir), str(self.input_dir)
+        d["paths"] = {k: str(v) for k, v in self.paths.items()}
+        return d
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker needs, sent once per worker process."""
+
+    out_dir: str
+    salt: str
+    opts: ReadOptions
+    size: int
+    color: str
+    skip_doppler: bool
+    use_regions: bool
+    overwrite: bool
+    previous: dict[str, dict]
+    undecodable: set[str]
+    view_excluded: set[str]
+    key: str
+    preview: set[str]
+
+
+# --------------------------------------------------------------------------- worker
+_CTX: WorkerContext | None = None
+
+
+def _init_worker(ctx: WorkerContext) -> None:
+    global _CTX
+    _CTX = ctx
+    cv2.setNumThreads(1)  # one file per process; no oversubscription
+
+
+def _run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
+    index, item = task
+    assert _CTX is not None
+    return index, process_item(item, _CTX)
+
+
+def _skip(rel: str, reason: str, detail: str) -> dict:
+    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail}
+
+
+def process_item(item: Item, ctx: WorkerContext) -> dict:
+    """Read one file, mask/crop/resize its sector, write ``videos/<video_id>.npy``.
+
+    Returns a small dict: status ok|reused|skipped, the manifest row (hashed ids), the original
+    ids (for id_map.csv), warnings and optional preview tiles. Never raises for bad input.
+    """
+    rel = item.rel
+    video_id = ingest.hash_id(ctx.salt, "video", rel)
+    try:
+        source_hash = ingest.file_hash(item.file)
+    except OSError as e:
+        return _skip(rel, "missing_file", f"{type(e).__name__}: {e}")
+    npy_rel = f"videos/{video_id}.npy"
+    npy = Path(ctx.out_dir) / npy_rel
+    prev = ctx.previous.get(video_id)
+    if prev and not ctx.overwrite and prev.get("source_hash") == source_hash and npy.exists():
+        if prev["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
+            return _skip(rel, "view_filter", "excluded by the view filter of the label file")
+        return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
+    try:
+        if item.kind == "video":
+            raw = ingest.read_video(item.file, ctx.opts)
+        else:
+            raw = ingest.read_dicom(item.file, ctx.opts, ctx.undecodable)
+        path_study, path_patient = item.meta.get("path_ids") or ingest.path_ids(rel)
+        study = item.study_id or raw.study_id or path_study
+        patient = item.patient_id or raw.patient_id or path_patient
+        study_id = ingest.hash_id(ctx.salt, "study", study)
+        patient_id = ingest.hash_id(ctx.salt, "patient", patient)
+        if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
+            raise SkipVideo("view_filter", "excluded by the view filter of the label file")
+        stored, crop, channels = _mask_and_crop(raw, ctx)
+        save_video(npy, stored)
+    except SkipVideo as e:
+        return _skip(rel, e.reason, e.detail)
+    except Exception as e:  # a bad file never stops the run; the reason names the error
+        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}")
+    row = {
+        "video_id": video_id, "study_id": study_id, "patient_id": patient_id, "split": "",
+        "path": npy_rel, "n_frames": int(stored.shape[0]), "fps": round(float(raw.fps), 3),
+        "fps_source": raw.fps_source, "height": int(stored.shape[1]),
+        "width": int(stored.shape[2]), "channels": channels,
+        "study_year": raw.study_year, "source_hash": source_hash,
+    }  # fmt: skip
+    preview = _preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
+    notes = [f"{rel}: {w}" for w in raw.warnings]
+    if crop.source.endswith("fallback"):
+        notes.append(f"{rel}: little motion; sector found from the time-max image")
+    return {
+        "status": "ok", "row": row, "ids": {"patient": (patient, patient_id),
+        "study": (study, study_id), "video": (rel, video_id)}, "warnings": notes,
+        "preview": preview, "sector": crop.source,
+    }  # fmt: skip
+
+
+def _mask_and_crop(
+    raw: ingest.RawVideo, ctx: WorkerContext
+) -> tuple[np.ndarray, sector.SectorCrop, int]:
+    """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels."""
+    frames = raw.frames
+    h, w = frames.shape[1:3]
+    gray = sector.to_gray(frames)  # (T, H, W)
+    roi = sector.region_roi(raw.regions, h, w) if ctx.use_regions else None
+    mask, source = sector.detect_sector(gray, roi)
+    if roi is not None:
+        source = "region+" + source
+    if mask.sum() < sector.MIN_AREA_SHARE * h * w:
+        raise SkipVideo("no_sector", "no ultrasound sector found (static or empty frames)")
+    spread = sector.channel_spread(frames, mask)  # (n,) uint8, zeros for gray input
+    if ctx.skip_doppler and sector.is_color_doppler(spread):
+        share = float((spread > sector.SAT_SPREAD).mean())
+        raise SkipVideo("color_doppler", f"{share:.1%} of sector pixels in saturated colour")
+    if ctx.color == "gray" or (ctx.color == "auto" and sector.channels_equal(spread)):
+        frames = gray
+    elif frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=-1)  # (T, H, W, 3)
+    crop = sector.plan_crop(mask, ctx.size, source)
+    stored = sector.apply_crop(frames, crop)
+    return stored, crop, 1 if stored.ndim == 3 else 3
+
+
+def _preview_tiles(frames: np.ndarray, crop: sector.SectorCrop, stored: np.ndarray) -> np.ndarray:
+    """Before (middle raw frame, sector outline in red) | after (stored frame): (P, 2P, 3) RGB."""
+    mid = frames[len(frames) // 2]
+    before = mid if mid.ndim == 3 else cv2.cvtColor(mid, cv2.COLOR_GRAY2RGB)
+    before = np.ascontiguousarray(before)
+    contours, _ = cv2.findContours(
+        crop.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    cv2.drawContours(before, contours, -1, (255, 0, 0), max(1, before.shape[0] // 150))
+    after = stored[len(stored) // 2]
+    after = (
+        after if after.ndim == 3 else cv2.cvtColor(np.ascontiguousarray(after), cv2.COLOR_GRAY2RGB)
+    )
+    p = PREVIEW_TILE
+    scale = p / max(before.shape[:2])
+    small = cv2.resize(before, (max(1, round(before.shape[1] * scale)), max(1, round(before.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)  # fmt: skip
+    tile = np.zeros((p, 2 * p, 3), np.uint8)
+    tile[: small.shape[0], : small.shape[1]] = small
+    tile[:, p:] = cv2.resize(after, (p, p), interpolation=cv2.INTER_NEAREST)
+    return tile
+
+
+# --------------------------------------------------------------------------- orchestration
+def resolve_input(cfg: Config, input_dir: Path | None, progress=None) -> Path:
+    """``input_dir``, else ``preprocess.input``, else ``paths.raw`` (synthesised when absent)."""
+    if input_dir is None:
+        input_dir = cfg.preprocess.input
+    if input_dir is not None:
+        input_dir = Path(input_dir)
+        if not input_dir.is_dir():
+            raise UserError(f"input dir not found: {input_dir}", fix="check --input")
+        return input_dir
+    raw = Path(cfg.paths.raw)
+    meta = raw / "synth.json"
+    incomplete = meta.exists() and not json.loads(meta.read_text() or "{}").get("complete")
+    if not raw.exists() or incomplete or (raw.is_dir() and not any(raw.iterdir())):
+        from echoclr_cli.data.synth import synthesize
+
+        synthesize(cfg, raw, progress=progress)
+    return raw
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory", fix="choose another --output")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "dataset.json").exists() or (out / "manifest.csv").exists()
+        if not ours and not overwrite:
+            raise UserError(
+                f"{out} is not empty and is not an echoclr dataset dir",
+                fix="choose an empty or new --output (or --overwrite to write into it; nothing "
+                "is deleted)",
+            )
+
+
+VIDEO_SETTINGS = (
+    "size", "color", "skip_color_doppler", "use_dicom_regions", "max_frames", "min_frames",
+    "min_fps", "fallback_fps",
+)  # fmt: skip
+
+
+def video_settings(pc) -> dict:
+    """The preprocess settings that change a stored video or its row (re-use needs them equal)."""
+    return {k: getattr(pc, k) for k in VIDEO_SETTINGS}
+
+
+def _previous(out: Path, settings: dict) -> dict[str, dict]:
+    """Rows of an earlier run in ``out`` made with the same video settings, by video_id
+    (for idempotent re-runs); empty when the settings changed (everything is redone)."""
+    path = out / "manifest.csv"
+    try:
+        old = json.loads((out / "dataset.json").read_text()).get("video_settings")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not path.exists() or old != settings:
+        return {}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return {}
+    if not set(MANIFEST_COLUMNS) <= set(df.columns):
+        return {}
+    out_rows = {}
+    for rec in df[list(MANIFEST_COLUMNS)].to_dict("records"):
+        for k in ("n_frames", "height", "width", "channels"):
+            rec[k] = int(rec[k])
+        rec["fps"] = float(rec["fps"])
+        rec["study_year"] = int(rec["study_year"]) if rec["study_year"] else None
+        out_rows[rec["video_id"]] = rec
+    return out_rows
+
+
+def _previous_ids(out: Path) -> dict[tuple[str, str], str]:
+    path = out / "id_map.csv"
+    if not path.exists():
+        return {}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return {(k, h): o for k, o, h in zip(df["kind"], df["original"], df["hashed"], strict=True)}
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
+        return {}
+
+
+def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tuple[int, dict]]:
+    """Stream (index, result) with at most ``4 * workers`` files in flight."""
+    if workers <= 1 or len(items) <= 1:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
+        try:
+            for i, it in enumerate(items):
+                yield i, process_item(it, ctx)
+        finally:
+            cv2.setNumThreads(threads)
+        return
+    # fork starts workers instantly (they inherit the imports); after torch is imported (threads,
+    # CUDA) a fresh forkserver is the safe choice.
+    methods = mp.get_all_start_methods()
+    method = "fork" if "fork" in methods and "torch" not in sys.modules else "forkserver"
+    method = method if method in methods else "spawn"
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context(method),
+        initializer=_init_worker, initargs=(ctx,),
+    ) as ex:  # fmt: skip
+        todo = iter(enumerate(items))
+        pending: set[cf.Future] = set()
+        for task in todo:
+            pending.add(ex.submit(_run_indexed, task))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.add(ex.submit(_run_indexed, nxt))
+
+
+def _stats(values: pd.Series) -> dict[str, float]:
+    if values.empty:
+        return {}
+    return {"min": float(values.min()), "median": float(values.median()),
+            "mean": round(float(values.mean()), 3), "max": float(values.max())}  # fmt: skip
+
+
+def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
+    """Split per video: layout/label-file splits kept; external rule -> ext_test (whole patient);
+    the rest split by patient, stratified by the labels."""
+    split = df["_split"].copy()
+    free = split.eq("")
+    ext_patients = set(df.loc[free & df["_external"], "patient_id"])
+    split[free & df["patient_id"].isin(ext_patients)] = "ext_test"
+    free = split.eq("")
+    if free.any():
+        strata = labels[:STRATA_MAX]
+        pats = (
+            df.loc[free].groupby("patient_id")[strata].max()
+            if strata
+            else (
+                pd.DataFrame(
+                    index=pd.Index(sorted(df.loc[free, "patient_id"].unique()), name="patient_id")
+                )
+            )
+        )
+        pats = pats.sort_index()
+        by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)
+        split[free] = df.loc[free, "patient_id"].map(by_patient)
+    return split
+
+
+def preprocess(
+    cfg: Config,
+    input_dir: Path | None,
+    output_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> PreprocessResult:
+    """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
+
+    ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
+    ``paths.raw`` (generated there first when missing). Raises UserError for unusable input
+    (missing decoders, leakage in given splits, no usable video, too many failures - the last two
+    after skipped.csv and the other outputs are written).
+    """
+    t0 = datetime.now(UTC)
+    pc = cfg.preprocess
+    root = resolve_input(cfg, input_dir, progress)
+    out = Path(output_dir)
+    _check_output(out, pc.overwrite)
+    inv = ingest.discover(
+        pc, root, pc.layout, pc.labels, exclude=[out], external_root=pc.external_input
+    )
+    dicoms = [it.file for it in inv.items if it.kind == "dicom"]
+    _, undecodable = ingest.check_decoders(dicoms)  # raises before any work when one is missing
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "videos").mkdir(exist_ok=True)
+    rng = np.random.default_rng(pc.split_seed)
+    pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
+    ctx = WorkerContext(
+        out_dir=str(out), salt=pc.salt,
+        opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
+        size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
+        use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
+        previous=_previous(out, video_settings(pc)),
+        undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
+        preview={inv.items[i].rel for i in pick},
+    )  # fmt: skip
+
+    rows, skipped, notes, tiles = [], list(inv.skipped), [], []
+    ids = _previous_ids(out)
+    sector_sources: Counter = Counter()
+    n_reused = 0
+    total = len(inv.items)
+    for done, (index, res) in enumerate(_results(inv.items, ctx, pc.workers), start=1):
+        if res["status"] == "skipped":
+            skipped.append({k: res[k] for k in ("file", "reason", "detail")})
+        else:
+            row = res["row"]
+            row["_index"] = index
+            rows.append(row)
+            n_reused += res["status"] == "reused"
+            if res["ids"]:
+                for kind, (orig, hashed) in res["ids"].items():
+                    ids[(kind, hashed)] = orig
+                sector_sources[res["sector"]] += 1
+            notes.extend(res["warnings"])
+            if res["preview"] is not None and len(tiles) < PREVIEW_VIDEOS:
+                tiles.append(res["preview"])
+        if progress is not None:
+            progress(done, total)
+
+    df = _join(pd.DataFrame(rows), inv, pc)
+    labels = list(inv.label_columns)
+    skipped += inv.label_issues
+    if not df.empty:
+        df["split"] = _assign(df, labels, pc)
+        df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
+    manifest = _manifest_frame(df, labels)
+    skipped_df = pd.DataFrame(skipped, columns=["file", "reason", "detail"])
+
+    paths = {"skipped": out / "skipped.csv"}
+    atomic_write_csv(paths["skipped"], skipped_df)
+    if not manifest.empty:
+        check_leakage(manifest, source=f"splits for {out}")
+    paths.update(manifest=out / "manifest.csv", dataset=out / "dataset.json",
+                 report=out / "report.json", id_map=out / "id_map.csv")  # fmt: skip
+    atomic_write_csv(paths["manifest"], manifest)
+    atomic_write_csv(paths["id_map"], _id_map(ids, manifest))
+    atomic_write_json(paths["dataset"], {
+        "label_columns": labels, "size": pc.size,
+        "salt_id": hashlib.sha256(pc.salt.encode()).hexdigest()[:12],
+        "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
+        "video_settings": video_settings(pc), "config": pc.model_dump(mode="json"),
+    })  # fmt: skip
+    if tiles:
+        paths["preview"] = out / "preview.png"
+        _write_preview(paths["preview"], tiles)
+
+    reasons = Counter(skipped_df["reason"])
+    n_fail = sum(n for r, n in reasons.items() if r in ingest.FAILURE_REASONS)
+    n_inputs = total + len(inv.skipped)
+    result = PreprocessResult(
+        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
+        n_videos=len(manifest), n_reused=n_reused,
+        n_skipped=int(sum(n for r, n in reasons.items() if r != "bad_label")),
+        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
+        split_sizes=_split_sizes(manifest), prevalence=_prevalence(manifest, labels),
+        label_columns=labels, frames=_stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        fps=_stats(manifest.get("fps", pd.Series(dtype=float))),
+        fps_source=dict(Counter(manifest.get("fps_source", []))),
+        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
+        warnings=notes[:MAX_WARNINGS], paths=paths,
+        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
+    )  # fmt: skip
+    report = result.to_dict()
+    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
+                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
+    atomic_write_json(paths["report"], report)
+
+    if manifest.empty:
+        raise UserError(
+            f"no usable video in {root} ({n_inputs} inputs; skipped by reason: {dict(reasons)})",
+            fix=f"see {paths['skipped']} for every file and its reason",
+        )
+    if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
+        fails = {r: n for r, n in reasons.items() if r in ingest.FAILURE_REASONS}
+        raise UserError(
+            f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
+            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were written",
+            fix=f"inspect {paths['skipped']}; fix the files or raise preprocess.max_skipped_frac",
+        )
+    return result
+
+
+def _split_order(col: pd.Series) -> pd.Series:
+    if col.name == "split":
+        return col.map({s: i for i, s in enumerate(SPLITS)})
+    return col
+
+
+def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
+    """Attach layout/label-file meta (labels, split, year, external) to the worker rows."""
+    if df.empty:
+        return df
+    metas = []
+    for index, sid, pid in zip(df["_index"], df["study_id"], df["patient_id"], strict=True):
+        meta = dict(inv.table.get(sid if inv.key == "study" else pid, {})) if inv.table else {}
+        meta.update(inv.items[index].meta)  # what the layout says wins (external dir -> ext_test)
+        metas.append(meta)
+    for col in inv.label_columns:
+        df[col] = [m.get(col, np.nan) for m in metas]
+    years = [m.get("study_year") for m in metas]
+    df["study_year"] = [
+        y if y is not None else r for y, r in zip(years, df["study_year"], strict=True)
+    ]
+    df["study_year"] = pd.to_numeric(df["study_year"], errors="coerce").astype("Int64")
+    df["_split"] = [m.get("split") or "" for m in metas]
+    ext = pd.Series([bool(m.get("external", False)) for m in metas], index=df.index)
+    if pc.external_after is not None:
+        ext |= (df["study_year"] > pc.external_after).fillna(False).astype(bool)
+    df["_external"] = ext
+    return df
+
+
+def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    cols = list(MANIFEST_COLUMNS) + labels
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    out = df[cols].reset_index(drop=True)
+    for col in labels:
+        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+    out["study_year"] = out["study_year"].astype("Int64")
+    return out
+
+
+def _id_map(ids: dict[tuple[str, str], str], manifest: pd.DataFrame) -> pd.DataFrame:
+    used = {("video", v) for v in manifest.get("video_id", [])}
+    used |= {("study", v) for v in manifest.get("study_id", [])}
+    used |= {("patient", v) for v in manifest.get("patient_id", [])}
+    rows = [{"kind": k, "original": o, "hashed": h} for (k, h), o in ids.items() if (k, h) in used]
+    return pd.DataFrame(rows, columns=["kind", "original", "hashed"]).sort_values(
+        ["kind", "original"]
+    )
+
+
+def _split_sizes(m: pd.DataFrame) -> dict[str, dict[str, int]]:
+    out = {}
+    for s in SPLITS:
+        part = m[m["split"] == s] if not m.empty else m
+        if len(part):
+            out[s] = {"videos": len(part), "studies": int(part["study_id"].nunique()),
+                      "patients": int(part["patient_id"].nunique())}  # fmt: skip
+    return out
+
+
+def _prevalence(m: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, dict]]:
+    """Study-level prevalence per split and label: positives / studies with a known label."""
+    out: dict[str, dict[str, dict]] = {}
+    for s in SPLITS:
+        part = m[m["split"] == s] if not m.empty else m
+        if not len(part):
+            continue
+        out[s] = {}
+        for col in labels:
+            per_study = part.groupby("study_id")[col].max().dropna()
+            k, n = int(per_study.sum()), len(per_study)
+            out[s][col] = {"positive": k, "known": n, "rate": round(k / n, 4) if n else None}
+    return out
+
+
+def _write_preview(path: Path, tiles: list[np.ndarray]) -> None:
+    """Montage of before|after tiles, two per row."""
+    cols = 2
+    rows = math.ceil(len(tiles) / cols)
+    th, tw = tiles[0].shape[:2]
+    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
+    for j, tile in enumerate(tiles):
+        r, c = divmod(j, cols)
+        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
+        grid[r * th : (r + 1) * th, c * tw] = 255  # separators
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if ok:
+        atomic_write(path, lambda f: f.write(buf.tobytes()))
