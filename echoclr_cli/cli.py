@@ -323,6 +323,303 @@ def pretrain(
         report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
 
 
+def _csv_list(text: str | None, cast, option: str):
+    if text is None:
+        return None
+    from echoclr_cli.sweep import parse_list
+
+    return parse_list(text, cast, option)
+
+
+# --------------------------------------------------------------------------- finetune
+@app.command()
+def finetune(
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="Binary label column: as, lvh or any other (finetune.task).")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="random | kinetics | an SSL run dir | a checkpoint file "
+                     "(ours, published EchoCLR, torchvision) (finetune.init)."),
+    ] = None,
+    frac: Annotated[
+        float | None, typer.Option("--frac", help="Fraction of labeled training studies, 0-1 (finetune.frac).")
+    ] = None,
+    frac_seed: Annotated[
+        int | None, typer.Option("--frac-seed", help="Seed of the nested study subsets (finetune.frac_seed).")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Kinetics-400 weight file for --init kinetics (finetune.weights).")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="full | linear (frozen backbone) | lp-ft (finetune.mode).")
+    ] = None,
+    monitor: Annotated[
+        str | None, typer.Option("--monitor", help="Early stopping / best checkpoint: val_loss | val_auroc.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."),
+    ] = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    force: ForceOpt = False,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
+    with handle_errors(verbose):
+        flags = training_flags("finetune", epochs, batch_size, lr, seed, workers)
+        flags.update({
+            "paths.data": str(data) if data else None,
+            "finetune.task": task,
+            "finetune.init": init,
+            "finetune.frac": frac,
+            "finetune.frac_seed": frac_seed,
+            "finetune.weights": str(weights) if weights else None,
+            "finetune.mode": mode,
+            "finetune.monitor": monitor,
+        })
+        cfg = build_config("finetune", config, set_, profile, device, verbose, quiet, flags)
+        from echoclr_cli.finetune import run_finetune
+
+        ft = cfg.finetune
+        init_name = Path(ft.init).name if ft.init not in ("random", "kinetics") else ft.init
+        run_dir = out or cfg.paths.runs / "finetune" / f"{ft.task}-{init_name}-{ft.frac:g}-s{cfg.runtime.seed}"
+        with report.training_progress(f"finetune {ft.task}") as progress:
+            res = run_finetune(
+                cfg, cfg.paths.data, run_dir, resume=resume, overwrite=overwrite, force=force,
+                progress=progress,
+            )
+        from echoclr_cli.metrics import metrics_to_frame
+
+        report.info(
+            f"fine-tuned on {res.n_train_studies} studies ({res.n_train_positive_studies} positive), "
+            f"best epoch {res.best_epoch}; run dir {res.run_dir}"
+        )
+        report.show_metrics(metrics_to_frame(res.metrics), f"{res.task}: metrics (95% CI)")
+
+
+# --------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (uses checkpoints/best.pt).")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset dir (default: the one the run was trained on).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", "--splits", help="Comma-separated splits, e.g. test,ext_test.")
+    ] = "test",
+    compare: Annotated[
+        Path | None,
+        typer.Option("--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write files here instead of into the run dir.")
+    ] = None,
+    clips: Annotated[
+        str | None, typer.Option("--clips", help="Clips per video: a number or 'all' (evaluate.clips_per_video).")
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option("--bootstrap", help="Bootstrap resamples for CIs (evaluate.bootstrap).")
+    ] = None,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
+    with handle_errors(verbose):
+        clips_v: Any = None
+        if clips is not None:
+            clips_v = clips if clips == "all" else clips
+        cfg = build_config(
+            "evaluate", config, set_, profile, device, verbose, quiet,
+            {"evaluate.clips_per_video": clips_v, "evaluate.bootstrap": bootstrap, "runtime.workers": workers},
+        )
+        from echoclr_cli.inference import evaluate_run
+
+        splits = [x.strip() for x in split.split(",") if x.strip()]
+        with report.training_progress("evaluate") as progress:
+            res = evaluate_run(cfg, run, data, splits, compare=compare, out_dir=out, progress=progress)
+        report.show_metrics(res.table, f"{res.task}: {res.run_dir} ({res.checkpoint.name}), 95% CI")
+        if res.comparison:
+            report.show_comparison(res.comparison)
+        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+
+
+# --------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
+    input_path: Annotated[
+        Path, typer.Option("--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Video-level CSV; the study-level CSV gets a _study suffix.")
+    ] = Path("predictions.csv"),
+    overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
+    with handle_errors(verbose):
+        cfg = build_config("evaluate", config, set_, profile, device, verbose, quiet, {"runtime.workers": workers})
+        from echoclr_cli.inference import predict as run_predict
+
+        with report.training_progress("predict") as progress:
+            res = run_predict(cfg, run, input_path, out, overwrite=overwrite, progress=progress)
+        report.info(
+            f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
+        )
+
+
+# --------------------------------------------------------------------------- sweep
+@app.command()
+def sweep(
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")] = None,
+    ratios: Annotated[
+        str | None, typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios).")
+    ] = None,
+    inits: Annotated[
+        str | None,
+        typer.Option("--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."),
+    ] = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")] = None,
+    lrs: Annotated[str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")] = None,
+    low_ratio_lrs: Annotated[
+        str | None, typer.Option("--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")] = None,
+    pretrain_dir: Annotated[
+        Path | None, typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain).")
+    ] = None,
+    pretrain_missing: Annotated[
+        bool, typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping.")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")] = False,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
+    with handle_errors(verbose):
+        flags = {
+            "paths.data": str(data) if data else None,
+            "sweep.ratios": _csv_list(ratios, float, "--ratios"),
+            "sweep.inits": _csv_list(inits, str, "--inits"),
+            "sweep.tasks": _csv_list(tasks, str, "--tasks"),
+            "sweep.lrs": _csv_list(lrs, float, "--lrs"),
+            "sweep.low_ratio_lrs": _csv_list(low_ratio_lrs, float, "--low-ratio-lrs"),
+            "sweep.seeds": _csv_list(seeds, int, "--seeds"),
+            "sweep.pretrain_dir": str(pretrain_dir) if pretrain_dir else None,
+            "sweep.pretrain_missing": True if pretrain_missing else None,
+            "runtime.workers": workers,
+        }
+        cfg = build_config("sweep", config, set_, profile, device, verbose, quiet, flags)
+        from echoclr_cli.sweep import parse_shard, run_sweep
+
+        shard_t = parse_shard(shard) if shard else None
+        sweep_dir = out or cfg.paths.runs / "sweep"
+        with report.training_progress("sweep") as progress:
+            res = run_sweep(cfg, cfg.paths.data, sweep_dir, shard=shard_t, dry_run=dry_run, progress=progress)
+        for line in res.plan.summary(res.assigned):
+            report.info(line)
+        if dry_run:
+            frame = res.plan.frame()
+            cols = [c for c in ("run_dir", "status", "est_seconds") if c in frame.columns]
+            assigned = {str(r.run_dir) for r in res.assigned}
+            rows = frame[frame["run_dir"].astype(str).isin(assigned)][cols].values.tolist()
+            report.show(report.table("plan", cols, rows))
+            return
+        report.show_sweep_tables(res.tables)
+        for fig in res.figures:
+            report.info(f"figure: {fig}")
+        if res.failed:
+            for run_dir, msg in res.failed:
+                report.error(f"{run_dir}: {msg}")
+            raise UserError(f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir")
+
+
+# --------------------------------------------------------------------------- check
+@app.command()
+def check(
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Also check this label column.")] = None,
+    for_: Annotated[
+        str | None, typer.Option("--for", help="pretrain | finetune: also check batches against this config.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
+    with handle_errors(verbose):
+        cfg = build_config("check", config, set_, profile, None, verbose, quiet,
+                           {"paths.data": str(data) if data else None})
+        if for_ not in (None, "pretrain", "finetune"):
+            raise UserError(f"--for '{for_}' is not pretrain or finetune", fix="use --for pretrain|finetune")
+        from echoclr_cli.check import run_check
+
+        res = run_check(cfg, cfg.paths.data, task=task, section=for_)
+        report.show_check(res)
+        if not res.ok:
+            raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    root: Annotated[Path, typer.Option("--root", help="Where the demo writes everything.")] = Path("demo"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = "auto",
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole pipeline on synthetic data: synth, preprocess, pretrain x2, label-efficiency sweep."""
+    with handle_errors(verbose):
+        cfg = build_config("sweep", config, set_, profile, device, verbose, quiet)
+        from echoclr_cli.demo import run_demo
+
+        res = run_demo(
+            cfg, root, count_progress=report.count_progress,
+            training_progress=report.training_progress, say=report.info,
+        )
+        report.show_sweep_tables(res.sweep.tables)
+        for fig in res.sweep.figures:
+            report.info(f"figure: {fig}")
+
+
 def main() -> None:
     app()
 
