@@ -1,0 +1,163 @@
+"""Backbones and heads: torchvision video ResNets (optionally narrower), SSL and classifier heads.
+
+Every backbone keeps torchvision's module names (``stem``, ``layer1``..``layer4``, ``fc``) so
+torchvision Kinetics-400 weights and published EchoCLR checkpoints load by name. ``fc`` is an
+``nn.Identity``: a backbone maps a clip ``(B, 3, T, H, W)`` to features ``(B, out_dim)``.
+
+``width`` multiplies every channel count (``round(c * width)``, at least 8). ``width=1.0`` builds
+exactly torchvision's ``r3d_18`` / ``r2plus1d_18`` / ``mc3_18`` (same state_dict keys and shapes);
+smaller widths make the CPU demo profile run in minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from torch import Tensor, nn
+from torchvision.models.video.resnet import (
+    BasicBlock,
+    Conv2Plus1D,
+    Conv3DNoTemporal,
+    Conv3DSimple,
+    VideoResNet,
+)
+
+from echoclr_cli.errors import UserError
+
+ARCHS = ("r3d_18", "r2plus1d_18", "mc3_18")
+BASE_WIDTHS = (64, 128, 256, 512)
+R2PLUS1D_STEM_MID = 45  # torchvision's R(2+1)D stem hidden channels
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count of a layer at ``width``: ``round(channels * width)``, minimum 8."""
+    return max(8, int(round(channels * width)))
+
+
+def _stem(arch: str, out: int, width: float) -> nn.Sequential:
+    """torchvision's BasicStem / R2Plus1dStem with ``out`` output channels."""
+    if arch == "r2plus1d_18":
+        mid = scaled(R2PLUS1D_STEM_MID, width)
+        return nn.Sequential(
+            nn.Conv3d(
+                3, mid, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False
+            ),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(
+                mid, out, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False
+            ),
+            nn.BatchNorm3d(out),
+            nn.ReLU(inplace=True),
+        )
+    return nn.Sequential(
+        nn.Conv3d(3, out, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+        nn.BatchNorm3d(out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class WidthVideoResNet(VideoResNet):
+    """torchvision ``VideoResNet`` (BasicBlock, [2,2,2,2]) with scaled channel counts.
+
+    torchvision's constructor hard-codes 64/128/256/512 channels, so this re-runs the same
+    construction (same ``_make_layer``, same init) with ``widths``. ``fc`` is an Identity and
+    ``out_dim`` the feature size.
+    """
+
+    def __init__(self, arch: str, width: float = 1.0) -> None:
+        nn.Module.__init__(self)
+        conv_makers = {
+            "r3d_18": [Conv3DSimple] * 4,
+            "mc3_18": [Conv3DSimple] + [Conv3DNoTemporal] * 3,
+            "r2plus1d_18": [Conv2Plus1D] * 4,
+        }[arch]
+        widths = [scaled(c, width) for c in BASE_WIDTHS]
+        self.arch = arch
+        self.width = width
+        self.inplanes = widths[0]
+        self.stem = _stem(arch, widths[0], width)
+        self.layer1 = self._make_layer(BasicBlock, conv_makers[0], widths[0], 2, stride=1)
+        self.layer2 = self._make_layer(BasicBlock, conv_makers[1], widths[1], 2, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, conv_makers[2], widths[2], 2, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, conv_makers[3], widths[3], 2, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
+        self.fc = nn.Identity()
+        self.out_dim = widths[3] * BasicBlock.expansion
+        for m in self.modules():  # torchvision's init
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+def build_backbone(arch: str = "r3d_18", width: float = 1.0) -> WidthVideoResNet:
+    """Video ResNet-18 backbone, ``(B, 3, T, H, W) -> (B, out_dim)``; fc is Identity."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown model.arch '{arch}'", fix=f"use one of {', '.join(ARCHS)}")
+    if not (0 < width <= 4):
+        raise UserError(f"model.width must be in (0, 4], got {width}", fix="use e.g. 1.0 or 0.25")
+    return WidthVideoResNet(arch, width)
+
+
+def n_permutations(k: int) -> int:
+    """Number of frame orders of ``k`` frames (classes of the reordering head)."""
+    return math.factorial(k)
+
+
+def permutations(k: int) -> list[tuple[int, ...]]:
+    """All orders of ``k`` frames; a permutation's index in this list is its class label."""
+    return list(itertools.permutations(range(k)))
+
+
+class SSLModel(nn.Module):
+    """Backbone + projection head (+ frame-reordering head for EchoCLR).
+
+    ``projector``: Linear(out_dim, hidden, no bias) - ReLU - Linear(hidden, proj_dim, no bias).
+    ``reorder_head``: Linear(out_dim, K!) or None.
+    """
+
+    def __init__(
+        self,
+        backbone: WidthVideoResNet,
+        proj_hidden: int = 256,
+        proj_dim: int = 128,
+        reorder_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        feat = backbone.out_dim
+        self.projector = nn.Sequential(
+            nn.Linear(feat, proj_hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(proj_hidden, proj_dim, bias=False),
+        )
+        self.reorder_head = nn.Linear(feat, reorder_classes) if reorder_classes else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """x: (N, 3, T, H, W) -> (h (N, F), z (N, proj_dim), order logits (N, K!) or None)."""
+        h = self.backbone(x)  # (N, F)
+        z = self.projector(h)  # (N, D)
+        logits = self.reorder_head(h) if self.reorder_head is not None else None  # (N, K!)
+        return h, z, logits
+
+
+class Classifier(nn.Module):
+    """Backbone -> Dropout -> Linear(out_dim, 1).
+
+    DIFFERS: dropout is applied to the features *before* the linear layer; the published code
+    applied it after the logit layer (zeroing logits).
+    """
+
+    def __init__(self, backbone: WidthVideoResNet, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.out_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, T, H, W) -> logits (B,)."""
+        h = self.backbone(x)  # (B, F)
+        return self.head(self.dropout(h)).squeeze(1)  # (B,)

@@ -1,0 +1,111 @@
+"""Test fixtures shared by test files: a tiny dataset dir in the ARCHITECTURE.md format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def blob_video(
+    rng: np.random.Generator, n_frames: int, size: int, channels: int, radius: float
+) -> np.ndarray:
+    """uint8 (T, H, W) or (T, H, W, 3): a bright disc moving on a noisy background."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cy, cx = rng.uniform(0.3, 0.7, 2) * size
+    vy, vx = rng.uniform(-0.5, 0.5, 2)
+    frames = np.empty((n_frames, size, size), np.uint8)
+    for t in range(n_frames):
+        y, x = cy + vy * t, cx + vx * t
+        r = radius * (1 + 0.2 * np.sin(2 * np.pi * t / 10.0))  # "beating"
+        disc = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * r * r))
+        img = 40 + 180 * disc + rng.normal(0, 8, (size, size))
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    if channels == 3:
+        tint = np.array([1.0, 0.9, 0.8], np.float32)
+        return np.clip(frames[..., None] * tint, 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_dataset(
+    tmp_path: Path,
+    n_studies: int = 8,
+    videos_per_study: tuple[int, int] = (1, 3),
+    frames: tuple[int, int] = (20, 40),
+    size: int = 32,
+    channels: int = 1,
+    seed: int = 0,
+    labels: tuple[str, ...] = ("as", "lvh"),
+) -> Path:
+    """Write ``tmp_path/data`` (manifest.csv, dataset.json, videos/*.npy); return its path.
+
+    Every 4th patient has two studies (later year); splits are by patient (about 60/20/20, at
+    least one patient in val and test when there are >= 3 patients). Labels alternate within
+    each split so train and val hold both classes; a positive ``as`` study has a bigger blob.
+    """
+    rng = np.random.default_rng(seed)
+    data = Path(tmp_path) / "data"
+    (data / "videos").mkdir(parents=True, exist_ok=True)
+    # studies -> patients
+    patients: list[str] = []
+    p = 0
+    while len(patients) < n_studies:
+        pid = f"P{p:04d}"
+        patients.extend([pid, pid] if p % 4 == 3 else [pid])
+        p += 1
+    patients = patients[:n_studies]
+    uniq = sorted(set(patients))
+    n_val = max(1, round(0.2 * len(uniq))) if len(uniq) >= 3 else 0
+    n_test = max(1, round(0.2 * len(uniq))) if len(uniq) >= 3 else 0
+    n_train = len(uniq) - n_val - n_test
+    split_of = {
+        pid: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+        for i, pid in enumerate(uniq)
+    }
+    rows = []
+    counters: dict[str, int] = {}
+    for s in range(n_studies):
+        pid = patients[s]
+        split = split_of[pid]
+        k = counters.get(split, 0)
+        counters[split] = k + 1
+        study_labels = {name: (k + j) % 2 for j, name in enumerate(labels)}
+        study_id = f"S{s:04d}"
+        n_videos = int(rng.integers(videos_per_study[0], videos_per_study[1] + 1))
+        for v in range(n_videos):
+            video_id = f"{study_id}_V{v}"
+            n = int(rng.integers(frames[0], frames[1] + 1))
+            radius = size * (0.18 if study_labels.get("as", 0) else 0.10)
+            arr = blob_video(rng, n, size, channels, radius)
+            rel = f"videos/{video_id}.npy"
+            np.save(data / rel, arr)
+            rows.append(
+                {
+                    "video_id": video_id,
+                    "study_id": study_id,
+                    "patient_id": pid,
+                    "split": split,
+                    "path": rel,
+                    "n_frames": n,
+                    "fps": 30.0,
+                    "height": size,
+                    "width": size,
+                    "channels": channels,
+                    "study_year": 2018 + (1 if patients.index(pid) != s else 0),
+                    "source_hash": f"h{s:04d}{v}",
+                    **study_labels,
+                }
+            )
+    df = pd.DataFrame(rows)
+    df.to_csv(data / "manifest.csv", index=False)
+    meta = {
+        "label_columns": list(labels),
+        "size": size,
+        "salt_id": "test",
+        "created": "2026-01-01T00:00:00Z",
+        "config": {},
+    }
+    (data / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return data
