@@ -46,7 +46,8 @@ class CheckResult:
         errors = [f for f in self.findings if f.level == "error"]
         if errors:
             raise UserError(
-                f"preflight failed for {self.data_dir}: " + "; ".join(f"{e.what}: {e.detail}" for e in errors),
+                f"preflight failed for {self.data_dir}: "
+                + "; ".join(f"{e.what}: {e.detail}" for e in errors),
                 fix=errors[0].fix or "see `echoclr check --data DIR`",
             )
 
@@ -102,9 +103,21 @@ def run_check(
         manifest=df,
     )
     findings.append(Finding("ok", "manifest", f"{len(df)} videos, all files present, no leakage"))
-    for e in df.attrs.get("excluded", []):
+    excluded = df.attrs.get("excluded", [])
+    for e in excluded:
         if e["reason"] == "bad_label":
-            findings.append(Finding("warn", "bad_label", f"{e['video_id']}: {e['detail']} (excluded)"))
+            findings.append(
+                Finding("warn", "bad_label", f"{e['video_id']}: {e['detail']} (excluded)")
+            )
+    n_unknown = sum(e["reason"] == "unknown_label" for e in excluded)
+    if task and n_unknown:
+        findings.append(
+            Finding(
+                "ok",
+                "unknown labels",
+                f"{n_unknown} video(s) without a '{task}' label excluded (never reach a loss)",
+            )
+        )
     by = splits.set_index("split")
     if by.loc["train", "videos"] == 0:
         findings.append(Finding("error", "train split", "no training videos", "re-run preprocess"))
@@ -115,8 +128,12 @@ def run_check(
             if pos + neg == 0:
                 level = "error" if split in ("train", "val") else "warn"
                 findings.append(
-                    Finding(level, f"{split} split", f"no studies with a known '{task}' label",
-                            "check the label column and the split fractions")
+                    Finding(
+                        level,
+                        f"{split} split",
+                        f"no studies with a known '{task}' label",
+                        "check the label column and the split fractions",
+                    )
                 )
             elif pos == 0 or neg == 0:
                 cls = "positive" if pos == 0 else "negative"
@@ -124,7 +141,9 @@ def run_check(
                 detail = f"one class only (no {cls} study)"
                 if split != "train":
                     detail += "; AUROC/AUPR there will be reported as undefined"
-                findings.append(Finding(level, f"{split} split", detail, "re-split with more studies"))
+                findings.append(
+                    Finding(level, f"{split} split", detail, "re-split with more studies")
+                )
             else:
                 findings.append(
                     Finding("ok", f"{split} split", f"{pos} positive / {neg} negative studies")
@@ -137,10 +156,28 @@ def run_check(
 
         splits_used = [s.strip() for s in cfg.pretrain.split.split(",")]
         part = df[df["split"].isin(splits_used)]
-        n = len(PairDataset(part, data_dir, cfg.pretrain.method, cfg.pretrain.clip_len,
-                            cfg.pretrain.stride, cfg.pretrain.reorder_frames, cfg.runtime.seed))
-        steps = steps_per_epoch(n, cfg.pretrain.batch_size, world_size)
-        _steps_finding(findings, "pretrain", n, cfg.pretrain.batch_size, steps, world_size)
+        if part.empty:
+            findings.append(
+                Finding(
+                    "error",
+                    "pretrain split",
+                    f"no videos in pretrain.split '{cfg.pretrain.split}'",
+                    "set pretrain.split to present split(s), e.g. --set pretrain.split=train",
+                )
+            )
+        else:
+            n = len(
+                PairDataset(
+                    part,
+                    data_dir,
+                    cfg.pretrain.method,
+                    cfg.pretrain.clip_len,
+                    cfg.pretrain.stride,
+                    cfg.pretrain.reorder_frames,
+                    cfg.runtime.seed,
+                )
+            )
+            _pretrain_batches(findings, cfg.pretrain.method, n, cfg.pretrain.batch_size, world_size)
     elif section == "finetune" and task:
         n_train = by.loc["train", "positives"] + by.loc["train", "negatives"]
         n_sub = max(2, int(cfg.finetune.frac * n_train))
@@ -148,23 +185,43 @@ def run_check(
         steps = steps_per_epoch(int(vids), cfg.finetune.batch_size, world_size)
         if steps == 0:
             findings.append(
-                Finding("warn", "finetune batches",
-                        f"about {int(vids)} training videos at frac {cfg.finetune.frac} is less than "
-                        f"batch size {cfg.finetune.batch_size}: the batch is capped at the subset size")
+                Finding(
+                    "warn",
+                    "finetune batches",
+                    f"about {int(vids)} training videos at frac {cfg.finetune.frac} is less than "
+                    f"batch size {cfg.finetune.batch_size}: the batch is capped at the subset size",
+                )
             )
     return res
 
 
-def _steps_finding(findings: list[Finding], what: str, n: int, batch: int, steps: int, world: int) -> None:
-    if steps == 0:
+def _pretrain_batches(findings: list[Finding], method: str, n: int, batch: int, world: int) -> None:
+    """The rule of ``pretrain.plan_pretrain``: fewer than 2 pairs per process is an error (no
+    contrastive batch); a batch larger than the pairs per process is lowered to them (noted)."""
+    per_rank = n // max(world, 1)
+    if per_rank < 2:
         findings.append(
-            Finding("error", f"{what} batches",
-                    f"{n} samples cannot fill one batch of {batch} x {world} process(es): an epoch "
-                    "would run zero steps",
-                    f"lower --batch-size to at most {max(1, n // max(world, 1))}")
+            Finding(
+                "error",
+                "pretrain batches",
+                f"{method}: {n} training pair(s) for {world} process(es); a contrastive batch "
+                "needs at least 2 pairs per process",
+                "use more studies or fewer processes",
+            )
+        )
+    elif batch > per_rank:
+        findings.append(
+            Finding(
+                "warn",
+                "pretrain batches",
+                f"batch size {batch} > {per_rank} pairs per process: batches of {per_rank} "
+                "(one step per epoch)",
+            )
         )
     else:
-        findings.append(Finding("ok", f"{what} batches", f"{n} samples -> {steps} steps/epoch"))
+        findings.append(
+            Finding("ok", "pretrain batches", f"{n} pairs -> {per_rank // batch} steps/epoch")
+        )
 
 
 def fmt_count(x: float) -> str:

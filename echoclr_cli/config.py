@@ -234,6 +234,11 @@ class FinetuneConfig(Section):
     )
     lp_epochs: int = Field(5, ge=0, description="linear-probe epochs before full FT (lp-ft)")
     monitor: Literal["val_loss", "val_auroc"] = "val_loss"
+    val_clips: int | None = Field(
+        None, ge=1,
+        description="clips per video for the per-epoch validation (None = evaluate.clips_per_video); "
+        "the final evaluation always uses evaluate.clips_per_video",
+    )
     patience: int = Field(5, ge=0, description="early stopping patience (0 = off)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     max_steps_per_epoch: int | None = Field(None, ge=1)
@@ -259,7 +264,10 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="stratified bootstrap resamples (0 = no CI)")
     ci: float = Field(0.95, gt=0, lt=1, description="DIFFERS: a true 95% interval (2.5/97.5)")
     bootstrap_seed: int = 0
-    splits: list[str] = Field(default_factory=lambda: ["test"])
+    splits: list[str] = Field(
+        default_factory=lambda: ["test", "ext_test"],
+        description="splits evaluated after fine-tuning (val always; absent splits are noted)",
+    )
     plots: bool = True
 
 
@@ -280,6 +288,9 @@ class SweepConfig(Section):
     pretrain_missing: bool = False
     splits: list[str] = Field(default_factory=lambda: ["test", "ext_test"])
     select_metric: Literal["val_auroc", "val_loss"] = "val_auroc"
+    run_plots: bool = Field(
+        True, description="per-run ROC/PR/calibration figures (the sweep figure follows evaluate.plots)"
+    )
 
 
 class Config(Section):

@@ -2,7 +2,7 @@
 
 ``run_finetune`` = preflight -> study-level label fraction -> model + init weights -> engine.fit
 (train with device augmentation; validate every epoch; best.pt on the monitor) -> reload the best
-weights -> metrics, predictions and plots for val, the evaluation splits and ext_test.
+weights -> metrics, predictions and plots for val and the evaluation splits.
 
 Options (``finetune`` section; defaults = the paper):
 
@@ -338,7 +338,7 @@ def run_finetune(
     Writes (besides the engine's config.yaml, history.csv, checkpoints/{last,best}.pt):
     ``train_studies.csv``, ``init.json``, ``finetune.json`` (run facts: dataset, subset sizes,
     pos_weight, batch size), ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and
-    ``plots/`` for val, ``evaluate.splits`` and ext_test when the dataset has it.
+    ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
     """
     from echoclr_cli.check import run_check
     from echoclr_cli.engine import dist_env
@@ -444,7 +444,7 @@ def run_finetune(
         persistent_workers=cfg.runtime.workers > 0,
     )
     val_df = df[df["split"] == "val"]
-    val_loader = eval_loader(val_df, data_dir, task, cfg, ft.clip_len, ft.stride)
+    val_loader = eval_loader(val_df, data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips)
     task_obj = FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization)
     fit = engine.fit(
         task_obj,
@@ -467,7 +467,7 @@ def run_finetune(
         notes.append(f"no epoch improved {ft.monitor} (undefined every epoch): tested with last.pt")
     base = unwrap(prepared)
     base.load_state_dict(load_checkpoint(ckpt, map_location=engine.device)["model"])
-    splits = ["val"] + [s for s in dict.fromkeys([*cfg.evaluate.splits, "ext_test"]) if s != "val"]
+    splits = ["val"] + [s for s in dict.fromkeys(cfg.evaluate.splits) if s != "val"]
     present = set(df["split"])
     missing = [s for s in cfg.evaluate.splits if s not in present]
     if missing:

@@ -45,9 +45,16 @@ ClipLoss = Callable[[Tensor, Tensor], Tensor]
 
 # --------------------------------------------------------------------------- model over a dataset
 def eval_loader(
-    df: pd.DataFrame, data_dir: Path, task: str | None, cfg: Config, clip_len: int, stride: int
+    df: pd.DataFrame,
+    data_dir: Path,
+    task: str | None,
+    cfg: Config,
+    clip_len: int,
+    stride: int,
+    clips_per_video: int | str | None = None,
 ) -> DataLoader:
-    """Evaluation loader: batches of ``evaluate.batch_size`` videos, each with its clips."""
+    """Evaluation loader: batches of ``evaluate.batch_size`` videos, each with its clips
+    (``clips_per_video``, default ``evaluate.clips_per_video``)."""
     dataset = ClipDataset(
         df,
         data_dir,
@@ -55,7 +62,7 @@ def eval_loader(
         clip_len=clip_len,
         stride=stride,
         train=False,
-        clips_per_video=cfg.evaluate.clips_per_video,
+        clips_per_video=clips_per_video or cfg.evaluate.clips_per_video,
         seed=cfg.runtime.seed,
     )
     return DataLoader(

@@ -6,6 +6,7 @@ file under the final name.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -21,24 +22,54 @@ def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    f = None
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode) as raw:
+            f = _WriteErrors(raw)
             writer(f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(raw.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         _cleanup(tmp)
-        if e.errno == 28:  # ENOSPC
+        # A writer may turn the OSError of a failed write into its own error (torch.save
+        # raises RuntimeError "unexpected pos"), so the file object records it.
+        if _is_enospc(e) or (f is not None and _is_enospc(f.error)):
             raise UserError(
                 f"disk full while writing {path}; earlier outputs are intact",
                 fix="free disk space and re-run (use --resume for training runs)",
             ) from None
         raise
-    except BaseException:
-        _cleanup(tmp)
-        raise
+
+
+class _WriteErrors:
+    """File object proxy that remembers the OSError of a failed ``write``."""
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.error: BaseException | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _is_enospc(e: BaseException | None) -> bool:
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
 
 def _umask() -> int:

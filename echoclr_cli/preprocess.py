@@ -152,11 +152,13 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx)
-        save_video(npy, stored)
     except SkipVideo as e:
         return _skip(rel, e.reason, e.detail)
     except Exception as e:  # a bad file never stops the run; the reason names the error
         return _skip(rel, "decode_error", f"{type(e).__name__}: {e}")
+    # Outside the per-file guard: a failing *output* write (disk full -> UserError, permissions)
+    # is not the input file's fault and stops the run instead of skipping every later file.
+    save_video(npy, stored)
     row = {
         "video_id": video_id, "study_id": study_id, "patient_id": patient_id, "split": "",
         "path": npy_rel, "n_frames": int(stored.shape[0]), "fps": round(float(raw.fps), 3),

@@ -346,12 +346,16 @@ def run_pretrain(
     progress: Callable[[dict], None] | None = None,
 ) -> PretrainResult:
     """Pretrain ``cfg.pretrain.method`` on ``data_dir`` into the run dir ``out_dir``."""
-    from echoclr_cli.data.manifest import load_manifest
+    from echoclr_cli.check import run_check
     from echoclr_cli.engine import Engine, dist_env
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    df = load_manifest(data_dir)
     rank, world, _ = dist_env()
+    # Preflight (the same as `echoclr check --for pretrain`): missing files, leakage, splits,
+    # batches; nothing is built, allocated or written before it passes.
+    check = run_check(cfg, data_dir, section="pretrain", world_size=world)
+    check.raise_if_failed()
+    df = check.manifest
     plan = plan_pretrain(cfg, df, data_dir, world)
     probe = build_probe(cfg, df, data_dir)
     engine = Engine(

@@ -759,6 +759,9 @@ def run_config(cfg: Config, spec: RunSpec, data_dir: Path) -> Config:
     """The sweep's resolved config with the run's overrides (and ``paths.data``) applied."""
     data = deep_merge(config_to_dict(cfg), spec.overrides)
     data["paths"]["data"] = str(Path(data_dir))
+    # Per-run ROC/PR/calibration figures only when asked (sweep.run_plots); the sweep's own
+    # label-efficiency figure follows evaluate.plots.
+    data["evaluate"]["plots"] = bool(cfg.evaluate.plots and cfg.sweep.run_plots)
     return Config.model_validate(data)
 
 
@@ -832,6 +835,22 @@ def _pretrain_missing(
     return done
 
 
+def preflight_sweep(cfg: Config, data_dir: Path, plan: SweepPlan) -> None:
+    """The preflight of ``echoclr check`` for every task of the grid (and for pretraining when
+    the sweep pretrains missing inits), before anything is written, built or trained: missing
+    files, leakage, one-class or empty training splits refuse the whole sweep at once."""
+    from echoclr_cli.check import run_check
+
+    for task in plan.tasks:
+        tcfg = cfg.model_copy(deep=True)
+        tcfg.finetune.task = task
+        run_check(tcfg, data_dir, task=task, section="finetune").raise_if_failed()
+    for spec in plan.pretrain:
+        pcfg = cfg.model_copy(deep=True)
+        pcfg.pretrain.method = spec.method
+        run_check(pcfg, data_dir, section="pretrain").raise_if_failed()
+
+
 def run_sweep(
     cfg: Config,
     data_dir: Path,
@@ -870,6 +889,7 @@ def run_sweep(
             "--pretrain-missing cannot run inside a sharded sweep (every shard would pretrain)",
             fix=f"pretrain first ({cmds}), then launch the shards",
         )
+    preflight_sweep(cfg, data_dir, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_sweep_files(cfg, plan, out_dir)
     result.pretrained = _pretrain_missing(cfg, plan, data_dir, progress, pretrain_fn)

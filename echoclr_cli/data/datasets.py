@@ -135,7 +135,7 @@ class _VideoTable:
         else:
             try:
                 v = np.load(self.paths[i], mmap_mode="r")
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError) as e:  # truncated, empty, not a .npy
                 raise UserError(
                     f"cannot read video {self.paths[i]} (video_id {self.video_id[i]}): {e}",
                     fix="re-run `echoclr preprocess` or remove the row from manifest.csv",
