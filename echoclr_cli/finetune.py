@@ -481,7 +481,7 @@ def run_finetune(
             _emit(progress, f"evaluating {split}")
             loader = (
                 val_loader
-                if split == "val"
+                if split == "val" and not ft.val_clips
                 else eval_loader(
                     df[df["split"] == split], data_dir, task, cfg, ft.clip_len, ft.stride
                 )

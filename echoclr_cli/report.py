@@ -226,9 +226,11 @@ def show_sweep_tables(tables: dict) -> None:
     for tab in tables.values():
         if QUIET:
             return
+        several = bool((tab.n_seeds.fillna(0) > 1).to_numpy().any())
+        cells = "mean ± sd over n seeds" if several else "value [95% bootstrap CI]"
         t = Table(
-            title=f"{tab.metric.upper()} ({tab.level} level) - task {tab.task}, split {tab.split}; "
-            "* = best per column",
+            title=f"{tab.metric.upper()} ({tab.level} level), task {tab.task}, split {tab.split}: "
+            f"{cells}; * = best per column",
             title_justify="left",
         )
         t.add_column("init", justify="left")

@@ -1099,7 +1099,7 @@ def results_table(
             if not math.isfinite(v):
                 cell = "-"
             elif k > 1:
-                cell = f"{_fmt(v)} ± {_fmt(v - lo)} (sd, {int(k)} seeds)"
+                cell = f"{_fmt(v)} ± {_fmt(v - lo)} (n={int(k)})"
             elif math.isfinite(lo) and math.isfinite(hi):
                 cell = f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
             else:

@@ -634,7 +634,7 @@ def test_results_table_ci_best_and_seeds():
     assert list(t2.text.index) == ["random", "kinetics", "echoclr"]
     assert list(t2.text.loc["kinetics"]) == ["-", "-"]  # one-class test split / no 100% run
     t3 = results_table(seeds, "as", "test")
-    assert t3.text.iloc[0, 0] == "0.700 ± 0.100 (sd, 3 seeds) *"
+    assert t3.text.iloc[0, 0] == "0.700 ± 0.100 (n=3) *"
     assert t3.n_seeds.iloc[0, 0] == 3
 
 
