@@ -7,6 +7,7 @@ that `echoclr --help` stays fast.
 from __future__ import annotations
 
 import contextlib
+import os
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,7 +100,8 @@ def build_config(
     flags: dict[str, Any] | None = None,
 ) -> Config:
     """Resolve the config: defaults < profile < --config YAML < flags < --set."""
-    report.set_quiet(quiet)
+    # Under torchrun only rank 0 talks (the engine also writes outputs from rank 0 only).
+    report.set_quiet(quiet or int(os.environ.get("RANK", "0")) > 0)
     overrides: dict = {}
     for key, value in (flags or {}).items():
         if value is not None:
