@@ -338,31 +338,46 @@ def _csv_list(text: str | None, cast, option: str):
 def finetune(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
     task: Annotated[
-        str | None, typer.Option("--task", "-t", help="Binary label column: as, lvh or any other (finetune.task).")
+        str | None,
+        typer.Option(
+            "--task", "-t", help="Binary label column: as, lvh or any other (finetune.task)."
+        ),
     ] = None,
     init: Annotated[
         str | None,
-        typer.Option("--init", help="random | kinetics | an SSL run dir | a checkpoint file "
-                     "(ours, published EchoCLR, torchvision) (finetune.init)."),
+        typer.Option(
+            "--init",
+            help="random | kinetics | an SSL run dir | a checkpoint file "
+            "(ours, published EchoCLR, torchvision) (finetune.init).",
+        ),
     ] = None,
     frac: Annotated[
-        float | None, typer.Option("--frac", help="Fraction of labeled training studies, 0-1 (finetune.frac).")
+        float | None,
+        typer.Option("--frac", help="Fraction of labeled training studies, 0-1 (finetune.frac)."),
     ] = None,
     frac_seed: Annotated[
-        int | None, typer.Option("--frac-seed", help="Seed of the nested study subsets (finetune.frac_seed).")
+        int | None,
+        typer.Option("--frac-seed", help="Seed of the nested study subsets (finetune.frac_seed)."),
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option("--weights", help="Kinetics-400 weight file for --init kinetics (finetune.weights).")
+        Path | None,
+        typer.Option(
+            "--weights", help="Kinetics-400 weight file for --init kinetics (finetune.weights)."
+        ),
     ] = None,
     mode: Annotated[
-        str | None, typer.Option("--mode", help="full | linear (frozen backbone) | lp-ft (finetune.mode).")
+        str | None,
+        typer.Option("--mode", help="full | linear (frozen backbone) | lp-ft (finetune.mode)."),
     ] = None,
     monitor: Annotated[
-        str | None, typer.Option("--monitor", help="Early stopping / best checkpoint: val_loss | val_auroc.")
+        str | None,
+        typer.Option("--monitor", help="Early stopping / best checkpoint: val_loss | val_auroc."),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."),
+        typer.Option(
+            "--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."
+        ),
     ] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
@@ -382,25 +397,37 @@ def finetune(
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
     with handle_errors(verbose):
         flags = training_flags("finetune", epochs, batch_size, lr, seed, workers)
-        flags.update({
-            "paths.data": str(data) if data else None,
-            "finetune.task": task,
-            "finetune.init": init,
-            "finetune.frac": frac,
-            "finetune.frac_seed": frac_seed,
-            "finetune.weights": str(weights) if weights else None,
-            "finetune.mode": mode,
-            "finetune.monitor": monitor,
-        })
+        flags.update(
+            {
+                "paths.data": str(data) if data else None,
+                "finetune.task": task,
+                "finetune.init": init,
+                "finetune.frac": frac,
+                "finetune.frac_seed": frac_seed,
+                "finetune.weights": str(weights) if weights else None,
+                "finetune.mode": mode,
+                "finetune.monitor": monitor,
+            }
+        )
         cfg = build_config("finetune", config, set_, profile, device, verbose, quiet, flags)
         from echoclr_cli.finetune import run_finetune
 
         ft = cfg.finetune
         init_name = Path(ft.init).name if ft.init not in ("random", "kinetics") else ft.init
-        run_dir = out or cfg.paths.runs / "finetune" / f"{ft.task}-{init_name}-{ft.frac:g}-s{cfg.runtime.seed}"
+        run_dir = (
+            out
+            or cfg.paths.runs
+            / "finetune"
+            / f"{ft.task}-{init_name}-{ft.frac:g}-s{cfg.runtime.seed}"
+        )
         with report.training_progress(f"finetune {ft.task}") as progress:
             res = run_finetune(
-                cfg, cfg.paths.data, run_dir, resume=resume, overwrite=overwrite, force=force,
+                cfg,
+                cfg.paths.data,
+                run_dir,
+                resume=resume,
+                overwrite=overwrite,
+                force=force,
                 progress=progress,
             )
         from echoclr_cli.metrics import metrics_to_frame
@@ -417,23 +444,30 @@ def finetune(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir (uses checkpoints/best.pt).")],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Dataset dir (default: the one the run was trained on).")
+        Path | None,
+        typer.Option("--data", help="Dataset dir (default: the one the run was trained on)."),
     ] = None,
     split: Annotated[
         str, typer.Option("--split", "--splits", help="Comma-separated splits, e.g. test,ext_test.")
     ] = "test",
     compare: Annotated[
         Path | None,
-        typer.Option("--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."),
+        typer.Option(
+            "--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write files here instead of into the run dir.")
     ] = None,
     clips: Annotated[
-        str | None, typer.Option("--clips", help="Clips per video: a number or 'all' (evaluate.clips_per_video).")
+        str | None,
+        typer.Option(
+            "--clips", help="Clips per video: a number or 'all' (evaluate.clips_per_video)."
+        ),
     ] = None,
     bootstrap: Annotated[
-        int | None, typer.Option("--bootstrap", help="Bootstrap resamples for CIs (evaluate.bootstrap).")
+        int | None,
+        typer.Option("--bootstrap", help="Bootstrap resamples for CIs (evaluate.bootstrap)."),
     ] = None,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
@@ -449,14 +483,26 @@ def evaluate(
         if clips is not None:
             clips_v = clips if clips == "all" else clips
         cfg = build_config(
-            "evaluate", config, set_, profile, device, verbose, quiet,
-            {"evaluate.clips_per_video": clips_v, "evaluate.bootstrap": bootstrap, "runtime.workers": workers},
+            "evaluate",
+            config,
+            set_,
+            profile,
+            device,
+            verbose,
+            quiet,
+            {
+                "evaluate.clips_per_video": clips_v,
+                "evaluate.bootstrap": bootstrap,
+                "runtime.workers": workers,
+            },
         )
         from echoclr_cli.inference import evaluate_run
 
         splits = [x.strip() for x in split.split(",") if x.strip()]
         with report.training_progress("evaluate") as progress:
-            res = evaluate_run(cfg, run, data, splits, compare=compare, out_dir=out, progress=progress)
+            res = evaluate_run(
+                cfg, run, data, splits, compare=compare, out_dir=out, progress=progress
+            )
         report.show_metrics(res.table, f"{res.task}: {res.run_dir} ({res.checkpoint.name}), 95% CI")
         if res.comparison:
             report.show_comparison(res.comparison)
@@ -468,10 +514,16 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
     input_path: Annotated[
-        Path, typer.Option("--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files.")
+        Path,
+        typer.Option(
+            "--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files."
+        ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Video-level CSV; the study-level CSV gets a _study suffix.")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Video-level CSV; the study-level CSV gets a _study suffix."
+        ),
     ] = Path("predictions.csv"),
     overwrite: OverwriteOpt = False,
     workers: WorkersOpt = None,
@@ -484,7 +536,9 @@ def predict(
 ) -> None:
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
     with handle_errors(verbose):
-        cfg = build_config("evaluate", config, set_, profile, device, verbose, quiet, {"runtime.workers": workers})
+        cfg = build_config(
+            "evaluate", config, set_, profile, device, verbose, quiet, {"runtime.workers": workers}
+        )
         from echoclr_cli.inference import predict as run_predict
 
         with report.training_progress("predict") as progress:
@@ -498,30 +552,51 @@ def predict(
 @app.command()
 def sweep(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
+    ] = None,
     ratios: Annotated[
-        str | None, typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios).")
+        str | None,
+        typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios)."),
     ] = None,
     inits: Annotated[
         str | None,
-        typer.Option("--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."),
+        typer.Option(
+            "--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."
+        ),
     ] = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")] = None,
-    lrs: Annotated[str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")
+    ] = None,
+    lrs: Annotated[
+        str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")
+    ] = None,
     low_ratio_lrs: Annotated[
-        str | None, typer.Option("--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4).")
+        str | None,
+        typer.Option(
+            "--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4)."
+        ),
     ] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")
+    ] = None,
     pretrain_dir: Annotated[
-        Path | None, typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain).")
+        Path | None,
+        typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain)."),
     ] = None,
     pretrain_missing: Annotated[
-        bool, typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping.")
+        bool,
+        typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping."),
     ] = False,
     shard: Annotated[
-        str | None, typer.Option("--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs).")
+        str | None,
+        typer.Option(
+            "--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."
+        ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
+    ] = False,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -550,7 +625,9 @@ def sweep(
         shard_t = parse_shard(shard) if shard else None
         sweep_dir = out or cfg.paths.runs / "sweep"
         with report.training_progress("sweep") as progress:
-            res = run_sweep(cfg, cfg.paths.data, sweep_dir, shard=shard_t, dry_run=dry_run, progress=progress)
+            res = run_sweep(
+                cfg, cfg.paths.data, sweep_dir, shard=shard_t, dry_run=dry_run, progress=progress
+            )
         for line in res.plan.summary(res.assigned):
             report.info(line)
         if dry_run:
@@ -566,16 +643,21 @@ def sweep(
         if res.failed:
             for run_dir, msg in res.failed:
                 report.error(f"{run_dir}: {msg}")
-            raise UserError(f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir")
+            raise UserError(
+                f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir"
+            )
 
 
 # --------------------------------------------------------------------------- check
 @app.command()
 def check(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
-    task: Annotated[str | None, typer.Option("--task", "-t", help="Also check this label column.")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="Also check this label column.")
+    ] = None,
     for_: Annotated[
-        str | None, typer.Option("--for", help="pretrain | finetune: also check batches against this config.")
+        str | None,
+        typer.Option("--for", help="pretrain | finetune: also check batches against this config."),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -585,10 +667,20 @@ def check(
 ) -> None:
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
     with handle_errors(verbose):
-        cfg = build_config("check", config, set_, profile, None, verbose, quiet,
-                           {"paths.data": str(data) if data else None})
+        cfg = build_config(
+            "check",
+            config,
+            set_,
+            profile,
+            None,
+            verbose,
+            quiet,
+            {"paths.data": str(data) if data else None},
+        )
         if for_ not in (None, "pretrain", "finetune"):
-            raise UserError(f"--for '{for_}' is not pretrain or finetune", fix="use --for pretrain|finetune")
+            raise UserError(
+                f"--for '{for_}' is not pretrain or finetune", fix="use --for pretrain|finetune"
+            )
         from echoclr_cli.check import run_check
 
         res = run_check(cfg, cfg.paths.data, task=task, section=for_)
@@ -600,7 +692,9 @@ def check(
 # --------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    root: Annotated[Path, typer.Option("--root", help="Where the demo writes everything.")] = Path("demo"),
+    root: Annotated[Path, typer.Option("--root", help="Where the demo writes everything.")] = Path(
+        "demo"
+    ),
     config: ConfigOpt = None,
     set_: SetOpt = None,
     profile: ProfileOpt = "auto",
@@ -614,8 +708,11 @@ def demo(
         from echoclr_cli.demo import run_demo
 
         res = run_demo(
-            cfg, root, count_progress=report.count_progress,
-            training_progress=report.training_progress, say=report.info,
+            cfg,
+            root,
+            count_progress=report.count_progress,
+            training_progress=report.training_progress,
+            say=report.info,
         )
         report.show_sweep_tables(res.sweep.tables)
         for fig in res.sweep.figures:

@@ -235,7 +235,8 @@ class FinetuneConfig(Section):
     lp_epochs: int = Field(5, ge=0, description="linear-probe epochs before full FT (lp-ft)")
     monitor: Literal["val_loss", "val_auroc"] = "val_loss"
     val_clips: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="clips per video for the per-epoch validation (None = evaluate.clips_per_video); "
         "the final evaluation always uses evaluate.clips_per_video",
     )
@@ -289,7 +290,8 @@ class SweepConfig(Section):
     splits: list[str] = Field(default_factory=lambda: ["test", "ext_test"])
     select_metric: Literal["val_auroc", "val_loss"] = "val_auroc"
     run_plots: bool = Field(
-        True, description="per-run ROC/PR/calibration figures (the sweep figure follows evaluate.plots)"
+        True,
+        description="per-run ROC/PR/calibration figures (the sweep figure follows evaluate.plots)",
     )
 
 

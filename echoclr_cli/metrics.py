@@ -34,7 +34,6 @@ import torch
 from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 from torchmetrics.functional.classification import (
-    binary_auroc,
     binary_average_precision,
     binary_precision_recall_curve,
 )

@@ -159,17 +159,28 @@ def show_preprocess(res: Any) -> None:
         f"in {res.output_dir} ({res.n_reused} reused, {res.n_skipped} skipped) in {res.seconds:.1f}s"
     )
     if res.skipped_by_reason:
-        rows = [[reason, n] for reason, n in sorted(res.skipped_by_reason.items(), key=lambda x: -x[1])]
+        rows = [
+            [reason, n] for reason, n in sorted(res.skipped_by_reason.items(), key=lambda x: -x[1])
+        ]
         show(table("skipped (details in skipped.csv)", ["reason", "files"], rows))
     labels = list(res.label_columns)
     cols = ["split", "videos", "studies", "patients"] + [f"{lab} +/known" for lab in labels]
     rows = []
     for split, sizes in res.split_sizes.items():
-        row: list[Any] = [split, sizes.get("videos", 0), sizes.get("studies", 0), sizes.get("patients", 0)]
+        row: list[Any] = [
+            split,
+            sizes.get("videos", 0),
+            sizes.get("studies", 0),
+            sizes.get("patients", 0),
+        ]
         for lab in labels:
             p = res.prevalence.get(split, {}).get(lab, {})
             rate = p.get("rate")
-            rate_s = "n/a" if rate is None or (isinstance(rate, float) and math.isnan(rate)) else f"{rate:.0%}"
+            rate_s = (
+                "n/a"
+                if rate is None or (isinstance(rate, float) and math.isnan(rate))
+                else f"{rate:.0%}"
+            )
             row.append(f"{p.get('positive', 0)}/{p.get('known', 0)} ({rate_s})")
         rows.append(row)
     show(table("splits (by patient)", cols, rows))
@@ -192,7 +203,10 @@ def show_metrics(table_df: Any, title: str) -> None:
     for (split, level), part in df.groupby(["split", "level"], sort=False):
         by = part.set_index("metric")
         n = by["n"].dropna().iloc[0] if by["n"].notna().any() else None
-        cells = [fmt_ci(_f(by.loc[m, "value"]), _f(by.loc[m, "ci_low"]), _f(by.loc[m, "ci_high"])) for m in metrics]
+        cells = [
+            fmt_ci(_f(by.loc[m, "value"]), _f(by.loc[m, "ci_low"]), _f(by.loc[m, "ci_high"]))
+            for m in metrics
+        ]
         t.add_row(split, level, fmt(int(n)) if n is not None else "-", *cells)
     console.print(t)
 
@@ -208,16 +222,32 @@ def show_comparison(comparison: dict) -> None:
     """Paired AUROC difference per split and level (from metrics.compare_runs)."""
     if QUIET or not comparison:
         return
-    t = Table(title="paired comparison (this run - compared run, same studies)", title_justify="left")
-    for c in ("split", "level", "n", "AUROC this", "AUROC other", "difference [95% CI]", "p (bootstrap)", "p (DeLong)"):
+    t = Table(
+        title="paired comparison (this run - compared run, same studies)", title_justify="left"
+    )
+    for c in (
+        "split",
+        "level",
+        "n",
+        "AUROC this",
+        "AUROC other",
+        "difference [95% CI]",
+        "p (bootstrap)",
+        "p (DeLong)",
+    ):
         t.add_column(c, justify="right")
     for split, levels in comparison.items():
         for level, c in levels.items():
             boot, dl = c.get("bootstrap") or {}, c.get("delong") or {}
             t.add_row(
-                split, level, fmt(c.get("n")), fmt(_f(c.get("auroc_a"))), fmt(_f(c.get("auroc_b"))),
+                split,
+                level,
+                fmt(c.get("n")),
+                fmt(_f(c.get("auroc_a"))),
+                fmt(_f(c.get("auroc_b"))),
                 fmt_ci(_f(c.get("diff")), _f(boot.get("ci_low")), _f(boot.get("ci_high"))),
-                fmt(_f(boot.get("p_value"))), fmt(_f(dl.get("p_value"))),
+                fmt(_f(boot.get("p_value"))),
+                fmt(_f(dl.get("p_value"))),
             )
     console.print(t)
 
@@ -240,14 +270,23 @@ def show_sweep_tables(tables: dict) -> None:
             cells = []
             for col in tab.text.columns:
                 cell = str(row[col])
-                cells.append(f"[bold green]{cell}[/bold green]" if bool(tab.best.loc[init, col]) else cell)
+                cells.append(
+                    f"[bold green]{cell}[/bold green]" if bool(tab.best.loc[init, col]) else cell
+                )
             t.add_row(str(init), *cells)
         console.print(t)
 
 
 def show_check(res: Any) -> None:
     colour = {"ok": "green", "warn": "yellow", "error": "red"}
-    rows = [[k, v] for k, v in (("videos", res.n_videos), ("studies", res.n_studies), ("patients", res.n_patients))]
+    rows = [
+        [k, v]
+        for k, v in (
+            ("videos", res.n_videos),
+            ("studies", res.n_studies),
+            ("patients", res.n_patients),
+        )
+    ]
     show(table(f"dataset {res.data_dir}", ["", "count"], rows))
     show(table("splits", list(res.splits.columns), res.splits.values.tolist()))
     for f in res.findings:

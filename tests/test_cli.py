@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -51,7 +50,9 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
     seen = {}
 
     def fake(cfg, data_dir, out_dir, resume, overwrite, force, progress):
-        seen.update(cfg=cfg, data=data_dir, out=out_dir, resume=resume, overwrite=overwrite, force=force)
+        seen.update(
+            cfg=cfg, data=data_dir, out=out_dir, resume=resume, overwrite=overwrite, force=force
+        )
 
         class R:
             run_dir = out_dir
@@ -64,9 +65,30 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
     y = tmp_path / "c.yaml"
     y.write_text(yaml.safe_dump({"pretrain": {"epochs": 3, "temperature": 0.2}}))
     res = invoke(
-        "pretrain", "--method", "mi-simclr", "--data", str(tmp_path / "d"), "--epochs", "5",
-        "--batch-size", "8", "--lr", "0.01", "--seed", "7", "--workers", "0", "--config", str(y),
-        "--set", "pretrain.temperature=0.5", "--device", "cpu", "--resume", "--profile", "demo",
+        "pretrain",
+        "--method",
+        "mi-simclr",
+        "--data",
+        str(tmp_path / "d"),
+        "--epochs",
+        "5",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--seed",
+        "7",
+        "--workers",
+        "0",
+        "--config",
+        str(y),
+        "--set",
+        "pretrain.temperature=0.5",
+        "--device",
+        "cpu",
+        "--resume",
+        "--profile",
+        "demo",
     )
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
@@ -82,8 +104,8 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
 
 
 def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
-    from echoclr_cli.errors import UserError
     import echoclr_cli.pretrain as pre
+    from echoclr_cli.errors import UserError
 
     def boom(*a, **k):
         raise UserError("dataset dir data/echo has no manifest.csv", fix="run echoclr preprocess")
@@ -99,8 +121,8 @@ def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
 
 
 def test_preempted_exits_143(monkeypatch):
-    from echoclr_cli.errors import Preempted
     import echoclr_cli.pretrain as pre
+    from echoclr_cli.errors import Preempted
 
     def pre_empt(*a, **k):
         raise Preempted("SIGTERM at epoch 1 batch 2")

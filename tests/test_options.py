@@ -25,7 +25,9 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("val_clips, expected", [(None, 3), (1, 1)])
-def test_val_clips_only_changes_per_epoch_validation(data, tmp_path, monkeypatch, val_clips, expected):
+def test_val_clips_only_changes_per_epoch_validation(
+    data, tmp_path, monkeypatch, val_clips, expected
+):
     seen = []
     real = ft_mod.eval_loader
 

@@ -128,7 +128,9 @@ def test_rerun_is_idempotent_and_overwrite_redoes(synth_run, tmp_path):
     cfg3 = cfg.model_copy(deep=True)
     cfg3.preprocess.size = 64  # another video setting: nothing is re-used
     smaller = preprocess(cfg3, raw, copy)
-    assert smaller.n_reused == 0 and load_video(copy / load_manifest(copy)["path"][0]).shape[1] == 64
+    assert (
+        smaller.n_reused == 0 and load_video(copy / load_manifest(copy)["path"][0]).shape[1] == 64
+    )
 
 
 def test_two_workers_same_result(tmp_path):
