@@ -17,7 +17,13 @@ import pytest
 from faultkit import ROOT, assert_one_line_error, cli, run
 
 sys.path.insert(0, str(ROOT / "tests"))
-from preprocess_fixtures import dicom_dataset, fan_video, jpeg_baseline, save, write_avi  # noqa: E402
+from preprocess_fixtures import (  # noqa: E402
+    dicom_dataset,
+    fan_video,
+    jpeg_archive_without_decoder,
+    save,
+    write_avi,
+)
 
 from echoclr_cli.data import ingest  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
@@ -178,17 +184,7 @@ def test_fault_05_dicom_without_pixel_data_skipped(archive):
 
 
 def test_fault_06_jpeg_without_decoder_stops_before_work(tmp_path, monkeypatch):
-    frames, _ = fan_video(10, H, W, seed=5)
-    root = tmp_path / "raw"
-    for i in range(3):
-        ds = dicom_dataset(frames, patient=f"P{i}", study=f"{i}")
-        jpeg_baseline(ds, frames)
-        save(ds, root / f"j{i}.dcm")
-    save(dicom_dataset(frames), root / "plain.dcm")
-    real = ingest.decoder_available
-    monkeypatch.setattr(
-        ingest, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
-    )
+    root = jpeg_archive_without_decoder(tmp_path / "raw", monkeypatch, H, W, ext=".dcm")
     out = tmp_path / "out"
     res = cli("preprocess", "--input", root, "--output", out, "--size", "32", "--workers", "1",
               "--profile", "demo")  # fmt: skip

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from preprocess_fixtures import (  # noqa: E402
     dicom_dataset,
     fan_video,
+    jpeg_archive_without_decoder,
     jpeg_baseline,
     save,
     small_cfg,
@@ -200,17 +201,7 @@ def test_color_and_mono_same_convention(faulty, tmp_path):
 
 def test_missing_decoder_stops_before_work(tmp_path, monkeypatch):
     """6: JPEG DICOMs with no decoder: preflight names syntax, count and package; no output."""
-    frames, _ = fan_video(10, H, W, seed=5)
-    root = tmp_path / "raw"
-    for i in range(3):
-        ds = dicom_dataset(frames, patient=f"P{i}", study=f"{i}")
-        jpeg_baseline(ds, frames)
-        save(ds, root / f"j{i}")
-    save(dicom_dataset(frames), root / "plain.dcm")
-    real = ingest.decoder_available
-    monkeypatch.setattr(
-        ingest, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
-    )
+    root = jpeg_archive_without_decoder(tmp_path / "raw", monkeypatch, H, W)
     with pytest.raises(UserError) as e:
         preprocess(small_cfg(), root, tmp_path / "out")
     msg = str(e.value)
