@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(VENV)/bin/echoclr demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -m "slow or not slow"
 
 bench: $(STAMP)
 	bash bench/run_all.sh
