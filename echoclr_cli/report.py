@@ -236,7 +236,8 @@ def show_comparison(comparison: dict) -> None:
         "p (DeLong)",
     ):
         t.add_column(c, justify="right")
-    for split, levels in comparison.items():
+    t.title = f"paired comparison: {comparison.get('run_a')} - {comparison.get('run_b')} (same items)"
+    for split, levels in comparison["splits"].items():
         for level, c in levels.items():
             boot, dl = c.get("bootstrap") or {}, c.get("delong") or {}
             t.add_row(
