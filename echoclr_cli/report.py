@@ -25,8 +25,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+def _console(stderr: bool) -> Console:
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:  # logs and pipes: do not squeeze tables of CIs into 80 columns
+        c = Console(stderr=stderr, highlight=False, width=160)
+    return c
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 QUIET = False
 
