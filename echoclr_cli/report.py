@@ -195,18 +195,24 @@ def show_preprocess(res: Any) -> None:
         warn(w)
 
 
-KEY_METRICS = ("auroc", "ap", "aupr_trapz", "balanced_accuracy", "sensitivity", "specificity", "f1")
+# Ranking metrics, then the operating point chosen on validation (Youden) applied to the split.
+KEY_METRICS = (
+    "auroc", "ap", "aupr_trapz", "balanced_accuracy@youden", "sensitivity@youden",
+    "specificity@youden",
+)  # fmt: skip
 
 
 def show_metrics(table_df: Any, title: str) -> None:
-    """metrics table (split, level, metric, value, ci_low, ci_high, n) -> one rich table."""
+    """metrics table (split, level, metric, value, ci_low, ci_high, n) -> one rich table.
+    Metrics @youden use the threshold chosen on val (undefined on val itself)."""
     if QUIET:
         return
     df = table_df[table_df["metric"].isin(KEY_METRICS)]
     metrics = [m for m in KEY_METRICS if m in set(df["metric"])]
     t = Table(title=title, title_justify="left")
     for c in ["split", "level", "n", *metrics]:
-        t.add_column(c, justify="left" if c in ("split", "level") else "right")
+        name = c.replace("balanced_accuracy", "bal_acc")
+        t.add_column(name, justify="left" if c in ("split", "level") else "right", no_wrap=True)
     for (split, level), part in df.groupby(["split", "level"], sort=False):
         by = part.set_index("metric")
         n = by["n"].dropna().iloc[0] if by["n"].notna().any() else None
