@@ -218,6 +218,8 @@ def show_metrics(table_df: Any, title: str) -> None:
         n = by["n"].dropna().iloc[0] if by["n"].notna().any() else None
         cells = [
             fmt_ci(_f(by.loc[m, "value"]), _f(by.loc[m, "ci_low"]), _f(by.loc[m, "ci_high"]))
+            if m in by.index
+            else "n/a"
             for m in metrics
         ]
         t.add_row(split, level, fmt(int(n)) if n is not None else "-", *cells)
