@@ -8,7 +8,6 @@ manifest.csv, checks files with ``os.path.exists`` only, and never opens a video
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,7 +221,3 @@ def _pretrain_batches(findings: list[Finding], method: str, n: int, batch: int, 
         findings.append(
             Finding("ok", "pretrain batches", f"{n} pairs -> {per_rank // batch} steps/epoch")
         )
-
-
-def fmt_count(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))

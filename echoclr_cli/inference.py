@@ -518,7 +518,7 @@ def predict(
     df = load_manifest(data_dir)
     video = predict_split_videos(run, cfg, df, data_dir, None, progress)
     split_of = dict(zip(df["video_id"].astype(str), df["split"], strict=True))
-    # aggregate() needs labels: a constant placeholder, dropped again below.
+    # aggregate() needs labels: a constant stand-in, dropped again below.
     levels = ev.aggregate_levels(video.assign(y_true=-1))
     video_out = levels["video"].drop(columns=["y_true"])
     video_out.insert(3, "split", video_out["video_id"].map(split_of))

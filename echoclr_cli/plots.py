@@ -2,7 +2,7 @@
 
 Every function writes one PNG atomically and returns its path. Figures are drawn on a bare
 ``matplotlib.figure.Figure`` (Agg canvas), so nothing here touches pyplot's global state or needs
-a display. Data that cannot be drawn (one class for ROC/PR, no rows) gives a placeholder figure
+a display. Data that cannot be drawn (one class for ROC/PR, no rows) gives a notice figure
 that says why, never an exception.
 """
 
@@ -53,7 +53,7 @@ def _save(fig: Figure, path: Path | str) -> Path:
     return path
 
 
-def placeholder(path: Path | str, title: str, reason: str) -> Path:
+def notice_figure(path: Path | str, title: str, reason: str) -> Path:
     """A figure that only states why the real one could not be drawn."""
     fig, (ax,) = _figure(height=3.0)
     ax.set_axis_off()
@@ -112,7 +112,7 @@ def plot_roc_pr(
     y, p = _arrays(df, "plot_roc_pr")
     why = one_class_reason(y)
     if why:
-        return placeholder(path, title or "ROC / PR", why)
+        return notice_figure(path, title or "ROC / PR", why)
     point = compute_metrics(y, p)
     cis: dict[str, tuple[float, float]] = {}
     bands = None
@@ -161,7 +161,7 @@ def plot_confusion(
     """2x2 confusion matrix at ``y_prob >= threshold``: counts and row percentages."""
     y, p = _arrays(df, "plot_confusion")
     if len(y) == 0:
-        return placeholder(path, title or "confusion matrix", "no samples: n=0")
+        return notice_figure(path, title or "confusion matrix", "no samples: n=0")
     pred = (p >= threshold).astype(int)
     counts = np.array([[np.sum((y == t) & (pred == q)) for q in (0, 1)] for t in (0, 1)])  # (2, 2)
     rows = counts.sum(axis=1, keepdims=True)
@@ -191,7 +191,7 @@ def plot_calibration(df: pd.DataFrame, path: Path | str, n_bins: int = 10, title
     equal-width bins over [0, 1] (empty bins omitted), with the Brier score and a histogram."""
     y, p = _arrays(df, "plot_calibration")
     if len(y) == 0:
-        return placeholder(path, title or "calibration", "no samples: n=0")
+        return notice_figure(path, title or "calibration", "no samples: n=0")
     bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)  # (n,) bin index, 1.0 in last bin
     count = np.bincount(bins, minlength=n_bins)
     mean_p = np.bincount(bins, weights=p, minlength=n_bins)
@@ -226,7 +226,7 @@ def plot_history(history_csv: Path | str, path: Path | str) -> Path:
     df = pd.read_csv(history_csv)
     if df.empty or "epoch" not in df.columns:
         why = "no epochs recorded" if df.empty else f"no 'epoch' column (has {list(df.columns)})"
-        return placeholder(path, "training history", why)
+        return notice_figure(path, "training history", why)
     numeric = [
         c for c in df.columns if c not in HISTORY_SKIP and pd.api.types.is_numeric_dtype(df[c])
     ]
@@ -327,7 +327,7 @@ def plot_label_efficiency(
     title = f"{task} - {split} - {level} {metric}"
     table = label_efficiency_table(results_df, task, split, level, metric)
     if table.empty:
-        return placeholder(
+        return notice_figure(
             path,
             title,
             f"no results with a value for task={task}, split={split}, "

@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+
 def _console(stderr: bool) -> Console:
     c = Console(stderr=stderr, highlight=False)
     if not c.is_terminal:  # logs and pipes: do not squeeze tables of CIs into 80 columns
@@ -251,7 +252,9 @@ def show_comparison(comparison: dict) -> None:
         "p (DeLong)",
     ):
         t.add_column(c, justify="right")
-    t.title = f"paired comparison: {comparison.get('run_a')} - {comparison.get('run_b')} (same items)"
+    t.title = (
+        f"paired comparison: {comparison.get('run_a')} - {comparison.get('run_b')} (same items)"
+    )
     for split, levels in comparison["splits"].items():
         for level, c in levels.items():
             boot, dl = c.get("bootstrap") or {}, c.get("delong") or {}

@@ -103,7 +103,7 @@ def test_preflight_check_and_pretrain_agree_on_batch_cap(data):
 
 
 def test_preflight_takes_seconds_on_10000_videos(tmp_path):
-    """10,000 manifest rows (3,000 patients) with placeholder files: the whole preflight
+    """10,000 manifest rows (3,000 patients) with empty stand-in files: the whole preflight
     including the pretrain pair table reads no video."""
     n = 10_000
     data = tmp_path / "big"
