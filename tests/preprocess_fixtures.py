@@ -187,3 +187,13 @@ def jpeg_archive_without_decoder(root: Path, monkeypatch, h: int, w: int, ext: s
         ingest, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
     )
     return root
+
+
+def patch_avi_frame_count(path: Path, value: int) -> None:
+    """Overwrite dwTotalFrames (avih) and dwLength (strh) in an AVI header."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"avih")
+    data[i + 8 + 16 : i + 8 + 20] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+    j = data.find(b"strh")
+    data[j + 8 + 32 : j + 8 + 36] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+    path.write_bytes(bytes(data))

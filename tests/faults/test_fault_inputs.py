@@ -21,6 +21,7 @@ from preprocess_fixtures import (  # noqa: E402
     dicom_dataset,
     fan_video,
     jpeg_archive_without_decoder,
+    patch_avi_frame_count,
     save,
     write_avi,
 )
@@ -31,16 +32,6 @@ from echoclr_cli.data.store import load_video  # noqa: E402
 
 H, W = 64, 80
 MIN_FRAMES = 16
-
-
-def _patch_avi_frame_count(path: Path, value: int) -> None:
-    """Overwrite dwTotalFrames (avih) and dwLength (strh) in an AVI header."""
-    data = bytearray(path.read_bytes())
-    i = data.find(b"avih")
-    data[i + 8 + 16 : i + 8 + 20] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-    j = data.find(b"strh")
-    data[j + 8 + 32 : j + 8 + 36] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-    path.write_bytes(bytes(data))
 
 
 def _inject(root: Path) -> dict[str, str]:
@@ -69,7 +60,7 @@ def _inject(root: Path) -> dict[str, str]:
     write_avi(bad / "hdr_ref.avi", long)
     expect["injected/hdr_ref.avi"] = ""
     for name, v in (("hdr_more.avi", 1000), ("hdr_zero.avi", 0), ("hdr_neg.avi", -1)):
-        _patch_avi_frame_count(write_avi(bad / name, long), v)
+        patch_avi_frame_count(write_avi(bad / name, long), v)
         expect[f"injected/{name}"] = ""
     # 4. not DICOM: a renamed PNG, a cut header
     import cv2

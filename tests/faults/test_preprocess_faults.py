@@ -15,6 +15,7 @@ from preprocess_fixtures import (  # noqa: E402
     fan_video,
     jpeg_archive_without_decoder,
     jpeg_baseline,
+    patch_avi_frame_count,
     save,
     small_cfg,
     write_avi,
@@ -27,16 +28,6 @@ from echoclr_cli.errors import UserError  # noqa: E402
 from echoclr_cli.preprocess import preprocess  # noqa: E402
 
 H, W = 96, 120
-
-
-def _patch_avi_frame_count(path: Path, value: int) -> None:
-    """Overwrite dwTotalFrames (avih) and dwLength (strh) in an AVI header."""
-    data = bytearray(path.read_bytes())
-    i = data.find(b"avih")
-    data[i + 8 + 16 : i + 8 + 20] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-    j = data.find(b"strh")
-    data[j + 8 + 32 : j + 8 + 36] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +51,7 @@ def faulty(tmp_path_factory):
     (root / "avi" / "noise.avi").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
     # 3. wrong header frame counts: more, 0, -1
     for name, v in (("hdr_more.avi", 1000), ("hdr_zero.avi", 0), ("hdr_neg.avi", -1)):
-        _patch_avi_frame_count(write_avi(root / "hdr" / name, frames), v)
+        patch_avi_frame_count(write_avi(root / "hdr" / name, frames), v)
     # 4. not DICOM: renamed PNG, DICOMDIR, truncated header
     import cv2
 
