@@ -143,12 +143,16 @@ def training_progress(description: str) -> Iterator[Callable[[dict], None]]:
                     info=f"loss {event['loss']:.4f}",
                 )
             elif event["kind"] == "epoch":
+                if event.get("run"):  # inside a sweep: the bar shows it; one line per run
+                    return
                 row = event["row"]
                 keys = [k for k in row if k not in ("epoch", "step", "seconds")]
                 summary = "  ".join(f"{k} {fmt(row[k], 4)}" for k in keys)
                 if QUIET:
                     return
                 p.console.print(f"epoch {row['epoch']}/{event['epochs']}: {summary}")
+            elif event["kind"] == "status" and event.get("run"):
+                return  # a sweep run's evaluation steps
             elif event["kind"] in ("message", "status"):
                 text = event.get("text") or event.get("message")
                 if text and not QUIET:
