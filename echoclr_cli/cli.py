@@ -628,15 +628,16 @@ def sweep(
             res = run_sweep(
                 cfg, cfg.paths.data, sweep_dir, shard=shard_t, dry_run=dry_run, progress=progress
             )
-        for line in res.plan.summary(res.assigned):
-            report.info(line)
         if dry_run:
+            for line in res.plan.summary(res.assigned):
+                report.info(line)
             frame = res.plan.frame()
             cols = [c for c in ("run_dir", "status", "est_seconds") if c in frame.columns]
             assigned = {str(r.run_dir) for r in res.assigned}
             rows = frame[frame["run_dir"].astype(str).isin(assigned)][cols].values.tolist()
             report.show(report.table("plan", cols, rows))
             return
+        report.info(f"trained {len(res.trained)} run(s) now; results in {sweep_dir}")
         report.show_sweep_tables(res.tables)
         for fig in res.figures:
             report.info(f"figure: {fig}")

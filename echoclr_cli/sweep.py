@@ -890,6 +890,8 @@ def run_sweep(
             fix=f"pretrain first ({cmds}), then launch the shards",
         )
     preflight_sweep(cfg, data_dir, plan)
+    for line in plan.summary(mine):  # what is about to happen, before hours of training
+        _emit(progress, line)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_sweep_files(cfg, plan, out_dir)
     result.pretrained = _pretrain_missing(cfg, plan, data_dir, progress, pretrain_fn)
