@@ -575,11 +575,12 @@ def test_progress_events(cfg, data_dir, tmp_path):
     cfg.sweep.inits = ["random"]
     events = []
     run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=FakeFinetune(), progress=events.append)
-    assert (
-        events[0]["kind"] == "message"
-        and "training runs/as/random/r1_lr0.0001_s0" in events[0]["text"]
-    )
-    assert events[1] == {
+    # the plan summary comes first, before any training
+    assert events[0]["kind"] == "message" and "1 to train" in events[0]["text"]
+    k = next(i for i, e in enumerate(events) if "training runs/" in e.get("text", ""))
+    assert all(e["kind"] == "message" and "run" not in e for e in events[:k])
+    assert "training runs/as/random/r1_lr0.0001_s0" in events[k]["text"]
+    assert events[k + 1] == {
         "kind": "epoch",
         "row": {"epoch": 1},
         "epochs": 1,
