@@ -251,9 +251,8 @@ class Engine:
         return model
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch tensor to the device (channels_last_3d for 5-D inputs on CUDA)."""
-        x = x.to(self.device, non_blocking=True)
-        return x
+        """Batch tensor to the training device (non-blocking from pinned memory)."""
+        return x.to(self.device, non_blocking=True)
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
         if not self.distributed or not values:
