@@ -130,3 +130,28 @@ def test_preempted_exits_143(monkeypatch):
     monkeypatch.setattr(pre, "run_pretrain", pre_empt)
     res = invoke("pretrain", "--device", "cpu")
     assert res.exit_code == 143
+
+
+def test_check_for_pretrain_reports_batches(tmp_path):
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path, n_studies=8)
+    res = invoke(
+        "check", "--data", str(data), "--task", "as", "--for", "pretrain", "--profile", "demo"
+    )
+    assert res.exit_code == 0, res.output
+    assert "pretrain batches" in res.output
+    res = invoke("check", "--data", str(data), "--for", "nonsense")
+    assert res.exit_code == 1 and "--for 'nonsense'" in res.output
+
+
+def test_synth_preview_writes_png(tmp_path):
+    out = tmp_path / "raw"
+    res = invoke(
+        "synth", str(out), "--studies", "2", "--seed", "1", "--preview", str(tmp_path / "p.png"),
+        "--set", "synth.height=96", "--set", "synth.width=128", "--set", "synth.max_frames=20",
+        "--set", "synth.min_frames=16", "--set", "synth.workers=1", "--profile", "demo",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert (out / "labels.csv").exists()

@@ -1,0 +1,75 @@
+"""`echoclr demo` orchestration: every stage runs once, then is skipped when its output is complete."""
+
+import torch
+from typer.testing import CliRunner
+
+import echoclr_cli.data.synth as synth_mod
+import echoclr_cli.preprocess as pre_mod
+import echoclr_cli.pretrain as pt_mod
+import echoclr_cli.sweep as sweep_mod
+from echoclr_cli.cli import app
+from echoclr_cli.config import load_config
+from echoclr_cli.demo import run_demo
+
+
+def fake_stages(monkeypatch, calls):
+    def synthesize(cfg, out, progress=None):
+        calls.append(("synth", out))
+        out.mkdir(parents=True)
+        (out / "synth.json").write_text("{}")
+
+    def preprocess(cfg, inp, out, progress=None):
+        calls.append(("preprocess", inp, out))
+
+    def run_pretrain(cfg, data, out, resume=False, progress=None):
+        calls.append(("pretrain", cfg.pretrain.method, resume))
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"model": {}, "epoch": cfg.pretrain.epochs}, out / "checkpoints" / "last.pt")
+
+    class Result:
+        tables: dict = {}
+        figures: list = []
+
+    def run_sweep(cfg, data, out, progress=None):
+        calls.append(("sweep", tuple(cfg.sweep.inits), out))
+        return Result()
+
+    monkeypatch.setattr(synth_mod, "synthesize", synthesize)
+    monkeypatch.setattr(pre_mod, "preprocess", preprocess)
+    monkeypatch.setattr(pt_mod, "run_pretrain", run_pretrain)
+    monkeypatch.setattr(sweep_mod, "run_sweep", run_sweep)
+
+
+def test_demo_runs_each_stage_then_skips_finished_ones(tmp_path, monkeypatch):
+    calls = []
+    fake_stages(monkeypatch, calls)
+    cfg = load_config(profile="demo")
+    res = run_demo(cfg, tmp_path / "demo")
+    assert [c[0] for c in calls] == ["synth", "preprocess", "pretrain", "pretrain", "sweep"]
+    assert calls[2][1:] == ("echoclr", False) and calls[3][1:] == ("mi-simclr", False)
+    assert calls[4][1] == ("random", "echoclr", "mi-simclr")
+    assert calls[4][2] == tmp_path / "demo/runs/sweep"
+    assert res.stages_skipped == []
+    calls.clear()
+    res = run_demo(cfg, tmp_path / "demo")
+    assert [c[0] for c in calls] == ["preprocess", "sweep"]  # both idempotent by themselves
+    assert res.stages_skipped == ["synth", "pretrain echoclr", "pretrain mi-simclr"]
+
+
+def test_demo_resumes_an_interrupted_pretraining(tmp_path, monkeypatch):
+    calls = []
+    fake_stages(monkeypatch, calls)
+    cfg = load_config(profile="demo")
+    ck = tmp_path / "demo/runs/pretrain/echoclr/checkpoints"
+    ck.mkdir(parents=True)
+    torch.save({"model": {}, "epoch": 3}, ck / "last.pt")  # killed after epoch 3
+    run_demo(cfg, tmp_path / "demo")
+    assert ("pretrain", "echoclr", True) in calls and ("pretrain", "mi-simclr", False) in calls
+
+
+def test_demo_cli_wires_root(tmp_path, monkeypatch):
+    calls = []
+    fake_stages(monkeypatch, calls)
+    res = CliRunner().invoke(app, ["demo", "--root", str(tmp_path / "d"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert calls[0] == ("synth", tmp_path / "d/raw")
