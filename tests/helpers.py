@@ -109,3 +109,20 @@ def make_dataset(
     }
     (data / "dataset.json").write_text(json.dumps(meta, indent=2))
     return data
+
+
+TINY_WIDTH = 0.125
+
+
+def tiny_finetune_config(epochs: int = 2, **sections):
+    """A 32x32, width-0.125, 4-frame fine-tune config (seconds on one CPU thread); ``sections``
+    are nested overrides merged on top."""
+    from echoclr_cli.config import deep_merge, load_config
+
+    base = {
+        "model": {"width": TINY_WIDTH},
+        "runtime": {"device": "cpu", "workers": 0},
+        "finetune": {"epochs": epochs, "batch_size": 4, "clip_len": 4, "patience": 0},
+        "evaluate": {"bootstrap": 20, "plots": False, "clips_per_video": 2},
+    }
+    return load_config(profile="demo", overrides=deep_merge(base, sections))

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 from sklearn.metrics import roc_auc_score
 
 from echoclr_cli import finetune as ft_mod
-from echoclr_cli.config import KINETICS_MEAN, Config, deep_merge, load_config
+from echoclr_cli.config import KINETICS_MEAN, Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.finetune import (
     FinetuneTask,
@@ -24,18 +24,11 @@ from echoclr_cli.finetune import (
     smooth_targets,
 )
 
-WIDTH = 0.125
+WIDTH = TINY_WIDTH
 
 
 def tiny_cfg(**sections) -> Config:
-    """A 32x32, width-0.125, 4-frame, 2-epoch config (seconds on one CPU thread)."""
-    base = {
-        "model": {"width": WIDTH},
-        "runtime": {"device": "cpu", "workers": 0},
-        "finetune": {"epochs": 2, "batch_size": 4, "clip_len": 4, "patience": 0},
-        "evaluate": {"bootstrap": 20, "plots": False, "clips_per_video": 2},
-    }
-    return load_config(profile="demo", overrides=deep_merge(base, sections))
+    return tiny_finetune_config(epochs=2, **sections)
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from echoclr_cli.config import Config, deep_merge, load_config
+from echoclr_cli.config import Config
 from echoclr_cli.data.datasets import clip_starts
 from echoclr_cli.errors import UserError
 from echoclr_cli.finetune import classification_loss, run_finetune
 from echoclr_cli.inference import eval_loader, evaluate_run, predict, predict_videos, study_csv_path
 
-WIDTH = 0.125
+WIDTH = TINY_WIDTH
 
 
 def tiny_cfg(**sections) -> Config:
-    base = {
-        "model": {"width": WIDTH},
-        "runtime": {"device": "cpu", "workers": 0},
-        "finetune": {"epochs": 1, "batch_size": 4, "clip_len": 4, "patience": 0},
-        "evaluate": {"bootstrap": 20, "plots": False, "clips_per_video": 2},
-    }
-    return load_config(profile="demo", overrides=deep_merge(base, sections))
+    return tiny_finetune_config(epochs=1, **sections)
 
 
 class SpyModel(nn.Module):

@@ -10,6 +10,7 @@ from matplotlib.image import imread
 from echoclr_cli.errors import UserError
 from echoclr_cli.plots import (
     GRID,
+    RESULT_COLUMNS,
     _curves,
     label_efficiency_table,
     plot_calibration,
@@ -108,20 +109,7 @@ def _results(seeds=(0,)) -> pd.DataFrame:
                     ("as", init, ratio, n, seed, "test", "study", "auroc", v, v - 0.05, v + 0.05)
                 )
     rows.append(("as", "random", 0.01, 10, 9, "ext_test", "study", "auroc", None, None, None))
-    cols = [
-        "task",
-        "init",
-        "ratio",
-        "n_studies",
-        "seed",
-        "split",
-        "level",
-        "metric",
-        "value",
-        "ci_low",
-        "ci_high",
-    ]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
 def test_label_efficiency_table_bands():
