@@ -410,8 +410,11 @@ def finetune(
             }
         )
         cfg = build_config("finetune", config, set_, profile, device, verbose, quiet, flags)
-        from echoclr_cli.finetune import run_finetune
+        from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
 
+        cfg, followed = follow_init_model(cfg, user_model_keys(config, set_))
+        if followed:
+            report.info(followed)
         ft = cfg.finetune
         init_name = Path(ft.init).name if ft.init not in ("random", "kinetics") else ft.init
         run_dir = (
@@ -448,8 +451,14 @@ def evaluate(
         typer.Option("--data", help="Dataset dir (default: the one the run was trained on)."),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", "--splits", help="Comma-separated splits, e.g. test,ext_test.")
-    ] = "test",
+        str | None,
+        typer.Option(
+            "--split",
+            "--splits",
+            help="Comma-separated splits, e.g. test,ext_test (default: evaluate.splits; val is "
+            "always evaluated, its thresholds apply to the others).",
+        ),
+    ] = None,
     compare: Annotated[
         Path | None,
         typer.Option(
@@ -457,7 +466,16 @@ def evaluate(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write files here instead of into the run dir.")
+        Path | None,
+        typer.Option("--out", help="Write the evaluation folder here instead of RUN/eval/<name>/."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Folder name under RUN/eval/ (default: the splits, + the dataset when --data "
+            "is not the run's, + vs-<run> with --compare).",
+        ),
     ] = None,
     clips: Annotated[
         str | None,
@@ -479,9 +497,6 @@ def evaluate(
 ) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
     with handle_errors(verbose):
-        clips_v: Any = None
-        if clips is not None:
-            clips_v = clips if clips == "all" else clips
         cfg = build_config(
             "evaluate",
             config,
@@ -491,18 +506,27 @@ def evaluate(
             verbose,
             quiet,
             {
-                "evaluate.clips_per_video": clips_v,
+                "evaluate.clips_per_video": clips,
                 "evaluate.bootstrap": bootstrap,
                 "runtime.workers": workers,
             },
         )
-        from echoclr_cli.inference import evaluate_run
+        from echoclr_cli.evaluate import evaluate_run
 
-        splits = [x.strip() for x in split.split(",") if x.strip()]
+        splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
         with report.training_progress("evaluate") as progress:
             res = evaluate_run(
-                cfg, run, data, splits, compare=compare, out_dir=out, progress=progress
+                cfg=cfg,
+                run_dir=run,
+                data_dir=data,
+                splits=splits,
+                compare=compare,
+                out_dir=out,
+                name=name,
+                progress=progress,
             )
+        for note in res.notes:
+            report.warn(note)
         report.show_metrics(res.table, f"{res.task}: {res.run_dir} ({res.checkpoint.name}), 95% CI")
         if res.comparison:
             report.show_comparison(res.comparison)
@@ -539,13 +563,15 @@ def predict(
         cfg = build_config(
             "evaluate", config, set_, profile, device, verbose, quiet, {"runtime.workers": workers}
         )
-        from echoclr_cli.inference import predict as run_predict
+        from echoclr_cli.predict import predict as run_predict
 
         with report.training_progress("predict") as progress:
             res = run_predict(cfg, run, input_path, out, overwrite=overwrite, progress=progress)
         report.info(
             f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
         )
+        if res.original_ids_csv is not None:
+            report.info(f"original ids of these rows (private, owner-only): {res.original_ids_csv}")
 
 
 # --------------------------------------------------------------------------- sweep

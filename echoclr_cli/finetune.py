@@ -31,7 +31,6 @@ Options (``finetune`` section; defaults = the paper):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -43,149 +42,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from echoclr_cli import rundir
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
+from echoclr_cli.data.fractions import (  # noqa: F401  (re-export: sweep.py imports them from here)
+    FractionSample,
+    sample_label_fraction,
+    stratified_study_order,
+    study_labels,
+    training_subset,
+)
 from echoclr_cli.engine import Engine, load_checkpoint, seed_everything, unwrap
 from echoclr_cli.errors import UserError
-from echoclr_cli.inference import auroc, eval_loader, predict_videos, write_evaluation
+from echoclr_cli.evaluate import write_evaluation
+from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
+from echoclr_cli.losses import classification_loss, pos_weight_value, smooth_targets  # noqa: F401
+from echoclr_cli.metrics import aggregate_levels, auroc_rank
 from echoclr_cli.weights import init_backbone, input_normalization
 
 Progress = Callable[[dict], None] | None
-
-
-# --------------------------------------------------------------------------- label fractions
-def study_labels(df: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per study: ``study_id, patient_id, y, n_videos`` (sorted by study_id).
-
-    A study's videos must agree on the label (UserError naming the studies otherwise).
-    """
-    g = df.groupby("study_id", sort=True)
-    out = g.agg(
-        patient_id=("patient_id", "first"),
-        y=(task, "max"),
-        y_min=(task, "min"),
-        n_videos=("video_id", "size"),
-    ).reset_index()
-    mixed = out.loc[out["y"] != out["y_min"], "study_id"].tolist()
-    if mixed:
-        raise UserError(
-            f"{len(mixed)} studies have videos with different '{task}' labels: {mixed[:10]}",
-            fix="give every video of a study the study's label in manifest.csv",
-        )
-    out["y"] = out["y"].astype(np.int64)
-    return out.drop(columns=["y_min"])
-
-
-def stratified_study_order(study_ids: list[str], labels: np.ndarray, seed: int) -> np.ndarray:
-    """A random order of studies that keeps every prefix stratified; returns indices.
-
-    Positives and negatives are shuffled separately (``default_rng(seed)``, ids sorted first so
-    the order does not depend on manifest row order) and interleaved by largest remainder: the
-    next study comes from the class furthest behind its share of the prefix (ties: the minority
-    class). Every prefix of length n holds ``round``-ish ``n * prevalence`` positives, and the
-    prefixes for growing fractions are nested.
-    """
-    ids = np.asarray(study_ids, dtype=object)
-    y = np.asarray(labels).astype(np.int64)
-    order_ids = np.argsort(ids, kind="stable")
-    rng = np.random.default_rng(seed)
-    pos = order_ids[y[order_ids] == 1]
-    neg = order_ids[y[order_ids] == 0]
-    pos, neg = rng.permutation(pos), rng.permutation(neg)
-    n = len(ids)
-    share_pos = len(pos) / n if n else 0.0
-    minority_pos = len(pos) <= len(neg)
-    out = np.empty(n, dtype=np.int64)
-    i_pos = i_neg = 0
-    for rank in range(n):
-        deficit_pos = share_pos * (rank + 1) - i_pos
-        deficit_neg = (1 - share_pos) * (rank + 1) - i_neg
-        take_pos = deficit_pos > deficit_neg or (deficit_pos == deficit_neg and minority_pos)
-        if (take_pos and i_pos < len(pos)) or i_neg >= len(neg):
-            out[rank], i_pos = pos[i_pos], i_pos + 1
-        else:
-            out[rank], i_neg = neg[i_neg], i_neg + 1
-    return out
-
-
-@dataclass
-class FractionSample:
-    """The labelled training studies a run uses."""
-
-    studies: pd.DataFrame  # study_id, patient_id, y, n_videos, order (0-based rank)
-    n_requested: int  # int(frac * N)
-    n_available: int  # N labelled training studies
-    extended: bool  # True when the prefix was extended to hold both classes
-
-
-def sample_label_fraction(
-    studies: pd.DataFrame, frac: float, seed: int, task: str = "label"
-) -> FractionSample:
-    """``int(frac * N)`` studies: the prefix of :func:`stratified_study_order`.
-
-    FAULTS 17: when the prefix is shorter than 2 or lacks a class, it is extended up to the first
-    study of the missing class in the same order (so subsets stay nested); a training split
-    without any positive or any negative study is refused.
-    """
-    n_pos, n_neg = int((studies["y"] == 1).sum()), int((studies["y"] == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        missing = "positive" if n_pos == 0 else "negative"
-        raise UserError(
-            f"the training split has no {missing} '{task}' study ({n_pos} positive, {n_neg} "
-            "negative): a classifier cannot be trained",
-            fix="check the label column, or re-split the dataset (`echoclr preprocess`)",
-        )
-    n_all = len(studies)
-    order = stratified_study_order(studies["study_id"].tolist(), studies["y"].to_numpy(), seed)
-    y_ordered = studies["y"].to_numpy()[order]
-    n_req = int(frac * n_all + 1e-9)  # int(frac x N); the epsilon keeps 0.29 x 100 at 29
-    first_pos = int(np.argmax(y_ordered == 1))
-    first_neg = int(np.argmax(y_ordered == 0))
-    n = max(n_req, first_pos + 1, first_neg + 1, 2)
-    chosen = studies.iloc[order[:n]].copy()
-    chosen["order"] = np.arange(n)
-    return FractionSample(chosen.reset_index(drop=True), n_req, n_all, n > n_req)
-
-
-# --------------------------------------------------------------------------- loss
-def pos_weight_value(spec: str, n_pos: int, n_neg: int) -> float | None:
-    """``balanced`` -> n_neg / n_pos; ``none`` -> None; a number -> that number."""
-    if spec == "none":
-        return None
-    if spec == "balanced":
-        if n_pos == 0:
-            raise UserError(
-                "pos_weight balanced needs at least one positive training video",
-                fix="check the labels",
-            )
-        return n_neg / n_pos
-    return float(spec)
-
-
-def smooth_targets(y: Tensor, smoothing: float) -> Tensor:
-    """Label smoothing for one logit: ``y * (1 - s) + s / 2`` (0 -> s/2, 1 -> 1 - s/2)."""
-    return y * (1.0 - smoothing) + smoothing / 2.0
-
-
-def classification_loss(
-    logits: Tensor, y: Tensor, pos_weight: float | None, smoothing: float, reduction: str = "mean"
-) -> Tensor:
-    """Weighted, smoothed BCE with logits. logits, y: (B,) -> scalar (or (B,) with 'none').
-
-    ``-[w * t * log sigmoid(x) + (1 - t) * log(1 - sigmoid(x))]`` with ``t`` the smoothed target
-    and ``w`` the positive weight: only positive terms are weighted.
-    """
-    target = smooth_targets(y.float(), smoothing)  # (B,)
-    pw = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device) if pos_weight else None
-    return F.binary_cross_entropy_with_logits(
-        logits.float(), target, pos_weight=pw, reduction=reduction
-    )
 
 
 # --------------------------------------------------------------------------- the task
@@ -267,14 +147,73 @@ class FinetuneTask:
             ),
             autocast=engine.autocast,
         )
-        from echoclr_cli.evaluate import aggregate_levels
-
         levels = aggregate_levels(preds.video)
         return {
             "val_loss": preds.loss if preds.loss is not None else math.nan,
-            "val_auroc": auroc(levels, "study"),
-            "val_auroc_video": auroc(levels, "video"),
+            "val_auroc": level_auroc(levels["study"]),
+            "val_auroc_video": level_auroc(levels["video"]),
         }
+
+
+def level_auroc(df: pd.DataFrame) -> float:
+    """AUROC of one aggregated level (``y_true``, ``y_prob``); NaN for one class or no rows."""
+    y = df["y_true"].to_numpy(dtype=np.int64)[None]  # (1, n)
+    p = df["y_prob"].to_numpy(dtype=np.float64)[None]  # (1, n)
+    return float(auroc_rank(y, p)[0]) if len(df) else math.nan
+
+
+# --------------------------------------------------------------------------- the model follows its init
+MODEL_KEYS = ("arch", "width")
+PUBLISHED_MODEL = {"arch": "r3d_18", "width": 1.0}  # the published EchoCLR checkpoints
+
+
+def init_model(init: str) -> tuple[dict[str, Any], str] | None:
+    """``({arch, width}, where it was read)`` of the model ``finetune.init`` was trained with.
+
+    Our run dir: its ``config.yaml``; our checkpoint file: the config it records; a published
+    EchoCLR checkpoint: r3d_18 at full width. None for random / kinetics and for state dicts
+    that do not say (their tensors are checked against the configured model when loading).
+    """
+    if init in ("random", "kinetics"):
+        return None
+    path = Path(init).expanduser()
+    if path.is_dir() and (path / rundir.CONFIG).is_file():
+        model = rundir.read_run_config(path).model
+        return {"arch": model.arch, "width": model.width}, str(path / rundir.CONFIG)
+    from echoclr_cli.weights import read_weights_file, resolve_init_file, unpack_state
+
+    file = resolve_init_file(init)
+    _, fmt, model_cfg = unpack_state(read_weights_file(file))
+    if model_cfg and all(k in model_cfg for k in MODEL_KEYS):
+        return {k: model_cfg[k] for k in MODEL_KEYS}, str(file)
+    if fmt == "echoclr-published":
+        return dict(PUBLISHED_MODEL), f"{file} (published EchoCLR format)"
+    return None
+
+
+def user_model_keys(config_files: list[Path] | None, sets: list[str] | None) -> set[str]:
+    """``model.arch`` / ``model.width`` when a ``--config`` file or ``--set`` gives them."""
+    from echoclr_cli.config import parse_set, read_yaml
+
+    layers = [read_yaml(f) for f in config_files or []] + [parse_set(sets or [])]
+    return {f"model.{k}" for layer in layers for k in MODEL_KEYS if k in (layer.get("model") or {})}
+
+
+def follow_init_model(
+    cfg: Config, explicit: set[str] | frozenset[str] = frozenset()
+) -> tuple[Config, str | None]:
+    """``cfg`` with the arch and width its init was trained with (keys in ``explicit``, set by
+    the user, are kept); returns the new config and one line saying so (None: nothing to follow).
+    """
+    found = init_model(cfg.finetune.init)
+    follow = [k for k in MODEL_KEYS if f"model.{k}" not in explicit]
+    if found is None or not follow:
+        return cfg, None
+    model, source = found
+    update = {k: model[k] for k in follow}
+    new = cfg.model_copy(update={"model": cfg.model.model_copy(update=update)})
+    said = ", ".join(f"model.{k}={model[k]}" for k in follow)
+    return new, f"model follows the init: {said} (from {source})"
 
 
 # --------------------------------------------------------------------------- the run
@@ -301,11 +240,6 @@ class FinetuneResult:
     history: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-
-
-def manifest_fingerprint(data_dir: Path) -> str:
-    """sha256 of manifest.csv (the engine refuses to resume on a changed dataset)."""
-    return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
 
 
 def build_classifier(cfg: Config) -> nn.Module:
@@ -359,13 +293,12 @@ def run_finetune(
     notes = [f"{f.what}: {f.detail}" for f in check.findings if f.level == "warn"]
 
     train_df = df[df["split"] == "train"]
-    sample = sample_label_fraction(study_labels(train_df, task), ft.frac, ft.frac_seed, task)
+    sample, sub_df = training_subset(train_df, task, ft.frac, ft.frac_seed)
     if sample.extended:
         notes.append(
             f"frac {ft.frac}: int({ft.frac} x {sample.n_available}) = {sample.n_requested} studies "
             f"extended to {len(sample.studies)} to hold a positive and a negative study"
         )
-    sub_df = train_df[train_df["study_id"].isin(set(sample.studies["study_id"]))]
     n_pos_v = int((sub_df[task] == 1).sum())
     pos_weight = pos_weight_value(ft.pos_weight, n_pos_v, len(sub_df) - n_pos_v)
     per_rank = len(sub_df) // world_size
@@ -395,15 +328,15 @@ def run_finetune(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
-        data_fingerprint=manifest_fingerprint(data_dir),
+        data_fingerprint=rundir.manifest_fingerprint(data_dir),
         force=force,
     )
     if engine.is_main:
-        _write_train_studies(sample.studies, out_dir / "train_studies.csv", resume)
+        _write_train_studies(sample.studies, out_dir / rundir.TRAIN_STUDIES, resume)
         if init is not None:
-            atomic_write_json(out_dir / "init.json", init)
+            atomic_write_json(out_dir / rundir.INIT, init)
     if init is None:  # resume: the weights come from last.pt; init.json says where they started
-        path = out_dir / "init.json"
+        path = out_dir / rundir.INIT
         init = json.loads(path.read_text()) if path.exists() else {}
     normalization = input_normalization(cfg)
     if ft.mode == "linear":
@@ -462,8 +395,8 @@ def run_finetune(
     )
 
     # ---- final evaluation with the best-validation weights (rank 0 writes)
-    ckpt = engine.ckpt_dir / ("best.pt" if (engine.ckpt_dir / "best.pt").exists() else "last.pt")
-    if ckpt.name == "last.pt":
+    ckpt = rundir.run_checkpoint(out_dir)
+    if ckpt.name == rundir.LAST:
         notes.append(f"no epoch improved {ft.monitor} (undefined every epoch): tested with last.pt")
     base = unwrap(prepared)
     base.load_state_dict(load_checkpoint(ckpt, map_location=engine.device)["model"])
@@ -495,7 +428,7 @@ def run_finetune(
                 autocast=engine.autocast,
             ).video
         metrics, _, files = write_evaluation(
-            cfg, video_by_split, out_dir, out_dir / "history.csv", progress
+            cfg, video_by_split, out_dir, out_dir / rundir.HISTORY, progress
         )
         facts = {
             "data_dir": str(data_dir.resolve()),
@@ -519,7 +452,7 @@ def run_finetune(
             "splits": splits,
             "notes": notes,
         }
-        atomic_write_json(out_dir / "finetune.json", facts)
+        atomic_write_json(out_dir / rundir.FINETUNE_FACTS, facts)
     engine.barrier()
     engine.close()
     return FinetuneResult(

@@ -20,7 +20,6 @@ The checkpoint's model state is the ``SSLModel``: ``backbone.*`` (what fine-tuni
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from echoclr_cli.io import atomic_write_json
 from echoclr_cli.losses import nt_xent, order_accuracy, order_loss
 from echoclr_cli.models import SSLModel, build_backbone, n_permutations
 from echoclr_cli.optim import build_optimizer, build_scheduler
+from echoclr_cli.rundir import manifest_fingerprint
 
 PROBE_BATCH = 32
 PROBE_KNN = 20
@@ -294,11 +294,6 @@ def build_probe(cfg: Config, df: pd.DataFrame, data_dir: Path) -> ProbeData | No
     )
 
 
-def data_fingerprint(data_dir: Path) -> str:
-    """Hash of manifest.csv: a resume on a changed dataset is refused by the engine."""
-    return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()[:16]
-
-
 def build_model(cfg: Config) -> SSLModel:
     """SSLModel for ``cfg.model`` and ``cfg.pretrain.method``."""
     k = n_permutations(cfg.pretrain.reorder_frames) if cfg.pretrain.method == "echoclr" else 0
@@ -365,7 +360,7 @@ def run_pretrain(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
-        data_fingerprint=data_fingerprint(data_dir),
+        data_fingerprint=manifest_fingerprint(data_dir),
         force=force,
     )
     if progress is not None and rank == 0:

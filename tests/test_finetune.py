@@ -161,7 +161,7 @@ def test_test_metrics_use_the_best_checkpoint(data, tmp_path, monkeypatch):
     best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=False)
     assert best["epoch"] == 1
     # predictions of the reloaded best model == the run's test predictions
-    from echoclr_cli.inference import evaluate_run
+    from echoclr_cli.evaluate import evaluate_run
 
     ev = evaluate_run(tiny_cfg(), tmp_path / "run", data, ["test"], out_dir=tmp_path / "ev")
     a = pd.read_csv(tmp_path / "run/predictions_test_video.csv")
@@ -402,3 +402,49 @@ def test_two_process_finetune_agrees_and_rank0_writes(data, tmp_path):
     assert metrics["test"]["study"]["auroc"]["value"] == pytest.approx(
         roc_auc_score(pred["y_true"], pred["y_prob"])
     )
+
+
+# --------------------------------------------------------------------------- the model follows its init
+def test_init_model_reads_what_the_init_was_trained_with(tmp_path):
+    from echoclr_cli.finetune import init_model
+    from echoclr_cli.models import build_backbone
+
+    ssl_dir, _ = _ssl_checkpoint(tmp_path)  # our pretrain run, width TINY_WIDTH
+    model, source = init_model(str(ssl_dir))
+    assert model == {"arch": "r3d_18", "width": WIDTH} and source.endswith("config.yaml")
+    (ssl_dir / "config.yaml").unlink()  # a bare checkpoint file still records its config
+    model, source = init_model(str(ssl_dir / "checkpoints" / "last.pt"))
+    assert model == {"arch": "r3d_18", "width": WIDTH} and source.endswith("last.pt")
+    published = tmp_path / "chkpt_epoch-3.pt"  # the published format: r3d_18 at full width
+    torch.save({"weights": {"encoder.stem.0.weight": torch.zeros(2)}, "optimizer": {}}, published)
+    model, source = init_model(str(published))
+    assert model == {"arch": "r3d_18", "width": 1.0} and "published" in source
+    plain = tmp_path / "plain.pth"  # a bare state dict does not say
+    torch.save(build_backbone("r3d_18", 0.25).state_dict(), plain)
+    assert init_model(str(plain)) is None
+    assert init_model("random") is None and init_model("kinetics") is None
+    with pytest.raises(UserError, match="not 'random', 'kinetics'"):
+        init_model(str(tmp_path / "missing.pt"))
+
+
+def test_follow_init_model_keeps_what_the_user_set(tmp_path):
+    from echoclr_cli.finetune import follow_init_model, user_model_keys
+
+    published = tmp_path / "pub.pt"
+    torch.save({"weights": {"encoder.stem.0.weight": torch.zeros(2)}}, published)
+    cfg = tiny_cfg(finetune={"init": str(published)})
+    new, line = follow_init_model(cfg)
+    assert (new.model.arch, new.model.width) == ("r3d_18", 1.0) and cfg.model.width == WIDTH
+    assert line.startswith("model follows the init: model.arch=r3d_18, model.width=1.0")
+    kept, line = follow_init_model(cfg, {"model.width"})
+    assert kept.model.width == WIDTH and "model.width" not in line
+    same, line = follow_init_model(cfg, {"model.arch", "model.width"})
+    assert same is cfg and line is None
+    assert follow_init_model(tiny_cfg())[1] is None  # random init: nothing to follow
+    yml = tmp_path / "my.yaml"
+    yml.write_text("model:\n  arch: r3d_18\nfinetune:\n  epochs: 1\n")
+    assert user_model_keys([yml], ["model.width=0.5", "finetune.frac=0.1"]) == {
+        "model.arch",
+        "model.width",
+    }
+    assert user_model_keys(None, ["finetune.frac=0.1"]) == set()

@@ -6,8 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from echoclr_cli.data.fractions import (
+    label_fraction_size,
+    sample_label_fraction,
+    stratified_study_order,
+    study_labels,
+)
 from echoclr_cli.errors import UserError
-from echoclr_cli.finetune import sample_label_fraction, stratified_study_order, study_labels
 
 FRACS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -113,3 +118,26 @@ def test_study_labels_from_videos_and_mixed_study_refused():
     videos.loc[1, "as"] = 0.0
     with pytest.raises(UserError, match="S1"):
         study_labels(videos, "as")
+
+
+def test_label_fraction_size_is_the_subset_the_run_draws():
+    """The size `check` reports is the exact subset, extension included (not int(frac * N))."""
+    from echoclr_cli.data.fractions import training_subset
+
+    rows = []
+    for i, y in enumerate([1] * 3 + [0] * 47):  # 50 studies, 3 positive, 1-3 videos each
+        for v in range(1 + i % 3):
+            rows.append({"video_id": f"S{i}_{v}", "study_id": f"S{i:03d}", "patient_id": f"P{i}",
+                         "as": float(y)})  # fmt: skip
+    train = pd.DataFrame(rows)
+    for frac, seed in [(0.02, 0), (0.1, 1), (0.5, 2), (1.0, 0)]:
+        size = label_fraction_size(train, "as", frac, seed)
+        sample, videos = training_subset(train, "as", frac, seed)
+        assert size.n_studies == len(sample.studies) and size.n_videos == len(videos)
+        assert size.n_requested == int(frac * 50) and size.n_available == 50
+        assert size.n_positive_studies == int(sample.studies["y"].sum()) >= 1
+    tiny = label_fraction_size(train, "as", 0.02, 0)  # int(0.02 * 50) = 1 study: extended
+    assert tiny.extended and tiny.n_studies >= 2
+    assert label_fraction_size(train, "as", 1.0, 0).n_videos == len(train)
+    with pytest.raises(UserError, match="no positive"):
+        label_fraction_size(train.assign(**{"as": 0.0}), "as", 0.5, 0)

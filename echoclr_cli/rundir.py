@@ -1,0 +1,154 @@
+"""Run directories in one place: file names, which checkpoint a run is used with, its config.
+
+Every module that reads or writes a run dir (pretrain, finetune, evaluate, predict, weights, sweep,
+demo) takes its file names and rules from here, so a layout change is one edit. The layout of a
+run dir (``docs/ARCHITECTURE.md``, "Run dir")::
+
+    RUN/config.yaml                       resolved config (the engine writes it)
+    RUN/history.csv                       one row per epoch
+    RUN/checkpoints/{last,best,epoch_N}.pt
+    RUN/init.json, train_studies.csv, finetune.json          (fine-tune)
+    RUN/metrics.json, predictions_{split}_{level}.csv, plots/ (fine-tune: its own result file;
+                                                              the sweep reads it; never rewritten
+                                                              by `echoclr evaluate`)
+    RUN/eval/<name>/                      one folder per `echoclr evaluate` (eval.json,
+                                          metrics.json, predictions, plots, comparison.json)
+
+Sections: layout (names), checkpoints, config and facts, dataset fingerprint. Default run names
+and reading a run's progress are appended as their own sections below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from echoclr_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from echoclr_cli.config import Config
+
+# --------------------------------------------------------------------------- layout (names)
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+INIT = "init.json"
+TRAIN_STUDIES = "train_studies.csv"
+FINETUNE_FACTS = "finetune.json"
+METRICS = "metrics.json"
+COMPARISON = "comparison.json"
+PLOTS = "plots"
+EVAL = "eval"  # RUN/eval/<name>/: the outputs of `echoclr evaluate`
+EVAL_INFO = "eval.json"  # what an eval folder holds (and the mark that it is one)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """``checkpoints/last.pt`` (written every epoch; resume starts from it)."""
+    return checkpoint_dir(run_dir) / LAST
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """``checkpoints/best.pt`` (written when the monitored metric improves; fine-tune)."""
+    return checkpoint_dir(run_dir) / BEST
+
+
+def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    return checkpoint_dir(run_dir) / f"epoch_{epoch}.pt"
+
+
+def predictions_csv(out_dir: Path, split: str, level: str) -> Path:
+    """``predictions_{split}_{level}.csv`` (level: video | study)."""
+    return Path(out_dir) / f"predictions_{split}_{level}.csv"
+
+
+def eval_dir(run_dir: Path, name: str) -> Path:
+    """``RUN/eval/<name>/``: where ``echoclr evaluate`` writes."""
+    return Path(run_dir) / EVAL / name
+
+
+# --------------------------------------------------------------------------- checkpoints
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run is used with: ``best.pt`` when it exists, else ``last.pt``, else None.
+
+    A fine-tune run has best.pt (the best validation epoch) unless no epoch had a defined
+    monitor; a pretrain run only has last.pt.
+    """
+    for path in (best_checkpoint(run_dir), last_checkpoint(run_dir)):
+        if path.is_file():
+            return path
+    return None
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """:func:`find_checkpoint`, or UserError when the run has neither file."""
+    path = find_checkpoint(run_dir)
+    if path is None:
+        raise UserError(
+            f"{run_dir} has no {CHECKPOINTS}/{BEST} or {CHECKPOINTS}/{LAST}",
+            fix="train the run first (`echoclr finetune`)",
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- config and facts
+def read_run_config(run_dir: Path) -> Config:
+    """The resolved ``config.yaml`` a run saved (UserError when absent or unreadable)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from echoclr_cli.config import Config
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise UserError(
+            f"{run_dir} has no {CONFIG}: not an echoclr run dir",
+            fix="pass the --out dir of `echoclr finetune` (or `echoclr pretrain`)",
+        )
+    try:
+        return Config.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as e:
+        raise UserError(
+            f"{path} is not a valid echoclr config ({str(e).splitlines()[0]})",
+            fix="re-run the training that wrote it",
+        ) from None
+
+
+def read_finetune_facts(run_dir: Path) -> dict[str, Any]:
+    """``finetune.json`` of a run (dataset, frame size, subset sizes...); empty when absent."""
+    path = Path(run_dir) / FINETUNE_FACTS
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(
+            f"{path} is not valid JSON", fix="re-run the fine-tune that wrote it"
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------- dataset fingerprint
+def manifest_fingerprint(data_dir: Path) -> str:
+    """sha256 (hex) of a dataset's ``manifest.csv``: checkpoints record it, and a resume on a
+    changed dataset is refused."""
+    return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
+
+
+def fingerprints_match(recorded: str | None, current: str | None) -> bool:
+    """Whether a checkpoint's recorded fingerprint names the current dataset.
+
+    Unknown on either side counts as a match (older checkpoints recorded none). Pretrain runs
+    before this module recorded the first 16 hex digits only; a recorded prefix of the current
+    hash matches.
+    """
+    if not recorded or not current:
+        return True
+    return current == recorded or (len(recorded) < len(current) and current.startswith(recorded))
