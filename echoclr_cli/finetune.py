@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,11 +51,10 @@ from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.engine import Engine, load_checkpoint, seed_everything, unwrap
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import auroc, eval_loader, predict_videos, write_evaluation
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.weights import init_backbone, input_normalization
-
-Progress = Callable[[dict], None] | None
 
 
 # --------------------------------------------------------------------------- label fractions
@@ -331,7 +329,7 @@ def run_finetune(
     resume: bool = False,
     overwrite: bool = False,
     force: bool = False,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.finetune.task`` of ``data_dir`` into run dir ``out_dir``.
 
@@ -560,4 +558,4 @@ def _write_train_studies(studies: pd.DataFrame, path: Path, resume: bool) -> Non
 
 def _emit(progress: Progress, message: str) -> None:
     if progress is not None:
-        progress({"kind": "status", "message": message})
+        progress(Status(message))

@@ -35,10 +35,10 @@ from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.engine import load_checkpoint, resolve_device, resolve_dtype
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import EvalBatch, Progress, Status, counter
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.weights import input_normalization
 
-Progress = Callable[[dict], None] | None
 # clip logits (N,), clip labels (N,) -> per-clip losses (N,)
 ClipLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -94,7 +94,7 @@ def predict_videos(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     loss_fn: ClipLoss | None = None,
     autocast: Callable[[], Any] | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> VideoPredictions:
     """Sigmoid-averaged video probabilities of ``model`` over ``loader`` (collated eval batches).
 
@@ -144,7 +144,7 @@ def predict_videos(
                 )
             )
             if progress is not None:
-                progress({"kind": "eval_batch", "batch": b + 1, "batches": _len(loader)})
+                progress(EvalBatch(batch=b + 1, batches=_len(loader)))
     finally:
         model.train(was_training)
     cols = ["video_id", "study_id", "patient_id", "y_true", "y_prob", "n_clips"]
@@ -187,7 +187,7 @@ def write_evaluation(
     video_by_split: dict[str, pd.DataFrame],
     out_dir: Path,
     history_csv: Path | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, pd.DataFrame]], list[Path]]:
     """Metrics, prediction CSVs and plots of per-video predictions of several splits.
 
@@ -197,7 +197,7 @@ def write_evaluation(
     ``history_csv`` exists). Returns ``(metrics, levels_by_split, paths written)``.
     """
     out_dir = Path(out_dir)
-    cb = (lambda msg: progress({"kind": "status", "message": msg})) if progress else None
+    cb = (lambda msg: progress(Status(msg))) if progress else None
     metrics = ev.evaluate_predictions(video_by_split, cfg, progress=cb)
     levels_by_split = {split: ev.aggregate_levels(df) for split, df in video_by_split.items()}
     paths = write_predictions(levels_by_split, out_dir)
@@ -305,7 +305,7 @@ def predict_split_videos(
     df: pd.DataFrame,
     data_dir: Path,
     task: str | None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Per-video predictions of a loaded run on manifest rows ``df`` (eval settings of ``cfg``)."""
     device, autocast = _device_and_autocast(cfg)
@@ -357,7 +357,7 @@ def evaluate_run(
     splits: Sequence[str],
     compare: Path | None = None,
     out_dir: Path | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> EvaluateResult:
     """Evaluate a fine-tuned run on ``splits`` of a dataset (and compare it with another run).
 
@@ -393,7 +393,7 @@ def evaluate_run(
     video_by_split = {}
     for split in todo:
         if progress:
-            progress({"kind": "status", "message": f"predicting {split}"})
+            progress(Status(f"predicting {split}"))
         video_by_split[split] = predict_split_videos(
             run, cfg, df[df["split"] == split], data_dir, task, progress
         )
@@ -427,7 +427,7 @@ def _compare(
     data_dir: Path,
     levels: dict[str, dict[str, pd.DataFrame]],
     device: torch.device,
-    progress: Progress,
+    progress: Progress | None,
 ) -> dict[str, Any]:
     other = load_run(other_dir, device)
     if other.cfg.finetune.task != run.cfg.finetune.task:
@@ -440,7 +440,7 @@ def _compare(
     out: dict[str, Any] = {"run_a": str(run.run_dir), "run_b": str(other_dir), "splits": {}}
     for split, by_level in levels.items():
         if progress:
-            progress({"kind": "status", "message": f"predicting {split} with {other_dir}"})
+            progress(Status(f"predicting {split} with {other_dir}"))
         video_b = predict_split_videos(
             other, cfg, df[df["split"] == split], data_dir, run.cfg.finetune.task, progress
         )
@@ -486,7 +486,7 @@ def predict(
     input_path: Path,
     out_csv: Path,
     overwrite: bool = False,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> PredictResult:
     """Probabilities of a fine-tuned run for every video and study of ``input_path``; no labels needed.
 
@@ -558,7 +558,7 @@ def _preprocess_for_predict(
     input_path: Path,
     data_dir: Path,
     overwrite: bool,
-    progress: Progress,
+    progress: Progress | None,
 ) -> None:
     """Preprocess raw input into ``data_dir`` at the frame size the run was trained on."""
     if not input_path.exists():
@@ -576,11 +576,7 @@ def _preprocess_for_predict(
     pp = cfg.preprocess.model_copy(
         update={"size": int(size), "input": input_path, "overwrite": True}
     )
-    cb = (
-        (lambda done, total: progress({"kind": "preprocess", "done": done, "total": total}))
-        if progress
-        else None
-    )
+    cb = counter(progress, "preprocess")
     preprocess(cfg.model_copy(update={"preprocess": pp}), input_path, data_dir, progress=cb)
 
 
