@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from echoclr_cli import __version__, report, rundir
+from echoclr_cli import __version__, report
 from echoclr_cli.cli_options import (
     BatchOpt,
     CheckFor,
@@ -229,12 +229,13 @@ def pretrain(
             flags=flags,
         )
         from echoclr_cli.pretrain import run_pretrain
+        from echoclr_cli.rundir import pretrain_run_dir
 
         with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
             res = run_pretrain(
                 cfg,
                 cfg.paths.data,
-                out or rundir.pretrain_run_dir(cfg),
+                out or pretrain_run_dir(cfg),
                 resume=resume,
                 overwrite=overwrite,
                 force=force,
@@ -521,13 +522,14 @@ def sweep(
             quiet=quiet,
             flags=flags,
         )
+        from echoclr_cli.rundir import sweep_dir
         from echoclr_cli.sweep import parse_shard, run_sweep
 
         with report.progress("sweep") as on_event:
             res = run_sweep(
                 cfg=cfg,
                 data_dir=cfg.paths.data,
-                out_dir=out or rundir.sweep_dir(cfg),
+                out_dir=out or sweep_dir(cfg),
                 shard=parse_shard(shard) if shard else None,
                 dry_run=dry_run,
                 progress=on_event,

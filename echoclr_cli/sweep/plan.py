@@ -43,11 +43,6 @@ class RunSpec:
     est_seconds: float  # history seconds when done, else an estimate
     overrides: dict[str, Any]  # nested config overrides applied to the sweep's config
 
-    @property
-    def cell(self) -> tuple[str, str, float, int]:
-        """Model-selection group: the LR grid of one (task, init, ratio, seed)."""
-        return (self.task, self.init, self.ratio, self.seed)
-
 
 @dataclass
 class SweepPlan:
@@ -81,9 +76,10 @@ class SweepPlan:
         ]
         return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, runs: Sequence[RunSpec] | None = None) -> dict[str, int]:
+        """Runs by status: done, partial (to resume), pending (to train)."""
         out = {"done": 0, "partial": 0, "pending": 0}
-        for r in self.runs:
+        for r in self.runs if runs is None else runs:
             out[r.status] += 1
         return out
 
@@ -101,7 +97,7 @@ class SweepPlan:
     def summary(self, runs: Sequence[RunSpec] | None = None) -> list[str]:
         """Plain-text lines for the terminal: grid size, statuses, cost, inits, pretraining."""
         runs = self.runs if runs is None else runs
-        counts = {k: sum(r.status == k for r in runs) for k in ("done", "partial", "pending")}
+        counts = self.counts(runs)
         left = counts["partial"] + counts["pending"]
         if not left:
             eta = "nothing left to train"
