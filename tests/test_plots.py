@@ -8,7 +8,6 @@ import pytest
 from matplotlib.image import imread
 
 from echoclr_cli.errors import UserError
-from echoclr_cli.schema import RESULT_COLUMNS
 from echoclr_cli.plots import (
     GRID,
     _curves,
@@ -20,6 +19,7 @@ from echoclr_cli.plots import (
     plot_label_efficiency,
     plot_roc_pr,
 )
+from echoclr_cli.schema import RESULT_COLUMNS
 
 
 def _png(path) -> tuple[int, int]:
