@@ -1,22 +1,51 @@
 """The `echoclr` command line. Parses, resolves the config, calls ONE core function, renders.
 
-This is the only module that imports typer. Core modules are imported inside each command so
+Shared options, config resolution and error handling live in cli_options.py. Core modules are imported inside each command so
 that `echoclr --help` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from echoclr_cli import __version__, report
-from echoclr_cli.config import Config, config_to_dict, load_config, parse_set, resolve_profile
-from echoclr_cli.errors import Preempted, UserError
+from echoclr_cli import __version__, report, rundir
+from echoclr_cli.cli_options import (
+    BatchOpt,
+    CheckFor,
+    ConfigOpt,
+    DeviceOpt,
+    DryRunOpt,
+    EpochsOpt,
+    ForceOpt,
+    InitsOpt,
+    LowRatioLrsOpt,
+    LrOpt,
+    LrsOpt,
+    OverwriteOpt,
+    PretrainDirOpt,
+    PretrainMissingOpt,
+    ProfileOpt,
+    QuietOpt,
+    RatiosOpt,
+    ResumeOpt,
+    SeedOpt,
+    SeedsOpt,
+    SetOpt,
+    ShardOpt,
+    TasksOpt,
+    VerboseOpt,
+    WorkersOpt,
+    build_config,
+    csv_list,
+    handle_errors,
+    path_str,
+    training_flags,
+)
+from echoclr_cli.errors import UserError
+from echoclr_cli.events import counter
 
 app = typer.Typer(
     name="echoclr",
@@ -27,123 +56,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
-# --------------------------------------------------------------------------- shared options
-ConfigOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--config", "-c", help="YAML config file(s), applied in order over the profile."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."
-    ),
-]
-ProfileOpt = Annotated[
-    str,
-    typer.Option(
-        "--profile",
-        help="Base settings: paper (published), demo (small CPU profile), or auto = paper when "
-        "CUDA is used, demo otherwise.",
-    ),
-]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (runtime.device).")
-]
-VerboseOpt = Annotated[
-    bool, typer.Option("--verbose", "-v", help="Print the resolved config and full tracebacks.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")]
-EpochsOpt = Annotated[
-    int | None, typer.Option("--epochs", help="Training epochs (<section>.epochs).")
-]
-BatchOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Batch size per process (<section>.batch_size).")
-]
-LrOpt = Annotated[
-    float | None, typer.Option("--lr", help="Learning rate (<section>.optim.learning_rate).")
-]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Global seed (runtime.seed).")]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="Data loader workers (runtime.workers).")
-]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
-    ),
-]
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
-]
-
-
-def _put(d: dict, dotted: str, value: Any) -> None:
-    node = d
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
-def build_config(
-    section: str | None,
-    config: list[Path] | None,
-    sets: list[str] | None,
-    profile: str,
-    device: str | None,
-    verbose: bool,
-    quiet: bool,
-    flags: dict[str, Any] | None = None,
-) -> Config:
-    """Resolve the config: defaults < profile < --config YAML < flags < --set."""
-    # Under torchrun only rank 0 talks (the engine also writes outputs from rank 0 only).
-    report.set_quiet(quiet or int(os.environ.get("RANK", "0")) > 0)
-    overrides: dict = {}
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _put(overrides, key, value)
-    if device is not None:
-        _put(overrides, "runtime.device", device)
-    from echoclr_cli.config import deep_merge
-
-    overrides = deep_merge(overrides, parse_set(sets or []))
-    dev = (overrides.get("runtime") or {}).get("device", "auto")
-    cfg = load_config(config, overrides, resolve_profile(profile, dev), prefer=section)
-    if verbose:
-        report.print_config(config_to_dict(cfg))
-    return cfg
-
-
-def training_flags(section: str, epochs, batch_size, lr, seed, workers) -> dict[str, Any]:
-    return {
-        f"{section}.epochs": epochs,
-        f"{section}.batch_size": batch_size,
-        f"{section}.optim.learning_rate": lr,
-        "runtime.seed": seed,
-        "runtime.workers": workers,
-    }
-
-
-@contextlib.contextmanager
-def handle_errors(verbose: bool):
-    """User errors -> one line + fix, exit 1; preemption -> exit 143; no traceback unless -v."""
-    try:
-        yield
-    except UserError as e:
-        if verbose:
-            traceback.print_exc()
-        report.error(e.message, e.fix)
-        raise typer.Exit(code=e.code) from None
-    except Preempted as e:
-        report.warn(f"preempted ({e}); checkpoint saved, continue with --resume")
-        raise typer.Exit(code=143) from None
-    except KeyboardInterrupt:
-        report.error("interrupted")
-        raise typer.Exit(code=130) from None
 
 
 def version_callback(value: bool) -> None:
@@ -188,27 +100,24 @@ def synth(
 ) -> None:
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
     with handle_errors(verbose):
+        flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt}
         cfg = build_config(
-            "synth",
-            config,
-            set_,
-            profile,
-            None,
-            verbose,
-            quiet,
-            {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt},
+            section="synth",
+            config=config,
+            sets=set_,
+            profile=profile,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
         )
         from echoclr_cli.data.synth import synthesize, write_preview
 
         out = out_dir if out_dir is not None else cfg.paths.raw
-        with report.count_progress("synth") as update:
-            res = synthesize(cfg, out, progress=update)
+        with report.progress("synth") as on_event:
+            res = synthesize(cfg, out, progress=counter(on_event, "synth"))
         if preview is not None:
             write_preview(out, preview)
-        report.info(
-            f"wrote {res.n_studies} studies ({res.n_patients} patients, {res.n_cine} cine videos, "
-            f"{res.n_files} files) to {res.out_dir}; labels: {res.labels_csv}"
-        )
+        report.show_synth(res)
 
 
 # --------------------------------------------------------------------------- preprocess
@@ -250,30 +159,32 @@ def preprocess(
 ) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
     with handle_errors(verbose):
+        flags = {
+            "preprocess.input": path_str(input_dir),
+            "preprocess.labels": path_str(labels),
+            "preprocess.layout": layout,
+            "preprocess.workers": workers,
+            "preprocess.size": size,
+            "preprocess.external_after": external_after,
+            "preprocess.salt": salt,
+            "preprocess.overwrite": True if overwrite else None,
+            "paths.data": path_str(output),
+        }
         cfg = build_config(
-            "preprocess",
-            config,
-            set_,
-            profile,
-            None,
-            verbose,
-            quiet,
-            {
-                "preprocess.input": str(input_dir) if input_dir else None,
-                "preprocess.labels": str(labels) if labels else None,
-                "preprocess.layout": layout,
-                "preprocess.workers": workers,
-                "preprocess.size": size,
-                "preprocess.external_after": external_after,
-                "preprocess.salt": salt,
-                "preprocess.overwrite": True if overwrite else None,
-                "paths.data": str(output) if output else None,
-            },
+            section="preprocess",
+            config=config,
+            sets=set_,
+            profile=profile,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
         )
         from echoclr_cli.preprocess import preprocess as run_preprocess
 
-        with report.count_progress("preprocess") as update:
-            res = run_preprocess(cfg, cfg.preprocess.input, cfg.paths.data, progress=update)
+        with report.progress("preprocess") as on_event:
+            res = run_preprocess(
+                cfg, cfg.preprocess.input, cfg.paths.data, progress=counter(on_event, "preprocess")
+            )
         report.show_preprocess(res)
 
 
@@ -306,31 +217,30 @@ def pretrain(
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
     with handle_errors(verbose):
         flags = training_flags("pretrain", epochs, batch_size, lr, seed, workers)
-        flags["pretrain.method"] = method
-        flags["paths.data"] = str(data) if data else None
-        cfg = build_config("pretrain", config, set_, profile, device, verbose, quiet, flags)
+        flags.update({"pretrain.method": method, "paths.data": path_str(data)})
+        cfg = build_config(
+            section="pretrain",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
+        )
         from echoclr_cli.pretrain import run_pretrain
 
-        run_dir = out or cfg.paths.runs / "pretrain" / cfg.pretrain.method
-        with report.training_progress(f"pretrain {cfg.pretrain.method}") as progress:
+        with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
             res = run_pretrain(
                 cfg,
                 cfg.paths.data,
-                run_dir,
+                out or rundir.pretrain_run_dir(cfg),
                 resume=resume,
                 overwrite=overwrite,
                 force=force,
-                progress=progress,
+                progress=on_event,
             )
         report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
-
-
-def _csv_list(text: str | None, cast, option: str):
-    if text is None:
-        return None
-    from echoclr_cli.sweep import parse_list
-
-    return parse_list(text, cast, option)
 
 
 # --------------------------------------------------------------------------- finetune
@@ -409,21 +319,23 @@ def finetune(
                 "finetune.monitor": monitor,
             }
         )
-        cfg = build_config("finetune", config, set_, profile, device, verbose, quiet, flags)
+        cfg = build_config(
+            section="finetune",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
+        )
         from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
 
         cfg, followed = follow_init_model(cfg, user_model_keys(config, set_))
         if followed:
             report.info(followed)
-        ft = cfg.finetune
-        init_name = Path(ft.init).name if ft.init not in ("random", "kinetics") else ft.init
-        run_dir = (
-            out
-            or cfg.paths.runs
-            / "finetune"
-            / f"{ft.task}-{init_name}-{ft.frac:g}-s{cfg.runtime.seed}"
-        )
-        with report.training_progress(f"finetune {ft.task}") as progress:
+        run_dir = out or rundir.finetune_run_dir(cfg)
+        with report.progress(f"finetune {cfg.finetune.task}") as progress:
             res = run_finetune(
                 cfg,
                 cfg.paths.data,
@@ -497,24 +409,25 @@ def evaluate(
 ) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
     with handle_errors(verbose):
+        flags = {
+            "evaluate.clips_per_video": clips,  # "all" or a number (the config parses it)
+            "evaluate.bootstrap": bootstrap,
+            "runtime.workers": workers,
+        }
         cfg = build_config(
-            "evaluate",
-            config,
-            set_,
-            profile,
-            device,
-            verbose,
-            quiet,
-            {
-                "evaluate.clips_per_video": clips,
-                "evaluate.bootstrap": bootstrap,
-                "runtime.workers": workers,
-            },
+            section="evaluate",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
         )
         from echoclr_cli.evaluate import evaluate_run
 
         splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
-        with report.training_progress("evaluate") as progress:
+        with report.progress("evaluate") as progress:
             res = evaluate_run(
                 cfg=cfg,
                 run_dir=run,
@@ -561,11 +474,18 @@ def predict(
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
     with handle_errors(verbose):
         cfg = build_config(
-            "evaluate", config, set_, profile, device, verbose, quiet, {"runtime.workers": workers}
+            section="evaluate",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+            flags={"runtime.workers": workers},
         )
         from echoclr_cli.predict import predict as run_predict
 
-        with report.training_progress("predict") as progress:
+        with report.progress("predict") as progress:
             res = run_predict(cfg, run, input_path, out, overwrite=overwrite, progress=progress)
         report.info(
             f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
@@ -581,48 +501,16 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
     ] = None,
-    ratios: Annotated[
-        str | None,
-        typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios)."),
-    ] = None,
-    inits: Annotated[
-        str | None,
-        typer.Option(
-            "--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."
-        ),
-    ] = None,
-    tasks: Annotated[
-        str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")
-    ] = None,
-    lrs: Annotated[
-        str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")
-    ] = None,
-    low_ratio_lrs: Annotated[
-        str | None,
-        typer.Option(
-            "--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4)."
-        ),
-    ] = None,
-    seeds: Annotated[
-        str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")
-    ] = None,
-    pretrain_dir: Annotated[
-        Path | None,
-        typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain)."),
-    ] = None,
-    pretrain_missing: Annotated[
-        bool,
-        typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping."),
-    ] = False,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
-    ] = False,
+    ratios: RatiosOpt = None,
+    inits: InitsOpt = None,
+    tasks: TasksOpt = None,
+    lrs: LrsOpt = None,
+    low_ratio_lrs: LowRatioLrsOpt = None,
+    seeds: SeedsOpt = None,
+    pretrain_dir: PretrainDirOpt = None,
+    pretrain_missing: PretrainMissingOpt = False,
+    shard: ShardOpt = None,
+    dry_run: DryRunOpt = False,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -634,42 +522,40 @@ def sweep(
     """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
     with handle_errors(verbose):
         flags = {
-            "paths.data": str(data) if data else None,
-            "sweep.ratios": _csv_list(ratios, float, "--ratios"),
-            "sweep.inits": _csv_list(inits, str, "--inits"),
-            "sweep.tasks": _csv_list(tasks, str, "--tasks"),
-            "sweep.lrs": _csv_list(lrs, float, "--lrs"),
-            "sweep.low_ratio_lrs": _csv_list(low_ratio_lrs, float, "--low-ratio-lrs"),
-            "sweep.seeds": _csv_list(seeds, int, "--seeds"),
-            "sweep.pretrain_dir": str(pretrain_dir) if pretrain_dir else None,
+            "paths.data": path_str(data),
+            "sweep.ratios": csv_list(ratios, float, "--ratios"),
+            "sweep.inits": csv_list(inits, str, "--inits"),
+            "sweep.tasks": csv_list(tasks, str, "--tasks"),
+            "sweep.lrs": csv_list(lrs, float, "--lrs"),
+            "sweep.low_ratio_lrs": csv_list(low_ratio_lrs, float, "--low-ratio-lrs"),
+            "sweep.seeds": csv_list(seeds, int, "--seeds"),
+            "sweep.pretrain_dir": path_str(pretrain_dir),
             "sweep.pretrain_missing": True if pretrain_missing else None,
             "runtime.workers": workers,
         }
-        cfg = build_config("sweep", config, set_, profile, device, verbose, quiet, flags)
+        cfg = build_config(
+            section="sweep",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+            flags=flags,
+        )
         from echoclr_cli.sweep import parse_shard, run_sweep
 
-        shard_t = parse_shard(shard) if shard else None
-        sweep_dir = out or cfg.paths.runs / "sweep"
-        with report.training_progress("sweep") as progress:
+        with report.progress("sweep") as on_event:
             res = run_sweep(
-                cfg, cfg.paths.data, sweep_dir, shard=shard_t, dry_run=dry_run, progress=progress
+                cfg=cfg,
+                data_dir=cfg.paths.data,
+                out_dir=out or rundir.sweep_dir(cfg),
+                shard=parse_shard(shard) if shard else None,
+                dry_run=dry_run,
+                progress=on_event,
             )
-        if dry_run:
-            for line in res.plan.summary(res.assigned):
-                report.info(line)
-            frame = res.plan.frame()
-            cols = [c for c in ("run_dir", "status", "est_seconds") if c in frame.columns]
-            assigned = {str(r.run_dir) for r in res.assigned}
-            rows = frame[frame["run_dir"].astype(str).isin(assigned)][cols].values.tolist()
-            report.show(report.table("plan", cols, rows))
-            return
-        report.info(f"trained {len(res.trained)} run(s) now; results in {sweep_dir}")
-        report.show_sweep_tables(res.tables)
-        for fig in res.figures:
-            report.info(f"figure: {fig}")
+        report.show_sweep(res)
         if res.failed:
-            for run_dir, msg in res.failed:
-                report.error(f"{run_dir}: {msg}")
             raise UserError(
                 f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir"
             )
@@ -683,8 +569,8 @@ def check(
         str | None, typer.Option("--task", "-t", help="Also check this label column.")
     ] = None,
     for_: Annotated[
-        str | None,
-        typer.Option("--for", help="pretrain | finetune: also check batches against this config."),
+        CheckFor | None,
+        typer.Option("--for", help="Also check batches against this section's config."),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -695,22 +581,17 @@ def check(
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
     with handle_errors(verbose):
         cfg = build_config(
-            "check",
-            config,
-            set_,
-            profile,
-            None,
-            verbose,
-            quiet,
-            {"paths.data": str(data) if data else None},
+            section="check",
+            config=config,
+            sets=set_,
+            profile=profile,
+            verbose=verbose,
+            quiet=quiet,
+            flags={"paths.data": path_str(data)},
         )
-        if for_ not in (None, "pretrain", "finetune"):
-            raise UserError(
-                f"--for '{for_}' is not pretrain or finetune", fix="use --for pretrain|finetune"
-            )
         from echoclr_cli.check import run_check
 
-        res = run_check(cfg, cfg.paths.data, task=task, section=for_)
+        res = run_check(cfg, cfg.paths.data, task=task, section=for_.value if for_ else None)
         report.show_check(res)
         if not res.ok:
             raise typer.Exit(code=1)
@@ -731,19 +612,19 @@ def demo(
 ) -> None:
     """The whole pipeline on synthetic data: synth, preprocess, pretrain x2, label-efficiency sweep."""
     with handle_errors(verbose):
-        cfg = build_config("sweep", config, set_, profile, device, verbose, quiet)
+        cfg = build_config(
+            section="demo",
+            config=config,
+            sets=set_,
+            profile=profile,
+            device=device,
+            verbose=verbose,
+            quiet=quiet,
+        )
         from echoclr_cli.demo import run_demo
 
-        res = run_demo(
-            cfg,
-            root,
-            count_progress=report.count_progress,
-            training_progress=report.training_progress,
-            say=report.info,
-        )
-        report.show_sweep_tables(res.sweep.tables)
-        for fig in res.sweep.figures:
-            report.info(f"figure: {fig}")
+        res = run_demo(cfg=cfg, root=root, progress=report.progress, say=report.info)
+        report.show_sweep(res.sweep)
 
 
 def main() -> None:

@@ -5,14 +5,15 @@ small CPU profile. Every section is a pydantic model with ``extra="forbid"`` so 
 wrong type is refused before any work, naming the key and the closest valid key.
 
 Where we deliberately differ from the published setup the field's description says so
-(``DIFFERS:``), and the resolved config that is saved in every run dir carries those descriptions
-in ``docs/CONFIG.md``.
+(``DIFFERS:``); docs/METHOD_NOTES.md explains why.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from echoclr_cli.errors import UserError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = PACKAGE_DIR.parent / "configs"  # the repo's configs/ (the package installs editable)
+# Profiles and example configs ship inside the package (echoclr_cli/configs/, read with
+# importlib.resources); the repo's top-level configs/ is a symlink to it, the copy users read.
+CONFIG_PACKAGE = "echoclr_cli"
+CONFIG_SUBDIR = "configs"
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -371,13 +374,17 @@ def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file not found: {path}", fix="check the --config path")
+    return _parse_yaml(path.read_text(), str(path))
+
+
+def _parse_yaml(text: str, source: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})", fix="fix the YAML syntax") from None
+        raise UserError(f"{source}: not valid YAML ({e})", fix="fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise UserError(
-            f"{path}: top level must be a mapping of keys", fix="use 'key: value' lines"
+            f"{source}: top level must be a mapping of keys", fix="use 'key: value' lines"
         )
     return data
 
@@ -403,8 +410,20 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def profile_path(name: str) -> Path:
-    return CONFIG_DIR / f"{name}.yaml"
+def config_resource(relative: str) -> Traversable:
+    """A shipped config file (``demo.yaml``, ``sweep/paper.yaml``), from the installed package."""
+    return resources.files(CONFIG_PACKAGE).joinpath(CONFIG_SUBDIR, *relative.split("/"))
+
+
+def read_profile(name: str) -> dict:
+    """The YAML of profile ``name`` shipped with the package (``configs/<name>.yaml``)."""
+    res = config_resource(f"{name}.yaml")
+    if not res.is_file():
+        raise UserError(
+            f"profile file configs/{name}.yaml is missing from the installed package",
+            fix="reinstall echoclr (pip install .) so that echoclr_cli/configs/ is included",
+        )
+    return _parse_yaml(res.read_text(), f"configs/{name}.yaml (package)")
 
 
 def cuda_available() -> bool:
@@ -437,12 +456,10 @@ def load_config(
 ) -> Config:
     """Build the resolved config. ``overrides`` is a nested dict (from flags and --set)."""
     data: dict[str, Any] = {}
-    sources = ["defaults"]
     if profile not in ("paper", "demo"):
         raise UserError(f"unknown profile '{profile}'", fix="use --profile auto, paper or demo")
     if profile != "paper":
-        data = deep_merge(data, read_yaml(profile_path(profile)))
-        sources.append(f"profile {profile}")
+        data = deep_merge(data, read_profile(profile))
     data["profile"] = profile
     for f in config_files or []:
         layer = read_yaml(f)
@@ -453,7 +470,6 @@ def load_config(
                 _format_error(e, str(f), prefer), fix="fix the key or value in the YAML"
             ) from None
         data = deep_merge(data, layer)
-        sources.append(str(f))
     if overrides:
         data = deep_merge(data, overrides)
     try:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from echoclr_cli.config import Config
+from echoclr_cli.events import Progress, counter
+from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
 
 DEMO_METHODS = ("echoclr", "mi-simclr")
 
@@ -27,18 +30,8 @@ class DemoResult:
     stages_skipped: list[str]
 
 
-def _null_progress(_desc: str):
+def _no_progress(_description: str):
     return contextlib.nullcontext(None)
-
-
-def pretrain_state(run_dir: Path) -> tuple[int, bool]:
-    """(completed epochs, has checkpoint) of a pretrain run dir."""
-    from echoclr_cli.engine import load_checkpoint
-
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not last.exists():
-        return 0, False
-    return int(load_checkpoint(last)["epoch"]), True
 
 
 def demo_config(cfg: Config, root: Path) -> Config:
@@ -52,12 +45,14 @@ def demo_config(cfg: Config, root: Path) -> Config:
 
 
 def run_demo(
+    *,
     cfg: Config,
     root: Path,
-    count_progress: Callable[[str], Any] = _null_progress,
-    training_progress: Callable[[str], Any] = _null_progress,
+    progress: Callable[[str], AbstractContextManager[Progress | None]] = _no_progress,
     say: Callable[[str], None] = lambda _m: None,
 ) -> DemoResult:
+    """Run (or finish) the demo under ``root``. ``progress(description)`` is a context manager
+    giving each stage's event callback (``report.progress``); ``say`` prints a stage line."""
     from echoclr_cli.data.synth import synthesize
     from echoclr_cli.preprocess import preprocess
     from echoclr_cli.pretrain import run_pretrain
@@ -70,28 +65,30 @@ def run_demo(
         skipped.append("synth")
     else:
         say(f"[1/4] synthesising {cfg.synth.studies} echo studies -> {cfg.paths.raw}")
-        with count_progress("synth") as update:
-            synthesize(cfg, cfg.paths.raw, progress=update)
+        with progress("synth") as on_event:
+            synthesize(cfg, cfg.paths.raw, progress=counter(on_event, "synth"))
 
     say(f"[2/4] preprocessing -> {cfg.paths.data}")
-    with count_progress("preprocess") as update:
-        preprocess(cfg, cfg.paths.raw, cfg.paths.data, progress=update)
+    with progress("preprocess") as on_event:
+        preprocess(cfg, cfg.paths.raw, cfg.paths.data, progress=counter(on_event, "preprocess"))
 
     runs: dict[str, Path] = {}
     for method in DEMO_METHODS:
         mcfg = cfg.model_copy(deep=True)
         mcfg.pretrain.method = method
-        run_dir = cfg.paths.runs / "pretrain" / method
-        runs[method] = run_dir
-        done, has_ck = pretrain_state(run_dir)
-        if done >= mcfg.pretrain.epochs:
+        run_dir = runs[method] = pretrain_run_dir(cfg, method)
+        state = run_progress(run_dir, "pretrain")
+        if state.has_checkpoint and (state.epochs_done or 0) >= mcfg.pretrain.epochs:
             skipped.append(f"pretrain {method}")
             continue
         say(f"[3/4] pretraining {method} ({mcfg.pretrain.epochs} epochs) -> {run_dir}")
-        with training_progress(f"pretrain {method}") as progress:
-            run_pretrain(mcfg, cfg.paths.data, run_dir, resume=has_ck, progress=progress)
+        with progress(f"pretrain {method}") as on_event:
+            run_pretrain(
+                mcfg, cfg.paths.data, run_dir, resume=state.has_checkpoint, progress=on_event
+            )
 
-    say(f"[4/4] label-efficiency sweep -> {cfg.paths.runs / 'sweep'}")
-    with training_progress("sweep") as progress:
-        sweep = run_sweep(cfg, cfg.paths.data, cfg.paths.runs / "sweep", progress=progress)
+    out_dir = sweep_dir(cfg)
+    say(f"[4/4] label-efficiency sweep -> {out_dir}")
+    with progress("sweep") as on_event:
+        sweep = run_sweep(cfg=cfg, data_dir=cfg.paths.data, out_dir=out_dir, progress=on_event)
     return DemoResult(Path(root), cfg.paths.data, runs, sweep, skipped)

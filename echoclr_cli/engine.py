@@ -34,6 +34,7 @@ from torch import nn
 from echoclr_cli import __version__
 from echoclr_cli.config import Config, config_to_dict, diff_configs, save_config
 from echoclr_cli.errors import Preempted, UserError
+from echoclr_cli.events import Epoch, Event, Step
 from echoclr_cli.io import atomic_write, atomic_write_csv
 
 # Config keys that may change between a run and its resume.
@@ -443,12 +444,13 @@ class Engine:
                     batch_idx += 1
                     s.batch_in_epoch = batch_idx
                     self._emit(
-                        kind="step",
-                        epoch=epoch + 1,
-                        epochs=epochs,
-                        batch=batch_idx,
-                        batches=steps_per_epoch,
-                        loss=s.sums.get("loss", 0.0) / max(s.sums.get("_count", 1), 1),
+                        Step(
+                            epoch=epoch + 1,
+                            epochs=epochs,
+                            batch=batch_idx,
+                            batches=steps_per_epoch,
+                            loss=s.sums.get("loss", 0.0) / max(s.sums.get("_count", 1), 1),
+                        )
                     )
                     if self._sigterm:
                         self.save("last.pt", model, optimizer, scheduler)
@@ -481,7 +483,7 @@ class Engine:
                 self.save("last.pt", model, optimizer, scheduler)
                 if checkpoint_every and s.epoch % checkpoint_every == 0:
                     self.save(f"epoch_{s.epoch}.pt", model, optimizer, scheduler)
-                self._emit(kind="epoch", epoch=s.epoch, epochs=epochs, row=row)
+                self._emit(Epoch(epoch=s.epoch, epochs=epochs, row=row))
                 self.barrier()
                 if self._sigterm:
                     raise Preempted(f"SIGTERM after epoch {s.epoch}")
@@ -553,7 +555,7 @@ class Engine:
             s.bad_epochs = 0
         return better
 
-    def _emit(self, **event: Any) -> None:
+    def _emit(self, event: Event) -> None:
         if self.progress is not None and self.is_main:
             self.progress(event)
 

@@ -34,27 +34,10 @@ from echoclr_cli.config import Config
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.engine import load_checkpoint, resolve_device, resolve_dtype
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
-from echoclr_cli.metrics import (  # noqa: F401  temporary re-export: tests/test_metrics.py and
-    aggregate,  # tests/test_plots.py import these from here; they belong to echoclr_cli.metrics
-    aggregate_levels,
-    auroc_rank,
-    batch_metrics,
-    bootstrap_ci,
-    bootstrap_distribution,
-    choose_thresholds,
-    compare_runs,
-    compute_metrics,
-    compute_metrics_with_reasons,
-    delong_covariance,
-    delong_test,
-    evaluate_predictions,
-    metrics_to_frame,
-)
 from echoclr_cli.weights import input_normalization
-
-Progress = Callable[[dict], None] | None
 
 
 # --------------------------------------------------------------------------- writing results
@@ -76,7 +59,7 @@ def write_evaluation(
     video_by_split: dict[str, pd.DataFrame],
     out_dir: Path,
     history_csv: Path | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, pd.DataFrame]], list[Path]]:
     """Metrics, prediction CSVs and plots of per-video predictions of several splits.
 
@@ -86,7 +69,7 @@ def write_evaluation(
     ``history_csv`` exists). Returns ``(metrics, levels_by_split, paths written)``.
     """
     out_dir = Path(out_dir)
-    cb = (lambda msg: progress({"kind": "status", "message": msg})) if progress else None
+    cb = (lambda msg: progress(Status(msg))) if progress else None
     metrics = ev.evaluate_predictions(video_by_split, cfg, progress=cb)
     levels_by_split = {split: ev.aggregate_levels(df) for split, df in video_by_split.items()}
     paths = write_predictions(levels_by_split, out_dir)
@@ -168,7 +151,7 @@ def predict_split_videos(
     df: pd.DataFrame,
     data_dir: Path,
     task: str | None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Per-video predictions of a loaded run on manifest rows ``df`` (eval settings of ``cfg``)."""
     device, autocast = device_and_autocast(cfg)
@@ -309,7 +292,7 @@ def evaluate_run(
     compare: Path | None = None,
     out_dir: Path | None = None,
     name: str | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> EvaluateResult:
     """Evaluate a fine-tuned run on ``splits`` of a dataset (and compare it with another run).
 
@@ -442,6 +425,6 @@ def _compare(
     return out
 
 
-def _emit(progress: Progress, message: str) -> None:
+def _emit(progress: Progress | None, message: str) -> None:
     if progress is not None:
-        progress({"kind": "status", "message": message})
+        progress(Status(message))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,23 +48,16 @@ from echoclr_cli import rundir
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
-from echoclr_cli.data.fractions import (  # noqa: F401  (re-export: sweep.py imports them from here)
-    FractionSample,
-    sample_label_fraction,
-    stratified_study_order,
-    study_labels,
-    training_subset,
-)
+from echoclr_cli.data.fractions import training_subset
 from echoclr_cli.engine import Engine, load_checkpoint, seed_everything, unwrap
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import write_evaluation
+from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
-from echoclr_cli.losses import classification_loss, pos_weight_value, smooth_targets  # noqa: F401
+from echoclr_cli.losses import classification_loss, pos_weight_value
 from echoclr_cli.metrics import aggregate_levels, auroc_rank
 from echoclr_cli.weights import init_backbone, input_normalization
-
-Progress = Callable[[dict], None] | None
 
 
 # --------------------------------------------------------------------------- the task
@@ -265,7 +257,7 @@ def run_finetune(
     resume: bool = False,
     overwrite: bool = False,
     force: bool = False,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.finetune.task`` of ``data_dir`` into run dir ``out_dir``.
 
@@ -493,4 +485,4 @@ def _write_train_studies(studies: pd.DataFrame, path: Path, resume: bool) -> Non
 
 def _emit(progress: Progress, message: str) -> None:
     if progress is not None:
-        progress({"kind": "status", "message": message})
+        progress(Status(message))

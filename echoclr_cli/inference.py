@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
+from echoclr_cli.events import EvalBatch, Progress
 
-Progress = Callable[[dict], None] | None
 # clip logits (N,), clip labels (N,) -> per-clip losses (N,)
 ClipLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -87,7 +87,7 @@ def predict_videos(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     loss_fn: ClipLoss | None = None,
     autocast: Callable[[], Any] | None = None,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> VideoPredictions:
     """Sigmoid-averaged video probabilities of ``model`` over ``loader`` (collated eval batches).
 
@@ -137,7 +137,7 @@ def predict_videos(
                 )
             )
             if progress is not None:
-                progress({"kind": "eval_batch", "batch": b + 1, "batches": _len(loader)})
+                progress(EvalBatch(batch=b + 1, batches=_len(loader)))
     finally:
         model.train(was_training)
     cols = ["video_id", "study_id", "patient_id", "y_true", "y_prob", "n_clips"]

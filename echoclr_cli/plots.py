@@ -31,6 +31,7 @@ from echoclr_cli.metrics import (
     percentile_interval,
     resample_indices,
 )
+from echoclr_cli.schema import RESULT_KEY_COLUMNS
 
 DPI = 120
 GRID = np.linspace(0.0, 1.0, 101)  # FPR / recall grid for bootstrap bands
@@ -250,21 +251,6 @@ def plot_history(history_csv: Path | str, path: Path | str) -> Path:
 
 
 # --------------------------------------------------------------------------- label efficiency
-RESULT_COLUMNS = (
-    "task",
-    "init",
-    "ratio",
-    "n_studies",
-    "seed",
-    "split",
-    "level",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-)
-
-
 def label_efficiency_table(
     results_df: pd.DataFrame, task: str, split: str, level: str = "study", metric: str = "auroc"
 ) -> pd.DataFrame:
@@ -274,7 +260,7 @@ def label_efficiency_table(
     over seeds and the band mean +/- sd. Rows whose value is missing (a one-class split) are
     dropped.
     """
-    missing = [c for c in RESULT_COLUMNS if c not in results_df.columns]
+    missing = [c for c in RESULT_KEY_COLUMNS if c not in results_df.columns]
     if missing:
         raise UserError(
             f"results table lacks columns {missing}", fix="pass the sweep's results.csv"
@@ -321,7 +307,7 @@ def plot_label_efficiency(
 ) -> Path:
     """``metric`` vs number of labeled training studies (log x), one line per init with bands.
 
-    ``results_df`` is the sweep's results table (``RESULT_COLUMNS``); ``inits`` fixes the order of
+    ``results_df`` is the sweep's results table (``schema.RESULT_COLUMNS``); ``inits`` fixes the order of
     the lines (default: sorted). Bands: see ``label_efficiency_table``. Top axis: label ratio.
     """
     title = f"{task} - {split} - {level} {metric}"

@@ -10,7 +10,6 @@ the predicted rows goes to a private folder next to the CSVs (``private/``, crea
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from echoclr_cli.config import Config
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import LoadedRun, device_and_autocast, load_run, predict_split_videos
+from echoclr_cli.events import Progress, counter
 from echoclr_cli.io import atomic_write_csv
-
-Progress = Callable[[dict], None] | None
 
 PRIVATE = "private"  # same folder name as a dataset's private outputs (DATA/private/)
 ID_MAP = "id_map.csv"  # kind, original, hashed (written by preprocess)
@@ -63,7 +61,7 @@ def predict(
     input_path: Path,
     out_csv: Path,
     overwrite: bool = False,
-    progress: Progress = None,
+    progress: Progress | None = None,
 ) -> PredictResult:
     """Probabilities of a fine-tuned run for every video and study of ``input_path``; no labels needed.
 
@@ -160,7 +158,7 @@ def _preprocess_for_predict(
     input_path: Path,
     data_dir: Path,
     overwrite: bool,
-    progress: Progress,
+    progress: Progress | None,
 ) -> None:
     """Preprocess raw input into ``data_dir`` at the frame size the run was trained on."""
     if not input_path.exists():
@@ -178,11 +176,7 @@ def _preprocess_for_predict(
     pp = cfg.preprocess.model_copy(
         update={"size": int(size), "input": input_path, "overwrite": True}
     )
-    cb = (
-        (lambda done, total: progress({"kind": "preprocess", "done": done, "total": total}))
-        if progress
-        else None
-    )
+    cb = counter(progress, "preprocess")
     preprocess(cfg.model_copy(update={"preprocess": pp}), input_path, data_dir, progress=cb)
 
 

@@ -36,6 +36,7 @@ from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler, PairDataset
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import Note
 from echoclr_cli.io import atomic_write_json
 from echoclr_cli.losses import nt_xent, order_accuracy, order_loss
 from echoclr_cli.models import SSLModel, build_backbone, n_permutations
@@ -365,7 +366,7 @@ def run_pretrain(
     )
     if progress is not None and rank == 0:
         for note in plan.notes:
-            progress({"kind": "message", "text": note})
+            progress(Note(note))
     try:
         model = build_model(cfg)
         net = engine.prepare(model)

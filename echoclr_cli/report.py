@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from echoclr_cli import events
 
 
 def _console(stderr: bool) -> Console:
@@ -98,6 +100,45 @@ def show(renderable: Any) -> None:
         console.print(renderable)
 
 
+# --------------------------------------------------------------------------- settings line
+def settings_line(cfg: Any, section: str, requested_profile: str | None = None) -> str:
+    """The first line of every command: the profile and the settings that shape data and model.
+
+    ``section`` is the command's config section (synth, preprocess, pretrain, finetune,
+    evaluate, sweep, check, demo); ``requested_profile`` = ``--profile`` (``auto`` says what it
+    resolved to and why).
+    """
+    profile = cfg.profile
+    if requested_profile == "auto":
+        profile += " (auto: CUDA)" if cfg.profile == "paper" else " (auto: CPU)"
+    parts = [f"profile {profile}"]
+    size = cfg.preprocess.size
+    if section == "synth":
+        sy = cfg.synth
+        parts += [f"{sy.studies} studies", f"raw frames {sy.height}x{sy.width}", sy.format]
+    else:
+        parts.append(f"frames {size}x{size}")
+    pt, ft = cfg.pretrain, cfg.finetune
+    if section == "pretrain":
+        parts += [f"method {pt.method}", f"clip {pt.clip_len}", f"width {cfg.model.width:g}",
+                  f"batch {pt.batch_size}"]  # fmt: skip
+    elif section == "demo":
+        parts += [f"width {cfg.model.width:g}", f"pretrain clip {pt.clip_len} batch "
+                  f"{pt.batch_size}", f"finetune clip {ft.clip_len} batch {ft.batch_size}"]  # fmt: skip
+    elif section == "evaluate":
+        parts += [f"clip {ft.clip_len}", f"width {cfg.model.width:g}",
+                  f"batch {cfg.evaluate.batch_size} videos"]  # fmt: skip
+    elif section in ("finetune", "sweep", "check"):
+        parts += [f"clip {ft.clip_len}", f"width {cfg.model.width:g}", f"batch {ft.batch_size}"]
+    if section not in ("synth", "preprocess", "check"):
+        parts.append(f"device {cfg.runtime.device}")
+    return " | ".join(parts)
+
+
+def show_settings(cfg: Any, section: str, requested_profile: str | None = None) -> None:
+    info(settings_line(cfg, section, requested_profile))
+
+
 # --------------------------------------------------------------------------- progress
 def _progress() -> Progress:
     return Progress(
@@ -114,51 +155,97 @@ def _progress() -> Progress:
     )
 
 
+class Renderer:
+    """The one reader of ``events``: a progress bar plus lines, for every event type.
+
+    ``description`` names the command (``pretrain echoclr``, ``sweep``). Events of a sweep run
+    (``run`` set) update the bar; their epoch summaries are not printed line by line (a sweep
+    has hundreds of epochs), its run starts, failures and time estimates are. An object that is
+    not an event raises TypeError: nothing is dropped silently.
+    """
+
+    def __init__(self, description: str, out: Console, bar: Progress | None = None):
+        self.description = description
+        self.out = out
+        self.bar = bar
+        self.task = bar.add_task(description, total=None, info="") if bar is not None else None
+        self.bar_visible = bar is not None and not bar.disable
+
+    def _line(self, text: str) -> None:
+        if not QUIET:
+            self.out.print(text, soft_wrap=True)
+
+    def _bar(self, **fields: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, **fields)
+
+    def _where(self, run: str | None) -> str:
+        return f"{self.description} {run}" if run else self.description
+
+    def __call__(self, event: events.Event) -> None:
+        e = event
+        if isinstance(e, events.Step):
+            self._bar(
+                description=f"{self._where(e.run)} epoch {e.epoch}/{e.epochs}",
+                completed=e.batch,
+                total=e.batches,
+                info=f"loss {e.loss:.4f}",
+            )
+        elif isinstance(e, events.Epoch):
+            summary = epoch_summary(e.row)
+            if e.run:
+                self._bar(info=summary)
+            else:
+                self._line(f"epoch {e.row.get('epoch', e.epoch)}/{e.epochs}: {summary}")
+        elif isinstance(e, events.EvalBatch):
+            self._bar(
+                description=f"{self._where(e.run)} evaluating",
+                completed=e.batch,
+                total=e.batches,
+                info="",
+            )
+        elif isinstance(e, events.Count):
+            self._bar(
+                description=f"{self._where(e.run)} {e.stage}",
+                completed=e.done,
+                total=e.total,
+                info="",
+            )
+            if not self.bar_visible and e.total and e.done == e.total:  # logs: one line
+                self._line(f"{e.stage}: {e.done}/{e.total} done")
+        elif isinstance(e, events.Status):
+            self._bar(description=f"{self._where(e.run)}: {e.text}")
+            if not e.run:
+                self._line(e.text)
+        elif isinstance(e, events.Note):
+            self._line(f"{e.run}: {e.text}" if e.run else e.text)
+        elif isinstance(e, events.RunStart):
+            verb = "resuming" if e.resume else "training"
+            self._line(f"[{e.index}/{e.total}] {verb} {e.run}")
+        elif isinstance(e, events.RunFailed):
+            self._line(f"[{e.index}/{e.total}] [red]FAILED[/red] {e.run}: {e.error}")
+        elif isinstance(e, events.Eta):
+            from echoclr_cli.sweep.grid import fmt_duration
+
+            self._line(
+                f"estimated time left {fmt_duration(e.seconds)} for {e.runs_left} run(s) "
+                f"({e.basis})"
+            )
+        else:
+            raise TypeError(f"not a progress event: {event!r} (see echoclr_cli/events.py)")
+
+
+def epoch_summary(row: dict) -> str:
+    """``loss 0.6931  val_auroc 0.5000 ...`` of a history row (epoch, step, seconds left out)."""
+    keys = [k for k in row if k not in ("epoch", "step", "seconds")]
+    return "  ".join(f"{k} {fmt(row[k], 4)}" for k in keys)
+
+
 @contextlib.contextmanager
-def count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """Yield ``update(done, total)`` for a simple counted job (synth, preprocess)."""
-    with _progress() as p:
-        task = p.add_task(description, total=None, info="")
-
-        def update(done: int, total: int, info: str = "") -> None:
-            p.update(task, completed=done, total=total, info=info)
-
-        yield update
-
-
-@contextlib.contextmanager
-def training_progress(description: str) -> Iterator[Callable[[dict], None]]:
-    """Yield the engine's ``progress(event)`` callback: a bar per epoch plus epoch summaries."""
-    with _progress() as p:
-        task = p.add_task(description, total=None, info="")
-
-        def update(event: dict) -> None:
-            if event["kind"] == "step":
-                where = f" {event['run']}" if event.get("run") else ""
-                p.update(
-                    task,
-                    description=f"{description}{where} epoch {event['epoch']}/{event['epochs']}",
-                    completed=event["batch"],
-                    total=event.get("batches"),
-                    info=f"loss {event['loss']:.4f}",
-                )
-            elif event["kind"] == "epoch":
-                if event.get("run"):  # inside a sweep: the bar shows it; one line per run
-                    return
-                row = event["row"]
-                keys = [k for k in row if k not in ("epoch", "step", "seconds")]
-                summary = "  ".join(f"{k} {fmt(row[k], 4)}" for k in keys)
-                if QUIET:
-                    return
-                p.console.print(f"epoch {row['epoch']}/{event['epochs']}: {summary}")
-            elif event["kind"] == "status" and event.get("run"):
-                return  # a sweep run's evaluation steps
-            elif event["kind"] in ("message", "status"):
-                text = event.get("text") or event.get("message")
-                if text and not QUIET:
-                    p.console.print(text)
-
-        yield update
+def progress(description: str) -> Iterator[Renderer]:
+    """Yield the ``progress(event)`` callback of a command: a bar (on a terminal) plus lines."""
+    with _progress() as bar:
+        yield Renderer(description, bar.console, bar)
 
 
 # --------------------------------------------------------------------------- command summaries
@@ -273,6 +360,30 @@ def show_comparison(comparison: dict) -> None:
                 fmt(_f(dl.get("p_value"))),
             )
     console.print(t)
+
+
+def show_synth(res: Any) -> None:
+    info(
+        f"wrote {res.n_studies} studies ({res.n_patients} patients, {res.n_cine} cine videos, "
+        f"{res.n_files} files) to {res.out_dir}; labels: {res.labels_csv}"
+    )
+
+
+def show_sweep(res: Any) -> None:
+    """A sweep's outcome: the plan (dry run), or what was trained, the tables, the figures and
+    the failed runs."""
+    if res.dry_run:
+        for line in res.plan.summary(res.assigned):
+            info(line)
+        cols = ["run_dir", "status", "est_seconds"]
+        show(table("plan", cols, res.plan.frame(res.assigned)[cols].values.tolist()))
+        return
+    info(f"trained {len(res.trained)} run(s) now; results in {res.out_dir}")
+    show_sweep_tables(res.tables)
+    for fig in res.figures:
+        info(f"figure: {fig}")
+    for run_dir, msg in res.failed:
+        error(f"{run_dir}: {msg}")
 
 
 def show_sweep_tables(tables: dict) -> None:

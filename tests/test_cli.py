@@ -101,6 +101,10 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
     assert seen["data"] == tmp_path / "d"
     assert seen["out"] == Path("runs/pretrain/mi-simclr")
     assert seen["resume"] is True and seen["overwrite"] is False
+    # the first line states the profile and the settings that shape data and model
+    assert res.output.splitlines()[0] == (
+        "profile demo | frames 64x64 | method mi-simclr | clip 4 | width 0.25 | batch 8 | device cpu"
+    )
 
 
 def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
@@ -141,8 +145,8 @@ def test_check_for_pretrain_reports_batches(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "pretrain batches" in res.output
-    res = invoke("check", "--data", str(data), "--for", "nonsense")
-    assert res.exit_code == 1 and "--for 'nonsense'" in res.output
+    res = invoke("check", "--data", str(data), "--for", "nonsense")  # a click choice
+    assert res.exit_code == 2 and "nonsense" in res.output and "pretrain" in res.output
 
 
 def test_synth_preview_writes_png(tmp_path):
@@ -155,3 +159,17 @@ def test_synth_preview_writes_png(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert (out / "labels.csv").exists()
+
+
+def test_every_command_starts_with_the_settings_line(tmp_path, monkeypatch):
+    """`--profile auto` says what it resolved to; the line comes before any other output."""
+    import echoclr_cli.check as check_mod
+
+    def fake_check(cfg, data_dir, task=None, section=None):
+        raise AssertionError(f"reached the core with section={section}")
+
+    monkeypatch.setattr(check_mod, "run_check", fake_check)
+    res = invoke("check", "--data", str(tmp_path), "--for", "finetune")
+    first = res.output.splitlines()[0]
+    assert first.startswith("profile demo (auto: CPU) | frames 64x64 | clip ")
+    assert "section=finetune" in repr(res.exception)  # --for reached the core as a string

@@ -72,7 +72,8 @@ def test_evaluate_bad_compare_fails_in_one_line_and_leaves_the_run_untouched(run
               *TINY[:4])  # fmt: skip
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) <= 2 and "nonexistent" in lines[0]  # the error (+ its fix)
+    assert lines[0].startswith("profile ")  # the settings line comes first
+    assert len(lines) <= 3 and "nonexistent" in lines[1]  # then the error (+ its fix)
     assert _digest(out[0]) == before
 
 

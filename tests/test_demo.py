@@ -1,6 +1,8 @@
 """`echoclr demo` orchestration: every stage runs once, then is skipped when its output is complete."""
 
-import torch
+from pathlib import Path
+
+import pandas as pd
 from typer.testing import CliRunner
 
 import echoclr_cli.data.synth as synth_mod
@@ -10,6 +12,16 @@ import echoclr_cli.sweep as sweep_mod
 from echoclr_cli.cli import app
 from echoclr_cli.config import load_config
 from echoclr_cli.demo import run_demo
+
+
+def write_pretrain_run(run_dir: Path, epochs_done: int) -> None:
+    """What the engine leaves after ``epochs_done`` epochs: last.pt and history.csv."""
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    epochs = list(range(1, epochs_done + 1))
+    pd.DataFrame({"epoch": epochs, "loss": [1.0] * epochs_done}).to_csv(
+        run_dir / "history.csv", index=False
+    )
 
 
 def fake_stages(monkeypatch, calls):
@@ -23,15 +35,18 @@ def fake_stages(monkeypatch, calls):
 
     def run_pretrain(cfg, data, out, resume=False, progress=None):
         calls.append(("pretrain", cfg.pretrain.method, resume))
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        torch.save({"model": {}, "epoch": cfg.pretrain.epochs}, out / "checkpoints" / "last.pt")
+        write_pretrain_run(out, cfg.pretrain.epochs)
 
     class Result:
+        dry_run = False
+        trained: list = []
+        failed: list = []
+        out_dir = None
         tables: dict = {}
         figures: list = []
 
-    def run_sweep(cfg, data, out, progress=None):
-        calls.append(("sweep", tuple(cfg.sweep.inits), out))
+    def run_sweep(*, cfg, data_dir, out_dir, progress=None):
+        calls.append(("sweep", tuple(cfg.sweep.inits), out_dir))
         return Result()
 
     monkeypatch.setattr(synth_mod, "synthesize", synthesize)
@@ -44,14 +59,14 @@ def test_demo_runs_each_stage_then_skips_finished_ones(tmp_path, monkeypatch):
     calls = []
     fake_stages(monkeypatch, calls)
     cfg = load_config(profile="demo")
-    res = run_demo(cfg, tmp_path / "demo")
+    res = run_demo(cfg=cfg, root=tmp_path / "demo")
     assert [c[0] for c in calls] == ["synth", "preprocess", "pretrain", "pretrain", "sweep"]
     assert calls[2][1:] == ("echoclr", False) and calls[3][1:] == ("mi-simclr", False)
     assert calls[4][1] == ("random", "echoclr", "mi-simclr")
     assert calls[4][2] == tmp_path / "demo/runs/sweep"
     assert res.stages_skipped == []
     calls.clear()
-    res = run_demo(cfg, tmp_path / "demo")
+    res = run_demo(cfg=cfg, root=tmp_path / "demo")
     assert [c[0] for c in calls] == ["preprocess", "sweep"]  # both idempotent by themselves
     assert res.stages_skipped == ["synth", "pretrain echoclr", "pretrain mi-simclr"]
 
@@ -60,10 +75,8 @@ def test_demo_resumes_an_interrupted_pretraining(tmp_path, monkeypatch):
     calls = []
     fake_stages(monkeypatch, calls)
     cfg = load_config(profile="demo")
-    ck = tmp_path / "demo/runs/pretrain/echoclr/checkpoints"
-    ck.mkdir(parents=True)
-    torch.save({"model": {}, "epoch": 3}, ck / "last.pt")  # killed after epoch 3
-    run_demo(cfg, tmp_path / "demo")
+    write_pretrain_run(tmp_path / "demo/runs/pretrain/echoclr", 3)  # killed after epoch 3
+    run_demo(cfg=cfg, root=tmp_path / "demo")
     assert ("pretrain", "echoclr", True) in calls and ("pretrain", "mi-simclr", False) in calls
 
 
@@ -73,3 +86,5 @@ def test_demo_cli_wires_root(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["demo", "--root", str(tmp_path / "d"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert calls[0] == ("synth", tmp_path / "d/raw")
+    first = res.output.splitlines()[0]
+    assert first.startswith("profile demo (auto: CPU) | frames 64x64 | width 0.25 | pretrain clip ")

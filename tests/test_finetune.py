@@ -15,14 +15,8 @@ from sklearn.metrics import roc_auc_score
 from echoclr_cli import finetune as ft_mod
 from echoclr_cli.config import KINETICS_MEAN, Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.finetune import (
-    FinetuneTask,
-    build_classifier,
-    classification_loss,
-    pos_weight_value,
-    run_finetune,
-    smooth_targets,
-)
+from echoclr_cli.finetune import FinetuneTask, build_classifier, run_finetune
+from echoclr_cli.losses import classification_loss, pos_weight_value, smooth_targets
 
 WIDTH = TINY_WIDTH
 

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.evaluate import (
+from echoclr_cli.metrics import (
     aggregate,
     aggregate_levels,
     auroc_rank,

@@ -10,7 +10,6 @@ from matplotlib.image import imread
 from echoclr_cli.errors import UserError
 from echoclr_cli.plots import (
     GRID,
-    RESULT_COLUMNS,
     _curves,
     label_efficiency_table,
     plot_calibration,
@@ -20,6 +19,7 @@ from echoclr_cli.plots import (
     plot_label_efficiency,
     plot_roc_pr,
 )
+from echoclr_cli.schema import RESULT_COLUMNS
 
 
 def _png(path) -> tuple[int, int]:
@@ -106,10 +106,11 @@ def _results(seeds=(0,)) -> pd.DataFrame:
             for seed in seeds:
                 v = min(0.99, base + 0.1 * np.log10(n) + 0.01 * seed)
                 rows.append(
-                    ("as", init, ratio, n, seed, "test", "study", "auroc", v, v - 0.05, v + 0.05)
+                    ("as", init, ratio, n, seed, 1e-4, "test", "study", "auroc")
+                    + (v, v - 0.05, v + 0.05, n)
                 )
-    rows.append(("as", "random", 0.01, 10, 9, "ext_test", "study", "auroc", None, None, None))
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    rows.append(("as", "random", 0.01, 10, 9, 1e-4, "ext_test", "study", "auroc") + (None,) * 4)
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))  # the sweep's results.csv schema
 
 
 def test_label_efficiency_table_bands():
@@ -138,7 +139,7 @@ def test_label_efficiency_plot(tmp_path):
 
 
 def test_plot_evaluation_bundle(tmp_path):
-    from echoclr_cli.evaluate import aggregate_levels
+    from echoclr_cli.metrics import aggregate_levels
 
     def videos(seed, one_class=False):
         df = _preds(30, seed, one_class)

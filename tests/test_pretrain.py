@@ -15,6 +15,7 @@ from helpers import make_dataset
 
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import Epoch, Note
 from echoclr_cli.optim import build_optimizer, build_scheduler, lr_factor
 from echoclr_cli.pretrain import (
     PretrainTask,
@@ -180,7 +181,7 @@ def test_run_pretrain_echoclr_with_probe(data, tmp_path):
     assert hist[probe_cols[0]].isna().iloc[0]  # epoch 1: no probe (every 2)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["method"] == "echoclr" and metrics["epochs"] == 2
-    assert any(e["kind"] == "epoch" for e in events)
+    assert any(isinstance(e, Epoch) for e in events)
     with pytest.raises(UserError, match="already exists"):
         run_pretrain(cfg, data, tmp_path / "run")
 
@@ -202,7 +203,7 @@ def test_run_pretrain_notes_lowered_batch(data, tmp_path):
         tiny_cfg("simclr", epochs=1, batch_size=500), data, tmp_path / "r", progress=events.append
     )
     assert res.steps_per_epoch == 1 and res.notes
-    assert any(e["kind"] == "message" and "batch_size" in e["text"] for e in events)
+    assert any(isinstance(e, Note) and "batch_size" in e.text for e in events)
 
 
 def test_probe_classifiers_and_undefined_auroc():

@@ -20,6 +20,7 @@ import yaml
 from echoclr_cli.config import Config, config_to_dict, diff_configs, load_config, save_config
 from echoclr_cli.engine import prepare_run_dir
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import Epoch, Eta, Note, RunStart
 from echoclr_cli.io import atomic_write_json
 from echoclr_cli.sweep import (
     aggregate,
@@ -84,7 +85,7 @@ class FakeFinetune:
         if self.user_error_for and self.user_error_for in str(out_dir):
             raise UserError(f"no positive study at frac {ft.frac}", fix="use a larger ratio")
         if progress is not None:
-            progress({"kind": "epoch", "row": {"epoch": 1}, "epochs": 1})
+            progress(Epoch(epoch=1, epochs=1, row={"epoch": 1}))
         # the tested weights are epoch 2's (finetune.json), not the lowest val loss (epoch 3)
         pd.DataFrame(
             {
@@ -197,7 +198,9 @@ def test_plan_grid_names_and_overrides(cfg, data_dir, tmp_path):
     assert plan.inits == ["random", "simclr", "echoclr"]
     assert plan.splits == ["test", "ext_test"]
     assert plan.counts() == {"done": 0, "partial": 0, "pending": 48}
-    assert plan.estimate_source == "default" and plan.pending_seconds() > 0
+    # nothing finished: no estimate is made up (it is measured once a run finishes)
+    assert plan.estimate_source == "none" and math.isnan(plan.pending_seconds())
+    assert "measured once the first run finishes" in plan.summary()[0]
     lrs = {r.ratio: sorted({x.lr for x in plan.runs if x.ratio == r.ratio}) for r in plan.runs}
     assert lrs == {0.05: [1e-5, 1e-4, 5e-4], 0.1: [1e-5, 1e-4, 5e-4], 0.5: [1e-4], 1.0: [1e-4]}
     r = next(x for x in plan.runs if x.init == "echoclr" and x.ratio == 0.05 and x.lr == 1e-5)
@@ -234,17 +237,18 @@ def test_names_are_stable_and_safe():
 def test_dry_run_writes_nothing_then_uses_history(cfg, data_dir, tmp_path):
     out = tmp_path / "sweep"
     fake = FakeFinetune()
-    res = run_sweep(cfg, data_dir, out, dry_run=True, finetune_fn=fake)
+    res = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, dry_run=True, finetune_fn=fake)
     assert res.dry_run and not out.exists() and fake.calls == []
     assert len(res.assigned) == 48
     cfg.sweep.ratios = [0.5]
-    run_sweep(cfg, data_dir, out, finetune_fn=fake)
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=fake)
     cfg.sweep.ratios = [0.5, 1.0]
     plan = plan_sweep(cfg, data_dir, out)
     assert plan.counts() == {"done": 6, "partial": 0, "pending": 6}
     assert plan.estimate_source == "history"
     text = "\n".join(plan.summary())
-    assert "12 runs (6 done, 0 to resume, 6 to train)" in text and "from finished runs" in text
+    assert "12 runs (6 done, 0 to resume, 6 to train)" in text
+    assert "measured on 6 finished runs" in text
     assert "init simclr: found" in text
     done = [r for r in plan.runs if r.status == "done"]
     assert all(3.0 <= r.est_seconds < 4.0 for r in done)  # history seconds + evaluation span
@@ -262,12 +266,12 @@ def test_rerun_trains_nothing_and_results_identical(cfg, data_dir, tmp_path):
     cfg.evaluate.plots = True
     cfg.sweep.tasks = ["as"]
     fake = FakeFinetune()
-    first = run_sweep(cfg, data_dir, out, finetune_fn=fake)
+    first = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=fake)
     assert len(fake.calls) == 24 and len(first.trained) == 24 and not first.failed
     files = ["results.csv", "selection.csv", "plan.csv", "sweep.yaml", "table_auroc_as_test.csv"]
     before = {f: (out / f).read_bytes() for f in files}
     again = FakeFinetune()
-    second = run_sweep(cfg, data_dir, out, finetune_fn=again)
+    second = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=again)
     assert again.calls == [] and second.trained == []
     assert second.plan.counts()["done"] == 24
     after = {f: (out / f).read_bytes() for f in files if f != "plan.csv"}
@@ -286,9 +290,9 @@ def test_rerun_trains_nothing_and_results_identical(cfg, data_dir, tmp_path):
 def test_shards_partition_and_match_unsharded(cfg, data_dir, tmp_path):
     sharded, whole = tmp_path / "sharded", tmp_path / "whole"
     fakes = [FakeFinetune(), FakeFinetune(), FakeFinetune()]
-    a = run_sweep(cfg, data_dir, sharded, shard=(0, 2), finetune_fn=fakes[0])
-    b = run_sweep(cfg, data_dir, sharded, shard=(1, 2), finetune_fn=fakes[1])
-    run_sweep(cfg, data_dir, whole, finetune_fn=fakes[2])
+    a = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=sharded, shard=(0, 2), finetune_fn=fakes[0])
+    b = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=sharded, shard=(1, 2), finetune_fn=fakes[1])
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=whole, finetune_fn=fakes[2])
     runs_a = {c["run"] for c in fakes[0].calls}
     runs_b = {c["run"] for c in fakes[1].calls}
     assert not runs_a & runs_b and len(runs_a) + len(runs_b) == 48
@@ -301,7 +305,7 @@ def test_shard_assignment_ignores_done_state(cfg, data_dir, tmp_path):
     out = tmp_path / "sweep"
     plan0 = plan_sweep(cfg, data_dir, out)
     before = [r.run_dir for r in shard_runs(plan0.runs, (1, 3))]
-    run_sweep(cfg, data_dir, out, shard=(0, 3), finetune_fn=FakeFinetune())
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, shard=(0, 3), finetune_fn=FakeFinetune())
     plan1 = plan_sweep(cfg, data_dir, out)
     assert [r.run_dir for r in shard_runs(plan1.runs, (1, 3))] == before
     with pytest.raises(UserError):
@@ -313,17 +317,17 @@ def test_interrupted_sweep_resumes_and_equals_uninterrupted(cfg, data_dir, tmp_p
     out, ref = tmp_path / "sweep", tmp_path / "ref"
     crash = FakeFinetune(fail_after=5)
     with pytest.raises(Interrupted):
-        run_sweep(cfg, data_dir, out, finetune_fn=crash)
+        run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=crash)
     killed = crash.calls[-1]["run"]
     assert (killed / "checkpoints" / "last.pt").exists() and not (killed / "metrics.json").exists()
     plan = plan_sweep(cfg, data_dir, out)
     assert plan.counts() == {"done": 5, "partial": 1, "pending": 42}
     cont = FakeFinetune()
-    run_sweep(cfg, data_dir, out, finetune_fn=cont)
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=cont)
     assert len(cont.calls) == 43  # the 5 finished runs are not trained again
     resumed = [c for c in cont.calls if c["resume"]]
     assert [c["run"] for c in resumed] == [killed]
-    run_sweep(cfg, data_dir, ref, finetune_fn=FakeFinetune())
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=ref, finetune_fn=FakeFinetune())
     for f in (
         "results.csv",
         "selection.csv",
@@ -342,7 +346,7 @@ def test_leftover_dir_without_checkpoint_is_restarted_with_overwrite(cfg, data_d
     leftover.mkdir(parents=True)
     (leftover / "config.yaml").write_text("died before the first checkpoint\n")
     fake = FakeFinetune()
-    run_sweep(cfg, data_dir, out, finetune_fn=fake)
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=fake)
     assert [(c["resume"], c["overwrite"]) for c in fake.calls] == [(False, True)]
     assert (leftover / "metrics.json").exists()
 
@@ -351,7 +355,12 @@ def test_leftover_dir_without_checkpoint_is_restarted_with_overwrite(cfg, data_d
 def test_selection_never_picks_one_class_val(cfg, data_dir, tmp_path):
     """FAULTS.md 15: a run with a one-class val split (AUROC undefined) is never selected."""
     out = tmp_path / "sweep"
-    res = run_sweep(cfg, data_dir, out, finetune_fn=FakeFinetune(all_one_class=("simclr", 0.1)))
+    res = run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=out,
+        finetune_fn=FakeFinetune(all_one_class=("simclr", 0.1)),
+    )
     sel = res.selection
     assert len(sel) == 2 * 3 * 4
     chosen = sel[sel["run_dir"] != ""]
@@ -386,7 +395,9 @@ def test_selection_by_val_loss_and_ties(cfg, data_dir, tmp_path):
     cfg.sweep.ratios = [0.05]
     cfg.sweep.tasks = ["as"]
     cfg.sweep.inits = ["random"]
-    res = run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=FakeFinetune())
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "sweep", finetune_fn=FakeFinetune()
+    )
     # every fake run has the same val loss at its best epoch (0.6): tie -> higher val AUROC
     row = res.selection.iloc[0]
     assert row["val_loss"] == pytest.approx(0.6) and row["lr"] in (1e-5, 1e-4)
@@ -404,7 +415,9 @@ def test_partial_cell_waits_for_all_lrs(cfg, data_dir, tmp_path):
     cfg.sweep.tasks = ["as"]
     cfg.sweep.inits = ["random"]
     out = tmp_path / "sweep"
-    res = run_sweep(cfg, data_dir, out, shard=(0, 3), finetune_fn=FakeFinetune())
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=out, shard=(0, 3), finetune_fn=FakeFinetune()
+    )
     assert res.selection["reason"].iloc[0] == "waiting for 2 of 3 runs"
     assert res.results.empty
     assert (out / "results.csv").exists()
@@ -413,14 +426,14 @@ def test_partial_cell_waits_for_all_lrs(cfg, data_dir, tmp_path):
 def test_failed_run_is_recorded_and_others_finish(cfg, data_dir, tmp_path):
     cfg.sweep.tasks = ["as"]
     fake = FakeFinetune(user_error_for="random/r0.05_lr1e-05")
-    res = run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=fake)
+    res = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "sweep", finetune_fn=fake)
     assert len(res.failed) == 1 and "no positive study" in res.failed[0][1]
     assert len(res.trained) == 23
     cell = res.selection[(res.selection["init"] == "random") & (res.selection["ratio"] == 0.05)]
     assert cell["reason"].iloc[0].startswith("waiting for 1 of 3 runs (1 failed: no positive study")
     # the next sweep retries the failed run (it had a checkpoint: resumed) and the cell is selected
     again = FakeFinetune()
-    res2 = run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=again)
+    res2 = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "sweep", finetune_fn=again)
     assert [(c["run"].name, c["resume"]) for c in again.calls] == [("r0.05_lr1e-05_s0", True)]
     assert not res2.failed and (res2.selection["run_dir"] != "").all()
     assert not list((tmp_path / "sweep").rglob("sweep_error.txt"))
@@ -429,7 +442,9 @@ def test_failed_run_is_recorded_and_others_finish(cfg, data_dir, tmp_path):
 def test_sweep_refuses_torchrun(cfg, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="torchrun"):
-        run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=FakeFinetune())
+        run_sweep(
+            cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "sweep", finetune_fn=FakeFinetune()
+        )
 
 
 # --------------------------------------------------------------------------- inits
@@ -513,17 +528,29 @@ def test_pretrain_missing_runs_pretraining_first(cfg, data_dir, tmp_path):
 
     with pytest.raises(UserError, match="shard"):
         run_sweep(
-            cfg,
-            data_dir,
-            tmp_path / "sweep",
+            cfg=cfg,
+            data_dir=data_dir,
+            out_dir=tmp_path / "sweep",
             shard=(0, 2),
             finetune_fn=FakeFinetune(),
             pretrain_fn=fake_pretrain,
         )
-    dry = run_sweep(cfg, data_dir, tmp_path / "sweep", dry_run=True, pretrain_fn=fake_pretrain)
+    dry = run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=tmp_path / "sweep",
+        dry_run=True,
+        pretrain_fn=fake_pretrain,
+    )
     assert [p.method for p in dry.plan.pretrain] == ["mi-simclr"] and calls == []
     fake = FakeFinetune()
-    res = run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=fake, pretrain_fn=fake_pretrain)
+    res = run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=tmp_path / "sweep",
+        finetune_fn=fake,
+        pretrain_fn=fake_pretrain,
+    )
     root = (tmp_path / "pretrain").resolve()
     assert calls == [("mi-simclr", root / "mi-simclr", False)]
     assert res.pretrained == [str(root / "mi-simclr")]
@@ -535,17 +562,17 @@ def test_changed_run_config_is_refused_but_grid_may_grow(cfg, data_dir, tmp_path
     out = tmp_path / "sweep"
     cfg.sweep.tasks = ["as"]
     cfg.sweep.ratios = [1.0]
-    run_sweep(cfg, data_dir, out, finetune_fn=FakeFinetune())
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=FakeFinetune())
     cfg.sweep.ratios = [0.5, 1.0]
     cfg.runtime.workers = 0
     fake = FakeFinetune()
-    run_sweep(cfg, data_dir, out, finetune_fn=fake)
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=fake)
     assert len(fake.calls) == 3
     cfg.finetune.epochs = 3
     with pytest.raises(UserError, match="finetune.epochs"):
-        run_sweep(cfg, data_dir, out, finetune_fn=FakeFinetune())
+        run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=FakeFinetune())
     with pytest.raises(UserError, match="finetune.epochs"):
-        run_sweep(cfg, data_dir, out, dry_run=True)
+        run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, dry_run=True)
 
 
 def test_aggregate_needs_a_sweep_dir(cfg, tmp_path):
@@ -574,18 +601,54 @@ def test_progress_events(cfg, data_dir, tmp_path):
     cfg.sweep.ratios = [1.0]
     cfg.sweep.inits = ["random"]
     events = []
-    run_sweep(cfg, data_dir, tmp_path / "sweep", finetune_fn=FakeFinetune(), progress=events.append)
+    run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=tmp_path / "sweep",
+        finetune_fn=FakeFinetune(),
+        progress=events.append,
+    )
     # the plan summary comes first, before any training
-    assert events[0]["kind"] == "message" and "1 to train" in events[0]["text"]
-    k = next(i for i, e in enumerate(events) if "training runs/" in e.get("text", ""))
-    assert all(e["kind"] == "message" and "run" not in e for e in events[:k])
-    assert "training runs/as/random/r1_lr0.0001_s0" in events[k]["text"]
-    assert events[k + 1] == {
-        "kind": "epoch",
-        "row": {"epoch": 1},
-        "epochs": 1,
-        "run": "runs/as/random/r1_lr0.0001_s0",
-    }
+    assert isinstance(events[0], Note) and "1 to train" in events[0].text
+    k = next(i for i, e in enumerate(events) if isinstance(e, RunStart))
+    assert all(isinstance(e, Note) and e.run is None for e in events[:k])
+    assert events[k] == RunStart(index=1, total=1, run="runs/as/random/r1_lr0.0001_s0")
+    assert events[k + 1] == Epoch(
+        epoch=1, epochs=1, row={"epoch": 1}, run="runs/as/random/r1_lr0.0001_s0"
+    )
+    assert not any(isinstance(e, Eta) for e in events)  # nothing left after the only run
+
+
+def test_first_eta_is_measured_on_the_first_finished_run(cfg, data_dir, tmp_path):
+    """No time estimate before anything ran; after run 1 the ETA is its measured rate x what is
+    left (the fake's history says 3 s of training per run)."""
+    cfg.sweep.tasks = ["as"]
+    cfg.sweep.ratios = [0.5, 1.0]
+    cfg.sweep.inits = ["random"]
+    events = []
+    res = run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=tmp_path / "sweep",
+        finetune_fn=FakeFinetune(),
+        progress=events.append,
+    )
+    summary = [e.text for e in events if isinstance(e, Note)]
+    assert "measured once the first run finishes" in summary[0]
+    etas = [e for e in events if isinstance(e, Eta)]
+    assert [e.runs_left for e in etas] == [1]  # after the first of two runs
+    first = next(r for r in res.plan.runs if r.ratio == 0.5)
+    second = next(r for r in res.plan.runs if r.ratio == 1.0)
+    rate = 3.0 / (first.n_studies * 3)  # 3 history epochs of 1 s on first.n_studies studies
+    expected = rate * second.n_studies * cfg.finetune.epochs  # + the measured evaluation span
+    assert etas[0].seconds == pytest.approx(expected, abs=1.0)
+    assert etas[0].basis == "measured on 1 finished run"
+    # the next invocation's plan (the grid grew) starts from the measurement of both runs
+    cfg.sweep.ratios = [0.25, 0.5, 1.0]
+    again = plan_sweep(cfg, data_dir, tmp_path / "sweep")
+    assert again.estimate_source == "history"
+    assert "estimated time left" in again.summary()[0]
+    assert "measured on 2 finished runs" in again.summary()[0]
 
 
 def _results(rows: list[tuple]) -> pd.DataFrame:
@@ -663,21 +726,21 @@ def test_real_finetune_sweep_end_to_end(tmp_path):
     c.sweep.lrs = [1e-3]
     c.sweep.low_ratio_lrs = [1e-3]
     out = tmp_path / "sweep"
-    first = run_sweep(c, data, out)
+    first = run_sweep(cfg=c, data_dir=data, out_dir=out)
     assert first.pretrained == [str((tmp_path / "pretrain" / "mi-simclr").resolve())]
     assert len(first.trained) == 4 and not first.failed
     assert (out / "runs/as/random/r1_lr0.001_s0/metrics.json").exists()
     init = json.loads((out / "runs/as/mi-simclr/r1_lr0.001_s0/init.json").read_text())
     assert init["source"].endswith("mi-simclr/checkpoints/last.pt") and init["loaded"]
     before = (out / "results.csv").read_bytes()
-    second = run_sweep(c, data, out)
+    second = run_sweep(cfg=c, data_dir=data, out_dir=out)
     assert second.trained == [] and second.pretrained == []
     assert (out / "results.csv").read_bytes() == before
     assert list(first.tables["auroc_as_test"].text.index) == ["random", "mi-simclr"]
     # a run that died after its last checkpoint: the sweep resumes it through the real engine's
     # config check (same config) and the results do not change
     (out / "runs/as/mi-simclr/r0.5_lr0.001_s0/metrics.json").unlink()
-    third = run_sweep(c, data, out)
+    third = run_sweep(cfg=c, data_dir=data, out_dir=out)
     assert third.trained == ["runs/as/mi-simclr/r0.5_lr0.001_s0"] and not third.failed
     assert (out / "results.csv").read_bytes() == before
     assert set(first.results["split"]) <= {"test", "ext_test"}

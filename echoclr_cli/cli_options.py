@@ -1,0 +1,207 @@
+"""What every `echoclr` command shares: option types (one definition each), small parsers,
+config resolution (``build_config``, which also prints the command's first line) and error
+handling (``handle_errors``). Only cli.py and this module import typer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from echoclr_cli import report
+from echoclr_cli.config import (
+    Config,
+    config_to_dict,
+    deep_merge,
+    load_config,
+    parse_set,
+    resolve_profile,
+)
+from echoclr_cli.errors import Preempted, UserError
+
+ConfigOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--config", "-c", help="YAML config file(s), applied in order over the profile."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."
+    ),
+]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        help="Base settings: paper (published), demo (small CPU profile), or auto = paper when "
+        "CUDA is used, demo otherwise.",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (runtime.device).")
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Print the resolved config and full tracebacks.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")]
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", help="Training epochs (<section>.epochs).")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Batch size per process (<section>.batch_size).")
+]
+LrOpt = Annotated[
+    float | None, typer.Option("--lr", help="Learning rate (<section>.optim.learning_rate).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Global seed (runtime.seed).")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Data loader workers (runtime.workers).")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
+]
+
+
+# sweep grid options (comma-separated lists are parsed by csv_list)
+RatiosOpt = Annotated[
+    str | None,
+    typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios)."),
+]
+InitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."
+    ),
+]
+TasksOpt = Annotated[
+    str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")
+]
+LrsOpt = Annotated[
+    str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")
+]
+LowRatioLrsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4)."
+    ),
+]
+SeedsOpt = Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")]
+PretrainDirOpt = Annotated[
+    Path | None,
+    typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain)."),
+]
+PretrainMissingOpt = Annotated[
+    bool,
+    typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping."),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
+]
+
+
+class CheckFor(StrEnum):
+    """What ``echoclr check --for`` also checks batches against."""
+
+    pretrain = "pretrain"
+    finetune = "finetune"
+
+
+def csv_list(text: str | None, cast: Callable[[str], Any], option: str) -> list[Any] | None:
+    """``--ratios 0.01,0.1`` -> ``[0.01, 0.1]`` (None when the option is not given)."""
+    if text is None:
+        return None
+    from echoclr_cli.sweep.grid import parse_list
+
+    return parse_list(text, cast, option)
+
+
+def path_str(path: Path | None) -> str | None:
+    """A path option as the config's string value (None when not given)."""
+    return str(path) if path else None
+
+
+def _put(d: dict, dotted: str, value: Any) -> None:
+    node = d
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def build_config(
+    *,
+    section: str,
+    config: list[Path] | None,
+    sets: list[str] | None,
+    profile: str,
+    verbose: bool,
+    quiet: bool,
+    device: str | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve the config: defaults < profile < --config YAML < flags < --set; then print the
+    command's first line (profile and the settings that shape data and model)."""
+    # Under torchrun only rank 0 talks (the engine also writes outputs from rank 0 only).
+    report.set_quiet(quiet or int(os.environ.get("RANK", "0")) > 0)
+    overrides: dict = {}
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _put(overrides, key, value)
+    if device is not None:
+        _put(overrides, "runtime.device", device)
+    overrides = deep_merge(overrides, parse_set(sets or []))
+    dev = (overrides.get("runtime") or {}).get("device", "auto")
+    prefer = section if section != "demo" else "sweep"
+    cfg = load_config(config, overrides, resolve_profile(profile, dev), prefer=prefer)
+    report.show_settings(cfg, section, requested_profile=profile)
+    if verbose:
+        report.print_config(config_to_dict(cfg))
+    return cfg
+
+
+def training_flags(section: str, epochs, batch_size, lr, seed, workers) -> dict[str, Any]:
+    return {
+        f"{section}.epochs": epochs,
+        f"{section}.batch_size": batch_size,
+        f"{section}.optim.learning_rate": lr,
+        "runtime.seed": seed,
+        "runtime.workers": workers,
+    }
+
+
+@contextlib.contextmanager
+def handle_errors(verbose: bool):
+    """User errors -> one line + fix, exit 1; preemption -> exit 143; no traceback unless -v."""
+    try:
+        yield
+    except UserError as e:
+        if verbose:
+            traceback.print_exc()
+        report.error(e.message, e.fix)
+        raise typer.Exit(code=e.code) from None
+    except Preempted as e:
+        report.warn(f"preempted ({e}); checkpoint saved, continue with --resume")
+        raise typer.Exit(code=143) from None
+    except KeyboardInterrupt:
+        report.error("interrupted")
+        raise typer.Exit(code=130) from None

@@ -1,0 +1,100 @@
+"""The grid's names and numbers: init/task names, run dir names, LR grid, list and shard parsing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from echoclr_cli.config import Config
+from echoclr_cli.errors import UserError
+
+SSL_METHODS = ("simclr", "mi-simclr", "echoclr")
+INIT_ORDER = ("random", "kinetics", *SSL_METHODS)  # table rows / plot lines in this order
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # init / task names used as dir names
+
+
+def fmt_number(x: float) -> str:
+    """Short, stable, filesystem-safe number: 0.01 -> '0.01', 1e-4 -> '0.0001', 1e-5 -> '1e-05'."""
+    return f"{float(x):g}".replace("+", "")
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
+    """``"0.01,0.1,1.0"`` -> ``[0.01, 0.1, 1.0]`` for the CLI's list options (UserError naming
+    ``option`` on a bad item)."""
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    try:
+        out = [cast(x) for x in items]
+    except ValueError:
+        raise UserError(
+            f"{option} '{text}' is not a comma-separated list of {cast.__name__}",
+            fix=f"write e.g. {option} 0.01,0.1,1.0"
+            if cast is float
+            else f"write e.g. {option} a,b",
+        ) from None
+    if not out:
+        raise UserError(f"{option} is empty", fix=f"give at least one value to {option}")
+    return out
+
+
+def run_dir_name(task: str, init: str, ratio: float, lr: float, seed: int) -> str:
+    return f"runs/{task}/{init}/r{fmt_number(ratio)}_lr{fmt_number(lr)}_s{seed}"
+
+
+def lr_grid(cfg: Config, ratio: float) -> list[float]:
+    """``low_ratio_lrs`` at ratios <= ``low_ratio`` (the paper's 1/5/10%), else ``lrs``."""
+    sw = cfg.sweep
+    grid = sw.low_ratio_lrs if ratio <= sw.low_ratio + 1e-12 else sw.lrs
+    return sorted(set(float(x) for x in grid))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n`` (for the CLI's ``--shard``)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UserError(
+            f"--shard '{text}' is not i/n with 0 <= i < n",
+            fix="write e.g. --shard 0/4 (SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)",
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_grid(cfg: Config) -> None:
+    sw = cfg.sweep
+    for key in ("ratios", "inits", "tasks", "lrs", "low_ratio_lrs", "seeds", "splits"):
+        if not getattr(sw, key):
+            raise UserError(f"sweep.{key} is empty", fix=f"give at least one value for sweep.{key}")
+    bad = [r for r in sw.ratios if not 0 < r <= 1]
+    if bad:
+        raise UserError(
+            f"sweep.ratios {bad} outside (0, 1]", fix="use label fractions like 0.01,0.1,1.0"
+        )
+    bad = [x for x in [*sw.lrs, *sw.low_ratio_lrs] if not x > 0]
+    if bad:
+        raise UserError(
+            f"sweep learning rates {bad} must be > 0", fix="fix sweep.lrs / sweep.low_ratio_lrs"
+        )
+    for key in ("tasks", "inits"):
+        bad = [x for x in getattr(sw, key) if not NAME_RE.match(x)]
+        if bad:
+            raise UserError(
+                f"sweep.{key} {bad}: names must be letters, digits, '.', '_' or '-'",
+                fix=f"rename them in sweep.{key}",
+            )
+    if "auto" in sw.inits and len(sw.inits) > 1:
+        raise UserError(
+            f"sweep.inits {sw.inits}: 'auto' cannot be combined with named inits",
+            fix="use either --inits auto or a list such as random,kinetics,echoclr",
+        )
+    if "val" in sw.splits:
+        raise UserError(
+            "sweep.splits must not contain 'val' (the validation split selects models)",
+            fix="use test and/or ext_test",
+        )
