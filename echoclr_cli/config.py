@@ -12,7 +12,6 @@ in ``docs/CONFIG.md``.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -408,14 +407,9 @@ def profile_path(name: str) -> Path:
 
 
 def cuda_available() -> bool:
-    if os.environ.get("ECHOCLR_FORCE_CPU"):
-        return False
-    try:
-        import torch
+    from echoclr_cli.runtime import cuda_available as _cuda_available  # the one CUDA decision
 
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
+    return _cuda_available()
 
 
 def resolve_profile(profile: str, device: str = "auto") -> str:

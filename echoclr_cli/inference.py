@@ -29,13 +29,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import evaluate as ev
+from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.data.manifest import SPLITS, load_manifest
-from echoclr_cli.engine import load_checkpoint, resolve_device, resolve_dtype
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
+from echoclr_cli.runtime import device_and_autocast, loader_len
 from echoclr_cli.weights import input_normalization
 
 Progress = Callable[[dict], None] | None
@@ -154,10 +155,7 @@ def predict_videos(
 
 
 def _len(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
+    return loader_len(loader)
 
 
 def auroc(levels: dict[str, pd.DataFrame], level: str) -> float:
@@ -288,15 +286,7 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
 
 
 def _device_and_autocast(cfg: Config) -> tuple[torch.device, Callable[[], Any]]:
-    device = resolve_device(cfg.runtime.device)
-    dtype = resolve_dtype(cfg.runtime.precision, device)
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
-    return device, autocast
+    return device_and_autocast(cfg.runtime.device, cfg.runtime.precision)
 
 
 def predict_split_videos(

@@ -209,7 +209,7 @@ def test_allow_missing_loads_the_rest_and_lists_them(tmp_path):
 def test_unsafe_pickle_is_not_executed(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weights": Path("x")}, path)  # any non-tensor class would need code to unpickle
-    with pytest.raises(UserError, match="cannot read weights file .* safely"):
+    with pytest.raises(UserError, match="refusing to load weights file .*evil.pt"):
         load_into_fresh(cfg_with(str(path)))
 
 
