@@ -151,73 +151,61 @@ def run_check(
         findings.append(Finding("ok", "labels", ", ".join(labels)))
 
     if section == "pretrain":
-        from echoclr_cli.data.datasets import PairDataset
-
-        splits_used = [s.strip() for s in cfg.pretrain.split.split(",")]
-        part = df[df["split"].isin(splits_used)]
-        if part.empty:
-            findings.append(
-                Finding(
-                    "error",
-                    "pretrain split",
-                    f"no videos in pretrain.split '{cfg.pretrain.split}'",
-                    "set pretrain.split to present split(s), e.g. --set pretrain.split=train",
-                )
-            )
-        else:
-            n = len(
-                PairDataset(
-                    part,
-                    data_dir,
-                    cfg.pretrain.method,
-                    cfg.pretrain.clip_len,
-                    cfg.pretrain.stride,
-                    cfg.pretrain.reorder_frames,
-                    cfg.runtime.seed,
-                )
-            )
-            _pretrain_batches(findings, cfg.pretrain.method, n, cfg.pretrain.batch_size, world_size)
+        _pretrain_findings(findings, cfg, df, data_dir, world_size)
     elif section == "finetune" and task:
-        n_train = by.loc["train", "positives"] + by.loc["train", "negatives"]
-        n_sub = max(2, int(cfg.finetune.frac * n_train))
-        vids = len(df[df["split"] == "train"]) * n_sub / max(n_train, 1)
-        steps = steps_per_epoch(int(vids), cfg.finetune.batch_size, world_size)
-        if steps == 0:
-            findings.append(
-                Finding(
-                    "warn",
-                    "finetune batches",
-                    f"about {int(vids)} training videos at frac {cfg.finetune.frac} is less than "
-                    f"batch size {cfg.finetune.batch_size}: the batch is capped at the subset size",
-                )
-            )
+        _finetune_findings(findings, cfg, df, task, world_size)
     return res
 
 
-def _pretrain_batches(findings: list[Finding], method: str, n: int, batch: int, world: int) -> None:
-    """The rule of ``pretrain.plan_pretrain``: fewer than 2 pairs per process is an error (no
-    contrastive batch); a batch larger than the pairs per process is lowered to them (noted)."""
-    per_rank = n // max(world, 1)
-    if per_rank < 2:
-        findings.append(
-            Finding(
-                "error",
-                "pretrain batches",
-                f"{method}: {n} training pair(s) for {world} process(es); a contrastive batch "
-                "needs at least 2 pairs per process",
-                "use more studies or fewer processes",
-            )
-        )
-    elif batch > per_rank:
+def _pretrain_findings(
+    findings: list[Finding], cfg: Config, df: pd.DataFrame, data_dir: Path, world: int
+) -> None:
+    """The rules of ``pretrain.plan_pretrain`` (split selection, then the batch rule), as
+    findings: an error where pretraining would refuse, a warning where it lowers the batch."""
+    from echoclr_cli.pretrain import pair_dataset, pretrain_batch, select_splits
+
+    pc = cfg.pretrain
+    try:
+        part = select_splits(df, pc.split)
+    except UserError as e:
+        findings.append(Finding("error", "pretrain split", e.message, e.fix or ""))
+        return
+    n = len(pair_dataset(cfg, part, data_dir))
+    try:
+        _, steps, notes = pretrain_batch(n, pc.batch_size, world, pc.method)
+    except UserError as e:
+        findings.append(Finding("error", "pretrain batches", e.message, e.fix or ""))
+        return
+    for note in notes:
+        findings.append(Finding("warn", "pretrain batches", note))
+    if not notes:
+        findings.append(Finding("ok", "pretrain batches", f"{n} pairs -> {steps} steps/epoch"))
+
+
+def _finetune_findings(
+    findings: list[Finding], cfg: Config, df: pd.DataFrame, task: str, world: int
+) -> None:
+    """The training subset of ``finetune.frac`` (the fine-tune's own sampling rule) against the
+    batch size. Skipped when the training split lacks a class (already an error above)."""
+    from echoclr_cli.data.fractions import sample_label_fraction, study_labels
+
+    ft = cfg.finetune
+    train = df[df["split"] == "train"]
+    y = train.groupby("study_id")[task].max()
+    if not ((y == 1).any() and (y == 0).any()):
+        return
+    try:
+        sample = sample_label_fraction(study_labels(train, task), ft.frac, ft.frac_seed, task)
+    except UserError as e:
+        findings.append(Finding("error", "finetune subset", e.message, e.fix or ""))
+        return
+    vids = int(train["study_id"].isin(set(sample.studies["study_id"])).sum())
+    if steps_per_epoch(vids, ft.batch_size, world) == 0:
         findings.append(
             Finding(
                 "warn",
-                "pretrain batches",
-                f"batch size {batch} > {per_rank} pairs per process: batches of {per_rank} "
-                "(one step per epoch)",
+                "finetune batches",
+                f"{vids} training videos at frac {ft.frac} is less than batch size "
+                f"{ft.batch_size}: the batch is capped at the subset size",
             )
-        )
-    else:
-        findings.append(
-            Finding("ok", "pretrain batches", f"{n} pairs -> {per_rank // batch} steps/epoch")
         )

@@ -11,7 +11,6 @@ Where we deliberately differ from the published setup the field's description sa
 from __future__ import annotations
 
 import difflib
-import os
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -427,14 +426,9 @@ def read_profile(name: str) -> dict:
 
 
 def cuda_available() -> bool:
-    if os.environ.get("ECHOCLR_FORCE_CPU"):
-        return False
-    try:
-        import torch
+    from echoclr_cli.runtime import cuda_available as _cuda_available  # the one CUDA decision
 
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
+    return _cuda_available()
 
 
 def resolve_profile(profile: str, device: str = "auto") -> str:

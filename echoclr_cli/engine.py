@@ -3,7 +3,8 @@
 A *task* turns a batch into a loss; the engine does everything else: device and precision,
 DDP (when launched by torchrun), the step loop, non-finite checks, history.csv, atomic
 checkpoints, best-checkpoint tracking, early stopping, SIGTERM (checkpoint, exit 143) and exact
-resume.
+resume. Device, precision and distributed helpers live in ``runtime.py``; the checkpoint dict,
+safe loading and the resume state in ``checkpoint.py``.
 
 Exact resume: all randomness is either derived from ``(seed, epoch, index)`` (datasets and
 samplers) or held in state that the checkpoint stores (model, optimizer, scheduler, AMP scaler,
@@ -16,36 +17,37 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from echoclr_cli import __version__
-from echoclr_cli.config import Config, config_to_dict, diff_configs, save_config
+from echoclr_cli import rundir, runtime
+from echoclr_cli.checkpoint import (
+    TrainState,
+    build_checkpoint,
+    capture_rng,
+    load_checkpoint,
+    prepare_run_dir,
+    restore_rng,
+    resume_config_changes,
+    save_checkpoint,
+    state_from_checkpoint,
+    tensors_finite,
+)
+from echoclr_cli.config import Config, config_to_dict, save_config
 from echoclr_cli.errors import Preempted, UserError
 from echoclr_cli.events import Epoch, Event, Step
-from echoclr_cli.io import atomic_write, atomic_write_csv
+from echoclr_cli.io import atomic_write_csv
+from echoclr_cli.runtime import dist_env, resolve_device, resolve_dtype, seed_everything, unwrap
 
-# Config keys that may change between a run and its resume.
-RESUMABLE_CHANGES = (
-    "runtime.workers",
-    "runtime.device",
-    "runtime.threads",
-    "runtime.compile",
-    "paths.",
-    "profile",
-)
 TIMING_COLUMNS = ("seconds", "clips_per_s")
 
 
@@ -58,19 +60,6 @@ class Task(Protocol):
 
 
 @dataclass
-class TrainState:
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimizer steps taken
-    batch_in_epoch: int = 0  # batches done in the current (incomplete) epoch
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    nonfinite: int = 0
-    sums: dict[str, float] = field(default_factory=dict)  # partial-epoch sums
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
 class FitResult:
     run_dir: Path
     epochs_run: int
@@ -79,88 +68,6 @@ class FitResult:
     best_metric: float | None
     stopped_early: bool
     history: pd.DataFrame
-
-
-# --------------------------------------------------------------------------- setup helpers
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from the torchrun environment (1 process otherwise)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return rank, world, local
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available() and not os.environ.get("ECHOCLR_FORCE_CPU"):
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"--device {spec} requested but CUDA is not available", fix="use --device cpu or auto"
-        )
-    return torch.device(spec)
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for plain fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to touch an existing run unless asked. Never deletes the directory itself."""
-    run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume:
-        if not last.exists():
-            raise UserError(
-                f"--resume: no checkpoint at {last}",
-                fix="start a new run without --resume, or point --out at the run to resume",
-            )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"run dir {run_dir} already exists and is not empty",
-                fix="use --resume to continue it, --overwrite to replace its outputs, or another --out",
-            )
-        # --overwrite: remove only the outputs we write, never user files or the directory.
-        for name in ("history.csv", "metrics.json", "config.yaml", "init.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        ck = run_dir / "checkpoints"
-        if ck.is_dir():
-            for p in ck.glob("*.pt"):
-                p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def tensors_finite(module: nn.Module) -> bool:
-    return all(
-        torch.isfinite(t).all().item()
-        for t in module.state_dict().values()
-        if t.is_floating_point()
-    )
 
 
 # --------------------------------------------------------------------------- engine
@@ -190,25 +97,12 @@ class Engine:
         self.force = force
         self.rank, self.world_size, self.local_rank = dist_env()
         self.is_main = self.rank == 0
-        self.device = resolve_device(cfg.runtime.device, self.local_rank)
-        if self.world_size > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend=backend)
-        self.distributed = self.world_size > 1
-        self.amp_dtype = resolve_dtype(cfg.runtime.precision, self.device)
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = (
-                cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic
-            )
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if cfg.runtime.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        seed_everything(cfg.runtime.seed)
+        rt = cfg.runtime
+        self.device = resolve_device(rt.device, self.local_rank)
+        self.distributed = runtime.init_distributed(self.device, self.world_size)
+        self.amp_dtype = resolve_dtype(rt.precision, self.device)
+        runtime.configure_backends(self.device, rt.threads, rt.cudnn_benchmark, rt.deterministic)
+        seed_everything(rt.seed)
         # Device-side augmentation randomness; per-rank stream, checkpointed.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.runtime.seed * 1000 + self.rank + 1)
@@ -234,10 +128,9 @@ class Engine:
         if self.distributed:
             dist.barrier()
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's autocast context (see ``runtime.autocast``)."""
+        return runtime.autocast(self.device, self.amp_dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move to device, channels_last_3d on CUDA, optional compile, DDP wrap."""
@@ -271,15 +164,7 @@ class Engine:
         import yaml
 
         old = yaml.safe_load(path.read_text()) or {}
-        new = config_to_dict(self.cfg)
-        changed = [
-            k
-            for k in diff_configs(old, new)
-            if not k.startswith(RESUMABLE_CHANGES) and k != f"{self.section}.epochs"
-        ]
-        # Only sections that shape this run matter.
-        relevant = ("runtime.", "model.", f"{self.section}.", "evaluate.")
-        changed = [k for k in changed if k.startswith(relevant)]
+        changed = resume_config_changes(old, config_to_dict(self.cfg), self.section)
         if changed and not self.force:
             raise UserError(
                 f"--resume: config of {self.run_dir} changed in: {', '.join(changed)}",
@@ -288,35 +173,18 @@ class Engine:
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_dict(self, model: nn.Module, optimizer, scheduler) -> dict:
-        s = self.state
-        return {
-            "format": "echoclr-checkpoint",
-            "version": __version__,
-            "section": self.section,
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "epoch": s.epoch,
-            "step": s.step,
-            "batch_in_epoch": s.batch_in_epoch,
-            "best_metric": s.best_metric,
-            "best_epoch": s.best_epoch,
-            "bad_epochs": s.bad_epochs,
-            "nonfinite": s.nonfinite,
-            "sums": dict(s.sums),
-            "history": list(s.history),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "generator": self.generator.get_state(),
-            },
-            "config": config_to_dict(self.cfg),
-            "data_fingerprint": self.data_fingerprint,
-            "world_size": self.world_size,
-        }
+        return build_checkpoint(
+            section=self.section,
+            model=unwrap(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=self.scaler,
+            state=self.state,
+            rng=capture_rng(self.generator),
+            config=config_to_dict(self.cfg),
+            data_fingerprint=self.data_fingerprint,
+            world_size=self.world_size,
+        )
 
     def save(self, name: str, model: nn.Module, optimizer, scheduler) -> Path | None:
         """Atomically write checkpoints/<name> (rank 0); refuses non-finite weights."""
@@ -328,17 +196,13 @@ class Engine:
                 f"refusing to write {path}: model holds non-finite values at step {self.state.step}",
                 fix="lower the learning rate or check the data; earlier checkpoints are intact",
             )
-        obj = self.checkpoint_dict(model, optimizer, scheduler)
-        atomic_write(path, lambda f: torch.save(obj, f))
-        return path
+        return save_checkpoint(path, self.checkpoint_dict(model, optimizer, scheduler))
 
     def load_resume(self, model: nn.Module, optimizer, scheduler) -> None:
-        path = self.ckpt_dir / "last.pt"
+        path = self.ckpt_dir / rundir.LAST
         ck = load_checkpoint(path, map_location=self.device)
         if (
-            self.data_fingerprint
-            and ck.get("data_fingerprint")
-            and ck["data_fingerprint"] != self.data_fingerprint
+            not rundir.fingerprints_match(ck.get("data_fingerprint"), self.data_fingerprint)
             and not self.force
         ):
             raise UserError(
@@ -355,28 +219,12 @@ class Engine:
         self._pending_rng = ck["rng"]
         if not ck["batch_in_epoch"]:
             self._restore_rng()
-        self.state = TrainState(
-            epoch=ck["epoch"],
-            step=ck["step"],
-            batch_in_epoch=ck["batch_in_epoch"],
-            best_metric=ck["best_metric"],
-            best_epoch=ck["best_epoch"],
-            bad_epochs=ck["bad_epochs"],
-            nonfinite=ck.get("nonfinite", 0),
-            sums=dict(ck.get("sums", {})),
-            history=list(ck["history"]),
-        )
+        self.state = state_from_checkpoint(ck)
 
     def _restore_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None
-        if rng is None:
-            return
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"].cpu())
+        if rng is not None:
+            restore_rng(rng, self.generator)
 
     # ----------------------------------------------------------------- signals
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
@@ -416,7 +264,7 @@ class Engine:
             self.load_resume(model, optimizer, scheduler)
         s = self.state
         stopped_early = bool(patience and s.bad_epochs >= patience)
-        steps_per_epoch = _len_or_none(train_loader)
+        steps_per_epoch = runtime.loader_len(train_loader)
         if max_steps_per_epoch and steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
         if steps_per_epoch == 0:
@@ -453,7 +301,7 @@ class Engine:
                         )
                     )
                     if self._sigterm:
-                        self.save("last.pt", model, optimizer, scheduler)
+                        self.save(rundir.LAST, model, optimizer, scheduler)
                         self.barrier()
                         raise Preempted(f"SIGTERM at epoch {epoch + 1} batch {batch_idx}")
                 if batch_idx == 0:
@@ -474,13 +322,13 @@ class Engine:
                 s.sums = {}
                 improved = self._update_monitor(row, monitor, monitor_mode)
                 if improved:
-                    self.save("best.pt", model, optimizer, scheduler)
+                    self.save(rundir.BEST, model, optimizer, scheduler)
                 elif patience and monitor:
                     s.bad_epochs += 1
                     stopped_early = s.bad_epochs >= patience
                 if self.is_main:
                     atomic_write_csv(self.run_dir / "history.csv", pd.DataFrame(s.history))
-                self.save("last.pt", model, optimizer, scheduler)
+                self.save(rundir.LAST, model, optimizer, scheduler)
                 if checkpoint_every and s.epoch % checkpoint_every == 0:
                     self.save(f"epoch_{s.epoch}.pt", model, optimizer, scheduler)
                 self._emit(Epoch(epoch=s.epoch, epochs=epochs, row=row))
@@ -565,33 +413,7 @@ class Engine:
             dist.destroy_process_group()
 
 
-# --------------------------------------------------------------------------- loading
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
-    """Load one of our checkpoints, with a clear error for missing or partial files."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}", fix="check the run dir / path")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated, corrupted or not a torch file
-        raise UserError(
-            f"cannot read checkpoint {path} ({type(e).__name__}: {e})",
-            fix="use another checkpoint of the run (checkpoints/epoch_*.pt) or retrain",
-        ) from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise UserError(
-            f"{path} is not an echoclr checkpoint", fix="pass a run dir or a .pt written by echoclr"
-        )
-    return ck
-
-
-def _len_or_none(loader: Iterable) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
+# --------------------------------------------------------------------------- helpers
 def _to_float(v: Any) -> float:
     if torch.is_tensor(v):
         return float(v.detach().cpu())

@@ -14,7 +14,6 @@ file stays what the fine-tune wrote, and an evaluation on fewer splits never clo
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import re
@@ -29,10 +28,10 @@ import torch
 from torch import nn
 
 from echoclr_cli import metrics as ev
-from echoclr_cli import rundir
+from echoclr_cli import rundir, runtime
+from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.config import Config
 from echoclr_cli.data.manifest import SPLITS, load_manifest
-from echoclr_cli.engine import load_checkpoint, resolve_device, resolve_dtype
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import eval_loader, predict_videos
@@ -133,16 +132,8 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
 
 
 def device_and_autocast(cfg: Config) -> tuple[torch.device, Callable[[], Any]]:
-    """The evaluation device of ``cfg.runtime`` and an autocast context factory for it."""
-    device = resolve_device(cfg.runtime.device)
-    dtype = resolve_dtype(cfg.runtime.precision, device)
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
-    return device, autocast
+    """Device and autocast factory of ``cfg.runtime`` (for evaluation outside the engine)."""
+    return runtime.device_and_autocast(cfg.runtime.device, cfg.runtime.precision)
 
 
 def predict_split_videos(

@@ -45,11 +45,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
+from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.data.fractions import training_subset
-from echoclr_cli.engine import Engine, load_checkpoint, seed_everything, unwrap
+from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import write_evaluation
 from echoclr_cli.events import Progress, Status
@@ -57,6 +58,7 @@ from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.losses import classification_loss, pos_weight_value
 from echoclr_cli.metrics import aggregate_levels, auroc_rank
+from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.weights import init_backbone, input_normalization
 
 
@@ -267,7 +269,7 @@ def run_finetune(
     ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
     """
     from echoclr_cli.check import run_check
-    from echoclr_cli.engine import dist_env
+    from echoclr_cli.runtime import dist_env
 
     ft = cfg.finetune
     task = ft.task

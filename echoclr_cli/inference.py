@@ -31,6 +31,7 @@ from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.events import EvalBatch, Progress
+from echoclr_cli.runtime import loader_len
 
 # clip logits (N,), clip labels (N,) -> per-clip losses (N,)
 ClipLoss = Callable[[Tensor, Tensor], Tensor]
@@ -137,17 +138,10 @@ def predict_videos(
                 )
             )
             if progress is not None:
-                progress(EvalBatch(batch=b + 1, batches=_len(loader)))
+                progress(EvalBatch(batch=b + 1, batches=loader_len(loader)))
     finally:
         model.train(was_training)
     cols = ["video_id", "study_id", "patient_id", "y_true", "y_prob", "n_clips"]
     video = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
     loss = loss_sum / loss_n if loss_n else None
     return VideoPredictions(video[cols], loss, n_forwards, max_block)
-
-
-def _len(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from echoclr_cli import rundir
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler, PairDataset
@@ -86,12 +87,11 @@ def embed_studies(backbone: nn.Module, ds: ClipDataset, engine: Any) -> pd.DataF
     """Backbone features (one clip per video), averaged per study: DataFrame (studies, F)."""
     backbone.eval()
     feats, studies = [], []
-    autocast = getattr(engine, "autocast", None)
     for start in range(0, len(ds), PROBE_BATCH):
         items = [ds[i] for i in range(start, min(start + PROBE_BATCH, len(ds)))]
         x = torch.stack([it["x"][0] for it in items]).to(engine.device)  # (b, C, T, H, W) uint8
         x = prepare_clips(x, None, None)  # (b, 3, T, H, W)
-        with autocast() if callable(autocast) else torch.autocast("cpu", enabled=False):
+        with engine.autocast():
             h = backbone(x)  # (b, F)
         feats.append(h.float().cpu().numpy())
         studies += [it["study_id"] for it in items]
@@ -231,35 +231,49 @@ def select_splits(df: pd.DataFrame, splits: str) -> pd.DataFrame:
     return sel
 
 
-def plan_pretrain(cfg: Config, df: pd.DataFrame, data_dir: Path, world_size: int = 1) -> Plan:
-    """Preflight: build the pairs and decide the batch so that no epoch has zero steps.
+def pair_dataset(cfg: Config, df: pd.DataFrame, data_dir: Path) -> PairDataset:
+    """The training pairs of ``cfg.pretrain`` over the rows ``df`` (already split-selected)."""
+    pc = cfg.pretrain
+    return PairDataset(
+        df, data_dir, pc.method, pc.clip_len, pc.stride, pc.reorder_frames, cfg.runtime.seed
+    )
+
+
+def pretrain_batch(
+    n_pairs: int, batch_size: int, world_size: int = 1, what: str = "pretraining"
+) -> tuple[int, int, list[str]]:
+    """The pretraining batch rule: ``(batch per process, steps per epoch, notes)``.
 
     Every step uses full batches (drop_last, as the paper): a last partial batch would change
     the number of negatives, and one of size 1 breaks BatchNorm. When a process has fewer pairs
     than ``batch_size``, the batch is lowered to the pairs it has (noted). Fewer than 2 pairs
-    per process cannot form a contrastive batch and is refused.
+    per process cannot form a contrastive batch: UserError.
     """
-    pc = cfg.pretrain
-    train = select_splits(df, pc.split)
-    ds = PairDataset(
-        train, data_dir, pc.method, pc.clip_len, pc.stride, pc.reorder_frames, cfg.runtime.seed
-    )
-    per_rank = len(ds) // world_size
-    notes: list[str] = []
+    per_rank = n_pairs // max(world_size, 1)
     if per_rank < 2:
         raise UserError(
-            f"{pc.method} on split '{pc.split}' has {len(ds)} training pair(s) for {world_size} "
-            "process(es); a contrastive batch needs at least 2 pairs per process",
+            f"{what} has {n_pairs} training pair(s) for {world_size} process(es); a contrastive "
+            "batch needs at least 2 pairs per process",
             fix="use more studies (or more processes' worth of data), or fewer processes",
         )
-    batch = pc.batch_size
+    notes: list[str] = []
+    batch = batch_size
     if batch > per_rank:
         notes.append(
             f"pretrain.batch_size {batch} > {per_rank} pairs per process: using batches of "
             f"{per_rank} pairs (one step per epoch)"
         )
         batch = per_rank
-    return Plan(ds, batch, per_rank // batch, world_size, notes)
+    return batch, per_rank // batch, notes
+
+
+def plan_pretrain(cfg: Config, df: pd.DataFrame, data_dir: Path, world_size: int = 1) -> Plan:
+    """Preflight: the pairs of ``pretrain.split`` and the batch of :func:`pretrain_batch`."""
+    pc = cfg.pretrain
+    ds = pair_dataset(cfg, select_splits(df, pc.split), data_dir)
+    what = f"{pc.method} on split '{pc.split}'"
+    batch, steps, notes = pretrain_batch(len(ds), pc.batch_size, world_size, what)
+    return Plan(ds, batch, steps, world_size, notes)
 
 
 def build_probe(cfg: Config, df: pd.DataFrame, data_dir: Path) -> ProbeData | None:
@@ -343,7 +357,8 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pretrain ``cfg.pretrain.method`` on ``data_dir`` into the run dir ``out_dir``."""
     from echoclr_cli.check import run_check
-    from echoclr_cli.engine import Engine, dist_env
+    from echoclr_cli.engine import Engine
+    from echoclr_cli.runtime import dist_env
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     rank, world, _ = dist_env()
@@ -401,7 +416,7 @@ def run_pretrain(
         n_pairs=len(plan.dataset),
         batch_size=plan.batch_size,
         steps_per_epoch=steps,
-        checkpoint=out_dir / "checkpoints" / "last.pt",
+        checkpoint=rundir.last_checkpoint(out_dir),
         history=fit.history,
         notes=plan.notes,
     )

@@ -20,8 +20,11 @@ shape, else :class:`UserError` naming the tensors and shapes (unless ``finetune.
 BatchNorm ``num_batches_tracked`` counters are not weights (older torchvision files lack them);
 missing ones keep their initial value and are listed apart. Tensors of the file that the backbone
 does not use (projector, reordering head, Kinetics ``fc``) are listed as unexpected. Every file is
-read with ``torch.load(weights_only=True)`` (no code runs while loading); our own checkpoints
-additionally carry numpy RNG state, whose array types are allow-listed.
+read with ``checkpoint.safe_load`` (``torch.load(weights_only=True)``: no code runs while loading;
+a file that needs arbitrary objects is refused naming it).
+
+Which inits can be used at all (:func:`init_available`) and where each architecture's Kinetics
+weights live (:func:`kinetics_weight_path`, :func:`kinetics_url`) are decided here, once.
 
 The result, :class:`InitReport`, is written to the run dir as ``init.json``.
 """
@@ -32,12 +35,13 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from echoclr_cli import rundir
+from echoclr_cli.checkpoint import safe_load
 from echoclr_cli.config import KINETICS_MEAN, KINETICS_STD, Config
 from echoclr_cli.errors import UserError
 
@@ -71,25 +75,88 @@ class InitReport:
 
 
 # --------------------------------------------------------------------------- file locations
+# model.arch -> the name of its torchvision weights enum (whose KINETICS400_V1 entry we use).
+KINETICS_WEIGHTS = {
+    "r3d_18": "R3D_18_Weights",
+    "mc3_18": "MC3_18_Weights",
+    "r2plus1d_18": "R2Plus1D_18_Weights",
+}
+
+
+def kinetics_url(arch: str) -> str:
+    """torchvision's download URL of the Kinetics-400 weights of ``arch``."""
+    import torchvision.models.video as tv_video
+
+    if arch not in KINETICS_WEIGHTS:
+        raise UserError(f"no Kinetics-400 weights known for model.arch '{arch}'", fix="use r3d_18")
+    return getattr(tv_video, KINETICS_WEIGHTS[arch]).KINETICS400_V1.url
+
+
 def kinetics_weight_path(arch: str) -> Path:
     """Where torchvision keeps the Kinetics-400 weights of ``arch`` in the local hub cache."""
-    from torchvision.models.video import MC3_18_Weights, R2Plus1D_18_Weights, R3D_18_Weights
+    name = kinetics_url(arch).rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
 
-    enum = {"r3d_18": R3D_18_Weights, "mc3_18": MC3_18_Weights, "r2plus1d_18": R2Plus1D_18_Weights}
-    if arch not in enum:
-        raise UserError(f"no Kinetics-400 weights known for model.arch '{arch}'", fix="use r3d_18")
-    url = enum[arch].KINETICS400_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+def kinetics_file(cfg: Config) -> Path:
+    """The Kinetics-400 weight file a run reads: ``finetune.weights`` or the hub cache file."""
+    if cfg.finetune.weights:
+        return Path(cfg.finetune.weights).expanduser()
+    return kinetics_weight_path(cfg.model.arch)
+
+
+class InitCheck(NamedTuple):
+    """Whether an init can be loaded: ``ok``, ``reason`` (where it was found, or why not) and
+    ``fix`` (what to do when not ok)."""
+
+    ok: bool
+    reason: str
+    fix: str = ""
+
+
+def init_available(init: str, cfg: Config) -> InitCheck:
+    """Can ``init`` (random | kinetics | run dir | checkpoint file) be loaded for ``cfg.model``?
+
+    Cheap: looks at files, reads none. Kinetics needs its weight file (never downloaded) and
+    ``model.width`` 1.0; a run dir needs a checkpoint (:func:`resolve_init_file`).
+    """
+    if init == "random":
+        return InitCheck(True, "torchvision initialisation")
+    if init == "kinetics":
+        arch = cfg.model.arch
+        try:
+            path = kinetics_file(cfg)
+            if not path.is_file():
+                return InitCheck(
+                    False,
+                    f"Kinetics-400 weights for {arch} not found at {path} (echoclr never "
+                    "downloads)",
+                    f"copy {path.name} (from {kinetics_url(arch)}) to {path}, or pass --weights "
+                    "PATH",
+                )
+        except UserError as e:  # an architecture without Kinetics weights
+            return InitCheck(False, e.message, e.fix or "")
+        if cfg.model.width != 1.0:
+            return InitCheck(
+                False,
+                f"Kinetics-400 weights need model.width 1.0 (this run uses {cfg.model.width})",
+                "pass --set model.width=1.0 (or --profile paper)",
+            )
+        return InitCheck(True, f"found {path}")
+    try:
+        path = resolve_init_file(init)
+    except UserError as e:
+        return InitCheck(False, e.message, e.fix or "")
+    return InitCheck(True, f"found {path}")
 
 
 def resolve_init_file(init: str) -> Path:
     """Checkpoint file of ``init`` (a run dir or a file); UserError when there is none."""
     path = Path(init).expanduser()
     if path.is_dir():
-        ck = path / "checkpoints"
-        for name in ("best.pt", "last.pt"):
-            if (ck / name).is_file():
-                return ck / name
+        found = rundir.find_checkpoint(path)
+        if found is not None:
+            return found
         published = _published_checkpoints(path)
         if published:
             return published[-1]
@@ -129,28 +196,10 @@ def input_normalization(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 # --------------------------------------------------------------------------- reading files
-def _numpy_safe_globals() -> list[Any]:
-    """numpy types inside our checkpoints' RNG state (inert arrays; allowed for weights_only)."""
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 def read_weights_file(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU with a clear error for unreadable files."""
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or needs arbitrary code to unpickle
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(
-            f"cannot read weights file {path} safely ({type(e).__name__}: {first[:200]})",
-            fix="pass a state dict saved with torch.save (tensors only), an echoclr run or "
-            "checkpoint, or a published EchoCLR checkpoint",
-        ) from None
+    """The file's content, read safely on CPU (``checkpoint.safe_load``; UserError naming the
+    file when it is unreadable or needs arbitrary objects to unpickle)."""
+    return safe_load(Path(path), "cpu", "weights file")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -314,24 +363,13 @@ def init_backbone(cfg: Config, backbone: nn.Module) -> InitReport:
     # finetune.weights is read only for init kinetics (a sweep passes it to every init's runs).
     if ft.init == "random":
         return InitReport("random", None, "random", None, norm_d, ft.allow_missing)
+    avail = init_available(ft.init, cfg)
+    if not avail.ok:
+        raise UserError(avail.reason, fix=avail.fix)
     if ft.init == "kinetics":
-        path = Path(ft.weights).expanduser() if ft.weights else kinetics_weight_path(cfg.model.arch)
-        if not path.is_file():
-            raise UserError(
-                f"Kinetics-400 weights for {cfg.model.arch} not found at {path} (echoclr never "
-                "downloads)",
-                fix=f"copy {path.name} (from {_kinetics_url(cfg.model.arch)}) to {path}, or pass "
-                "--weights PATH",
-            )
-        if cfg.model.width != 1.0:
-            raise UserError(
-                f"Kinetics-400 weights need model.width 1.0 (this run uses {cfg.model.width})",
-                fix="pass --set model.width=1.0 (or --profile paper)",
-            )
-        fmt = "kinetics"
+        path, fmt = kinetics_file(cfg), "kinetics"
     else:
-        path = resolve_init_file(ft.init)
-        fmt = ""
+        path, fmt = resolve_init_file(ft.init), ""
     obj = read_weights_file(path)
     state, detected, model_cfg = unpack_state(obj)
     if model_cfg:
@@ -347,14 +385,6 @@ def init_backbone(cfg: Config, backbone: nn.Module) -> InitReport:
         checkpoint_config=model_cfg,
         **keys,
     )
-
-
-def _kinetics_url(arch: str) -> str:
-    from torchvision.models.video import MC3_18_Weights, R2Plus1D_18_Weights, R3D_18_Weights
-
-    return {"r3d_18": R3D_18_Weights, "mc3_18": MC3_18_Weights, "r2plus1d_18": R2Plus1D_18_Weights}[
-        arch
-    ].KINETICS400_V1.url
 
 
 def _check_model_config(model_cfg: Mapping[str, Any], cfg: Config, path: Path) -> None:

@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 import torch
 
-from echoclr_cli.engine import history_without_timing, load_checkpoint
+from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.engine import history_without_timing
 from echoclr_cli.errors import Preempted, UserError
 from tests.engine_toy import run_toy, toy_config
 
@@ -102,7 +103,7 @@ def test_existing_run_dir_refused_never_deleted(tmp_path):
     (run / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="already exists"):
         run_toy(run, epochs=1)
-    from echoclr_cli.engine import prepare_run_dir
+    from echoclr_cli.checkpoint import prepare_run_dir
 
     prepare_run_dir(run, resume=False, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from helpers import make_dataset
 
-from echoclr_cli.engine import load_checkpoint
+from echoclr_cli.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

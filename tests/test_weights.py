@@ -209,7 +209,7 @@ def test_allow_missing_loads_the_rest_and_lists_them(tmp_path):
 def test_unsafe_pickle_is_not_executed(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weights": Path("x")}, path)  # any non-tensor class would need code to unpickle
-    with pytest.raises(UserError, match="cannot read weights file .* safely"):
+    with pytest.raises(UserError, match="refusing to load weights file .*evil.pt"):
         load_into_fresh(cfg_with(str(path)))
 
 
@@ -275,3 +275,30 @@ def test_load_backbone_weights_direct():
     src, target = source_backbone(), build_backbone("r3d_18", WIDTH)
     keys = load_backbone_weights(target, {f"backbone.{k}": v for k, v in src.state_dict().items()})
     assert keys["prefix"] == "backbone." and not keys["missing"] and not keys["unexpected"]
+
+
+# --------------------------------------------------------------------------- init availability
+def test_init_available_is_the_rule_init_backbone_applies(tmp_path, monkeypatch):
+    from echoclr_cli.weights import init_available, kinetics_url
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert init_available("random", cfg_with("random")).ok
+    # Kinetics: file missing -> where to put it (with the URL); present but narrow model -> width.
+    miss = init_available("kinetics", cfg_with("kinetics"))
+    path = kinetics_weight_path("r3d_18")
+    assert not miss.ok and str(path) in miss.reason and kinetics_url("r3d_18") in miss.fix
+    with pytest.raises(UserError) as e:
+        load_into_fresh(cfg_with("kinetics"))
+    assert e.value.message == miss.reason and e.value.fix == miss.fix
+    path.parent.mkdir(parents=True)
+    torch.save(build_backbone("r3d_18", 1.0).state_dict(), path)
+    narrow = init_available("kinetics", cfg_with("kinetics"))
+    assert not narrow.ok and "model.width 1.0" in narrow.reason
+    # Run dirs: without a checkpoint -> not available; with one -> found.
+    (tmp_path / "empty").mkdir()
+    assert not init_available(str(tmp_path / "empty"), cfg_with("random")).ok
+    (tmp_path / "ssl/checkpoints").mkdir(parents=True)
+    (tmp_path / "ssl/checkpoints/last.pt").write_bytes(b"x")
+    found = init_available(str(tmp_path / "ssl"), cfg_with("random"))
+    assert found.ok and "last.pt" in found.reason
+    assert not init_available("kinetics", cfg_with("kinetics", weights=str(tmp_path / "no"))).ok

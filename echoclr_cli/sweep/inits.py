@@ -14,8 +14,8 @@ import yaml
 
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.rundir import last_checkpoint, run_progress
 from echoclr_cli.rundir import pretrain_root as default_pretrain_root
-from echoclr_cli.rundir import run_progress
 from echoclr_cli.sweep.grid import INIT_ORDER, NAME_RE, SSL_METHODS
 
 
@@ -54,40 +54,19 @@ def _model_mismatch(run_dir: Path, cfg: Config) -> str | None:
     return ", ".join(diffs) or None
 
 
-def kinetics_url(arch: str) -> str:
-    from echoclr_cli.weights import kinetics_weight_path
-
-    name = kinetics_weight_path(arch).name
-    return f"https://download.pytorch.org/models/{name}"
-
-
-def kinetics_file(cfg: Config) -> Path:
-    from echoclr_cli.weights import kinetics_weight_path
-
-    return (
-        Path(cfg.finetune.weights).expanduser()
-        if cfg.finetune.weights
-        else kinetics_weight_path(cfg.model.arch)
-    )
-
-
 def kinetics_unavailable(cfg: Config) -> str | None:
-    """Why ``finetune.init kinetics`` cannot load into the sweep's model, or None when it can.
+    """Why ``finetune.init kinetics`` cannot load into the sweep's model, or None when it can
+    (``weights.init_available``, the one definition)."""
+    from echoclr_cli.weights import init_available
 
-    The one place the sweep decides init availability (to be replaced by the public check in
-    weights.py once both land)."""
-    path = kinetics_file(cfg)
-    if not path.is_file():
-        return f"no Kinetics-400 weights at {path}"
-    if cfg.model.width != 1.0:
-        return f"Kinetics-400 weights need model.width 1.0 (sweep: {cfg.model.width})"
-    return None
+    check = init_available("kinetics", cfg)
+    return None if check.ok else check.reason
 
 
 def _ssl_state(cfg: Config, run_dir: Path) -> tuple[str, str]:
     """``(state, detail)`` of a pretrain run dir: ready | partial | missing | mismatch."""
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
-        return "missing", f"no {run_dir / 'checkpoints' / 'last.pt'}"
+    if not last_checkpoint(run_dir).is_file():
+        return "missing", f"no {last_checkpoint(run_dir)}"
     mismatch = _model_mismatch(run_dir, cfg)
     if mismatch:
         return "mismatch", f"{run_dir} was pretrained with {mismatch}"
@@ -136,22 +115,18 @@ def resolve_inits(
             out.append((name, "random"))
             notes[name] = "torchvision initialisation"
         elif name == "kinetics":
-            path = kinetics_file(cfg)
-            why = kinetics_unavailable(cfg)
-            if why:
+            from echoclr_cli.weights import init_available
+
+            check = init_available("kinetics", cfg)
+            if not check.ok:
                 if auto:
-                    notes[name] = f"left out: {why}"
+                    notes[name] = f"left out: {check.reason}"
                     continue
-                problems.append(why)
-                fixes.append(
-                    f"copy {path.name} (from {kinetics_url(cfg.model.arch)}) to {path}, or set "
-                    "finetune.weights to the file"
-                    if not path.is_file()
-                    else "pass --set model.width=1.0 (or --profile paper)"
-                )
+                problems.append(check.reason)
+                fixes.append(check.fix)
                 continue
             out.append((name, "kinetics"))
-            notes[name] = f"found {path}"
+            notes[name] = check.reason
         else:
             run_dir = root / name
             state, detail = _ssl_state(cfg, run_dir)

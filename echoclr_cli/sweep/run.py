@@ -152,7 +152,7 @@ def run_sweep(
     ``finetune_fn`` / ``pretrain_fn`` default to ``finetune.run_finetune`` / ``pretrain.run_pretrain``
     (tests inject fakes with the same signature).
     """
-    from echoclr_cli.engine import dist_env
+    from echoclr_cli.runtime import dist_env
 
     if dist_env()[1] > 1:
         raise UserError(

@@ -24,15 +24,12 @@ ERROR_FILE = "sweep_error.txt"  # in a run dir whose fine-tune raised a UserErro
 def sweep_mutable_keys() -> tuple[str, ...]:
     """Config keys (dotted prefixes) a sweep may change between invocations without invalidating
     finished runs: the grid itself, where things live, how many workers, and the keys set per
-    run. (The sweep's copy of the engine's resume rule; the one definition replaces it.)"""
+    run: the resume rule (``checkpoint.RESUME_MUTABLE_KEYS``) plus the grid's keys."""
+    from echoclr_cli.checkpoint import RESUME_MUTABLE_KEYS
+
     return (
+        *RESUME_MUTABLE_KEYS,
         "sweep.",
-        "paths.",
-        "profile",
-        "runtime.workers",
-        "runtime.device",
-        "runtime.threads",
-        "runtime.compile",
         "runtime.seed",
         "finetune.task",
         "finetune.init",

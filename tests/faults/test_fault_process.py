@@ -26,7 +26,7 @@ from faultkit import (
     weights,
 )
 
-from echoclr_cli.engine import load_checkpoint
+from echoclr_cli.checkpoint import load_checkpoint
 from tests.helpers import make_dataset
 
 EPOCHS = 5
@@ -108,9 +108,9 @@ def test_fault_22_sigterm_checkpoints_exits_143_and_resumes(data, tmp_path):
 # --------------------------------------------------------------------------- 21
 KILL_MID_WRITE = """
 import os, signal, sys
-import echoclr_cli.engine as engine
+import echoclr_cli.checkpoint as checkpoint
 
-real, saves = engine.atomic_write, []
+real, saves = checkpoint.atomic_write, []
 
 class KillAfterBytes:
     # The file object torch.save writes into; SIGKILL once 64 KiB are on disk.
@@ -132,7 +132,7 @@ def atomic_write(path, writer, mode="wb"):
         return real(path, lambda f: writer(KillAfterBytes(f)), mode)
     return real(path, writer, mode)
 
-engine.atomic_write = atomic_write
+checkpoint.atomic_write = atomic_write
 from echoclr_cli.cli import app
 app(sys.argv[1:], prog_name="echoclr")
 """

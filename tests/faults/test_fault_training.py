@@ -15,7 +15,7 @@ import pytest
 import torch
 from faultkit import assert_one_line_error, cli, pretrain_args
 
-from echoclr_cli.engine import load_checkpoint
+from echoclr_cli.checkpoint import load_checkpoint
 from tests.helpers import make_dataset
 
 
@@ -140,7 +140,7 @@ def test_fault_25_worker_dies_on_bad_sample_names_the_file(data, tmp_path, corru
 def test_fault_27_disk_full_clear_error_earlier_outputs_intact(data, tmp_path, monkeypatch):
     """ENOSPC in the middle of writing the 2nd epoch's last.pt (real io.atomic_write, a writer
     that fails after half the bytes)."""
-    import echoclr_cli.engine as engine
+    import echoclr_cli.checkpoint as checkpoint
     import echoclr_cli.io as io
 
     saves: list[Path] = []
@@ -157,7 +157,7 @@ def test_fault_27_disk_full_clear_error_earlier_outputs_intact(data, tmp_path, m
 
         return io.atomic_write(path, half_then_enospc, mode)
 
-    monkeypatch.setattr(engine, "atomic_write", full_disk)
+    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
     run = tmp_path / "run"
     res = cli(*pretrain_args(data, run, 3))
     assert res.exit_code == 1

@@ -133,3 +133,28 @@ def test_preflight_takes_seconds_on_10000_videos(tmp_path):
     (data / paths[123]).unlink()
     with pytest.raises(UserError, match="V00123"):
         run_check(cfg, data, task="as")
+
+
+def test_preflight_pretrain_split_rule_is_pretrains(data):
+    cfg = Config()
+    cfg.pretrain.split = "ext_test"
+    res = run_check(cfg, data, section="pretrain")
+    bad = [f for f in res.findings if f.level == "error"]
+    assert [f.what for f in bad] == ["pretrain split"]
+    assert "no videos in split(s) ['ext_test']" in bad[0].detail
+
+
+def test_preflight_finetune_subset_is_the_finetune_sample(data):
+    """The subset size in the check is the fine-tune's own sample (not an estimate)."""
+    from echoclr_cli.data.fractions import sample_label_fraction, study_labels
+
+    cfg = Config()
+    cfg.finetune.frac = 0.01
+    cfg.finetune.batch_size = 64
+    res = run_check(cfg, data, task="as", section="finetune")
+    df = res.manifest
+    train = df[df["split"] == "train"]
+    sample = sample_label_fraction(study_labels(train, "as"), 0.01, cfg.finetune.frac_seed, "as")
+    n = int(train["study_id"].isin(set(sample.studies["study_id"])).sum())
+    warn = [f for f in res.findings if f.what == "finetune batches"]
+    assert len(warn) == 1 and warn[0].detail.startswith(f"{n} training videos at frac 0.01")
