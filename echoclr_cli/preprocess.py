@@ -1,4 +1,4 @@
-"""``echoclr preprocess``: raw archive -> dataset dir (ingest -> sector -> store -> manifest).
+"""``echoclr preprocess``: raw archive -> dataset dir (layouts/readers -> sector -> store -> manifest).
 
 Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
 small row; the parent streams rows (never videos), so memory is flat in the number of videos.
@@ -26,17 +26,19 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.config import Config
-from echoclr_cli.data import ingest, sector
-from echoclr_cli.data.ingest import Inventory, Item, ReadOptions, SkipVideo
+from echoclr_cli.data import layouts, readers, sector
+from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
     assign_splits,
     check_leakage,
 )
+from echoclr_cli.data.privacy import hash_id
+from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, sha256_file
 
 PREVIEW_VIDEOS = 8
 PREVIEW_TILE = 160
@@ -127,9 +129,9 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     ids (for id_map.csv), warnings and optional preview tiles. Never raises for bad input.
     """
     rel = item.rel
-    video_id = ingest.hash_id(ctx.salt, "video", rel)
+    video_id = hash_id(ctx.salt, "video", rel)
     try:
-        source_hash = ingest.file_hash(item.file)
+        source_hash = sha256_file(item.file)[:16]
     except OSError as e:
         return _skip(rel, "missing_file", f"{type(e).__name__}: {e}")
     npy_rel = f"videos/{video_id}.npy"
@@ -141,14 +143,14 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
     try:
         if item.kind == "video":
-            raw = ingest.read_video(item.file, ctx.opts)
+            raw = readers.read_video(item.file, ctx.opts)
         else:
-            raw = ingest.read_dicom(item.file, ctx.opts, ctx.undecodable)
-        path_study, path_patient = item.meta.get("path_ids") or ingest.path_ids(rel)
+            raw = readers.read_dicom(item.file, ctx.opts, ctx.undecodable)
+        path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
         study = item.study_id or raw.study_id or path_study
         patient = item.patient_id or raw.patient_id or path_patient
-        study_id = ingest.hash_id(ctx.salt, "study", study)
-        patient_id = ingest.hash_id(ctx.salt, "patient", patient)
+        study_id = hash_id(ctx.salt, "study", study)
+        patient_id = hash_id(ctx.salt, "patient", patient)
         if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx)
@@ -178,7 +180,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
 
 
 def _mask_and_crop(
-    raw: ingest.RawVideo, ctx: WorkerContext
+    raw: readers.RawVideo, ctx: WorkerContext
 ) -> tuple[np.ndarray, sector.SectorCrop, int]:
     """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels."""
     frames = raw.frames
@@ -392,11 +394,11 @@ def preprocess(
     root = resolve_input(cfg, input_dir, progress)
     out = Path(output_dir)
     _check_output(out, pc.overwrite)
-    inv = ingest.discover(
+    inv = layouts.discover(
         pc, root, pc.layout, pc.labels, exclude=[out], external_root=pc.external_input
     )
     dicoms = [it.file for it in inv.items if it.kind == "dicom"]
-    _, undecodable = ingest.check_decoders(dicoms)  # raises before any work when one is missing
+    _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(exist_ok=True)
@@ -463,7 +465,7 @@ def preprocess(
         _write_preview(paths["preview"], tiles)
 
     reasons = Counter(skipped_df["reason"])
-    n_fail = sum(n for r, n in reasons.items() if r in ingest.FAILURE_REASONS)
+    n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
     n_inputs = total + len(inv.skipped)
     result = PreprocessResult(
         output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
@@ -489,7 +491,7 @@ def preprocess(
             fix=f"see {paths['skipped']} for every file and its reason",
         )
     if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
-        fails = {r: n for r, n in reasons.items() if r in ingest.FAILURE_REASONS}
+        fails = {r: n for r, n in reasons.items() if r in readers.FAILURE_REASONS}
         raise UserError(
             f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
             f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were written",

@@ -174,7 +174,7 @@ def small_cfg(**pre):
 def jpeg_archive_without_decoder(root: Path, monkeypatch, h: int, w: int, ext: str = "") -> Path:
     """3 JPEG Baseline DICOMs + 1 uncompressed in ``root``, with the JPEG decoder reported missing
     (FAULTS.md 6). Returns ``root``."""
-    from echoclr_cli.data import ingest
+    from echoclr_cli.data import readers
 
     frames, _ = fan_video(10, h, w, seed=5)
     for i in range(3):
@@ -182,9 +182,9 @@ def jpeg_archive_without_decoder(root: Path, monkeypatch, h: int, w: int, ext: s
         jpeg_baseline(ds, frames)
         save(ds, root / f"j{i}{ext}")
     save(dicom_dataset(frames), root / "plain.dcm")
-    real = ingest.decoder_available
+    real = readers.decoder_available
     monkeypatch.setattr(
-        ingest, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
+        readers, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
     )
     return root
 

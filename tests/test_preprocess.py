@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from preprocess_fixtures import dicom_dataset, fan_video, save, small_cfg, write_avi
 
-from echoclr_cli.data import ingest, sector
+from echoclr_cli.data import layouts, privacy, readers, sector
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.data.synth import sector_mask, synthesize
@@ -62,13 +62,13 @@ def test_synth_no_pixel_outside_true_sector(synth_run):
     df = load_manifest(out)
     ids = pd.read_csv(out / "id_map.csv", dtype=str)
     file_of = dict(zip(ids["hashed"], ids["original"], strict=True))
-    ctx = WorkerContext(str(out), "echoclr", ingest.ReadOptions(100, 8, 25, 30), 112, "auto", True,
+    ctx = WorkerContext(str(out), "echoclr", readers.ReadOptions(100, 8, 25, 30), 112, "auto", True,
                         True, False, {}, set(), set(), "study", set())  # fmt: skip
     checked = 0
     for vid, path in zip(df["video_id"], df["path"], strict=True):
         rel = file_of[vid]
         row = videos.loc[rel]
-        raw_video = ingest.read_dicom(raw / rel, ctx.opts)
+        raw_video = readers.read_dicom(raw / rel, ctx.opts)
         stored, crop, _ = _mask_and_crop(raw_video, ctx)
         saved = load_video(out / path)
         assert np.array_equal(saved, stored)  # same crop as the run used
@@ -228,7 +228,7 @@ def test_frames_size_color_salt_and_fps_options(tree, tmp_path):
         24,
         3,
     )
-    assert df["video_id"][0] != ingest.hash_id("echoclr", "video", "f0") and res.channels == {
+    assert df["video_id"][0] != privacy.hash_id("echoclr", "video", "f0") and res.channels == {
         "3": 6
     }
     with pytest.raises(UserError, match="no usable video"):
@@ -269,7 +269,7 @@ def test_color_doppler_kept_when_asked_and_layout_forced(tmp_path):
     assert res.channels == {"3": 1, "1": 1}
     pd.DataFrame({"study_id": ["x"], "file": ["d.dcm"]}).to_csv(root / "labels.csv", index=False)
     pd.DataFrame({"file": ["d.dcm"], "study_id": ["x"]}).to_csv(root / "videos.csv", index=False)
-    assert ingest.detect_layout(root) == "synth"
+    assert layouts.detect_layout(root) == "synth"
     forced = preprocess(small_cfg(layout="dicom"), root, tmp_path / "out2")
     assert forced.layout == "dicom" and forced.skipped_by_reason == {"color_doppler": 1}
 
@@ -338,12 +338,12 @@ def test_vendor_like_dicoms_become_clean_112_clips(tmp_path):
     cfg.preprocess.size = 112
     res = preprocess(cfg, root, tmp_path / "out")
     assert res.n_videos == 6 and res.skipped_by_reason == {}
-    ctx = WorkerContext(str(tmp_path), "echoclr", ingest.ReadOptions(100, 8, 25, 30), 112, "auto",
+    ctx = WorkerContext(str(tmp_path), "echoclr", readers.ReadOptions(100, 8, 25, 30), 112, "auto",
                         True, True, False, {}, set(), set(), "study", set())  # fmt: skip
     df = load_manifest(tmp_path / "out")
     for name in ("jpeg_ybr422", "rgb", "palette", "j2k", "rle", "mono16"):
-        stored, crop, channels = _mask_and_crop(ingest.read_dicom(root / name, ctx.opts), ctx)
-        vid = ingest.hash_id("echoclr", "video", name)
+        stored, crop, channels = _mask_and_crop(readers.read_dicom(root / name, ctx.opts), ctx)
+        vid = privacy.hash_id("echoclr", "video", name)
         saved = load_video(tmp_path / "out" / df.set_index("video_id").loc[vid, "path"])
         assert np.array_equal(saved, stored) and saved.shape == (16, 112, 112) and channels == 1
         reach = (

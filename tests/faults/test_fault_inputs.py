@@ -26,7 +26,7 @@ from preprocess_fixtures import (  # noqa: E402
     write_avi,
 )
 
-from echoclr_cli.data import ingest  # noqa: E402
+from echoclr_cli.data import privacy  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
 from echoclr_cli.data.store import load_video  # noqa: E402
 
@@ -121,7 +121,7 @@ def archive(tmp_path_factory):
 
 def stored(out: Path, rel: str) -> pd.Series:
     df = load_manifest(out)
-    return df.set_index("video_id").loc[ingest.hash_id("echoclr", "video", rel)]
+    return df.set_index("video_id").loc[privacy.hash_id("echoclr", "video", rel)]
 
 
 def test_preprocess_completes_lists_every_bad_file_no_traceback(archive):
@@ -180,7 +180,7 @@ def test_fault_06_jpeg_without_decoder_stops_before_work(tmp_path, monkeypatch):
     res = cli("preprocess", "--input", root, "--output", out, "--size", "32", "--workers", "1",
               "--profile", "demo")  # fmt: skip
     assert res.exit_code == 1
-    assert_one_line_error(res.output, "1.2.840.10008.1.2.4.50", "3 file(s)", "pylibjpeg-libjpeg")
+    assert_one_line_error(res.output, "1.2.840.10008.1.2.4.50", "3 file(s)", "pip install pillow")
     assert not (out / "manifest.csv").exists() and not (out / "videos").exists()
 
 

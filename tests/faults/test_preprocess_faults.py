@@ -21,7 +21,7 @@ from preprocess_fixtures import (  # noqa: E402
     write_avi,
 )
 
-from echoclr_cli.data import ingest  # noqa: E402
+from echoclr_cli.data import privacy, readers  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
 from echoclr_cli.data.store import load_video  # noqa: E402
 from echoclr_cli.errors import UserError  # noqa: E402
@@ -62,7 +62,7 @@ def faulty(tmp_path_factory):
 
     dd = Dataset()
     dd.file_meta = FileMetaDataset()
-    dd.file_meta.MediaStorageSOPClassUID = ingest.DICOMDIR_UID
+    dd.file_meta.MediaStorageSOPClassUID = readers.DICOMDIR_UID
     dd.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
     dd.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dd.DirectoryRecordSequence = []
@@ -126,7 +126,7 @@ def test_reason_codes(faulty, file, reason):
 
 def _row_of(out: Path, rel: str) -> pd.Series:
     df = load_manifest(out)
-    vid = ingest.hash_id("echoclr", "video", rel)
+    vid = privacy.hash_id("echoclr", "video", rel)
     return df.set_index("video_id").loc[vid]
 
 
@@ -178,7 +178,7 @@ def test_color_and_mono_same_convention(faulty, tmp_path):
     df = load_manifest(tmp_path / "out")
     assert (df["channels"] == 1).all() and len(df) == 5
     vids = {
-        ingest.hash_id("echoclr", "video", f"{n}.dcm"): n
+        privacy.hash_id("echoclr", "video", f"{n}.dcm"): n
         for n in ("rgb", "ybr", "mono8", "mono16", "jpeg")
     }
     arrays = {
@@ -197,11 +197,34 @@ def test_missing_decoder_stops_before_work(tmp_path, monkeypatch):
         preprocess(small_cfg(), root, tmp_path / "out")
     msg = str(e.value)
     assert "3 file(s)" in msg and "1.2.840.10008.1.2.4.50" in msg and "JPEG Baseline" in msg
-    assert "pip install" in msg and "pylibjpeg-libjpeg" in msg
+    assert "pip install pillow" in msg
     assert (
         not (tmp_path / "out" / "manifest.csv").exists()
         and not (tmp_path / "out" / "videos").exists()
     )
+
+
+def test_missing_lossless_decoder_names_bsd_and_gpl_options(tmp_path, monkeypatch):
+    """6: JPEG Lossless needs python-gdcm or the optional GPL extra; the preflight names both,
+    and a file reaching the reader without it is skipped as missing_decoder with the same hint."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    frames, _ = fan_video(10, H, W, seed=5)
+    ds = dicom_dataset(frames, patient="P0", study="0")
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"] * 10)
+    ds["PixelData"].VR = "OB"
+    path = save(ds, tmp_path / "raw" / "lossless.dcm")
+    monkeypatch.setattr(readers, "decoder_available", lambda uid: uid != str(JPEGLosslessSV1))
+    with pytest.raises(UserError) as e:
+        readers.check_decoders([path])
+    msg = str(e.value)
+    assert "1 file(s)" in msg and "JPEG Lossless" in msg
+    assert "python-gdcm" in msg and "echoclr[gpl-decoders]" in msg
+    with pytest.raises(readers.SkipVideo) as skip:
+        readers.read_dicom(path, readers.ReadOptions(min_frames=2))
+    assert skip.value.reason == "missing_decoder" and "python-gdcm" in skip.value.detail
 
 
 def test_missing_npy_reported_in_one_message(faulty, tmp_path):
