@@ -160,8 +160,17 @@ def _root(
             "--version", callback=version_callback, is_eager=True, help="Print the version."
         ),
     ] = None,
+    allow_failed_dataset: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failed-dataset",
+            help="Use a dataset whose preprocess failed or did not finish (dataset.json status).",
+        ),
+    ] = False,
 ) -> None:
     """EchoCLR for echocardiography."""
+    if allow_failed_dataset:
+        os.environ["ECHOCLR_ALLOW_FAILED_DATASET"] = "1"  # read by data.manifest.load_manifest
 
 
 # --------------------------------------------------------------------------- synth
@@ -239,7 +248,18 @@ def preprocess(
         int | None, typer.Option("--external-after", help="Studies after this year -> ext_test.")
     ] = None,
     salt: Annotated[
-        str | None, typer.Option("--salt", help="Salt for de-identifying hashes.")
+        str | None,
+        typer.Option("--salt", help="Salt for de-identifying hashes (default: a random secret)."),
+    ] = None,
+    allow_label_issues: Annotated[
+        bool,
+        typer.Option(
+            "--allow-label-issues", help="Accept bad label values, duplicated or unmatched ids."
+        ),
+    ] = False,
+    migrate: Annotated[
+        Path | None,
+        typer.Option("--migrate", help="Convert a dataset dir of the previous format, then exit."),
     ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -250,6 +270,12 @@ def preprocess(
 ) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
     with handle_errors(verbose):
+        if migrate is not None:
+            from echoclr_cli.data.migrate import migrate_dataset
+
+            done = migrate_dataset(migrate)
+            report.info(f"migrated {migrate}: {done['videos']} videos, status {done['status']}")
+            return
         cfg = build_config(
             "preprocess",
             config,
@@ -266,14 +292,17 @@ def preprocess(
                 "preprocess.size": size,
                 "preprocess.external_after": external_after,
                 "preprocess.salt": salt,
+                "preprocess.allow_label_issues": True if allow_label_issues else None,
                 "preprocess.overwrite": True if overwrite else None,
                 "paths.data": str(output) if output else None,
             },
         )
         from echoclr_cli.preprocess import preprocess as run_preprocess
+        from echoclr_cli.preprocess import size_set
 
         with report.count_progress("preprocess") as update:
-            res = run_preprocess(cfg, cfg.preprocess.input, cfg.paths.data, progress=update)
+            res = run_preprocess(cfg, cfg.preprocess.input, cfg.paths.data, progress=update,
+                                 size_explicit=size_set(size, set_, config))  # fmt: skip
         report.show_preprocess(res)
 
 

@@ -10,9 +10,8 @@ them); nothing the user owns is ever deleted. Outputs (docs/ARCHITECTURE.md, "Da
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
+import contextlib
 import json
-import math
 import multiprocessing as mp
 import sys
 from collections import Counter
@@ -26,22 +25,25 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.config import Config
-from echoclr_cli.data import layouts, readers, sector
+from echoclr_cli.data import layouts, outputs, privacy, readers, sector
+from echoclr_cli.data.labels import issue_lines, label_issue, private_issue_rows
+from echoclr_cli.data.labels import issues_report as label_issues_report
 from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
     assign_splits,
     check_leakage,
+    dataset_json,
 )
+from echoclr_cli.data.migrate import refuse_legacy
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, sha256_file
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error, sha256_file
 
 PREVIEW_VIDEOS = 8
-PREVIEW_TILE = 160
 MAX_WARNINGS = 200
 STRATA_MAX = 3  # label columns used for stratification (combinations explode beyond)
 
@@ -75,11 +77,18 @@ class PreprocessResult:
     warnings: list[str]
     paths: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    status: str = "ok"
+    reason: str | None = None
+    label_report: dict | None = None
 
     def to_dict(self) -> dict:
+        """Public form (report.json): no input path, no private file."""
         d = asdict(self)
-        d["output_dir"], d["input_dir"] = str(self.output_dir), str(self.input_dir)
-        d["paths"] = {k: str(v) for k, v in self.paths.items()}
+        d.pop("input_dir")
+        d["output_dir"] = str(self.output_dir)
+        d["paths"] = {
+            k: str(v) for k, v in self.paths.items() if privacy.PRIVATE not in Path(v).parts
+        }
         return d
 
 
@@ -118,8 +127,10 @@ def _run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
     return index, process_item(item, _CTX)
 
 
-def _skip(rel: str, reason: str, detail: str) -> dict:
-    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail}
+def _skip(rel: str, reason: str, detail: str, ids: tuple = ()) -> dict:
+    """A skipped file; ``ids``: its hashed (study, patient) ids when they were read."""
+    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail,
+            "ids": [i for i in ids if i]}  # fmt: skip
 
 
 def process_item(item: Item, ctx: WorkerContext) -> dict:
@@ -141,6 +152,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         if prev["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
             return _skip(rel, "view_filter", "excluded by the view filter of the label file")
         return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
+    study_id = patient_id = None
     try:
         if item.kind == "video":
             raw = readers.read_video(item.file, ctx.opts)
@@ -155,9 +167,9 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx)
     except SkipVideo as e:
-        return _skip(rel, e.reason, e.detail)
+        return _skip(rel, e.reason, e.detail, (study_id, patient_id))
     except Exception as e:  # a bad file never stops the run; the reason names the error
-        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}")
+        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}", (study_id, patient_id))
     # Outside the per-file guard: a failing *output* write (disk full -> UserError, permissions)
     # is not the input file's fault and stops the run instead of skipping every later file.
     save_video(npy, stored)
@@ -168,7 +180,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "width": int(stored.shape[2]), "channels": channels,
         "study_year": raw.study_year, "source_hash": source_hash,
     }  # fmt: skip
-    preview = _preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
+    preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
     notes = [f"{rel}: {w}" for w in raw.warnings]
     if crop.source.endswith("fallback"):
         notes.append(f"{rel}: little motion; sector found from the time-max image")
@@ -203,29 +215,6 @@ def _mask_and_crop(
     crop = sector.plan_crop(mask, ctx.size, source)
     stored = sector.apply_crop(frames, crop)
     return stored, crop, 1 if stored.ndim == 3 else 3
-
-
-def _preview_tiles(frames: np.ndarray, crop: sector.SectorCrop, stored: np.ndarray) -> np.ndarray:
-    """Before (middle raw frame, sector outline in red) | after (stored frame): (P, 2P, 3) RGB."""
-    mid = frames[len(frames) // 2]
-    before = mid if mid.ndim == 3 else cv2.cvtColor(mid, cv2.COLOR_GRAY2RGB)
-    before = np.ascontiguousarray(before)
-    contours, _ = cv2.findContours(
-        crop.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    cv2.drawContours(before, contours, -1, (255, 0, 0), max(1, before.shape[0] // 150))
-    after = stored[len(stored) // 2]
-    after = (
-        after if after.ndim == 3 else cv2.cvtColor(np.ascontiguousarray(after), cv2.COLOR_GRAY2RGB)
-    )
-    p = PREVIEW_TILE
-    scale = p / max(before.shape[:2])
-    small = cv2.resize(before, (max(1, round(before.shape[1] * scale)), max(1, round(before.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)  # fmt: skip
-    tile = np.zeros((p, 2 * p, 3), np.uint8)
-    tile[: small.shape[0], : small.shape[1]] = small
-    tile[:, p:] = cv2.resize(after, (p, p), interpolation=cv2.INTER_NEAREST)
-    return tile
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -298,17 +287,6 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
     return out_rows
 
 
-def _previous_ids(out: Path) -> dict[tuple[str, str], str]:
-    path = out / "id_map.csv"
-    if not path.exists():
-        return {}
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return {(k, h): o for k, o, h in zip(df["kind"], df["original"], df["hashed"], strict=True)}
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
-        return {}
-
-
 def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tuple[int, dict]]:
     """Stream (index, result) with at most ``4 * workers`` files in flight."""
     if workers <= 1 or len(items) <= 1:
@@ -376,52 +354,188 @@ def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
     return split
 
 
+PAPER_SIZE = 112  # the published frame size; a user archive gets it unless a size is set
+
+
+def size_set(size: int | None, sets: list[str] | None, config_files: list[Path] | None) -> bool:
+    """Whether the user chose a frame size (--size, --set preprocess.size=, or a --config YAML
+    with preprocess.size); a profile's size does not count."""
+    from echoclr_cli.config import read_yaml
+
+    if size is not None:
+        return True
+    if any(s.split("=", 1)[0].strip() == "preprocess.size" for s in sets or []):
+        return True
+    for f in config_files or []:
+        pre = read_yaml(f).get("preprocess")
+        if isinstance(pre, dict) and "size" in pre:
+            return True
+    return False
+
+
 def preprocess(
     cfg: Config,
     input_dir: Path | None,
     output_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    size_explicit: bool = True,
 ) -> PreprocessResult:
     """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
 
     ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
-    ``paths.raw`` (generated there first when missing). Raises UserError for unusable input
-    (missing decoders, leakage in given splits, no usable video, too many failures - the last two
-    after skipped.csv and the other outputs are written).
+    ``paths.raw`` (generated there first when missing). ``size_explicit`` False (the CLI, when
+    the user set no size): a user archive is written at the paper's 112 px whatever the profile;
+    only the embedded demo archive takes the profile's size. Raises UserError for unusable input
+    (before any write: missing decoders, an input with no file to decode; after the outputs are
+    written, with dataset.json marked ``failed``: no usable video, too many failures, label
+    issues without ``allow_label_issues``, leakage in given splits).
     """
     t0 = datetime.now(UTC)
     pc = cfg.preprocess
     root = resolve_input(cfg, input_dir, progress)
+    notes: list[str] = []
+    user_input = input_dir is not None or pc.input is not None
+    if not size_explicit and user_input and pc.size != PAPER_SIZE:
+        notes.append(f"frame size {PAPER_SIZE} px (paper) for this archive: the {cfg.profile} "
+                     f"profile's {pc.size} px applies only to the embedded demo archive "
+                     "(--size sets it)")  # fmt: skip
+        pc = pc.model_copy(update={"size": PAPER_SIZE})
     out = Path(output_dir)
     _check_output(out, pc.overwrite)
-    inv = layouts.discover(
-        pc, root, pc.layout, pc.labels, exclude=[out], external_root=pc.external_input
-    )
+    refuse_legacy(out)
+    salt, salt_source = privacy.resolve_salt(out, pc.salt)
+    inv = layouts.discover(pc, root, pc.layout, pc.labels, exclude=[out],
+                           external_root=pc.external_input, salt=salt)  # fmt: skip
+    if not inv.items:
+        why = Counter(r["reason"] for r in inv.skipped)
+        raise UserError(
+            f"no file to decode in {root} ({len(inv.skipped)} other file(s): {dict(why)}); "
+            "nothing was written",
+            fix="point --input at the archive (DICOM/video files, or a known layout)",
+        )
     dicoms = [it.file for it in inv.items if it.kind == "dicom"]
     _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "videos").mkdir(exist_ok=True)
+    try:
+        (out / "videos").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
     rng = np.random.default_rng(pc.split_seed)
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
+    settings = video_settings(pc)
     ctx = WorkerContext(
-        out_dir=str(out), salt=pc.salt,
+        out_dir=str(out), salt=salt,
         opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
         use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
-        previous=_previous(out, video_settings(pc)),
+        previous=_previous(out, settings),
         undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
         preview={inv.items[i].rel for i in pick},
     )  # fmt: skip
+    privacy.store_salt(out, salt, salt_source)
+    privacy.write_private_json(out, privacy.RUN_FILE, {
+        "input": str(root), "labels": str(pc.labels) if pc.labels else None,
+        "external_input": str(pc.external_input) if pc.external_input else None,
+    })  # fmt: skip
+    meta = {"format": outputs.FORMAT, "status": "running", "reason": "preprocess did not finish",
+            "label_columns": list(inv.label_columns), "size": pc.size,
+            "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
+            "video_settings": settings, "config": outputs.public_config(pc)}  # fmt: skip
+    before = dataset_json(out)
+    atomic_write_json(out / "dataset.json", meta)
+    try:
+        rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = _process(
+            inv, ctx, pc.workers, out, notes, progress
+        )
+    except BaseException:
+        # The earlier dataset is still whole (its manifest is rewritten only at the end, and its
+        # videos were rewritten with the same settings): give it its status back.
+        if before.get("video_settings") == settings:
+            with contextlib.suppress(Exception):
+                atomic_write_json(out / "dataset.json", before)
+        raise
+    total = len(inv.items)
 
-    rows, skipped, notes, tiles = [], list(inv.skipped), [], []
-    ids = _previous_ids(out)
+    df = _join(pd.DataFrame(rows), inv, pc)
+    labels = list(inv.label_columns)
+    if not df.empty:
+        df["split"] = _assign(df, labels, pc)
+        df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
+    manifest = _manifest_frame(df, labels)
+    issues = inv.label_issues + _unmatched_labels(inv, manifest, seen_ids)
+
+    files = {it.rel: it.file for it in inv.items}
+    paths: dict[str, Path] = {}
+    paths["skipped"], skipped_df = outputs.write_skipped(out, skipped, salt, root, files)
+    refs = {it.rel: privacy.file_ref(salt, it.rel) for it in inv.items}
+    notes = [_public_note(n, refs, root) for n in notes]
+    reasons = Counter(skipped_df["reason"])
+    n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
+    n_inputs = total + len(inv.skipped)
+    leak = None
+    if not manifest.empty:
+        try:
+            check_leakage(manifest, source=f"splits for {out}")
+        except UserError as e:
+            leak = e
+    if not manifest.empty and leak is None:
+        paths["manifest"] = out / "manifest.csv"
+        atomic_write_csv(paths["manifest"], manifest)
+    paths["id_map"] = privacy.write_private_csv(
+        out, privacy.ID_MAP, outputs.id_map_frame(ids, manifest)
+    )
+    label_report = None
+    if issues or inv.label_rows or labels:
+        label_report = label_issues_report(issues, pc.allow_label_issues)
+        paths["labels_report"] = out / "labels_report.json"
+        atomic_write_json(paths["labels_report"], label_report)
+        privacy.write_private_csv(out, privacy.LABEL_ROWS, private_issue_rows(issues))
+        notes = issue_lines(issues) + notes
+    paths.update(outputs.write_previews(out, tiles))
+
+    failure = _failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths)
+    meta.update(status="failed" if failure else "ok",
+                reason=failure.message if failure else None,
+                n_videos=len(manifest), n_inputs=n_inputs)  # fmt: skip
+    paths["dataset"] = out / "dataset.json"
+    result = PreprocessResult(
+        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
+        n_videos=len(manifest), n_reused=n_reused,
+        n_skipped=int(sum(reasons.values())),
+        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
+        split_sizes=_split_sizes(manifest), prevalence=_prevalence(manifest, labels),
+        label_columns=labels, frames=_stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        fps=_stats(manifest.get("fps", pd.Series(dtype=float))),
+        fps_source=dict(Counter(manifest.get("fps_source", []))),
+        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
+        warnings=notes[:MAX_WARNINGS], paths=paths,
+        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
+        status=meta["status"], reason=meta["reason"], label_report=label_report,
+    )  # fmt: skip
+    paths["report"] = out / "report.json"
+    report = result.to_dict()
+    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
+                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
+    atomic_write_json(paths["report"], report)
+    atomic_write_json(paths["dataset"], meta)
+    if failure:
+        raise failure
+    return result
+
+
+def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes: list[str],
+             progress) -> tuple:  # fmt: skip
+    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids."""
+    rows, skipped, tiles = [], list(inv.skipped), []
+    ids = outputs.previous_ids(out)
+    seen_ids = set(inv.known_ids)
     sector_sources: Counter = Counter()
     n_reused = 0
     total = len(inv.items)
-    for done, (index, res) in enumerate(_results(inv.items, ctx, pc.workers), start=1):
+    for done, (index, res) in enumerate(_results(inv.items, ctx, workers), start=1):
         if res["status"] == "skipped":
             skipped.append({k: res[k] for k in ("file", "reason", "detail")})
+            seen_ids.update(res["ids"])
         else:
             row = res["row"]
             row["_index"] = index
@@ -436,68 +550,61 @@ def preprocess(
                 tiles.append(res["preview"])
         if progress is not None:
             progress(done, total)
+    return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
 
-    df = _join(pd.DataFrame(rows), inv, pc)
-    labels = list(inv.label_columns)
-    skipped += inv.label_issues
-    if not df.empty:
-        df["split"] = _assign(df, labels, pc)
-        df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
-    manifest = _manifest_frame(df, labels)
-    skipped_df = pd.DataFrame(skipped, columns=["file", "reason", "detail"])
 
-    paths = {"skipped": out / "skipped.csv"}
-    atomic_write_csv(paths["skipped"], skipped_df)
-    if not manifest.empty:
-        check_leakage(manifest, source=f"splits for {out}")
-    paths.update(manifest=out / "manifest.csv", dataset=out / "dataset.json",
-                 report=out / "report.json", id_map=out / "id_map.csv")  # fmt: skip
-    atomic_write_csv(paths["manifest"], manifest)
-    atomic_write_csv(paths["id_map"], _id_map(ids, manifest))
-    atomic_write_json(paths["dataset"], {
-        "label_columns": labels, "size": pc.size,
-        "salt_id": hashlib.sha256(pc.salt.encode()).hexdigest()[:12],
-        "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
-        "video_settings": video_settings(pc), "config": pc.model_dump(mode="json"),
-    })  # fmt: skip
-    if tiles:
-        paths["preview"] = out / "preview.png"
-        _write_preview(paths["preview"], tiles)
+def _public_note(note: str, refs: dict[str, str], root: Path) -> str:
+    """A warning line ``rel: text`` with the path replaced by the file reference."""
+    rel, sep, text = note.partition(": ")
+    if sep and rel in refs:
+        return f"{refs[rel]}: {privacy.scrub(text, rel, str(root))}"
+    return privacy.scrub(note, str(root))
 
-    reasons = Counter(skipped_df["reason"])
-    n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
-    n_inputs = total + len(inv.skipped)
-    result = PreprocessResult(
-        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
-        n_videos=len(manifest), n_reused=n_reused,
-        n_skipped=int(sum(n for r, n in reasons.items() if r != "bad_label")),
-        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
-        split_sizes=_split_sizes(manifest), prevalence=_prevalence(manifest, labels),
-        label_columns=labels, frames=_stats(manifest.get("n_frames", pd.Series(dtype=float))),
-        fps=_stats(manifest.get("fps", pd.Series(dtype=float))),
-        fps_source=dict(Counter(manifest.get("fps_source", []))),
-        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
-        warnings=notes[:MAX_WARNINGS], paths=paths,
-        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
-    )  # fmt: skip
-    report = result.to_dict()
-    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
-                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
-    atomic_write_json(paths["report"], report)
 
+def _unmatched_labels(inv: Inventory, manifest: pd.DataFrame, seen: set[str]) -> list[dict]:
+    """unmatched_id / no_videos issues for label rows whose id has no stored video."""
+    stored = {
+        "study": set(manifest.get("study_id", [])),
+        "patient": set(manifest.get("patient_id", [])),
+    }
+    out = []
+    for r in inv.label_rows:
+        if r.hashed in stored[r.key] or r.hashed in inv.view_excluded:
+            continue  # stored, or excluded on purpose by the view filter
+        kind = "no_videos" if r.hashed in seen else "unmatched_id"
+        out.append(label_issue(kind, r.source, r.line, None, None, r.original,
+                               f"no video in the dataset has this {r.key} id", r.hashed))  # fmt: skip
+    return out
+
+
+def _failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths):
+    """The UserError that marks the dataset failed (None when it is usable)."""
+    skipped = paths["skipped"]
     if manifest.empty:
-        raise UserError(
-            f"no usable video in {root} ({n_inputs} inputs; skipped by reason: {dict(reasons)})",
-            fix=f"see {paths['skipped']} for every file and its reason",
+        return UserError(
+            f"no usable video ({n_inputs} inputs; skipped by reason: {dict(reasons)}); the "
+            "dataset is marked failed",
+            fix=f"see {skipped} for every file and its reason",
         )
+    if leak is not None:
+        return UserError(leak.message + "; the dataset is marked failed", fix=leak.fix)
     if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
         fails = {r: n for r, n in reasons.items() if r in readers.FAILURE_REASONS}
-        raise UserError(
+        return UserError(
             f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
-            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were written",
-            fix=f"inspect {paths['skipped']}; fix the files or raise preprocess.max_skipped_frac",
+            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were "
+            "written and the dataset is marked failed",
+            fix=f"inspect {skipped}; fix the files or raise preprocess.max_skipped_frac",
         )
-    return result
+    if label_report and label_report["n_errors"] and not pc.allow_label_issues:
+        counts = {k: v["count"] for k, v in label_report["issues"].items() if v["error"]}
+        return UserError(
+            f"label problems {counts} (examples in the summary, all in "
+            f"{paths['labels_report']}); the dataset is marked failed",
+            fix="fix the label file, or accept them with --allow-label-issues (bad values "
+            "become unknown, duplicated ids keep their first row)",
+        )
+    return None
 
 
 def _split_order(col: pd.Series) -> pd.Series:
@@ -541,16 +648,6 @@ def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     return out
 
 
-def _id_map(ids: dict[tuple[str, str], str], manifest: pd.DataFrame) -> pd.DataFrame:
-    used = {("video", v) for v in manifest.get("video_id", [])}
-    used |= {("study", v) for v in manifest.get("study_id", [])}
-    used |= {("patient", v) for v in manifest.get("patient_id", [])}
-    rows = [{"kind": k, "original": o, "hashed": h} for (k, h), o in ids.items() if (k, h) in used]
-    return pd.DataFrame(rows, columns=["kind", "original", "hashed"]).sort_values(
-        ["kind", "original"]
-    )
-
-
 def _split_sizes(m: pd.DataFrame) -> dict[str, dict[str, int]]:
     out = {}
     for s in SPLITS:
@@ -574,18 +671,3 @@ def _prevalence(m: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, dict]
             k, n = int(per_study.sum()), len(per_study)
             out[s][col] = {"positive": k, "known": n, "rate": round(k / n, 4) if n else None}
     return out
-
-
-def _write_preview(path: Path, tiles: list[np.ndarray]) -> None:
-    """Montage of before|after tiles, two per row."""
-    cols = 2
-    rows = math.ceil(len(tiles) / cols)
-    th, tw = tiles[0].shape[:2]
-    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
-    for j, tile in enumerate(tiles):
-        r, c = divmod(j, cols)
-        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
-        grid[r * th : (r + 1) * th, c * tw] = 255  # separators
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if ok:
-        atomic_write(path, lambda f: f.write(buf.tobytes()))

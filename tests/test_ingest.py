@@ -5,7 +5,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from preprocess_fixtures import dicom_dataset, fan_video, jpeg_baseline, save, small_cfg, write_avi
+from preprocess_fixtures import (
+    dicom_dataset,
+    fan_video,
+    id_map,
+    jpeg_baseline,
+    save,
+    small_cfg,
+    write_avi,
+)
 
 from echoclr_cli.data import labels, layouts, readers
 from echoclr_cli.data.manifest import load_manifest
@@ -188,7 +196,7 @@ def test_plain_tree_with_label_csv_keyed_by_study(tmp_path):
     cfg = small_cfg(labels=labels, label_map={"as": "severity==severe"})
     res = preprocess(cfg, root, tmp_path / "out")
     df = load_manifest(tmp_path / "out")
-    ids = pd.read_csv(tmp_path / "out" / "id_map.csv", dtype=str)
+    ids = id_map(tmp_path / "out")
     orig = dict(zip(ids["hashed"], ids["original"], strict=True))
     got = {orig[s]: a for s, a in zip(df["study_id"], df["as"], strict=True)}
     assert res.label_columns == ["as"] and got == {

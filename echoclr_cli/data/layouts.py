@@ -14,14 +14,14 @@ import pandas as pd
 
 from echoclr_cli.data.labels import (
     MISSING,
-    PATIENT_KEYS,
-    STUDY_KEYS,
+    LabelRow,
     apply_label_map,
     as_label,
     auto_binary,
     external_flags,
-    label_key_column,
+    label_issue,
     lvh_label,
+    read_label_file,
     read_table,
     view_keep,
     years_column,
@@ -59,9 +59,11 @@ class Item:
 class Inventory:
     """Everything discovered in an input dir before decoding.
 
-    table: for plain trees with --labels, label rows keyed by hashed id (``key``: 'study' or
-    'patient'); items look their meta up there after decoding. skipped: (file, reason, detail)
-    found before decoding (missing files, view filter, bad labels)."""
+    table: with --labels, label rows keyed by hashed id (``key``: 'study' or 'patient'); items
+    look their meta up there after decoding. skipped: (file, reason, detail) found before
+    decoding (missing, unlisted, not media, view filter); ``file`` is the original relative path
+    (private). label_issues: labels.label_issue records; label_rows: label-file rows to match
+    against the stored videos once decoded; known_ids: hashed ids of files the layout lists."""
 
     layout: str
     root: Path
@@ -72,6 +74,8 @@ class Inventory:
     key: str = "study"
     view_excluded: set[str] = field(default_factory=set)
     label_issues: list[dict] = field(default_factory=list)
+    label_rows: list[LabelRow] = field(default_factory=list)
+    known_ids: set[str] = field(default_factory=set)
 
 
 def detect_layout(root: Path) -> str:
@@ -90,22 +94,56 @@ def detect_layout(root: Path) -> str:
     return "dicom"
 
 
-def _walk(root: Path, exclude: Iterable[Path]) -> list[Path]:
+def _walk(root: Path, exclude: Iterable[Path]) -> tuple[list[Path], list[dict]]:
+    """Every file under ``root`` (sorted) except ``exclude``; hidden files and folders are not
+    read but listed as skipped ``not_media`` (never a silent drop)."""
     excl = {os.path.realpath(p) for p in exclude}
-    out = []
+    out, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in excl
-        )  # fmt: skip
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if os.path.realpath(full) in excl:
+                continue
+            if d.startswith("."):
+                rel = Path(full).relative_to(root).as_posix()
+                skipped.append({"file": rel + "/", "reason": "not_media",
+                                "detail": "hidden folder (not read)"})  # fmt: skip
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if name.startswith(".") or p.suffix.lower() in IGNORED_EXTS:
-                continue
-            if os.path.realpath(p) in excl:
-                continue
-            out.append(p)
-    return out
+            if os.path.realpath(p) not in excl:
+                out.append(p)
+    return out, skipped
+
+
+def _not_media(path: Path) -> str | None:
+    """Why ``path`` is not read as media (hidden, or an extension that is never media)."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() in IGNORED_EXTS:
+        return f"not a media file ({path.suffix.lower()})"
+    return None
+
+
+def _add_unlisted(inv: Inventory, exclude: Iterable[Path], index: str) -> None:
+    """Skip rows (``unlisted``) for every file under the root that the layout's index does not
+    name (used files, skipped rows and the index files themselves are named)."""
+    root = inv.root
+    used = {os.path.realpath(it.file) for it in inv.items}
+    used |= {os.path.realpath(root / s["file"]) for s in inv.skipped}
+    used |= {os.path.realpath(root / n) for n in INDEX_FILES}
+    files, hidden = _walk(root, exclude)
+    inv.skipped.extend(hidden)
+    for f in files:
+        if os.path.realpath(f) in used:
+            continue
+        why = _not_media(f)
+        inv.skipped.append({"file": f.relative_to(root).as_posix(),
+                            "reason": "not_media" if why else "unlisted",
+                            "detail": why or f"not named by {index}"})  # fmt: skip
 
 
 def _kind(path: Path) -> str:
@@ -122,6 +160,12 @@ def path_ids(rel: str) -> tuple[str, str]:
     return Path(rel).stem, Path(rel).stem
 
 
+INDEX_FILES = (
+    "synth.json", "labels.csv", "videos.csv", "FileList.csv", "VolumeTracings.csv",
+    "train.csv", "val.csv", "test.csv", "ext_test.csv", "echo_labels.csv",
+)  # fmt: skip
+
+
 def discover(
     cfg,
     root: Path,
@@ -129,37 +173,78 @@ def discover(
     labels: Path | None = None,
     exclude: Iterable[Path] = (),
     external_root: Path | None = None,
+    salt: str = "",
 ) -> Inventory:
     """Inventory of an input dir. ``cfg`` is the ``preprocess`` config section.
 
-    ``external_root``: a separate input dir whose files all go to ext_test.
+    ``labels`` (--labels) works under every layout: its columns are added to the layout's own
+    (a column in both is refused). ``external_root``: a separate input dir whose files all go to
+    ext_test. ``salt``: the dataset's id salt (label rows are matched by hashed id).
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"input dir not found: {root}", fix="check --input")
+    if labels is not None and not Path(labels).is_file():
+        raise UserError(f"label file not found: {labels}", fix="check --labels")
+    exclude = list(exclude) + ([Path(labels)] if labels else [])
     chosen = detect_layout(root) if layout == "auto" else layout
+    # With --labels, the view / external columns are read from that file.
+    lcfg = cfg.model_copy(update={"view_column": None, "external_column": None}) if labels else cfg
     if chosen == "synth":
-        inv = _discover_synth(cfg, root)
+        inv = _discover_synth(lcfg, root, salt)
     elif chosen == "echoclr":
-        inv = _discover_echoclr(cfg, root)
+        inv = _discover_echoclr(lcfg, root, salt)
     elif chosen == "echonet":
-        inv = _discover_echonet(cfg, root)
+        inv = _discover_echonet(lcfg, root, salt)
     else:
-        inv = _discover_tree(cfg, root, chosen, labels, exclude)
+        inv = _discover_tree(cfg, root, chosen, labels is not None, exclude)
+    if chosen in ("synth", "echoclr", "echonet"):
+        index = {"synth": "videos.csv", "echoclr": "the split CSVs",
+                 "echonet": "FileList.csv"}[chosen]  # fmt: skip
+        _add_unlisted(inv, exclude, index)
+    if labels is not None:
+        _add_label_file(inv, cfg, Path(labels), salt)
     if external_root is not None:
         if not Path(external_root).is_dir():
             raise UserError(f"external input dir not found: {external_root}",
                             fix="check preprocess.external_input")  # fmt: skip
         ext = _discover_tree(cfg.model_copy(update={"view_column": None, "external_column": None}),
-                             Path(external_root), "dicom", None, exclude)  # fmt: skip
+                             Path(external_root), "dicom", True, exclude)  # fmt: skip
         for it in ext.items:
             it.rel = f"external/{it.rel}"
             it.meta["split"] = "ext_test"
+        for rec in ext.skipped:
+            rec["file"] = f"external/{rec['file']}"
         inv.items.extend(ext.items)
+        inv.skipped.extend(ext.skipped)
     return inv
 
 
-def _discover_synth(cfg, root: Path) -> Inventory:
+def _add_label_file(inv: Inventory, cfg, path: Path, salt: str) -> None:
+    lf = read_label_file(cfg, path, salt)
+    both = sorted(set(lf.label_columns) & set(inv.label_columns))
+    if both:
+        raise UserError(
+            f"{path}: label column(s) {both} also come from the {inv.layout} layout's own files",
+            fix="rename them in the label file (or map them with preprocess.label_map)",
+        )
+    inv.label_columns += lf.label_columns
+    inv.table, inv.key, inv.view_excluded = lf.table, lf.key, lf.view_excluded
+    inv.label_issues += lf.issues
+    inv.label_rows += lf.rows
+
+
+def _duplicates(ids: pd.Series, source: str, key: str, lines: pd.Series, salt: str) -> list[dict]:
+    dup = ids.duplicated(keep="first") & ids.ne("")
+    first = {}
+    for i, v in ids.items():
+        first.setdefault(v, int(lines.loc[i]))
+    return [label_issue("duplicate_id", source, int(lines.loc[i]), None, None, ids.loc[i],
+                        f"same id as line {first[ids.loc[i]]}", hash_id(salt, key, ids.loc[i]))
+            for i in ids.index[dup]]  # fmt: skip
+
+
+def _discover_synth(cfg, root: Path, salt: str) -> Inventory:
     for name in ("labels.csv", "videos.csv"):
         if not (root / name).exists():
             raise UserError(f"{root}: synth layout needs {name}", fix="re-run `echoclr synth`")
@@ -170,7 +255,9 @@ def _discover_synth(cfg, root: Path) -> Inventory:
         if col not in df.columns:
             raise UserError(f"{root / name}: no column '{col}'", fix="re-run `echoclr synth`")
     default = {c: parse_labels(lab[c]) for c in ("as", "lvh") if c in lab.columns}
-    lbl, issues = apply_label_map(lab, cfg.label_map, default, str(root / "labels.csv"))
+    lbl, issues = apply_label_map(lab, cfg.label_map, default, "labels.csv")
+    lines = pd.Series(lab.index + 2, index=lab.index)
+    issues += _duplicates(lab["study_id"], "labels.csv", "study", lines, salt)
     year = years_column(lab)
     ext = external_flags(lab, cfg, year)
     if "site" in lab.columns:
@@ -184,17 +271,24 @@ def _discover_synth(cfg, root: Path) -> Inventory:
         meta["external"] = bool(ext.iloc[i])
         meta["study_year"] = None if year is None or pd.isna(year.iloc[i]) else int(year.iloc[i])
         meta["view_ok"] = True if keep_view is None else bool(keep_view.iloc[i])
-        per_study[sid] = (meta, lab["patient_id"].iloc[i] if "patient_id" in lab.columns else sid)
+        pid = lab["patient_id"].iloc[i] if "patient_id" in lab.columns else sid
+        per_study.setdefault(sid, (meta, pid))
     vkeep = (
         view_keep(vids, cfg, str(root / "videos.csv")) if cfg.view_column in vids.columns else None
     )
     if cfg.view_column and keep_view is None and vkeep is None:
         view_keep(lab, cfg, str(root / "labels.csv"))  # raises naming the column
     inv = Inventory("synth", root, [], list(lbl.columns))
+    inv.label_issues += issues
+    if lbl.columns.size:
+        inv.label_rows += [LabelRow("labels.csv", int(lines.loc[i]), "study",
+                                    hash_id(salt, "study", sid), sid)
+                           for i, sid in lab["study_id"].items()]  # fmt: skip
     for i, row in vids.iterrows():
         meta, pid = per_study.get(row["study_id"], ({}, None))
         meta = dict(meta)
         pid = row.get("patient_id") or pid or row["study_id"]
+        inv.known_ids.add(hash_id(salt, "study", row["study_id"]))
         path = root / row["file"]
         if not path.exists():
             inv.skipped.append(
@@ -207,9 +301,6 @@ def _discover_synth(cfg, root: Path) -> Inventory:
             )
             continue
         inv.items.append(Item(path, row["file"], _kind(path), row["study_id"], pid, meta))
-    for rec in issues:
-        inv.label_issues.append({"file": f"labels.csv:{lab['study_id'].iloc[rec['row']]}",
-                                 "reason": "bad_label", "detail": rec["detail"]})  # fmt: skip
     return inv
 
 
@@ -232,6 +323,9 @@ def _read_echoclr_csv(path: Path) -> pd.DataFrame:
             )
         raw.columns = ECHOCLR_COLUMNS
         df = raw.apply(lambda s: s.str.strip())
+        df["_line"] = df.index + 1
+    else:
+        df["_line"] = df.index + 2
     df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed")]]
     missing = [c for c in ("fpath", "acc_num") if c not in df.columns]
     if missing:
@@ -247,7 +341,7 @@ def _find_video(videos: Path, fpath: str) -> Path | None:
     return None
 
 
-def _discover_echoclr(cfg, root: Path) -> Inventory:
+def _discover_echoclr(cfg, root: Path, salt: str) -> Inventory:
     videos = root / "videos"
     frames = []
     for split in ("train", "val", "test", "ext_test"):
@@ -263,6 +357,8 @@ def _discover_echoclr(cfg, root: Path) -> Inventory:
             fix="add the split CSVs or use --layout dicom with --labels",
         )
     rows = pd.concat(frames, ignore_index=True)
+    issues: list[dict] = []
+    lab_rows: list[LabelRow] = []
     lvh = None
     if (root / "echo_labels.csv").exists():
         lab = read_table(root / "echo_labels.csv")
@@ -271,6 +367,11 @@ def _discover_echoclr(cfg, root: Path) -> Inventory:
                 f"{root / 'echo_labels.csv'}: needs columns 'Accession Number' and 'LVH_LVMi'",
                 fix="check the label file",
             )
+        lines = pd.Series(lab.index + 2, index=lab.index)
+        issues += _duplicates(lab["Accession Number"], "echo_labels.csv", "study", lines, salt)
+        lab_rows = [LabelRow("echo_labels.csv", int(lines.loc[i]), "study",
+                             hash_id(salt, "study", a), a)
+                    for i, a in lab["Accession Number"].items()]  # fmt: skip
         lab = lab.drop_duplicates("Accession Number", keep="first")
         rows = rows.merge(lab, how="left", left_on="acc_num", right_on="Accession Number")
         lvh = True
@@ -279,25 +380,32 @@ def _discover_echoclr(cfg, root: Path) -> Inventory:
         default["as"] = as_label(rows["av_stenosis"])
     if lvh:
         default["lvh"] = lvh_label(rows["LVH_LVMi"])
-    lbl, issues = apply_label_map(rows, cfg.label_map, default, str(root))
+    srcmap = {"as": "av_stenosis", "lvh": "LVH_LVMi"}
+    parts = []
+    for csv, part in rows.groupby("_csv", sort=False):
+        sub = {k: (v.loc[part.index], b.loc[part.index]) for k, (v, b) in default.items()}
+        got, found = apply_label_map(part, cfg.label_map, sub, csv, part["_line"], srcmap)
+        parts.append(got)
+        issues += found
+    lbl = pd.concat(parts).reindex(rows.index)
     keep = view_keep(rows, cfg, str(root))
     ext = (
         external_flags(rows, cfg, years_column(rows))
         if cfg.external_column or cfg.external_after
         else None
     )
-    inv = Inventory("echoclr", root, [], list(lbl.columns))
-    listed = set()
+    inv = Inventory("echoclr", root, [], list(lbl.columns), label_issues=issues,
+                    label_rows=lab_rows)  # fmt: skip
     for i, row in rows.iterrows():
+        inv.known_ids.add(hash_id(salt, "study", row["acc_num"]))
         path = _find_video(videos, row["fpath"])
         where = f"{row['_csv']}: {row['fpath']}"
         if path is None:
             inv.skipped.append(
-                {"file": where, "reason": "missing_file", "detail": f"not in {videos}"}
+                {"file": where, "reason": "missing_file", "detail": "not in videos/"}
             )
             continue
         rel = path.relative_to(root).as_posix()
-        listed.add(rel)
         if not bool(keep.loc[i]):
             inv.skipped.append({"file": rel, "reason": "view_filter",
                                 "detail": f"{cfg.view_column}={row[cfg.view_column]!r}"})  # fmt: skip
@@ -305,22 +413,14 @@ def _discover_echoclr(cfg, root: Path) -> Inventory:
         meta = {c: float(lbl.at[i, c]) for c in lbl.columns}
         meta["split"] = "ext_test" if ext is not None and ext.loc[i] else row["split"]
         inv.items.append(Item(path, rel, "video", row["acc_num"], row["acc_num"], meta))
-    for rec in issues:
-        r = rows.loc[rec["row"]]
-        inv.label_issues.append({"file": f"{r['_csv']}: {r['fpath']}", "reason": "bad_label",
-                                 "detail": rec["detail"]})  # fmt: skip
-    for p in sorted(videos.iterdir()):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTS and rel not in listed:
-            inv.skipped.append({"file": rel, "reason": "unlisted", "detail": "in no split CSV"})
     return inv
 
 
-def _discover_echonet(cfg, root: Path) -> Inventory:
+def _discover_echonet(cfg, root: Path, salt: str) -> Inventory:
     fl = read_table(root / "FileList.csv")
     if "FileName" not in fl.columns:
         raise UserError(f"{root / 'FileList.csv'}: no FileName column", fix="check the file")
-    default = {}
+    default, dropped = {}, []
     for col, thr in cfg.label_threshold.items():
         if col not in fl.columns:
             raise UserError(
@@ -331,15 +431,19 @@ def _discover_echonet(cfg, root: Path) -> Inventory:
         num = pd.to_numeric(fl[col], errors="coerce")
         missing = fl[col].str.lower().isin(MISSING)
         default[col.lower()] = ((num < thr).astype(float).where(num.notna()), ~missing & num.isna())
+    srcmap = {c.lower(): c for c in cfg.label_threshold}
     if not cfg.label_threshold:
         skip = {"FileName", "Split", "FPS", "NumberOfFrames", "FrameHeight", "FrameWidth"}
-        default.update(auto_binary(fl, skip))
-    lbl, issues = apply_label_map(fl, cfg.label_map, default, str(root / "FileList.csv"))
+        auto, dropped = auto_binary(fl, skip, "FileList.csv")
+        default.update(auto)
+    lbl, issues = apply_label_map(fl, cfg.label_map, default, "FileList.csv", None, srcmap)
+    lines = pd.Series(fl.index + 2, index=fl.index)
+    issues += _duplicates(fl["FileName"], "FileList.csv", "study", lines, salt)
     splits = (
         normalise_split(fl["Split"], str(root / "FileList.csv")) if "Split" in fl.columns else None
     )
     keep = view_keep(fl, cfg, str(root / "FileList.csv"))
-    inv = Inventory("echonet", root, [], list(lbl.columns))
+    inv = Inventory("echonet", root, [], list(lbl.columns), label_issues=issues + dropped)
     videos = root / "Videos"
     for i, row in fl.iterrows():
         path = _find_video(videos, row["FileName"])
@@ -360,71 +464,31 @@ def _discover_echonet(cfg, root: Path) -> Inventory:
             else row["FileName"]
         )
         inv.items.append(Item(path, path.relative_to(root).as_posix(), "video", sid, sid, meta))
-    for rec in issues:
-        inv.label_issues.append({"file": f"FileList.csv:{fl['FileName'].iloc[rec['row']]}",
-                                 "reason": "bad_label", "detail": rec["detail"]})  # fmt: skip
     return inv
 
 
-def _discover_tree(cfg, root: Path, layout: str, labels: Path | None, exclude) -> Inventory:
-    files = _walk(root, list(exclude) + ([labels] if labels else []))
+def _discover_tree(cfg, root: Path, layout: str, has_labels: bool, exclude) -> Inventory:
+    files, skipped = _walk(root, exclude)
     items = []
     for f in files:
         rel = f.relative_to(root).as_posix()
         kind = _kind(f)
+        why = _not_media(f)
+        if why:
+            skipped.append({"file": rel, "reason": "not_media", "detail": why})
+            continue
         if layout == "video" and kind != "video":
+            skipped.append({"file": rel, "reason": "not_video",
+                            "detail": "not a video extension (--layout video)"})  # fmt: skip
             continue
         sid, pid = path_ids(rel)
         # Videos carry no ids: take them from the folders. DICOMs: header first, folders if empty.
         items.append(Item(f, rel, kind, sid if kind == "video" else None,
                           pid if kind == "video" else None, {"path_ids": (sid, pid)}))  # fmt: skip
-    inv = Inventory(layout, root, items, [])
-    if labels is None:
-        if cfg.view_column or cfg.external_column:
-            raise UserError(
-                "preprocess.view_column / external_column need a label file for a plain tree",
-                fix="pass --labels CSV",
-            )
-        return inv
-    labels = Path(labels)
-    if not labels.exists():
-        raise UserError(f"label file not found: {labels}", fix="check --labels")
-    lab = read_table(labels)
-    key_col, key = label_key_column(lab, cfg.label_key, labels)
-    skip = (
-        {key_col, "split", "site", "study_year", "year", "study_date", "StudyDate"}
-        | set(STUDY_KEYS)
-        | set(PATIENT_KEYS)
-    )
-    default = auto_binary(lab, skip)
-    for c in (cfg.view_column, cfg.external_column):
-        default.pop(c, None)
-    lbl, issues = apply_label_map(lab, cfg.label_map, default, str(labels))
-    year = years_column(lab)
-    ext = external_flags(lab, cfg, year)
-    if "site" in lab.columns:
-        ext |= lab["site"].str.lower().eq("external")
-    splits = normalise_split(lab["split"], str(labels)) if "split" in lab.columns else None
-    keep = view_keep(lab, cfg, str(labels))
-    inv.label_columns = list(lbl.columns)
-    inv.key = key
-    for i in range(len(lab)):
-        hid = hash_id(cfg.salt, key, lab[key_col].iloc[i])
-        meta = {c: float(lbl[c].iloc[i]) for c in lbl.columns}
-        meta["external"] = bool(ext.iloc[i])
-        if year is not None and not pd.isna(year.iloc[i]):
-            meta["study_year"] = int(year.iloc[i])
-        if splits is not None:
-            meta["split"] = splits[i]
-        if not bool(keep.iloc[i]):
-            inv.view_excluded.add(hid)
-        if hid in inv.table:
-            raise UserError(
-                f"{labels}: {key_col} '{lab[key_col].iloc[i]}' occurs twice",
-                fix="keep one row per id in the label file",
-            )
-        inv.table[hid] = meta
-    for rec in issues:
-        inv.label_issues.append({"file": f"{labels.name}:{lab[key_col].iloc[rec['row']]}",
-                                 "reason": "bad_label", "detail": rec["detail"]})  # fmt: skip
+    inv = Inventory(layout, root, items, [], skipped=skipped)
+    if not has_labels and (cfg.view_column or cfg.external_column):
+        raise UserError(
+            "preprocess.view_column / external_column need a label file for a plain tree",
+            fix="pass --labels CSV",
+        )
     return inv

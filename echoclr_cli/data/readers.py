@@ -8,15 +8,23 @@ too_few_frames, low_fps, missing_decoder, decode_error, missing_file``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
+# FFmpeg inside OpenCV prints to fd 2 on a bad file; silence it (the reason goes to skipped.csv).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from echoclr_cli.errors import UserError
 
@@ -361,9 +369,49 @@ def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset(
 
 
 # --------------------------------------------------------------------------- video files
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (where OpenCV/FFmpeg native code prints) to a temp file for the
+    duration; yields a list that receives the captured lines afterwards."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreter): nothing to silence
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read(65536).decode(errors="replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _noise(lines: list[str]) -> str:
+    """Short summary of captured decoder messages for a skip detail."""
+    if not lines:
+        return ""
+    return f" (decoder printed {len(lines)} line(s), first: {lines[0][:120]!r})"
+
+
 def read_video(path: Path, opts: ReadOptions) -> RawVideo:
     """Decode AVI/MP4 with OpenCV; frames are counted as decoded (the header count is not
-    trusted). (T,H,W,3) RGB uint8, T <= max_frames."""
+    trusted). (T,H,W,3) RGB uint8, T <= max_frames. Decoder messages are captured, never printed;
+    a skip reason mentions them."""
+    with captured_stderr() as noise:
+        try:
+            return _read_video(path, opts)
+        except SkipVideo as e:
+            err = e
+    raise SkipVideo(err.reason, err.detail + _noise(noise).replace(str(path), "<file>"))
+
+
+def _read_video(path: Path, opts: ReadOptions) -> RawVideo:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
