@@ -26,7 +26,7 @@ import pandas as pd
 
 from echoclr_cli.config import Config
 from echoclr_cli.data import layouts, outputs, privacy, readers, sector
-from echoclr_cli.data.labels import issue_lines, label_issue, private_issue_rows
+from echoclr_cli.data.labels import issue_lines, private_issue_rows
 from echoclr_cli.data.labels import issues_report as label_issues_report
 from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
@@ -167,6 +167,10 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx)
     except SkipVideo as e:
+        if study_id is None and any(e.ids):  # skipped after its header was read
+            path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
+            study_id = hash_id(ctx.salt, "study", item.study_id or e.ids[0] or path_study)
+            patient_id = hash_id(ctx.salt, "patient", item.patient_id or e.ids[1] or path_patient)
         return _skip(rel, e.reason, e.detail, (study_id, patient_id))
     except Exception as e:  # a bad file never stops the run; the reason names the error
         return _skip(rel, "decode_error", f"{type(e).__name__}: {e}", (study_id, patient_id))
@@ -322,13 +326,6 @@ def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tu
                     pending.add(ex.submit(_run_indexed, nxt))
 
 
-def _stats(values: pd.Series) -> dict[str, float]:
-    if values.empty:
-        return {}
-    return {"min": float(values.min()), "median": float(values.median()),
-            "mean": round(float(values.mean()), 3), "max": float(values.max())}  # fmt: skip
-
-
 def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
     """Split per video: layout/label-file splits kept; external rule -> ext_test (whole patient);
     the rest split by patient, stratified by the labels."""
@@ -462,13 +459,13 @@ def preprocess(
         df["split"] = _assign(df, labels, pc)
         df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
     manifest = _manifest_frame(df, labels)
-    issues = inv.label_issues + _unmatched_labels(inv, manifest, seen_ids)
+    issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
 
     files = {it.rel: it.file for it in inv.items}
     paths: dict[str, Path] = {}
     paths["skipped"], skipped_df = outputs.write_skipped(out, skipped, salt, root, files)
     refs = {it.rel: privacy.file_ref(salt, it.rel) for it in inv.items}
-    notes = [_public_note(n, refs, root) for n in notes]
+    notes = [outputs.public_note(n, refs, root) for n in notes]
     reasons = Counter(skipped_df["reason"])
     n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
     n_inputs = total + len(inv.skipped)
@@ -493,7 +490,7 @@ def preprocess(
         notes = issue_lines(issues) + notes
     paths.update(outputs.write_previews(out, tiles))
 
-    failure = _failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths)
+    failure = outputs.failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths)
     meta.update(status="failed" if failure else "ok",
                 reason=failure.message if failure else None,
                 n_videos=len(manifest), n_inputs=n_inputs)  # fmt: skip
@@ -503,9 +500,9 @@ def preprocess(
         n_videos=len(manifest), n_reused=n_reused,
         n_skipped=int(sum(reasons.values())),
         n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
-        split_sizes=_split_sizes(manifest), prevalence=_prevalence(manifest, labels),
-        label_columns=labels, frames=_stats(manifest.get("n_frames", pd.Series(dtype=float))),
-        fps=_stats(manifest.get("fps", pd.Series(dtype=float))),
+        split_sizes=outputs.split_sizes(manifest), prevalence=outputs.prevalence(manifest, labels),
+        label_columns=labels, frames=outputs.stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        fps=outputs.stats(manifest.get("fps", pd.Series(dtype=float))),
         fps_source=dict(Counter(manifest.get("fps_source", []))),
         channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
         warnings=notes[:MAX_WARNINGS], paths=paths,
@@ -553,60 +550,6 @@ def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes:
     return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
 
 
-def _public_note(note: str, refs: dict[str, str], root: Path) -> str:
-    """A warning line ``rel: text`` with the path replaced by the file reference."""
-    rel, sep, text = note.partition(": ")
-    if sep and rel in refs:
-        return f"{refs[rel]}: {privacy.scrub(text, rel, str(root))}"
-    return privacy.scrub(note, str(root))
-
-
-def _unmatched_labels(inv: Inventory, manifest: pd.DataFrame, seen: set[str]) -> list[dict]:
-    """unmatched_id / no_videos issues for label rows whose id has no stored video."""
-    stored = {
-        "study": set(manifest.get("study_id", [])),
-        "patient": set(manifest.get("patient_id", [])),
-    }
-    out = []
-    for r in inv.label_rows:
-        if r.hashed in stored[r.key] or r.hashed in inv.view_excluded:
-            continue  # stored, or excluded on purpose by the view filter
-        kind = "no_videos" if r.hashed in seen else "unmatched_id"
-        out.append(label_issue(kind, r.source, r.line, None, None, r.original,
-                               f"no video in the dataset has this {r.key} id", r.hashed))  # fmt: skip
-    return out
-
-
-def _failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths):
-    """The UserError that marks the dataset failed (None when it is usable)."""
-    skipped = paths["skipped"]
-    if manifest.empty:
-        return UserError(
-            f"no usable video ({n_inputs} inputs; skipped by reason: {dict(reasons)}); the "
-            "dataset is marked failed",
-            fix=f"see {skipped} for every file and its reason",
-        )
-    if leak is not None:
-        return UserError(leak.message + "; the dataset is marked failed", fix=leak.fix)
-    if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
-        fails = {r: n for r, n in reasons.items() if r in readers.FAILURE_REASONS}
-        return UserError(
-            f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
-            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were "
-            "written and the dataset is marked failed",
-            fix=f"inspect {skipped}; fix the files or raise preprocess.max_skipped_frac",
-        )
-    if label_report and label_report["n_errors"] and not pc.allow_label_issues:
-        counts = {k: v["count"] for k, v in label_report["issues"].items() if v["error"]}
-        return UserError(
-            f"label problems {counts} (examples in the summary, all in "
-            f"{paths['labels_report']}); the dataset is marked failed",
-            fix="fix the label file, or accept them with --allow-label-issues (bad values "
-            "become unknown, duplicated ids keep their first row)",
-        )
-    return None
-
-
 def _split_order(col: pd.Series) -> pd.Series:
     if col.name == "split":
         return col.map({s: i for i, s in enumerate(SPLITS)})
@@ -645,29 +588,4 @@ def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     for col in labels:
         out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
     out["study_year"] = out["study_year"].astype("Int64")
-    return out
-
-
-def _split_sizes(m: pd.DataFrame) -> dict[str, dict[str, int]]:
-    out = {}
-    for s in SPLITS:
-        part = m[m["split"] == s] if not m.empty else m
-        if len(part):
-            out[s] = {"videos": len(part), "studies": int(part["study_id"].nunique()),
-                      "patients": int(part["patient_id"].nunique())}  # fmt: skip
-    return out
-
-
-def _prevalence(m: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, dict]]:
-    """Study-level prevalence per split and label: positives / studies with a known label."""
-    out: dict[str, dict[str, dict]] = {}
-    for s in SPLITS:
-        part = m[m["split"] == s] if not m.empty else m
-        if not len(part):
-            continue
-        out[s] = {}
-        for col in labels:
-            per_study = part.groupby("study_id")[col].max().dropna()
-            k, n = int(per_study.sum()), len(per_study)
-            out[s][col] = {"positive": k, "known": n, "rate": round(k / n, 4) if n else None}
     return out

@@ -131,7 +131,7 @@ def auto_binary(
             why = "empty" if not bad.any() else f"no 0/1 value ({int(bad.sum())} other values)"
             dropped.append(label_issue("dropped_column", source, None, c, None,
                                        detail=f"column '{c}' is not a label: {why}; derive one "
-                                       "with preprocess.label_map (e.g. 'col==yes')"))  # fmt: skip
+                                       "with preprocess.label_map (e.g. 'column==value')"))  # fmt: skip
     return out, dropped
 
 

@@ -16,7 +16,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from echoclr_cli.data import privacy, sector
+from echoclr_cli.data import privacy, readers, sector
+from echoclr_cli.data.labels import label_issue
+from echoclr_cli.data.manifest import SPLITS
+from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write, atomic_write_csv
 
 PREVIEW_TILE = 160
@@ -126,3 +129,94 @@ def public_config(pc) -> dict:
     for k in ("salt", "input", "labels", "external_input"):
         d.pop(k, None)
     return d
+
+
+# --------------------------------------------------------------------------- summary
+def stats(values: pd.Series) -> dict[str, float]:
+    if values.empty:
+        return {}
+    return {"min": float(values.min()), "median": float(values.median()),
+            "mean": round(float(values.mean()), 3), "max": float(values.max())}  # fmt: skip
+
+
+def public_note(note: str, refs: dict[str, str], root: Path) -> str:
+    """A warning line ``rel: text`` with the path replaced by the file reference."""
+    rel, sep, text = note.partition(": ")
+    if sep and rel in refs:
+        return f"{refs[rel]}: {privacy.scrub(text, rel, str(root))}"
+    return privacy.scrub(note, str(root))
+
+
+def unmatched_labels(inv, manifest: pd.DataFrame, seen: set[str]) -> list[dict]:
+    """unmatched_id / no_videos issues for label rows whose id has no stored video."""
+    stored = {
+        "study": set(manifest.get("study_id", [])),
+        "patient": set(manifest.get("patient_id", [])),
+    }
+    out = []
+    for r in inv.label_rows:
+        if r.hashed in stored[r.key] or r.hashed in inv.view_excluded:
+            continue  # stored, or excluded on purpose by the view filter
+        kind = "no_videos" if r.hashed in seen else "unmatched_id"
+        out.append(label_issue(kind, r.source, r.line, None, None, r.original,
+                               f"no video in the dataset has this {r.key} id", r.hashed))  # fmt: skip
+    return out
+
+
+def failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths):
+    """The UserError that marks the dataset failed (None when it is usable)."""
+    skipped = paths["skipped"]
+    if manifest.empty:
+        return UserError(
+            f"no usable video ({n_inputs} inputs; skipped by reason: {dict(reasons)}); the "
+            "dataset is marked failed",
+            fix=f"see {skipped} for every file and its reason",
+        )
+    if leak is not None:
+        return UserError(leak.message + "; the dataset is marked failed", fix=leak.fix)
+    if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
+        fails = {r: n for r, n in reasons.items() if r in readers.FAILURE_REASONS}
+        return UserError(
+            f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
+            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were "
+            "written and the dataset is marked failed",
+            fix=f"inspect {skipped}; fix the files or raise preprocess.max_skipped_frac",
+        )
+    if label_report and label_report["n_errors"] and not pc.allow_label_issues:
+        shown = "; ".join(
+            f"{v['count']} {k} ({', '.join(e['where'] for e in v['examples'][:3])}"
+            + (", ..." if v["count"] > 3 else "") + ")"
+            for k, v in label_report["issues"].items() if v["error"]
+        )  # fmt: skip
+        return UserError(
+            f"label problems: {shown}; all in {paths['labels_report']}; the dataset is marked "
+            "failed",
+            fix="fix the label file, or accept them with --allow-label-issues (bad values "
+            "become unknown, duplicated ids keep their first row)",
+        )
+    return None
+
+
+def split_sizes(m: pd.DataFrame) -> dict[str, dict[str, int]]:
+    out = {}
+    for s in SPLITS:
+        part = m[m["split"] == s] if not m.empty else m
+        if len(part):
+            out[s] = {"videos": len(part), "studies": int(part["study_id"].nunique()),
+                      "patients": int(part["patient_id"].nunique())}  # fmt: skip
+    return out
+
+
+def prevalence(m: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, dict]]:
+    """Study-level prevalence per split and label: positives / studies with a known label."""
+    out: dict[str, dict[str, dict]] = {}
+    for s in SPLITS:
+        part = m[m["split"] == s] if not m.empty else m
+        if not len(part):
+            continue
+        out[s] = {}
+        for col in labels:
+            per_study = part.groupby("study_id")[col].max().dropna()
+            k, n = int(per_study.sum()), len(per_study)
+            out[s][col] = {"positive": k, "known": n, "rate": round(k / n, 4) if n else None}
+    return out

@@ -48,6 +48,7 @@ class SkipVideo(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.ids: tuple[str | None, str | None] = (None, None)  # (study, patient) from a header
 
 
 @dataclass
@@ -250,6 +251,12 @@ def _to_uint8(frames: np.ndarray, ds) -> np.ndarray:
     return np.clip((f - lo) * scale, 0, 255).round().astype(np.uint8)
 
 
+def _header_ids(ds) -> tuple[str | None, str | None]:
+    study = ds.get("StudyInstanceUID") or ds.get("AccessionNumber") or None
+    patient = str(ds.get("PatientID") or "").strip() or None
+    return (str(study).strip() if study else None), patient
+
+
 def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset()) -> RawVideo:
     """Decode a cine DICOM (any transfer syntax pydicom + pylibjpeg decode) to uint8 frames.
 
@@ -259,7 +266,6 @@ def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset(
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, iter_pixels
 
     try:
         ds = pydicom.dcmread(path)
@@ -273,6 +279,16 @@ def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset(
         if "Rows" in head:
             raise SkipVideo("frame_count_mismatch", f"pixel data truncated ({e})") from None
         raise SkipVideo("invalid_dicom", f"unreadable: {type(e).__name__}: {e}") from None
+    try:
+        return _decode_dicom(ds, opts, undecodable)
+    except SkipVideo as e:  # the header was read: its ids tell which study the skip belongs to
+        e.ids = _header_ids(ds)
+        raise
+
+
+def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
+    from pydicom.pixels import apply_color_lut, iter_pixels
+
     meta = getattr(ds, "file_meta", None)
     sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
     if sop == DICOMDIR_UID or "DirectoryRecordSequence" in ds:
