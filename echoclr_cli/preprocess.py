@@ -345,10 +345,24 @@ def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
                 )
             )
         )
-        pats = pats.sort_index()
+        # Order by a salt-independent key of the original id: the same archive gets the same
+        # splits whatever its (secret) salt.
+        order = df.drop_duplicates("patient_id").set_index("patient_id")["_pkey"]
+        pats = pats.loc[sorted(pats.index, key=lambda p: order[p])]
         by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)
         split[free] = df.loc[free, "patient_id"].map(by_patient)
     return split
+
+
+ORDER_SALT = "echoclr"  # public: orders rows and splits, never written (ids use the secret salt)
+SYNTH_SALT = "echoclr"  # archives made by `echoclr synth` hold no patient: reproducible demo ids
+
+
+def order_key(ids: dict[tuple[str, str], str], kind: str, hashed: str) -> str:
+    """Sort key of a hashed id that does not depend on the dataset's salt (the previous
+    format's id): rows and splits come out the same for every salt."""
+    original = ids.get((kind, hashed))
+    return hash_id(ORDER_SALT, kind, original) if original is not None else hashed
 
 
 PAPER_SIZE = 112  # the published frame size; a user archive gets it unless a size is set
@@ -400,7 +414,10 @@ def preprocess(
     out = Path(output_dir)
     _check_output(out, pc.overwrite)
     refuse_legacy(out)
-    salt, salt_source = privacy.resolve_salt(out, pc.salt)
+    given = pc.salt
+    if given is None and (root / "synth.json").exists() and pc.layout in ("auto", "synth"):
+        given = SYNTH_SALT  # synthetic archive (no patient): the demo's results stay reproducible
+    salt, salt_source = privacy.resolve_salt(out, given)
     inv = layouts.discover(pc, root, pc.layout, pc.labels, exclude=[out],
                            external_root=pc.external_input, salt=salt)  # fmt: skip
     if not inv.items:
@@ -456,8 +473,10 @@ def preprocess(
     df = _join(pd.DataFrame(rows), inv, pc)
     labels = list(inv.label_columns)
     if not df.empty:
+        for col, kind in (("_pkey", "patient"), ("_skey", "study")):
+            df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
         df["split"] = _assign(df, labels, pc)
-        df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
+        df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
     manifest = _manifest_frame(df, labels)
     issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
 
