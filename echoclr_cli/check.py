@@ -87,7 +87,7 @@ def run_check(
     columns) propagate as UserError immediately; the rest are collected as findings.
     """
     data_dir = Path(data_dir)
-    df = load_manifest(data_dir, task=task)
+    df = load_manifest(data_dir, task=task, cfg=cfg)
     findings: list[Finding] = []
     labels = label_columns(df)
     splits = _split_table(df, task)

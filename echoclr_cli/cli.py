@@ -6,6 +6,7 @@ that `echoclr --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -72,8 +73,17 @@ def _root(
             "--version", callback=version_callback, is_eager=True, help="Print the version."
         ),
     ] = None,
+    allow_failed_dataset: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failed-dataset",
+            help="Use a dataset whose preprocess failed or did not finish (dataset.json status).",
+        ),
+    ] = False,
 ) -> None:
     """EchoCLR for echocardiography."""
+    if allow_failed_dataset:
+        os.environ["ECHOCLR_ALLOW_FAILED_DATASET"] = "1"  # read by data.manifest.load_manifest
 
 
 # --------------------------------------------------------------------------- synth
@@ -148,7 +158,18 @@ def preprocess(
         int | None, typer.Option("--external-after", help="Studies after this year -> ext_test.")
     ] = None,
     salt: Annotated[
-        str | None, typer.Option("--salt", help="Salt for de-identifying hashes.")
+        str | None,
+        typer.Option("--salt", help="Salt for de-identifying hashes (default: a random secret)."),
+    ] = None,
+    allow_label_issues: Annotated[
+        bool,
+        typer.Option(
+            "--allow-label-issues", help="Accept bad label values, duplicated or unmatched ids."
+        ),
+    ] = False,
+    migrate: Annotated[
+        Path | None,
+        typer.Option("--migrate", help="Convert a dataset dir of the previous format, then exit."),
     ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -159,6 +180,12 @@ def preprocess(
 ) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
     with handle_errors(verbose):
+        if migrate is not None:
+            from echoclr_cli.data.migrate import migrate_dataset
+
+            done = migrate_dataset(migrate)
+            report.info(f"migrated {migrate}: {done['videos']} videos, status {done['status']}")
+            return
         flags = {
             "preprocess.input": path_str(input_dir),
             "preprocess.labels": path_str(labels),
@@ -167,6 +194,7 @@ def preprocess(
             "preprocess.size": size,
             "preprocess.external_after": external_after,
             "preprocess.salt": salt,
+            "preprocess.allow_label_issues": True if allow_label_issues else None,
             "preprocess.overwrite": True if overwrite else None,
             "paths.data": path_str(output),
         }
@@ -180,10 +208,15 @@ def preprocess(
             flags=flags,
         )
         from echoclr_cli.preprocess import preprocess as run_preprocess
+        from echoclr_cli.preprocess import size_set
 
         with report.progress("preprocess") as on_event:
             res = run_preprocess(
-                cfg, cfg.preprocess.input, cfg.paths.data, progress=counter(on_event, "preprocess")
+                cfg,
+                cfg.preprocess.input,
+                cfg.paths.data,
+                progress=counter(on_event, "preprocess"),
+                size_explicit=size_set(size, set_, config),
             )
         report.show_preprocess(res)
 

@@ -132,7 +132,11 @@ class PreprocessConfig(Section):
     use_dicom_regions: bool = Field(
         True, description="use SequenceOfUltrasoundRegions when consistent with the image"
     )
-    salt: str = Field("echoclr", description="salt for de-identifying hashes")
+    salt: str | None = Field(
+        None,
+        description="salt for de-identifying hashes; None = a random secret per dataset, kept "
+        "in DATA/private/ (docs/PRIVACY.md)",
+    )
     split: tuple[float, float, float] = Field((0.75, 0.10, 0.15), description="train/val/test")
     split_seed: int = 0
     external_after: int | None = Field(
@@ -148,6 +152,9 @@ class PreprocessConfig(Section):
     view_min: float = Field(0.5, description="keep rows with view_column >= view_min")
     view_value: str | None = Field(None, description="or keep rows with view_column == value")
     max_skipped_frac: float = Field(0.01, ge=0, le=1, description="fail above this skip share")
+    allow_label_issues: bool = Field(
+        False, description="accept label problems (bad values, duplicate or unmatched ids)"
+    )
     workers: int = Field(2, ge=1, description="parallel worker processes")
     overwrite: bool = False
 

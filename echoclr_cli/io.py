@@ -7,6 +7,7 @@ file under the final name.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -17,11 +18,21 @@ from typing import Any
 from echoclr_cli.errors import UserError
 
 
-def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``writer(fileobj)`` on a temp file next to ``path`` then rename it over ``path``."""
+def atomic_write(
+    path: Path, writer: Callable[[Any], None], mode: str = "wb", perms: int | None = None
+) -> None:
+    """Call ``writer(fileobj)`` on a temp file next to ``path`` then rename it over ``path``.
+
+    ``perms``: file mode regardless of the umask (0o600 for private files); default: follow the
+    umask like ``open()``. An OSError (read-only dir, permission, no space) becomes a one-line
+    UserError naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise output_error(path, e) from None
     f = None
     try:
         with os.fdopen(fd, mode) as raw:
@@ -29,7 +40,8 @@ def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") ->
             writer(f)
             f.flush()
             os.fsync(raw.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
+        # mkstemp makes 0600; follow the umask like open() unless told otherwise
+        os.chmod(tmp, perms if perms is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         _cleanup(tmp)
@@ -40,7 +52,23 @@ def atomic_write(path: Path, writer: Callable[[Any], None], mode: str = "wb") ->
                 f"disk full while writing {path}; earlier outputs are intact",
                 fix="free disk space and re-run (use --resume for training runs)",
             ) from None
+        if isinstance(e, OSError):
+            raise output_error(path, e) from None
         raise
+
+
+def output_error(path: Path, e: OSError) -> UserError:
+    """One line for an OSError on an output path (read-only, permission denied, no space)."""
+    if _is_enospc(e):
+        return UserError(
+            f"disk full while writing {path}; earlier outputs are intact",
+            fix="free disk space and re-run (use --resume for training runs)",
+        )
+    why = e.strerror or type(e).__name__
+    return UserError(
+        f"cannot write {path}: {why}",
+        fix="choose a writable output dir (check its permissions and free space)",
+    )
 
 
 class _WriteErrors:
@@ -85,16 +113,16 @@ def _cleanup(tmp: str) -> None:
         pass
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), mode="w")
+def atomic_write_text(path: Path, text: str, perms: int | None = None) -> None:
+    atomic_write(path, lambda f: f.write(text), mode="w", perms=perms)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+def atomic_write_json(path: Path, obj: Any, perms: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", perms)
 
 
-def atomic_write_csv(path: Path, df) -> None:
-    atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
+def atomic_write_csv(path: Path, df, perms: int | None = None) -> None:
+    atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w", perms=perms)
 
 
 def _json_default(o: Any):
@@ -107,3 +135,12 @@ def _json_default(o: Any):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's bytes, read in chunks (the one file-hash definition)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

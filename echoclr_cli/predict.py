@@ -9,7 +9,6 @@ the predicted rows goes to a private folder next to the CSVs (``private/``, crea
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +17,12 @@ import pandas as pd
 from echoclr_cli import metrics as ev
 from echoclr_cli import rundir
 from echoclr_cli.config import Config
+from echoclr_cli.data import privacy
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import LoadedRun, device_and_autocast, load_run, predict_split_videos
 from echoclr_cli.events import Progress, counter
 from echoclr_cli.io import atomic_write_csv
-
-PRIVATE = "private"  # same folder name as a dataset's private outputs (DATA/private/)
-ID_MAP = "id_map.csv"  # kind, original, hashed (written by preprocess)
 
 
 @dataclass
@@ -52,7 +49,7 @@ def study_csv_path(out_csv: Path) -> Path:
 def original_ids_path(out_csv: Path) -> Path:
     """``dir/preds.csv`` -> ``dir/private/preds_original_ids.csv``."""
     out_csv = Path(out_csv)
-    return out_csv.parent / PRIVATE / f"{out_csv.stem}_original_ids.csv"
+    return out_csv.parent / privacy.PRIVATE / f"{out_csv.stem}_original_ids.csv"
 
 
 def predict(
@@ -103,13 +100,15 @@ def predict(
     video_out = levels["video"].drop(columns=["y_true"])
     video_out.insert(3, "split", video_out["video_id"].map(split_of))
     study_out = levels["study"].drop(columns=["y_true"])
-    original = original_ids(data_dir)
+    original = privacy.read_id_map(data_dir)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out_csv, video_out)
     atomic_write_csv(study_csv, study_out)
     written_private = None
     if original:  # preprocess de-identified the ids: the way back stays private
-        write_private_csv(private_csv, _original_table(video_out, original))
+        privacy.write_private_csv(
+            private_csv.parent.parent, private_csv.name, _original_table(video_out, original)
+        )
         written_private = private_csv
     return PredictResult(
         out_csv,
@@ -143,15 +142,6 @@ def _original_table(video: pd.DataFrame, original: dict[str, dict[str, str]]) ->
     )
 
 
-def write_private_csv(path: Path, df: pd.DataFrame) -> None:
-    """Write ``df`` to ``path`` inside a folder only its owner can enter (0700; file 0600)."""
-    folder = Path(path).parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)  # also when it existed, or the umask widened mkdir's mode
-    atomic_write_csv(path, df)
-    os.chmod(path, 0o600)
-
-
 def _preprocess_for_predict(
     cfg: Config,
     run: LoadedRun,
@@ -178,20 +168,3 @@ def _preprocess_for_predict(
     )
     cb = counter(progress, "preprocess")
     preprocess(cfg.model_copy(update={"preprocess": pp}), input_path, data_dir, progress=cb)
-
-
-def original_ids(data_dir: Path) -> dict[str, dict[str, str]]:
-    """A dataset's id map as ``{kind: {hashed: original}}`` (empty when it has none).
-
-    Read from ``DATA/private/id_map.csv``, or ``DATA/id_map.csv`` (datasets written before the
-    private folder existed).
-    """
-    for path in (Path(data_dir) / PRIVATE / ID_MAP, Path(data_dir) / ID_MAP):
-        if path.is_file():
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-            if not {"kind", "original", "hashed"} <= set(df.columns):
-                return {}
-            return {
-                k: dict(zip(g["hashed"], g["original"], strict=True)) for k, g in df.groupby("kind")
-            }
-    return {}

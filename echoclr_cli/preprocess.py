@@ -1,4 +1,4 @@
-"""``echoclr preprocess``: raw archive -> dataset dir (ingest -> sector -> store -> manifest).
+"""``echoclr preprocess``: raw archive -> dataset dir (layouts/readers -> sector -> store -> manifest).
 
 Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
 small row; the parent streams rows (never videos), so memory is flat in the number of videos.
@@ -10,9 +10,8 @@ them); nothing the user owns is ever deleted. Outputs (docs/ARCHITECTURE.md, "Da
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
+import contextlib
 import json
-import math
 import multiprocessing as mp
 import sys
 from collections import Counter
@@ -26,20 +25,25 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.config import Config
-from echoclr_cli.data import ingest, sector
-from echoclr_cli.data.ingest import Inventory, Item, ReadOptions, SkipVideo
+from echoclr_cli.data import layouts, outputs, privacy, readers, sector
+from echoclr_cli.data.labels import issue_lines, private_issue_rows
+from echoclr_cli.data.labels import issues_report as label_issues_report
+from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
     assign_splits,
     check_leakage,
+    dataset_json,
 )
+from echoclr_cli.data.migrate import refuse_legacy
+from echoclr_cli.data.privacy import hash_id
+from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error, sha256_file
 
 PREVIEW_VIDEOS = 8
-PREVIEW_TILE = 160
 MAX_WARNINGS = 200
 STRATA_MAX = 3  # label columns used for stratification (combinations explode beyond)
 
@@ -73,11 +77,18 @@ class PreprocessResult:
     warnings: list[str]
     paths: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    status: str = "ok"
+    reason: str | None = None
+    label_report: dict | None = None
 
     def to_dict(self) -> dict:
+        """Public form (report.json): no input path, no private file."""
         d = asdict(self)
-        d["output_dir"], d["input_dir"] = str(self.output_dir), str(self.input_dir)
-        d["paths"] = {k: str(v) for k, v in self.paths.items()}
+        d.pop("input_dir")
+        d["output_dir"] = str(self.output_dir)
+        d["paths"] = {
+            k: str(v) for k, v in self.paths.items() if privacy.PRIVATE not in Path(v).parts
+        }
         return d
 
 
@@ -116,8 +127,10 @@ def _run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
     return index, process_item(item, _CTX)
 
 
-def _skip(rel: str, reason: str, detail: str) -> dict:
-    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail}
+def _skip(rel: str, reason: str, detail: str, ids: tuple = ()) -> dict:
+    """A skipped file; ``ids``: its hashed (study, patient) ids when they were read."""
+    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail,
+            "ids": [i for i in ids if i]}  # fmt: skip
 
 
 def process_item(item: Item, ctx: WorkerContext) -> dict:
@@ -127,9 +140,9 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     ids (for id_map.csv), warnings and optional preview tiles. Never raises for bad input.
     """
     rel = item.rel
-    video_id = ingest.hash_id(ctx.salt, "video", rel)
+    video_id = hash_id(ctx.salt, "video", rel)
     try:
-        source_hash = ingest.file_hash(item.file)
+        source_hash = sha256_file(item.file)[:16]
     except OSError as e:
         return _skip(rel, "missing_file", f"{type(e).__name__}: {e}")
     npy_rel = f"videos/{video_id}.npy"
@@ -139,23 +152,28 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         if prev["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
             return _skip(rel, "view_filter", "excluded by the view filter of the label file")
         return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
+    study_id = patient_id = None
     try:
         if item.kind == "video":
-            raw = ingest.read_video(item.file, ctx.opts)
+            raw = readers.read_video(item.file, ctx.opts)
         else:
-            raw = ingest.read_dicom(item.file, ctx.opts, ctx.undecodable)
-        path_study, path_patient = item.meta.get("path_ids") or ingest.path_ids(rel)
+            raw = readers.read_dicom(item.file, ctx.opts, ctx.undecodable)
+        path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
         study = item.study_id or raw.study_id or path_study
         patient = item.patient_id or raw.patient_id or path_patient
-        study_id = ingest.hash_id(ctx.salt, "study", study)
-        patient_id = ingest.hash_id(ctx.salt, "patient", patient)
+        study_id = hash_id(ctx.salt, "study", study)
+        patient_id = hash_id(ctx.salt, "patient", patient)
         if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx)
     except SkipVideo as e:
-        return _skip(rel, e.reason, e.detail)
+        if study_id is None and any(e.ids):  # skipped after its header was read
+            path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
+            study_id = hash_id(ctx.salt, "study", item.study_id or e.ids[0] or path_study)
+            patient_id = hash_id(ctx.salt, "patient", item.patient_id or e.ids[1] or path_patient)
+        return _skip(rel, e.reason, e.detail, (study_id, patient_id))
     except Exception as e:  # a bad file never stops the run; the reason names the error
-        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}")
+        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}", (study_id, patient_id))
     # Outside the per-file guard: a failing *output* write (disk full -> UserError, permissions)
     # is not the input file's fault and stops the run instead of skipping every later file.
     save_video(npy, stored)
@@ -166,7 +184,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "width": int(stored.shape[2]), "channels": channels,
         "study_year": raw.study_year, "source_hash": source_hash,
     }  # fmt: skip
-    preview = _preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
+    preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
     notes = [f"{rel}: {w}" for w in raw.warnings]
     if crop.source.endswith("fallback"):
         notes.append(f"{rel}: little motion; sector found from the time-max image")
@@ -178,7 +196,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
 
 
 def _mask_and_crop(
-    raw: ingest.RawVideo, ctx: WorkerContext
+    raw: readers.RawVideo, ctx: WorkerContext
 ) -> tuple[np.ndarray, sector.SectorCrop, int]:
     """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels."""
     frames = raw.frames
@@ -201,29 +219,6 @@ def _mask_and_crop(
     crop = sector.plan_crop(mask, ctx.size, source)
     stored = sector.apply_crop(frames, crop)
     return stored, crop, 1 if stored.ndim == 3 else 3
-
-
-def _preview_tiles(frames: np.ndarray, crop: sector.SectorCrop, stored: np.ndarray) -> np.ndarray:
-    """Before (middle raw frame, sector outline in red) | after (stored frame): (P, 2P, 3) RGB."""
-    mid = frames[len(frames) // 2]
-    before = mid if mid.ndim == 3 else cv2.cvtColor(mid, cv2.COLOR_GRAY2RGB)
-    before = np.ascontiguousarray(before)
-    contours, _ = cv2.findContours(
-        crop.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    cv2.drawContours(before, contours, -1, (255, 0, 0), max(1, before.shape[0] // 150))
-    after = stored[len(stored) // 2]
-    after = (
-        after if after.ndim == 3 else cv2.cvtColor(np.ascontiguousarray(after), cv2.COLOR_GRAY2RGB)
-    )
-    p = PREVIEW_TILE
-    scale = p / max(before.shape[:2])
-    small = cv2.resize(before, (max(1, round(before.shape[1] * scale)), max(1, round(before.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)  # fmt: skip
-    tile = np.zeros((p, 2 * p, 3), np.uint8)
-    tile[: small.shape[0], : small.shape[1]] = small
-    tile[:, p:] = cv2.resize(after, (p, p), interpolation=cv2.INTER_NEAREST)
-    return tile
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -296,17 +291,6 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
     return out_rows
 
 
-def _previous_ids(out: Path) -> dict[tuple[str, str], str]:
-    path = out / "id_map.csv"
-    if not path.exists():
-        return {}
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return {(k, h): o for k, o, h in zip(df["kind"], df["original"], df["hashed"], strict=True)}
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
-        return {}
-
-
 def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tuple[int, dict]]:
     """Stream (index, result) with at most ``4 * workers`` files in flight."""
     if workers <= 1 or len(items) <= 1:
@@ -342,13 +326,6 @@ def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tu
                     pending.add(ex.submit(_run_indexed, nxt))
 
 
-def _stats(values: pd.Series) -> dict[str, float]:
-    if values.empty:
-        return {}
-    return {"min": float(values.min()), "median": float(values.median()),
-            "mean": round(float(values.mean()), 3), "max": float(values.max())}  # fmt: skip
-
-
 def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
     """Split per video: layout/label-file splits kept; external rule -> ext_test (whole patient);
     the rest split by patient, stratified by the labels."""
@@ -368,10 +345,43 @@ def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
                 )
             )
         )
-        pats = pats.sort_index()
+        # Order by a salt-independent key of the original id: the same archive gets the same
+        # splits whatever its (secret) salt.
+        order = df.drop_duplicates("patient_id").set_index("patient_id")["_pkey"]
+        pats = pats.loc[sorted(pats.index, key=lambda p: order[p])]
         by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)
         split[free] = df.loc[free, "patient_id"].map(by_patient)
     return split
+
+
+ORDER_SALT = "echoclr"  # public: orders rows and splits, never written (ids use the secret salt)
+SYNTH_SALT = "echoclr"  # archives made by `echoclr synth` hold no patient: reproducible demo ids
+
+
+def order_key(ids: dict[tuple[str, str], str], kind: str, hashed: str) -> str:
+    """Sort key of a hashed id that does not depend on the dataset's salt (the previous
+    format's id): rows and splits come out the same for every salt."""
+    original = ids.get((kind, hashed))
+    return hash_id(ORDER_SALT, kind, original) if original is not None else hashed
+
+
+PAPER_SIZE = 112  # the published frame size; a user archive gets it unless a size is set
+
+
+def size_set(size: int | None, sets: list[str] | None, config_files: list[Path] | None) -> bool:
+    """Whether the user chose a frame size (--size, --set preprocess.size=, or a --config YAML
+    with preprocess.size); a profile's size does not count."""
+    from echoclr_cli.config import read_yaml
+
+    if size is not None:
+        return True
+    if any(s.split("=", 1)[0].strip() == "preprocess.size" for s in sets or []):
+        return True
+    for f in config_files or []:
+        pre = read_yaml(f).get("preprocess")
+        if isinstance(pre, dict) and "size" in pre:
+            return True
+    return False
 
 
 def preprocess(
@@ -379,47 +389,169 @@ def preprocess(
     input_dir: Path | None,
     output_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    size_explicit: bool = True,
 ) -> PreprocessResult:
     """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
 
     ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
-    ``paths.raw`` (generated there first when missing). Raises UserError for unusable input
-    (missing decoders, leakage in given splits, no usable video, too many failures - the last two
-    after skipped.csv and the other outputs are written).
+    ``paths.raw`` (generated there first when missing). ``size_explicit`` False (the CLI, when
+    the user set no size): a user archive is written at the paper's 112 px whatever the profile;
+    only the embedded demo archive takes the profile's size. Raises UserError for unusable input
+    (before any write: missing decoders, an input with no file to decode; after the outputs are
+    written, with dataset.json marked ``failed``: no usable video, too many failures, label
+    issues without ``allow_label_issues``, leakage in given splits).
     """
     t0 = datetime.now(UTC)
     pc = cfg.preprocess
     root = resolve_input(cfg, input_dir, progress)
+    notes: list[str] = []
+    user_input = input_dir is not None or pc.input is not None
+    if not size_explicit and user_input and pc.size != PAPER_SIZE:
+        notes.append(f"frame size {PAPER_SIZE} px (paper) for this archive: the {cfg.profile} "
+                     f"profile's {pc.size} px applies only to the embedded demo archive "
+                     "(--size sets it)")  # fmt: skip
+        pc = pc.model_copy(update={"size": PAPER_SIZE})
     out = Path(output_dir)
     _check_output(out, pc.overwrite)
-    inv = ingest.discover(
-        pc, root, pc.layout, pc.labels, exclude=[out], external_root=pc.external_input
-    )
+    refuse_legacy(out)
+    given = pc.salt
+    if given is None and (root / "synth.json").exists() and pc.layout in ("auto", "synth"):
+        given = SYNTH_SALT  # synthetic archive (no patient): the demo's results stay reproducible
+    salt, salt_source = privacy.resolve_salt(out, given)
+    inv = layouts.discover(pc, root, pc.layout, pc.labels, exclude=[out],
+                           external_root=pc.external_input, salt=salt)  # fmt: skip
+    if not inv.items:
+        why = Counter(r["reason"] for r in inv.skipped)
+        raise UserError(
+            f"no file to decode in {root} ({len(inv.skipped)} other file(s): {dict(why)}); "
+            "nothing was written",
+            fix="point --input at the archive (DICOM/video files, or a known layout)",
+        )
     dicoms = [it.file for it in inv.items if it.kind == "dicom"]
-    _, undecodable = ingest.check_decoders(dicoms)  # raises before any work when one is missing
+    _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "videos").mkdir(exist_ok=True)
+    try:
+        (out / "videos").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
     rng = np.random.default_rng(pc.split_seed)
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
+    settings = video_settings(pc)
     ctx = WorkerContext(
-        out_dir=str(out), salt=pc.salt,
+        out_dir=str(out), salt=salt,
         opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
         use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
-        previous=_previous(out, video_settings(pc)),
+        previous=_previous(out, settings),
         undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
         preview={inv.items[i].rel for i in pick},
     )  # fmt: skip
+    privacy.store_salt(out, salt, salt_source)
+    privacy.write_private_json(out, privacy.RUN_FILE, {
+        "input": str(root), "labels": str(pc.labels) if pc.labels else None,
+        "external_input": str(pc.external_input) if pc.external_input else None,
+    })  # fmt: skip
+    meta = {"format": outputs.FORMAT, "status": "running", "reason": "preprocess did not finish",
+            "label_columns": list(inv.label_columns), "size": pc.size,
+            "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
+            "video_settings": settings, "config": outputs.public_config(pc)}  # fmt: skip
+    before = dataset_json(out)
+    atomic_write_json(out / "dataset.json", meta)
+    try:
+        rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = _process(
+            inv, ctx, pc.workers, out, notes, progress
+        )
+    except BaseException:
+        # The earlier dataset is still whole (its manifest is rewritten only at the end, and its
+        # videos were rewritten with the same settings): give it its status back.
+        if before.get("video_settings") == settings:
+            with contextlib.suppress(Exception):
+                atomic_write_json(out / "dataset.json", before)
+        raise
+    total = len(inv.items)
 
-    rows, skipped, notes, tiles = [], list(inv.skipped), [], []
-    ids = _previous_ids(out)
+    df = _join(pd.DataFrame(rows), inv, pc)
+    labels = list(inv.label_columns)
+    if not df.empty:
+        for col, kind in (("_pkey", "patient"), ("_skey", "study")):
+            df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
+        df["split"] = _assign(df, labels, pc)
+        df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
+    manifest = _manifest_frame(df, labels)
+    issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
+
+    files = {it.rel: it.file for it in inv.items}
+    paths: dict[str, Path] = {}
+    paths["skipped"], skipped_df = outputs.write_skipped(out, skipped, salt, root, files)
+    refs = {it.rel: privacy.file_ref(salt, it.rel) for it in inv.items}
+    notes = [outputs.public_note(n, refs, root) for n in notes]
+    reasons = Counter(skipped_df["reason"])
+    n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
+    n_inputs = total + len(inv.skipped)
+    leak = None
+    if not manifest.empty:
+        try:
+            check_leakage(manifest, source=f"splits for {out}")
+        except UserError as e:
+            leak = e
+    if not manifest.empty and leak is None:
+        paths["manifest"] = out / "manifest.csv"
+        atomic_write_csv(paths["manifest"], manifest)
+    paths["id_map"] = privacy.write_private_csv(
+        out, privacy.ID_MAP, outputs.id_map_frame(ids, manifest)
+    )
+    label_report = None
+    if issues or inv.label_rows or labels:
+        label_report = label_issues_report(issues, pc.allow_label_issues)
+        paths["labels_report"] = out / "labels_report.json"
+        atomic_write_json(paths["labels_report"], label_report)
+        privacy.write_private_csv(out, privacy.LABEL_ROWS, private_issue_rows(issues))
+        notes = issue_lines(issues) + notes
+    paths.update(outputs.write_previews(out, tiles))
+
+    failure = outputs.failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths)
+    meta.update(status="failed" if failure else "ok",
+                reason=failure.message if failure else None,
+                n_videos=len(manifest), n_inputs=n_inputs)  # fmt: skip
+    paths["dataset"] = out / "dataset.json"
+    result = PreprocessResult(
+        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
+        n_videos=len(manifest), n_reused=n_reused,
+        n_skipped=int(sum(reasons.values())),
+        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
+        split_sizes=outputs.split_sizes(manifest), prevalence=outputs.prevalence(manifest, labels),
+        label_columns=labels, frames=outputs.stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        fps=outputs.stats(manifest.get("fps", pd.Series(dtype=float))),
+        fps_source=dict(Counter(manifest.get("fps_source", []))),
+        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
+        warnings=notes[:MAX_WARNINGS], paths=paths,
+        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
+        status=meta["status"], reason=meta["reason"], label_report=label_report,
+    )  # fmt: skip
+    paths["report"] = out / "report.json"
+    report = result.to_dict()
+    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
+                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
+    atomic_write_json(paths["report"], report)
+    atomic_write_json(paths["dataset"], meta)
+    if failure:
+        raise failure
+    return result
+
+
+def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes: list[str],
+             progress) -> tuple:  # fmt: skip
+    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids."""
+    rows, skipped, tiles = [], list(inv.skipped), []
+    ids = outputs.previous_ids(out)
+    seen_ids = set(inv.known_ids)
     sector_sources: Counter = Counter()
     n_reused = 0
     total = len(inv.items)
-    for done, (index, res) in enumerate(_results(inv.items, ctx, pc.workers), start=1):
+    for done, (index, res) in enumerate(_results(inv.items, ctx, workers), start=1):
         if res["status"] == "skipped":
             skipped.append({k: res[k] for k in ("file", "reason", "detail")})
+            seen_ids.update(res["ids"])
         else:
             row = res["row"]
             row["_index"] = index
@@ -434,68 +566,7 @@ def preprocess(
                 tiles.append(res["preview"])
         if progress is not None:
             progress(done, total)
-
-    df = _join(pd.DataFrame(rows), inv, pc)
-    labels = list(inv.label_columns)
-    skipped += inv.label_issues
-    if not df.empty:
-        df["split"] = _assign(df, labels, pc)
-        df = df.sort_values(["split", "patient_id", "study_id", "_index"], key=_split_order)
-    manifest = _manifest_frame(df, labels)
-    skipped_df = pd.DataFrame(skipped, columns=["file", "reason", "detail"])
-
-    paths = {"skipped": out / "skipped.csv"}
-    atomic_write_csv(paths["skipped"], skipped_df)
-    if not manifest.empty:
-        check_leakage(manifest, source=f"splits for {out}")
-    paths.update(manifest=out / "manifest.csv", dataset=out / "dataset.json",
-                 report=out / "report.json", id_map=out / "id_map.csv")  # fmt: skip
-    atomic_write_csv(paths["manifest"], manifest)
-    atomic_write_csv(paths["id_map"], _id_map(ids, manifest))
-    atomic_write_json(paths["dataset"], {
-        "label_columns": labels, "size": pc.size,
-        "salt_id": hashlib.sha256(pc.salt.encode()).hexdigest()[:12],
-        "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
-        "video_settings": video_settings(pc), "config": pc.model_dump(mode="json"),
-    })  # fmt: skip
-    if tiles:
-        paths["preview"] = out / "preview.png"
-        _write_preview(paths["preview"], tiles)
-
-    reasons = Counter(skipped_df["reason"])
-    n_fail = sum(n for r, n in reasons.items() if r in ingest.FAILURE_REASONS)
-    n_inputs = total + len(inv.skipped)
-    result = PreprocessResult(
-        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
-        n_videos=len(manifest), n_reused=n_reused,
-        n_skipped=int(sum(n for r, n in reasons.items() if r != "bad_label")),
-        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
-        split_sizes=_split_sizes(manifest), prevalence=_prevalence(manifest, labels),
-        label_columns=labels, frames=_stats(manifest.get("n_frames", pd.Series(dtype=float))),
-        fps=_stats(manifest.get("fps", pd.Series(dtype=float))),
-        fps_source=dict(Counter(manifest.get("fps_source", []))),
-        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
-        warnings=notes[:MAX_WARNINGS], paths=paths,
-        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
-    )  # fmt: skip
-    report = result.to_dict()
-    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
-                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
-    atomic_write_json(paths["report"], report)
-
-    if manifest.empty:
-        raise UserError(
-            f"no usable video in {root} ({n_inputs} inputs; skipped by reason: {dict(reasons)})",
-            fix=f"see {paths['skipped']} for every file and its reason",
-        )
-    if n_fail / max(1, n_inputs) > pc.max_skipped_frac:
-        fails = {r: n for r, n in reasons.items() if r in ingest.FAILURE_REASONS}
-        raise UserError(
-            f"{n_fail} of {n_inputs} inputs ({n_fail / n_inputs:.1%}) could not be used {fails}, "
-            f"above preprocess.max_skipped_frac={pc.max_skipped_frac:g}; all outputs were written",
-            fix=f"inspect {paths['skipped']}; fix the files or raise preprocess.max_skipped_frac",
-        )
-    return result
+    return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
 
 
 def _split_order(col: pd.Series) -> pd.Series:
@@ -537,53 +608,3 @@ def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
         out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
     out["study_year"] = out["study_year"].astype("Int64")
     return out
-
-
-def _id_map(ids: dict[tuple[str, str], str], manifest: pd.DataFrame) -> pd.DataFrame:
-    used = {("video", v) for v in manifest.get("video_id", [])}
-    used |= {("study", v) for v in manifest.get("study_id", [])}
-    used |= {("patient", v) for v in manifest.get("patient_id", [])}
-    rows = [{"kind": k, "original": o, "hashed": h} for (k, h), o in ids.items() if (k, h) in used]
-    return pd.DataFrame(rows, columns=["kind", "original", "hashed"]).sort_values(
-        ["kind", "original"]
-    )
-
-
-def _split_sizes(m: pd.DataFrame) -> dict[str, dict[str, int]]:
-    out = {}
-    for s in SPLITS:
-        part = m[m["split"] == s] if not m.empty else m
-        if len(part):
-            out[s] = {"videos": len(part), "studies": int(part["study_id"].nunique()),
-                      "patients": int(part["patient_id"].nunique())}  # fmt: skip
-    return out
-
-
-def _prevalence(m: pd.DataFrame, labels: list[str]) -> dict[str, dict[str, dict]]:
-    """Study-level prevalence per split and label: positives / studies with a known label."""
-    out: dict[str, dict[str, dict]] = {}
-    for s in SPLITS:
-        part = m[m["split"] == s] if not m.empty else m
-        if not len(part):
-            continue
-        out[s] = {}
-        for col in labels:
-            per_study = part.groupby("study_id")[col].max().dropna()
-            k, n = int(per_study.sum()), len(per_study)
-            out[s][col] = {"positive": k, "known": n, "rate": round(k / n, 4) if n else None}
-    return out
-
-
-def _write_preview(path: Path, tiles: list[np.ndarray]) -> None:
-    """Montage of before|after tiles, two per row."""
-    cols = 2
-    rows = math.ceil(len(tiles) / cols)
-    th, tw = tiles[0].shape[:2]
-    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
-    for j, tile in enumerate(tiles):
-        r, c = divmod(j, cols)
-        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
-        grid[r * th : (r + 1) * th, c * tw] = 255  # separators
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if ok:
-        atomic_write(path, lambda f: f.write(buf.tobytes()))

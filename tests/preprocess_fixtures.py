@@ -158,10 +158,12 @@ def write_avi(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
 
 
 def small_cfg(**pre):
-    """Config with test-sized preprocess settings (32 px output, 8-frame minimum, 1 worker)."""
+    """Config with test-sized preprocess settings (32 px output, 8-frame minimum, 1 worker) and
+    a fixed salt, so hashed ids (and the manifest order) are the same in every run."""
     from echoclr_cli.config import Config
 
     cfg = Config()
+    cfg.preprocess.salt = "echoclr"
     cfg.preprocess.size = 32
     cfg.preprocess.min_frames = 8
     cfg.preprocess.workers = 1
@@ -174,7 +176,7 @@ def small_cfg(**pre):
 def jpeg_archive_without_decoder(root: Path, monkeypatch, h: int, w: int, ext: str = "") -> Path:
     """3 JPEG Baseline DICOMs + 1 uncompressed in ``root``, with the JPEG decoder reported missing
     (FAULTS.md 6). Returns ``root``."""
-    from echoclr_cli.data import ingest
+    from echoclr_cli.data import readers
 
     frames, _ = fan_video(10, h, w, seed=5)
     for i in range(3):
@@ -182,9 +184,9 @@ def jpeg_archive_without_decoder(root: Path, monkeypatch, h: int, w: int, ext: s
         jpeg_baseline(ds, frames)
         save(ds, root / f"j{i}{ext}")
     save(dicom_dataset(frames), root / "plain.dcm")
-    real = ingest.decoder_available
+    real = readers.decoder_available
     monkeypatch.setattr(
-        ingest, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
+        readers, "decoder_available", lambda uid: False if uid.endswith(".4.50") else real(uid)
     )
     return root
 
@@ -197,3 +199,35 @@ def patch_avi_frame_count(path: Path, value: int) -> None:
     j = data.find(b"strh")
     data[j + 8 + 32 : j + 8 + 36] = (value & 0xFFFFFFFF).to_bytes(4, "little")
     path.write_bytes(bytes(data))
+
+
+def skipped_by_path(out: Path):
+    """skipped.csv of a dataset dir indexed by the original relative path (from private/)."""
+    from echoclr_cli.data.privacy import read_skipped
+
+    return read_skipped(out).set_index("path")
+
+
+def id_map(out: Path):
+    """private/id_map.csv of a dataset dir (kind, original, hashed)."""
+    import pandas as pd
+
+    return pd.read_csv(Path(out) / "private" / "id_map.csv", dtype=str, keep_default_na=False)
+
+
+def video_id_of(out: Path, rel: str) -> str:
+    """The hashed video id of input file ``rel`` (via the private id map)."""
+    ids = id_map(out)
+    hit = ids[(ids["kind"] == "video") & (ids["original"] == rel)]
+    assert len(hit) == 1, f"{rel} not in the id map"
+    return hit["hashed"].iloc[0]
+
+
+def file_ref_of(out: Path, rel: str) -> str:
+    """The public reference (skipped.csv, warnings) of input file ``rel``, from the private salt."""
+    import json
+
+    from echoclr_cli.data.privacy import file_ref
+
+    salt = json.loads((Path(out) / "private" / "salt.json").read_text())["salt"]
+    return file_ref(salt, rel)

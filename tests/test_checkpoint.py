@@ -179,20 +179,29 @@ def test_finetune_best_reload_refuses_payload(data, tmp_path, monkeypatch):
     assert (tmp_path / "run/history.csv").is_file()  # it trained, then refused the reload
 
 
-def test_demo_pretrain_state_refuses_payload(tmp_path):
-    from echoclr_cli.demo import pretrain_state
+def test_demo_reads_pretrain_progress_without_unpickling(tmp_path):
+    """The demo (and the sweep) decide whether a pretrain run is complete from history.csv and
+    config.yaml (rundir.run_progress): a payload last.pt is never loaded there."""
+    from echoclr_cli.rundir import run_progress
 
     marker = tmp_path / "ran"
-    last = write_evil(tmp_path / "pre/checkpoints/last.pt", marker)
-    with pytest.raises(UserError) as e:
-        pretrain_state(tmp_path / "pre")
-    assert_refused(e.value, last, marker)
+    write_evil(tmp_path / "pre/checkpoints/last.pt", marker)
+    cfg = tiny_finetune_config(epochs=1)
+    cfg.pretrain.epochs = 2
+    save_config(cfg, tmp_path / "pre/config.yaml")
+    pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.9]}).to_csv(
+        tmp_path / "pre/history.csv", index=False
+    )
+    prog = run_progress(tmp_path / "pre")
+    assert prog.finished and prog.epochs_done == 2
+    assert not marker.exists()
 
 
 def test_sweep_refuses_payload_init(data, tmp_path):
     """A sweep fine-tunes through run_finetune: an SSL init carrying a payload fails its runs
     with the refusal (recorded in the run's error file) and never runs it."""
-    from echoclr_cli.sweep import ERROR_FILE, run_sweep
+    from echoclr_cli.sweep import run_sweep
+    from echoclr_cli.sweep.state import ERROR_FILE
 
     marker = tmp_path / "ran"
     root = tmp_path / "pretrain"
@@ -207,7 +216,7 @@ def test_sweep_refuses_payload_init(data, tmp_path):
     cfg.sweep.lrs = [1e-3]
     cfg.sweep.seeds = [0]
     cfg.sweep.pretrain_dir = root
-    res = run_sweep(cfg, data, tmp_path / "sweep")
+    res = run_sweep(cfg=cfg, data_dir=data, out_dir=tmp_path / "sweep")
     assert len(res.failed) == 1
     assert_refused(res.failed[0][1], evil, marker)
     errors = list((tmp_path / "sweep").rglob(ERROR_FILE))

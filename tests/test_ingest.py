@@ -5,15 +5,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from preprocess_fixtures import dicom_dataset, fan_video, jpeg_baseline, save, small_cfg, write_avi
+from preprocess_fixtures import (
+    dicom_dataset,
+    fan_video,
+    id_map,
+    jpeg_baseline,
+    save,
+    small_cfg,
+    write_avi,
+)
 
-from echoclr_cli.data import ingest
+from echoclr_cli.data import labels, layouts, readers
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess import preprocess
 
-OPTS = ingest.ReadOptions(max_frames=100, min_frames=8, min_fps=25, fallback_fps=30)
+OPTS = readers.ReadOptions(max_frames=100, min_frames=8, min_fps=25, fallback_fps=30)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,7 @@ def test_jpeg_baseline_ybr_422_decodes_to_rgb(tmp_path, fan):
     frames, _ = fan
     ds = dicom_dataset(frames, "RGB")
     jpeg_baseline(ds, frames)
-    raw = ingest.read_dicom(save(ds, tmp_path / "IM0001"), OPTS)  # no extension, like vendors
+    raw = readers.read_dicom(save(ds, tmp_path / "IM0001"), OPTS)  # no extension, like vendors
     assert raw.frames.shape == frames.shape and raw.frames.dtype == np.uint8
     assert np.abs(raw.frames.astype(int) - frames).mean() < 4  # lossy but RGB, not YBR
     assert (raw.patient_id, raw.study_id, raw.study_year) == ("PAT1", "1.2.826.0.1.1", 2019)
@@ -42,10 +50,10 @@ def test_jpeg2000_rgb_palette_16bit_mono1_same_convention(tmp_path, fan):
     gray = _gray(frames)
     ds = dicom_dataset(frames, "RGB")
     ds.compress(JPEG2000Lossless, frames, encoding_plugin="pylibjpeg")
-    assert np.array_equal(ingest.read_dicom(save(ds, tmp_path / "j2k.dcm"), OPTS).frames, frames)
+    assert np.array_equal(readers.read_dicom(save(ds, tmp_path / "j2k.dcm"), OPTS).frames, frames)
 
     assert np.array_equal(
-        ingest.read_dicom(save(dicom_dataset(frames), tmp_path / "rgb.dcm"), OPTS).frames, frames
+        readers.read_dicom(save(dicom_dataset(frames), tmp_path / "rgb.dcm"), OPTS).frames, frames
     )
 
     pal = dicom_dataset(gray, "PALETTE COLOR")  # gray LUT, 16-bit entries
@@ -53,17 +61,17 @@ def test_jpeg2000_rgb_palette_16bit_mono1_same_convention(tmp_path, fan):
     for c in ("Red", "Green", "Blue"):
         setattr(pal, f"{c}PaletteColorLookupTableDescriptor", [256, 0, 16])
         setattr(pal, f"{c}PaletteColorLookupTableData", lut)
-    got = ingest.read_dicom(save(pal, tmp_path / "pal.dcm"), OPTS).frames
+    got = readers.read_dicom(save(pal, tmp_path / "pal.dcm"), OPTS).frames
     assert got.shape == frames.shape and np.array_equal(got[..., 1], gray)
 
     wide = gray.astype(np.uint16) * 16 + 100  # 16-bit, scaled by its actual range
-    got16 = ingest.read_dicom(
+    got16 = readers.read_dicom(
         save(dicom_dataset(wide, "MONOCHROME2"), tmp_path / "w.dcm"), OPTS
     ).frames
     assert got16.dtype == np.uint8 and got16.max() == 255 and got16.min() == 0
     assert np.corrcoef(got16.ravel(), gray.ravel())[0, 1] > 0.999
 
-    inv = ingest.read_dicom(
+    inv = readers.read_dicom(
         save(dicom_dataset(255 - gray, "MONOCHROME1"), tmp_path / "m1.dcm"), OPTS
     ).frames
     assert np.array_equal(inv, gray)
@@ -79,12 +87,12 @@ def test_jpeg2000_rgb_palette_16bit_mono1_same_convention(tmp_path, fan):
     ],
 )
 def test_fps_sources(tmp_path, fan, tags, fps, source):
-    raw = ingest.read_dicom(save(dicom_dataset(fan[0], **tags), tmp_path / "a.dcm"), OPTS)
+    raw = readers.read_dicom(save(dicom_dataset(fan[0], **tags), tmp_path / "a.dcm"), OPTS)
     assert raw.fps == pytest.approx(fps) and raw.fps_source == source
 
 
 def test_regions_read(tmp_path, fan):
-    raw = ingest.read_dicom(
+    raw = readers.read_dicom(
         save(dicom_dataset(fan[0], regions=[(5, 2, 70, 50)]), tmp_path / "r.dcm"), OPTS
     )
     assert raw.regions == [(5, 2, 70, 50)]
@@ -92,9 +100,9 @@ def test_regions_read(tmp_path, fan):
 
 def test_avi_frames_counted_not_header(tmp_path, fan):
     path = write_avi(tmp_path / "a.avi", fan[0], fps=40)
-    raw = ingest.read_video(path, OPTS)
+    raw = readers.read_video(path, OPTS)
     assert raw.frames.shape == fan[0].shape and raw.fps == pytest.approx(40)
-    short = ingest.read_video(path, ingest.ReadOptions(max_frames=5, min_frames=2))
+    short = readers.read_video(path, readers.ReadOptions(max_frames=5, min_frames=2))
     assert short.frames.shape[0] == 5  # first max_frames kept
 
 
@@ -106,14 +114,14 @@ def test_label_map_expressions():
             "y": ["1", "0", "2", ""],
         }
     )
-    v, bad = ingest.map_label(df, "sev==Severe", "t")
+    v, bad = labels.map_label(df, "sev==Severe", "t")
     assert v.tolist()[:2] == [1.0, 0.0] and np.isnan(v[2]) and v[3] == 1.0 and not bad.any()
-    v, bad = ingest.map_label(df, "ef<50", "t")
+    v, bad = labels.map_label(df, "ef<50", "t")
     assert v.tolist()[:2] == [1.0, 0.0] and bad.tolist() == [False, False, True, False]
-    v, bad = ingest.map_label(df, "y", "t")
+    v, bad = labels.map_label(df, "y", "t")
     assert v.tolist()[:2] == [1.0, 0.0] and bad.tolist() == [False, False, True, False]
     with pytest.raises(UserError, match="nope"):
-        ingest.map_label(df, "nope>=1", "t")
+        labels.map_label(df, "nope>=1", "t")
 
 
 # --------------------------------------------------------------------------- layouts
@@ -141,7 +149,7 @@ def _echoclr_dir(tmp_path: Path) -> Path:
 
 def test_echoclr_layout(tmp_path):
     root = _echoclr_dir(tmp_path)
-    assert ingest.detect_layout(root) == "echoclr"
+    assert layouts.detect_layout(root) == "echoclr"
     res = preprocess(small_cfg(), root, tmp_path / "out")
     df = load_manifest(tmp_path / "out")
     assert res.layout == "echoclr" and len(df) == 6 and res.label_columns == ["as", "lvh"]
@@ -166,7 +174,7 @@ def test_echonet_layout(tmp_path):
         names.append(f"0X{i:04X}" + (".avi" if i == 3 else ""))
     pd.DataFrame({"FileName": names, "EF": efs, "FPS": 50, "NumberOfFrames": 10,
                   "Split": ["TRAIN", "TRAIN", "VAL", "TEST"]}).to_csv(root / "FileList.csv", index=False)  # fmt: skip
-    assert ingest.detect_layout(root) == "echonet"
+    assert layouts.detect_layout(root) == "echonet"
     res = preprocess(small_cfg(label_threshold={"EF": 50.0}), root, tmp_path / "out")
     df = load_manifest(tmp_path / "out", task="ef")
     assert res.n_videos == 4 and df["split"].tolist() == ["train", "train", "val", "test"]
@@ -188,7 +196,7 @@ def test_plain_tree_with_label_csv_keyed_by_study(tmp_path):
     cfg = small_cfg(labels=labels, label_map={"as": "severity==severe"})
     res = preprocess(cfg, root, tmp_path / "out")
     df = load_manifest(tmp_path / "out")
-    ids = pd.read_csv(tmp_path / "out" / "id_map.csv", dtype=str)
+    ids = id_map(tmp_path / "out")
     orig = dict(zip(ids["hashed"], ids["original"], strict=True))
     got = {orig[s]: a for s, a in zip(df["study_id"], df["as"], strict=True)}
     assert res.label_columns == ["as"] and got == {

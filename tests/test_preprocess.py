@@ -7,9 +7,17 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from preprocess_fixtures import dicom_dataset, fan_video, save, small_cfg, write_avi
+from preprocess_fixtures import (
+    dicom_dataset,
+    fan_video,
+    id_map,
+    save,
+    skipped_by_path,
+    small_cfg,
+    write_avi,
+)
 
-from echoclr_cli.data import ingest, sector
+from echoclr_cli.data import layouts, privacy, readers, sector
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.data.synth import sector_mask, synthesize
@@ -40,11 +48,11 @@ def test_synth_every_cine_in_manifest_extras_skipped(synth_run):
     cfg, raw, out, res = synth_run
     videos = pd.read_csv(raw / "videos.csv")
     df = load_manifest(out)
-    ids = pd.read_csv(out / "id_map.csv", dtype=str)
+    ids = id_map(out)
     files = set(ids.loc[ids["kind"] == "video", "original"])
     assert files == set(videos.loc[videos["kind"] == "cine", "file"])
     assert len(df) == (videos["kind"] == "cine").sum() == res.n_videos
-    skipped = pd.read_csv(out / "skipped.csv").set_index("file")
+    skipped = skipped_by_path(out)
     for _, v in videos[videos["kind"] != "cine"].iterrows():
         assert skipped.loc[v["file"], "reason"] == (
             "not_cine" if v["kind"] == "still" else "no_pixel_data"
@@ -60,15 +68,15 @@ def test_synth_no_pixel_outside_true_sector(synth_run):
     cfg, raw, out, _ = synth_run
     videos = pd.read_csv(raw / "videos.csv").set_index("file")
     df = load_manifest(out)
-    ids = pd.read_csv(out / "id_map.csv", dtype=str)
+    ids = id_map(out)
     file_of = dict(zip(ids["hashed"], ids["original"], strict=True))
-    ctx = WorkerContext(str(out), "echoclr", ingest.ReadOptions(100, 8, 25, 30), 112, "auto", True,
+    ctx = WorkerContext(str(out), "echoclr", readers.ReadOptions(100, 8, 25, 30), 112, "auto", True,
                         True, False, {}, set(), set(), "study", set())  # fmt: skip
     checked = 0
     for vid, path in zip(df["video_id"], df["path"], strict=True):
         rel = file_of[vid]
         row = videos.loc[rel]
-        raw_video = ingest.read_dicom(raw / rel, ctx.opts)
+        raw_video = readers.read_dicom(raw / rel, ctx.opts)
         stored, crop, _ = _mask_and_crop(raw_video, ctx)
         saved = load_video(out / path)
         assert np.array_equal(saved, stored)  # same crop as the run used
@@ -89,17 +97,14 @@ def test_synth_external_site_goes_to_ext_test_and_outputs(synth_run):
     cfg, raw, out, res = synth_run
     labels = pd.read_csv(raw / "labels.csv", dtype=str)
     df = load_manifest(out)
-    ids = pd.read_csv(out / "id_map.csv", dtype=str)
+    ids = id_map(out)
     orig = dict(zip(ids["hashed"], ids["original"], strict=True))
     ext_patients = set(labels.loc[labels["site"] == "external", "patient_id"])
     for pid, split in zip(df["patient_id"], df["split"], strict=True):
         assert (orig[pid] in ext_patients) == (split == "ext_test")
     info = json.loads((out / "dataset.json").read_text())
-    assert (
-        info["label_columns"] == ["as", "lvh"]
-        and info["size"] == 112
-        and "salt" not in json.dumps(info["salt_id"])
-    )
+    assert info["label_columns"] == ["as", "lvh"] and info["size"] == 112
+    assert info["status"] == "ok" and "salt" not in info["config"] and "salt_id" not in info
     report = json.loads((out / "report.json").read_text())
     assert report["skipped_by_reason"] == res.skipped_by_reason and report["n_videos"] == len(df)
     assert set(report["split_sizes"]) <= {"train", "val", "test", "ext_test"}
@@ -189,7 +194,7 @@ def tree(tmp_path):
 
 
 def _orig(out: Path) -> dict[str, str]:
-    ids = pd.read_csv(out / "id_map.csv", dtype=str)
+    ids = id_map(out)
     return dict(zip(ids["hashed"], ids["original"], strict=True))
 
 
@@ -228,7 +233,7 @@ def test_frames_size_color_salt_and_fps_options(tree, tmp_path):
         24,
         3,
     )
-    assert df["video_id"][0] != ingest.hash_id("echoclr", "video", "f0") and res.channels == {
+    assert df["video_id"][0] != privacy.hash_id("echoclr", "video", "f0") and res.channels == {
         "3": 6
     }
     with pytest.raises(UserError, match="no usable video"):
@@ -269,9 +274,11 @@ def test_color_doppler_kept_when_asked_and_layout_forced(tmp_path):
     assert res.channels == {"3": 1, "1": 1}
     pd.DataFrame({"study_id": ["x"], "file": ["d.dcm"]}).to_csv(root / "labels.csv", index=False)
     pd.DataFrame({"file": ["d.dcm"], "study_id": ["x"]}).to_csv(root / "videos.csv", index=False)
-    assert ingest.detect_layout(root) == "synth"
+    assert layouts.detect_layout(root) == "synth"
     forced = preprocess(small_cfg(layout="dicom"), root, tmp_path / "out2")
-    assert forced.layout == "dicom" and forced.skipped_by_reason == {"color_doppler": 1}
+    # the forced tree layout reads every file: the two CSVs are listed as not media, not dropped
+    assert forced.layout == "dicom"
+    assert forced.skipped_by_reason == {"color_doppler": 1, "not_media": 2}
 
 
 def test_dicom_regions_used_only_when_asked(tmp_path):
@@ -338,12 +345,12 @@ def test_vendor_like_dicoms_become_clean_112_clips(tmp_path):
     cfg.preprocess.size = 112
     res = preprocess(cfg, root, tmp_path / "out")
     assert res.n_videos == 6 and res.skipped_by_reason == {}
-    ctx = WorkerContext(str(tmp_path), "echoclr", ingest.ReadOptions(100, 8, 25, 30), 112, "auto",
+    ctx = WorkerContext(str(tmp_path), "echoclr", readers.ReadOptions(100, 8, 25, 30), 112, "auto",
                         True, True, False, {}, set(), set(), "study", set())  # fmt: skip
     df = load_manifest(tmp_path / "out")
     for name in ("jpeg_ybr422", "rgb", "palette", "j2k", "rle", "mono16"):
-        stored, crop, channels = _mask_and_crop(ingest.read_dicom(root / name, ctx.opts), ctx)
-        vid = ingest.hash_id("echoclr", "video", name)
+        stored, crop, channels = _mask_and_crop(readers.read_dicom(root / name, ctx.opts), ctx)
+        vid = privacy.hash_id("echoclr", "video", name)
         saved = load_video(tmp_path / "out" / df.set_index("video_id").loc[vid, "path"])
         assert np.array_equal(saved, stored) and saved.shape == (16, 112, 112) and channels == 1
         reach = (

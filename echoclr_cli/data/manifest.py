@@ -41,6 +41,75 @@ _SPLIT_SPELLINGS = {
 }  # fmt: skip
 
 MAX_LISTED = 50  # ids / paths named in one error message before "... and N more"
+ALLOW_FAILED_ENV = "ECHOCLR_ALLOW_FAILED_DATASET"  # set by `echoclr --allow-failed-dataset`
+
+
+# --------------------------------------------------------------------------- dataset status
+def dataset_json(data_dir: Path) -> dict:
+    """``DATA/dataset.json`` as a dict ({} when absent or unreadable)."""
+    try:
+        d = json.loads((Path(data_dir) / "dataset.json").read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_legacy(data_dir: Path) -> bool:
+    """Previous format: an id map next to the manifest, or the id salt in dataset.json."""
+    data_dir = Path(data_dir)
+    if (data_dir / "id_map.csv").exists():
+        return True
+    cfg = dataset_json(data_dir).get("config")
+    return isinstance(cfg, dict) and "salt" in cfg
+
+
+def migrate_command(data_dir: Path) -> str:
+    return f"echoclr preprocess --migrate {data_dir}"
+
+
+def dataset_status(data_dir: Path) -> tuple[str, str | None]:
+    """(status, reason): ok | failed | running (preprocess did not finish) | legacy (previous
+    format) | unknown (no dataset.json, e.g. a hand-written manifest: accepted)."""
+    if is_legacy(data_dir):
+        return "legacy", "a dataset of the previous format (its id salt and id map are public)"
+    meta = dataset_json(data_dir)
+    if not meta:
+        return "unknown", None
+    return str(meta.get("status", "ok")), meta.get("reason")
+
+
+def check_dataset_status(data_dir: Path, allow_failed: bool | None = None) -> None:
+    """Refuse a failed, unfinished or previous-format dataset, naming the reason. ``allow_failed``
+    (default: the ECHOCLR_ALLOW_FAILED_DATASET environment variable, set by the CLI's
+    ``--allow-failed-dataset``) accepts a failed or unfinished one; a previous-format one must be
+    converted."""
+    status, reason = dataset_status(data_dir)
+    if status == "legacy":
+        raise UserError(f"{data_dir} is {reason}",
+                        fix=f"convert it with `{migrate_command(data_dir)}`")  # fmt: skip
+    if allow_failed is None:
+        allow_failed = os.environ.get(ALLOW_FAILED_ENV, "") not in ("", "0")
+    if status in ("failed", "running") and not allow_failed:
+        what = "failed" if status == "failed" else "is unfinished"
+        raise UserError(
+            f"dataset {data_dir} {what}: {reason}",
+            fix="fix the input and re-run `echoclr preprocess`, or use it anyway with "
+            "`echoclr --allow-failed-dataset ...`",
+        )
+
+
+def check_frame_size(data_dir: Path, cfg) -> None:
+    """Refuse a dataset whose frame size (dataset.json ``size``) differs from the config's
+    ``preprocess.size``, naming both (the models are trained at one size)."""
+    size = dataset_json(data_dir).get("size")
+    want = cfg.preprocess.size
+    if size is not None and int(size) != int(want):
+        raise UserError(
+            f"dataset {data_dir} has {size} px frames but the config expects {want} px "
+            f"(profile {getattr(cfg, 'profile', '?')})",
+            fix=f"use --set preprocess.size={size} (or the profile that made it), or "
+            f"re-run `echoclr preprocess --size {want}` into another --output",
+        )
 
 
 def normalise_split(values: Iterable[object], source: str = "manifest") -> list[str]:
@@ -119,6 +188,8 @@ def load_manifest(
     task: str | None = None,
     check_files: bool = True,
     require_splits: Sequence[str] = (),
+    allow_failed: bool | None = None,
+    cfg=None,
 ) -> pd.DataFrame:
     """Read and validate ``data_dir/manifest.csv``.
 
@@ -128,13 +199,21 @@ def load_manifest(
     missing ones named in one message; only ``os.path.exists``, no file is opened).
     With ``task``: the label column must exist; rows whose label is unknown or bad are excluded
     (kept in ``attrs["excluded"]``). ``require_splits``: these splits must be non-empty.
-    ``df.attrs`` also holds ``label_columns`` and ``data_dir``.
+    ``df.attrs`` also holds ``label_columns`` and ``data_dir``. A failed / unfinished /
+    previous-format dataset is refused first (:func:`check_dataset_status`, ``allow_failed``);
+    with ``cfg``, a frame size other than ``cfg.preprocess.size`` is refused
+    (:func:`check_frame_size`).
     """
     data_dir = Path(data_dir)
+    check_dataset_status(data_dir, allow_failed)
+    if cfg is not None:
+        check_frame_size(data_dir, cfg)
     path = data_dir / "manifest.csv"
     if not path.exists():
+        status, reason = dataset_status(data_dir)
+        why = f" (dataset.json says {status}: {reason})" if status == "failed" else ""
         raise UserError(
-            f"no manifest.csv in {data_dir}",
+            f"no manifest.csv in {data_dir}{why}",
             fix="run `echoclr preprocess --output DIR` first, or point --data at a dataset dir",
         )
     try:

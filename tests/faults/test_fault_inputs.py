@@ -20,13 +20,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 from preprocess_fixtures import (  # noqa: E402
     dicom_dataset,
     fan_video,
+    file_ref_of,
     jpeg_archive_without_decoder,
     patch_avi_frame_count,
     save,
+    skipped_by_path,
+    video_id_of,
     write_avi,
 )
 
-from echoclr_cli.data import ingest  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
 from echoclr_cli.data.store import load_video  # noqa: E402
 
@@ -115,13 +117,13 @@ def archive(tmp_path_factory):
                 "--workers", "1", "--profile", "demo", "--set", f"preprocess.min_frames={MIN_FRAMES}",
                 "--set", "preprocess.max_skipped_frac=1.0",
                 "--set", "preprocess.skip_color_doppler=false"], timeout=300)  # fmt: skip
-    skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False).set_index("file")
+    skipped = skipped_by_path(out)
     return proc, out, skipped, expect, videos
 
 
 def stored(out: Path, rel: str) -> pd.Series:
     df = load_manifest(out)
-    return df.set_index("video_id").loc[ingest.hash_id("echoclr", "video", rel)]
+    return df.set_index("video_id").loc[video_id_of(out, rel)]
 
 
 def test_preprocess_completes_lists_every_bad_file_no_traceback(archive):
@@ -143,7 +145,8 @@ def test_fault_01_truncated_avi_counts_decoded_frames(archive):
     row = stored(out, "injected/trunc_ok.avi")
     assert MIN_FRAMES <= row["n_frames"] < 64  # what decoded, never padded to the header
     assert load_video(out / row["path"]).shape[0] == row["n_frames"]
-    assert "trunc_ok.avi: header says 64 frames" in proc.stderr  # warned
+    ref = file_ref_of(out, "injected/trunc_ok.avi")  # warned, naming the file by reference
+    assert f"{ref}: header says 64 frames" in proc.stderr and "trunc_ok" not in proc.stderr
 
 
 def test_fault_02_empty_or_undecodable_avi_skipped(archive):
@@ -180,7 +183,7 @@ def test_fault_06_jpeg_without_decoder_stops_before_work(tmp_path, monkeypatch):
     res = cli("preprocess", "--input", root, "--output", out, "--size", "32", "--workers", "1",
               "--profile", "demo")  # fmt: skip
     assert res.exit_code == 1
-    assert_one_line_error(res.output, "1.2.840.10008.1.2.4.50", "3 file(s)", "pylibjpeg-libjpeg")
+    assert_one_line_error(res.output, "1.2.840.10008.1.2.4.50", "3 file(s)", "pip install pillow")
     assert not (out / "manifest.csv").exists() and not (out / "videos").exists()
 
 

@@ -2,6 +2,7 @@
 (reason code in skipped.csv, or the UserError) is asserted. Case 13 (bad labels) is here too;
 case 17 (label fractions) belongs to the fine-tune sampler."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from preprocess_fixtures import (  # noqa: E402
     jpeg_baseline,
     patch_avi_frame_count,
     save,
+    skipped_by_path,
     small_cfg,
     write_avi,
 )
 
-from echoclr_cli.data import ingest  # noqa: E402
+from echoclr_cli.data import privacy, readers  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
 from echoclr_cli.data.store import load_video  # noqa: E402
 from echoclr_cli.errors import UserError  # noqa: E402
@@ -62,7 +64,7 @@ def faulty(tmp_path_factory):
 
     dd = Dataset()
     dd.file_meta = FileMetaDataset()
-    dd.file_meta.MediaStorageSOPClassUID = ingest.DICOMDIR_UID
+    dd.file_meta.MediaStorageSOPClassUID = readers.DICOMDIR_UID
     dd.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
     dd.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dd.DirectoryRecordSequence = []
@@ -96,7 +98,7 @@ def faulty(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("out") / "data"
     res = preprocess(small_cfg(max_skipped_frac=1.0), root, out)
-    skipped = pd.read_csv(out / "skipped.csv").set_index("file")
+    skipped = skipped_by_path(out)
     return res, out, skipped, root
 
 
@@ -126,7 +128,7 @@ def test_reason_codes(faulty, file, reason):
 
 def _row_of(out: Path, rel: str) -> pd.Series:
     df = load_manifest(out)
-    vid = ingest.hash_id("echoclr", "video", rel)
+    vid = privacy.hash_id("echoclr", "video", rel)
     return df.set_index("video_id").loc[vid]
 
 
@@ -134,7 +136,9 @@ def test_truncated_avi_with_enough_frames_used_with_warning(faulty):
     res, out, skipped, _ = faulty
     row = _row_of(out, "avi/trunc_ok.avi")
     assert 8 <= row["n_frames"] < 24  # counted as decoded, never padded
-    assert any("trunc_ok.avi" in w and "truncated" in w for w in res.warnings)
+    ref = privacy.file_ref("echoclr", "avi/trunc_ok.avi")  # warnings name files by reference
+    assert any(w.startswith(ref) and "truncated" in w for w in res.warnings)
+    assert not any("trunc_ok" in w for w in res.warnings)
 
 
 def test_header_frame_count_does_not_matter(faulty):
@@ -178,7 +182,7 @@ def test_color_and_mono_same_convention(faulty, tmp_path):
     df = load_manifest(tmp_path / "out")
     assert (df["channels"] == 1).all() and len(df) == 5
     vids = {
-        ingest.hash_id("echoclr", "video", f"{n}.dcm"): n
+        privacy.hash_id("echoclr", "video", f"{n}.dcm"): n
         for n in ("rgb", "ybr", "mono8", "mono16", "jpeg")
     }
     arrays = {
@@ -197,11 +201,34 @@ def test_missing_decoder_stops_before_work(tmp_path, monkeypatch):
         preprocess(small_cfg(), root, tmp_path / "out")
     msg = str(e.value)
     assert "3 file(s)" in msg and "1.2.840.10008.1.2.4.50" in msg and "JPEG Baseline" in msg
-    assert "pip install" in msg and "pylibjpeg-libjpeg" in msg
+    assert "pip install pillow" in msg
     assert (
         not (tmp_path / "out" / "manifest.csv").exists()
         and not (tmp_path / "out" / "videos").exists()
     )
+
+
+def test_missing_lossless_decoder_names_bsd_and_gpl_options(tmp_path, monkeypatch):
+    """6: JPEG Lossless needs python-gdcm or the optional GPL extra; the preflight names both,
+    and a file reaching the reader without it is skipped as missing_decoder with the same hint."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    frames, _ = fan_video(10, H, W, seed=5)
+    ds = dicom_dataset(frames, patient="P0", study="0")
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"] * 10)
+    ds["PixelData"].VR = "OB"
+    path = save(ds, tmp_path / "raw" / "lossless.dcm")
+    monkeypatch.setattr(readers, "decoder_available", lambda uid: uid != str(JPEGLosslessSV1))
+    with pytest.raises(UserError) as e:
+        readers.check_decoders([path])
+    msg = str(e.value)
+    assert "1 file(s)" in msg and "JPEG Lossless" in msg
+    assert "python-gdcm" in msg and "echoclr[gpl-decoders]" in msg
+    with pytest.raises(readers.SkipVideo) as skip:
+        readers.read_dicom(path, readers.ReadOptions(min_frames=2))
+    assert skip.value.reason == "missing_decoder" and "python-gdcm" in skip.value.detail
 
 
 def test_missing_npy_reported_in_one_message(faulty, tmp_path):
@@ -261,7 +288,9 @@ def test_split_spellings_in_label_file(tmp_path):
 
 
 def test_bad_label_reported_and_unknown(tmp_path):
-    """13: a label value that is not 0/1 -> bad_label in skipped.csv, label empty (video kept)."""
+    """13/31: a label value that cannot be mapped -> an error naming the file, line and column
+    (dataset marked failed); accepted with allow_label_issues: the label is unknown, the video
+    kept, the labels report lists it."""
     frames, _ = fan_video(10, H, W, seed=8)
     root = tmp_path / "raw"
     for p in range(3):
@@ -270,11 +299,19 @@ def test_bad_label_reported_and_unknown(tmp_path):
     pd.DataFrame({"study_id": ["0", "1", "2"], "ef": ["40", "abc", "70"]}).to_csv(
         labels, index=False
     )
-    res = preprocess(
-        small_cfg(labels=labels, label_map={"low_ef": "ef<50"}), root, tmp_path / "out"
-    )
-    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
-    assert skipped["reason"].tolist() == ["bad_label"] and skipped["file"][0] == "labels.csv:1"
+    cfg = small_cfg(labels=labels, label_map={"low_ef": "ef<50"})
+    with pytest.raises(UserError, match=r"label problems: 1 bad_value \(labels.csv line 3 column 'low_ef'\).*marked failed"):
+        preprocess(cfg, root, tmp_path / "bad")
+    with pytest.raises(UserError, match="failed: label problems"):
+        load_manifest(tmp_path / "bad")
+    cfg.preprocess.allow_label_issues = True
+    res = preprocess(cfg, root, tmp_path / "out")
+    assert pd.read_csv(tmp_path / "out" / "skipped.csv").empty
+    rep = json.loads((tmp_path / "out" / "labels_report.json").read_text())
+    bad = rep["issues"]["bad_value"]
+    assert bad["count"] == 1 and bad["examples"][0]["where"] == "labels.csv line 3 column 'low_ef'"
+    assert "abc" not in json.dumps(rep) and not bad["error"] and rep["allowed"]
+    assert any("1 bad_value" in w for w in res.warnings)
     df = load_manifest(tmp_path / "out", task="low_ef")
     assert res.n_videos == 3 and len(df) == 2 and sorted(df["low_ef"]) == [0.0, 1.0]
 
