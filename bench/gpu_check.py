@@ -52,7 +52,11 @@ class CaseTimeout(Exception):
     pass
 
 
+ALARM = {"fired": False}
+
+
 def _alarm(signum, frame):  # noqa: ARG001
+    ALARM["fired"] = True
     raise CaseTimeout("the case ran out of its time budget")
 
 
@@ -247,6 +251,7 @@ def main() -> int:
         write_json(args.out, doc)
         ctx.deadline = time.time() + budget
         t0 = time.perf_counter()
+        ALARM["fired"] = False
         signal.setitimer(signal.ITIMER_REAL, budget + 2.0)  # cooperative checks come first
         try:
             if name in fail:
@@ -262,8 +267,11 @@ def main() -> int:
         except CaseTimeout as e:
             status, case["error"] = "timeout", str(e)
         except Exception as e:  # one failing case never stops the others
-            status = "failed"
-            case["error"] = f"{type(e).__name__}: {e}"[:1000]
+            if ALARM["fired"]:  # the budget's alarm, surfacing as another exception
+                status, case["error"] = "timeout", f"ran out of its time budget ({e!r})"[:1000]
+            else:
+                status = "failed"
+                case["error"] = f"{type(e).__name__}: {e}"[:1000]
             case["traceback"] = traceback.format_exc().strip().splitlines()[-8:]
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
