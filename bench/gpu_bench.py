@@ -58,11 +58,13 @@ def _setup(mode: str, device: torch.device) -> tuple[bool, bool]:
     return mode != "fp32" and device.type == "cuda", mode != "fp32" and device.type == "cuda"
 
 
-def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds per step, peak GiB) after ``warmup`` untimed steps."""
+def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float, float]:
+    """(seconds per step, peak GiB, seconds of the ``warmup`` untimed steps)."""
+    tw = time.perf_counter()
     for _ in range(warmup):
         step()
     _sync(device)
+    warm = time.perf_counter() - tw
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -70,10 +72,12 @@ def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, f
         step()
     _sync(device)
     dt = (time.perf_counter() - t0) / steps
-    peak = (
-        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    )
-    return dt, peak
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return dt, peak, warm
+
+
+def _compile(model: torch.nn.Module, args) -> torch.nn.Module:
+    return torch.compile(model, backend=getattr(args, "compile_backend", "inductor"))
 
 
 def pretrain_case(args, mode: str, device: torch.device) -> dict:
@@ -89,7 +93,7 @@ def pretrain_case(args, mode: str, device: torch.device) -> dict:
     model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    net = torch.compile(model) if mode == "compile" else model
+    net = _compile(model, args) if mode == "compile" else model
     opt = build_optimizer(
         model.parameters(), cfg.pretrain.optim.model_copy(update={"learning_rate": 1e-4})
     )
@@ -117,7 +121,7 @@ def pretrain_case(args, mode: str, device: torch.device) -> dict:
         out["loss"].backward()
         opt.step()
 
-    dt, peak = _time(step, args.steps, args.warmup, device)
+    dt, peak, warm = _time(step, args.steps, args.warmup, device)
     return {
         "bench": "gpu",
         "workload": "pretrain",
@@ -126,7 +130,8 @@ def pretrain_case(args, mode: str, device: torch.device) -> dict:
         "batch_pairs": b,
         "clips_per_s": round(2 * b / dt, 1),
         "step_s": round(dt, 4),
-        "peak_gib": round(peak, 2),
+        "peak_gib": round(peak, 2) if peak is not None else None,
+        "warmup_s": round(warm, 2),
     }
 
 
@@ -136,7 +141,7 @@ def finetune_case(args, mode: str, device: torch.device) -> dict:
     model = Classifier(build_backbone("r3d_18", args.width), dropout=0.25).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    net = torch.compile(model) if mode == "compile" else model
+    net = _compile(model, args) if mode == "compile" else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     b, s, t = args.finetune_batch, args.size, args.finetune_frames
     x = torch.randint(0, 256, (b, 1, t, s, s), dtype=torch.uint8, device=device)
@@ -160,7 +165,7 @@ def finetune_case(args, mode: str, device: torch.device) -> dict:
         loss.backward()
         opt.step()
 
-    dt, peak = _time(step, args.steps, args.warmup, device)
+    dt, peak, warm = _time(step, args.steps, args.warmup, device)
     return {
         "bench": "gpu",
         "workload": "finetune",
@@ -169,7 +174,8 @@ def finetune_case(args, mode: str, device: torch.device) -> dict:
         "batch": b,
         "clips_per_s": round(b / dt, 1),
         "step_s": round(dt, 4),
-        "peak_gib": round(peak, 2),
+        "peak_gib": round(peak, 2) if peak is not None else None,
+        "warmup_s": round(warm, 2),
     }
 
 
