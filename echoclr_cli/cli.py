@@ -76,6 +76,23 @@ OverwriteOpt = Annotated[
         "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
     ),
 ]
+AtSensOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--at-sensitivity",
+        help="Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85.",
+    ),
+]
+AtThrOpt = Annotated[
+    float | None,
+    typer.Option("--at-threshold", help="Extra operating point at this fixed probability."),
+]
+CalibrateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibrate", help="Recalibration fitted on val: none | temperature | platt | both."
+    ),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
 ]
@@ -469,6 +486,9 @@ def evaluate(
         int | None,
         typer.Option("--bootstrap", help="Bootstrap resamples for CIs (evaluate.bootstrap)."),
     ] = None,
+    at_sensitivity: AtSensOpt = None,
+    at_threshold: AtThrOpt = None,
+    calibrate: CalibrateOpt = None,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -493,6 +513,9 @@ def evaluate(
             {
                 "evaluate.clips_per_video": clips_v,
                 "evaluate.bootstrap": bootstrap,
+                "evaluate.at_sensitivity": at_sensitivity,
+                "evaluate.at_threshold": at_threshold,
+                "evaluate.calibrate": calibrate,
                 "runtime.workers": workers,
             },
         )
@@ -718,6 +741,44 @@ def demo(
         report.show_sweep_tables(res.sweep.tables)
         for fig in res.sweep.figures:
             report.info(f"figure: {fig}")
+
+
+# --------------------------------------------------------------------------- report
+@app.command("report")
+def report_command(
+    path: Annotated[Path, typer.Argument(help="A fine-tune run dir or a sweep dir.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="HTML file; .md, _files/ and .model_card.json beside."),
+    ] = Path("report.html"),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dataset dir (default: the one recorded in the run)."),
+    ] = None,
+    at_sensitivity: AtSensOpt = None,
+    at_threshold: AtThrOpt = None,
+    calibrate: CalibrateOpt = None,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option("--bootstrap", help="Resamples when clinical metrics are recomputed."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing report.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Self-contained HTML report (+ Markdown, model card) with a TRIPOD+AI checklist."""
+    with handle_errors(verbose):
+        from echoclr_cli.report_html import build_report
+
+        res = build_report(
+            path, out, data_dir=data, overwrite=overwrite, progress=report.info,
+            at_sensitivity=at_sensitivity, at_threshold=at_threshold, calibrate=calibrate,
+            n_boot=bootstrap,
+        )  # fmt: skip
+        report.info(
+            f"wrote {res.html} ({res.n_figures} figures embedded), {res.markdown}, {res.model_card}"
+        )
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
@@ -497,6 +498,7 @@ def run_finetune(
         metrics, _, files = write_evaluation(
             cfg, video_by_split, out_dir, out_dir / "history.csv", progress
         )
+        files += write_clinical(cfg, video_by_split, out_dir, manifest=df, metrics=metrics)
         facts = {
             "data_dir": str(data_dir.resolve()),
             "task": task,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import evaluate as ev
+from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
@@ -400,6 +401,7 @@ def evaluate_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     hist = run_dir / "history.csv"
     metrics, levels, files = write_evaluation(cfg, video_by_split, out_dir, hist, progress)
+    files += write_clinical(cfg, video_by_split, out_dir, manifest=df, metrics=metrics)
     comparison = None
     if compare is not None:
         comparison = _compare(cfg, run, Path(compare), df, data_dir, levels, device, progress)
