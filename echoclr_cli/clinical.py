@@ -26,7 +26,7 @@ Conventions (in addition to those of ``echoclr_cli.metrics``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from echoclr_cli.data.manifest import MANIFEST_COLUMNS
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics import (
     aggregate_levels,
@@ -47,19 +46,13 @@ from echoclr_cli.metrics import (
     one_class_reason,
     operating_points,
     percentile_interval,
+    resample_indices,
 )
 
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit
 CALIBRATION_METRICS = ("brier", "ece", "calibration_slope", "calibration_intercept")
 OPERATING_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 CALIBRATE_CHOICES = ("none", "temperature", "platt", "both")
-# manifest columns that are never subgroups (ids, paths, sizes, hashes)
-NON_SUBGROUP_COLUMNS = frozenset(
-    {"video_id", "study_id", "patient_id", "path", "source_hash", "split", "n_frames", "height",
-     "width", "channels", "fps_source", "y_true", "y_prob", "n_clips", "n_videos"}
-)  # fmt: skip
-MAX_SUBGROUP_LEVELS = 20  # auto mode: columns with more distinct values are skipped (named)
-FPS_BANDS = ((0, 30, "<30"), (30, 50, "30-49"), (50, 80, "50-79"), (80, math.inf, ">=80"))
 
 
 # --------------------------------------------------------------------------- options
@@ -122,63 +115,79 @@ def brier_score(y_true: Any, y_prob: Any) -> float:
     return float(np.mean((p - y) ** 2)) if len(y) else math.nan
 
 
-def quantile_bins(y_true: Any, y_prob: Any, n_bins: int = 10) -> pd.DataFrame:
-    """Equal-mass calibration bins, exactly those of scikit-learn's ``calibration_curve`` with
-    ``strategy="quantile"``: one row per non-empty bin with ``n, mean_pred, frac_pos``."""
-    y, p = check_arrays(y_true, y_prob)
-    cols = ["n", "mean_pred", "frac_pos"]
-    if len(y) == 0:
-        return pd.DataFrame(columns=cols)
+def _bin_arrays(y: np.ndarray, p: np.ndarray, n_bins: int):
+    """``(n, mean_pred, frac_pos)`` arrays of the non-empty equal-mass bins (see quantile_bins)."""
     edges = np.percentile(p, np.linspace(0, 1, n_bins + 1) * 100)  # (n_bins + 1,)
     ids = np.searchsorted(edges[1:-1], p)  # (n,) bin of each prediction
     total = np.bincount(ids, minlength=len(edges))
     sums = np.bincount(ids, weights=p, minlength=len(edges))
     trues = np.bincount(ids, weights=y, minlength=len(edges))
     used = total > 0
-    return pd.DataFrame(
-        {
-            "n": total[used],
-            "mean_pred": sums[used] / total[used],
-            "frac_pos": trues[used] / total[used],
-        }
-    )
+    return total[used], sums[used] / total[used], trues[used] / total[used]
+
+
+def quantile_bins(y_true: Any, y_prob: Any, n_bins: int = 10) -> pd.DataFrame:
+    """Equal-mass calibration bins, exactly those of scikit-learn's ``calibration_curve`` with
+    ``strategy="quantile"``: one row per non-empty bin with ``n, mean_pred, frac_pos``."""
+    y, p = check_arrays(y_true, y_prob)
+    if len(y) == 0:
+        return pd.DataFrame(columns=["n", "mean_pred", "frac_pos"])
+    n, mean, frac = _bin_arrays(y, p, n_bins)
+    return pd.DataFrame({"n": n, "mean_pred": mean, "frac_pos": frac})
 
 
 def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
     """ECE over equal-mass bins: sum of (bin share) x |observed rate - mean predicted|."""
-    bins = quantile_bins(y_true, y_prob, n_bins)
-    if bins.empty:
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_prob, dtype=np.float64)
+    if len(y) == 0:
         return math.nan
-    w = bins["n"].to_numpy() / bins["n"].sum()
-    return float(np.sum(w * np.abs(bins["frac_pos"] - bins["mean_pred"]).to_numpy()))
+    n, mean, frac = _bin_arrays(y, p, n_bins)
+    return float(np.sum(n / n.sum() * np.abs(frac - mean)))
 
 
-def _logistic_fit(
+def logistic_fit_batch(
     x: np.ndarray, y: np.ndarray, offset: bool, max_iter: int = 50
-) -> tuple[float, float]:
-    """Newton-Raphson for ``logit P(y) = a + b x`` (``offset``: b fixed at 1). Returns ``(a, b)``;
-    NaN when the fit diverges (separable data)."""
-    a, b = 0.0, 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Newton-Raphson for ``logit P(y) = a + b x`` on each row of ``x, y: (B, n)`` at once
+    (``offset``: b fixed at 1). Returns ``a, b: (B,)``; NaN for a row whose fit diverges
+    (separable data) or does not converge."""
+    x, y = np.atleast_2d(x), np.atleast_2d(y).astype(np.float64)
+    rows = x.shape[0]
+    a, b = np.zeros(rows), np.ones(rows)
+    active = np.ones(rows, dtype=bool)
+    done = np.zeros(rows, dtype=bool)
     for _ in range(max_iter):
-        eta = a + b * x
-        mu = expit(eta)
+        if not active.any():
+            break
+        xa, ya = x[active], y[active]
+        mu = expit(a[active, None] + b[active, None] * xa)
         w = np.maximum(mu * (1 - mu), 1e-12)
-        r = y - mu
+        r = ya - mu
+        h00, g0 = w.sum(axis=1), r.sum(axis=1)
         if offset:
-            step = np.array([r.sum() / w.sum(), 0.0])
+            da, db = g0 / h00, np.zeros_like(g0)
         else:
-            h = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum()]])
-            g = np.array([r.sum(), (r * x).sum()])
-            try:
-                step = np.linalg.solve(h, g)
-            except np.linalg.LinAlgError:
-                return math.nan, math.nan
-        a, b = a + float(step[0]), b + float(step[1])
-        if not (abs(a) < 1e4 and abs(b) < 1e4):
-            return math.nan, math.nan
-        if np.max(np.abs(step)) < 1e-10:
-            return a, b
-    return math.nan, math.nan
+            h01, h11, g1 = (w * xa).sum(axis=1), (w * xa * xa).sum(axis=1), (r * xa).sum(axis=1)
+            det = h00 * h11 - h01 * h01
+            safe = np.where(np.abs(det) > 1e-300, det, np.nan)
+            da, db = (h11 * g0 - h01 * g1) / safe, (h00 * g1 - h01 * g0) / safe
+        a[active] += da
+        b[active] += db
+        idx = np.flatnonzero(active)
+        bad = ~(np.abs(a[idx]) < 1e4) | ~(np.abs(b[idx]) < 1e4)
+        conv = ~bad & (np.maximum(np.abs(da), np.abs(db)) < 1e-10)
+        a[idx[bad]], b[idx[bad]] = np.nan, np.nan
+        done[idx[conv]] = True
+        active[idx[bad | conv]] = False
+    a[~done], b[~done] = np.nan, np.nan
+    return a, b
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: bool, max_iter: int = 50):
+    """``logistic_fit_batch`` of one sample: ``(a, b)`` floats."""
+    a, b = logistic_fit_batch(x[None], y[None], offset, max_iter)
+    return float(a[0]), float(b[0])
 
 
 def calibration_slope_intercept(y_true: Any, y_prob: Any) -> tuple[float, float]:
@@ -340,33 +349,87 @@ def _cells(
 
 
 def calibration_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> dict[str, Any]:
-    """Calibration metrics with CIs (slope and intercept share one fit per resample)."""
+    """Calibration metrics with CIs. Brier, ECE: per resample through
+    ``metrics.bootstrap_distribution``; slope and intercept: one batched Newton fit over the
+    same resamples (``resample_indices`` after the same score sort and seed)."""
     fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
         "brier": brier_score,
         "ece": lambda a, b: expected_calibration_error(a, b, opts.n_bins),
-        "calibration_slope": lambda a, b: calibration_slope_intercept(a, b)[0],
-        "calibration_intercept": lambda a, b: calibration_slope_intercept(a, b)[1],
     }
-    return _cells(y, p, fns, opts)
+    cells = _cells(y, p, fns, opts)
+    slope, intercept = calibration_slope_intercept(y, p)
+    dist: dict[str, np.ndarray] = {}
+    if opts.n_boot > 0 and not one_class_reason(y):
+        order = np.argsort(-p, kind="stable")  # as bootstrap_distribution does
+        ys, xs = y[order].astype(np.float64), logit(p[order])
+        idx = resample_indices(y[order], opts.n_boot, True, np.random.default_rng(opts.seed))
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        chunk = max(1, 1_000_000 // max(1, len(y)))
+        for start in range(0, opts.n_boot, chunk):
+            rows = idx[start : start + chunk]
+            _, b_ = logistic_fit_batch(xs[rows], ys[rows], offset=False)
+            a_, _ = logistic_fit_batch(xs[rows], ys[rows], offset=True)
+            parts.append((b_, a_))
+        dist = {
+            "calibration_slope": np.concatenate([q[0] for q in parts]),
+            "calibration_intercept": np.concatenate([q[1] for q in parts]),
+        }
+    for k, v in (("calibration_slope", slope), ("calibration_intercept", intercept)):
+        low, high = (
+            percentile_interval(dist[k], opts.ci)
+            if k in dist and math.isfinite(v)
+            else (math.nan, math.nan)
+        )
+        cells[k] = {"value": _clean(v), "ci_low": _clean(low), "ci_high": _clean(high),
+                    "n": len(y)}  # fmt: skip
+    return cells
 
 
 def operating_cells(
     y: np.ndarray, p: np.ndarray, t: float, opts: ClinicalOptions
 ) -> dict[str, Any]:
-    """Sensitivity, specificity, PPV, NPV at a fixed threshold, with CIs and counts."""
-    fns = {
-        k: (lambda a, b, k=k: operating_values(a, b, t)[k])  # noqa: B023 (bound by default)
-        for k in OPERATING_METRICS
-    }
-    cells = _cells(y, p, fns, opts)
+    """Sensitivity, specificity, PPV, NPV at a fixed threshold, with CIs and counts.
+
+    Sensitivity, specificity and PPV (= precision) are bootstrapped vectorised by
+    ``metrics.batch_metrics``; NPV per resample. Both calls draw the same resamples (same seed).
+    """
+    values = operating_values(y, p, t)
+    dist: dict[str, np.ndarray] = {}
+    if opts.n_boot > 0 and len(y) and math.isfinite(t):
+        names = {"sensitivity": "sensitivity@op", "specificity": "specificity@op",
+                 "ppv": "precision@op"}  # fmt: skip
+        boot = bootstrap_distribution(
+            y, p, list(names.values()), n=opts.n_boot, seed=opts.seed, thresholds={"op": t}
+        )
+        dist = {k: boot[v] for k, v in names.items()}
+        if math.isfinite(values["npv"]):
+            npv = {"npv": lambda a, b: operating_values(a, b, t)["npv"]}
+            dist.update(bootstrap_distribution(y, p, npv, n=opts.n_boot, seed=opts.seed))
+    cells = {}
+    for k, v in values.items():
+        ok = k in dist and math.isfinite(v)
+        low, high = percentile_interval(dist[k], opts.ci) if ok else (math.nan, math.nan)
+        cells[k] = {"value": _clean(v), "ci_low": _clean(low), "ci_high": _clean(high),
+                    "n": len(y)}  # fmt: skip
     tp, fp, fn, tn = confusion(y, p, t) if math.isfinite(t) else (0, 0, 0, 0)
     return {"threshold": _clean(t), "tp": tp, "fp": fp, "fn": fn, "tn": tn, **cells}
 
 
 def discrimination_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> dict[str, Any]:
-    """AUROC and AP with CIs (used for subgroups)."""
-    fns = {k: (lambda a, b, k=k: compute_metrics(a, b)[k]) for k in ("auroc", "ap")}
-    return _cells(y, p, fns, opts)
+    """AUROC and AP with CIs (used for subgroups; vectorised ``bootstrap_distribution``)."""
+    point = compute_metrics(y, p)
+    names = [k for k in ("auroc", "ap") if math.isfinite(point[k])]
+    dist = (
+        bootstrap_distribution(y, p, names, n=opts.n_boot, seed=opts.seed)
+        if opts.n_boot > 0 and names
+        else {}
+    )
+    out = {}
+    for k in ("auroc", "ap"):
+        low, high = percentile_interval(dist[k], opts.ci) if k in dist else (math.nan, math.nan)
+        out[k] = {"value": _clean(point[k]), "ci_low": _clean(low), "ci_high": _clean(high),
+                  "n": len(y)}  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- one level
@@ -421,160 +484,6 @@ def evaluate_level(
     }
 
 
-# --------------------------------------------------------------------------- subgroups
-def frame_rate_band(fps: Any) -> str | None:
-    """``fps`` -> ``"<30" | "30-49" | "50-79" | ">=80"`` (None when unknown)."""
-    try:
-        f = float(fps)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(f) or f <= 0:
-        return None
-    return next(name for low, high, name in FPS_BANDS if low <= f < high)
-
-
-def subgroup_columns(
-    manifest: pd.DataFrame, requested: Sequence[str] | None, label_columns: Sequence[str] = ()
-) -> tuple[list[str], dict[str, str]]:
-    """Columns to split by and ``{column: why it was skipped}`` (auto mode only).
-
-    ``requested`` None = every manifest column that is not an id/path/size/label and has 2 to
-    ``MAX_SUBGROUP_LEVELS`` distinct values; ``frame_rate_band`` is derived from ``fps``. A
-    requested column that is absent raises UserError naming the present ones.
-    """
-    present = [c for c in manifest.columns if not c.startswith("_")]
-    if requested is not None:
-        missing = [c for c in requested if c not in present]
-        if missing:
-            raise UserError(
-                f"subgroup column(s) {missing} not in the manifest (columns: {present})",
-                fix="pick evaluate.subgroups among the manifest columns",
-            )
-        return list(requested), {}
-    cols, skipped = [], {}
-    for c in present:
-        if c in NON_SUBGROUP_COLUMNS or c in label_columns or c == "fps":
-            continue
-        k = manifest[c].nunique(dropna=True)
-        if k < 2:
-            skipped[c] = f"{k} distinct value(s)"
-        elif k > MAX_SUBGROUP_LEVELS:
-            skipped[c] = f"{k} distinct values (> {MAX_SUBGROUP_LEVELS}; name it to force)"
-        else:
-            cols.append(c)
-    return cols, skipped
-
-
-def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest plus ``frame_rate_band`` (from ``fps``) when it lacks one."""
-    out = manifest.copy()
-    if "fps" in out.columns and "frame_rate_band" not in out.columns:
-        out["frame_rate_band"] = out["fps"].map(frame_rate_band)
-    return out
-
-
-def _label_columns(manifest: pd.DataFrame) -> list[str]:
-    """Label columns: ``dataset.json``'s list when the manifest was loaded with it, else the
-    non-schema columns holding only 0/1."""
-    cols = manifest.attrs.get("label_columns")
-    if cols is not None:
-        return list(cols)
-    return [
-        c
-        for c in manifest.columns
-        if c not in MANIFEST_COLUMNS
-        and set(pd.to_numeric(manifest[c], errors="coerce").dropna().unique()) <= {0, 1}
-        and manifest[c].notna().any()
-        and pd.api.types.is_numeric_dtype(manifest[c])
-    ]
-
-
-def _study_values(video_meta: pd.DataFrame, col: str) -> pd.Series | None:
-    """``study_id -> value`` when ``col`` is constant within every study, else None."""
-    g = video_meta.groupby("study_id")[col].nunique(dropna=False)
-    if (g > 1).any():
-        return None
-    return video_meta.groupby("study_id")[col].first()
-
-
-def subgroup_metrics(
-    levels: Mapping[str, pd.DataFrame],
-    manifest: pd.DataFrame,
-    columns: Sequence[str],
-    thresholds: Mapping[str, float | None],
-    opts: ClinicalOptions,
-) -> dict[str, Any]:
-    """Metrics per value of each column for one split.
-
-    ``levels``: ``{"video": df, "study": df}`` of the split (``aggregate_levels``). A column
-    constant within each study is evaluated at study level, otherwise at video level. Each
-    subgroup gets ``n, n_pos, prevalence``, AUROC/AP, Brier and the ``youden`` operating point
-    (chosen on the whole val split) with CIs; ``warning`` when ``n < opts.subgroup_min_n`` or
-    the subgroup has one class. Missing values form the subgroup ``"(missing)"``.
-    """
-    video = levels["video"]
-    meta = manifest.drop_duplicates("video_id").set_index("video_id")
-    out: dict[str, Any] = {}
-    for col in columns:
-        vmeta = video[["video_id", "study_id"]].assign(
-            **{col: video["video_id"].map(meta[col]) if col in meta.columns else None}
-        )
-        per_study = _study_values(vmeta, col)
-        if per_study is not None:
-            level, df = "study", levels["study"]
-            values = df["study_id"].map(per_study)
-        else:
-            level, df = "video", video
-            values = vmeta[col]
-        values = values.astype(object).where(values.notna(), "(missing)").map(_label)
-        groups = []
-        for value in sorted(values.unique(), key=_sort_key):
-            sub = df[(values == value).to_numpy()]
-            groups.append(_subgroup_entry(str(value), sub, thresholds, opts))
-        out[col] = {"level": level, "groups": groups}
-    return out
-
-
-def _label(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def _sort_key(v: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(v), v)
-    except ValueError:
-        return (1 if v != "(missing)" else 2, 0.0, v)
-
-
-def _subgroup_entry(
-    value: str, df: pd.DataFrame, thresholds: Mapping[str, float | None], opts: ClinicalOptions
-) -> dict[str, Any]:
-    y, p = check_arrays(df["y_true"].to_numpy(), df["y_prob"].to_numpy())
-    n, n_pos = len(y), int(y.sum())
-    entry: dict[str, Any] = {
-        "value": value,
-        "n": n,
-        "n_pos": n_pos,
-        "prevalence": _clean(_div(n_pos, n)),
-        **discrimination_cells(y, p, opts),
-        "brier": _cells(y, p, {"brier": brier_score}, opts)["brier"],
-    }
-    t = thresholds.get("youden")
-    if t is not None and math.isfinite(t):
-        entry["youden"] = operating_cells(y, p, t, opts)
-    warnings = []
-    if n < opts.subgroup_min_n:
-        warnings.append(f"n={n} < {opts.subgroup_min_n}: estimates unreliable")
-    why = one_class_reason(y)
-    if why:
-        warnings.append(why)
-    if warnings:
-        entry["warning"] = "; ".join(warnings)
-    return entry
-
-
 # --------------------------------------------------------------------------- whole evaluation
 def clinical_metrics(
     pred_by_split: Mapping[str, pd.DataFrame],
@@ -606,6 +515,13 @@ def clinical_metrics(
         by_split = {s: lv[level] for s, lv in levels_by_split.items()}
         out["levels"][level] = evaluate_level(by_split.get("val"), by_split, opts)
     if manifest is not None and len(manifest):
+        from echoclr_cli.clinical_subgroups import (
+            _label_columns,
+            subgroup_columns,
+            subgroup_metrics,
+            with_derived_columns,
+        )
+
         man = with_derived_columns(manifest)
         labels = _label_columns(manifest)
         cols, skipped = subgroup_columns(man, opts.subgroups, labels if not opts.subgroups else ())

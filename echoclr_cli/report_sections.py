@@ -367,7 +367,10 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
     card_metrics: dict[str, Any] = {}
     for split in facts.splits:
         cells = facts.metrics[split].get("study", {})
-        card_metrics[split] = {m: cells.get(m) for m in ("auroc", "ap", "n", "n_pos")}
+        card_metrics[split] = {
+            **{m: cells.get(m) for m in ("auroc", "ap")},
+            **{m: (cells.get(m) or {}).get("value") for m in ("n", "n_pos")},
+        }
         study = facts.predictions.get(split, {}).get("study")
         if study is None:
             continue
