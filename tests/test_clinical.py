@@ -213,7 +213,7 @@ def fake_manifest(n_studies: int = 120, seed: int = 0) -> pd.DataFrame:
             rows.append({
                 "video_id": f"S{s:04d}_V{v}", "study_id": f"S{s:04d}", "patient_id": f"P{s:04d}",
                 "split": split, "path": f"videos/S{s:04d}_V{v}.npy", "n_frames": 30,
-                "fps": 25.0 + 30 * v, "height": 32, "width": 32, "channels": 1,
+                "fps": 25.0 + 30 * v, "fps_source": "header", "height": 32, "width": 32, "channels": 1,
                 "study_year": year, "source_hash": "x", "as": label,
                 "manufacturer": "VendorA" if s % 5 else "VendorB",
             })  # fmt: skip
