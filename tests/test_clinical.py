@@ -422,3 +422,35 @@ def test_deidentified_fields_keep_only_coarse_values():
     ds2.PatientSex = "X"
     assert deidentified_fields(ds2)["age_band"] == "0-9"
     assert deidentified_fields(ds2)["sex"] is None
+
+
+# --------------------------------------------------------------------------- hooks
+def test_finetune_and_evaluate_write_the_clinical_key(tmp_path):
+    """The fine-tune's final evaluation and `echoclr evaluate` (with --at-sensitivity,
+    --at-threshold, --calibrate) both put ``clinical`` into metrics.json."""
+    from typer.testing import CliRunner
+
+    from echoclr_cli.cli import app
+    from echoclr_cli.finetune import run_finetune
+    from tests.helpers import make_dataset, tiny_finetune_config
+
+    data = make_dataset(tmp_path, n_studies=16, videos_per_study=(1, 2), frames=(8, 10), size=16)
+    cfg = tiny_finetune_config(epochs=1, finetune={"task": "as"})
+    res = run_finetune(cfg, data, tmp_path / "run")
+    assert "clinical" not in res.metrics  # the caller's dict keeps its split-only shape
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(on_disk["clinical"]["levels"]) == {"study", "video"}
+    assert "study_year" in on_disk["clinical"]["subgroups"]["test"]
+    out = tmp_path / "eval"
+    args = ["evaluate", str(tmp_path / "run"), "--out", str(out), "--bootstrap", "5",
+            "--at-sensitivity", "0.8", "--at-threshold", "0.4", "--calibrate", "platt",
+            "--device", "cpu", "--profile", "demo", "--set", "evaluate.plots=false"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    clinical = json.loads((out / "metrics.json").read_text())["clinical"]
+    study = clinical["levels"]["study"]
+    assert study["thresholds"]["fixed"] == 0.4 and "sens80" in study["thresholds"]
+    assert set(study["recalibration"]) == {"platt"}
+    assert clinical["options"]["bootstrap"] == 5
+    bad = CliRunner().invoke(app, [*args[:-4], "--calibrate", "isotonic"])
+    assert bad.exit_code != 0
