@@ -324,6 +324,20 @@ def _clean(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def can_bootstrap(y: np.ndarray, opts: ClinicalOptions) -> bool:
+    """Whether a stratified bootstrap CI is informative: resamples asked for, and every class
+    present has >= 2 members (a class of one is the same in every resample: a degenerate CI)."""
+    n_pos = int(np.sum(y == 1))
+    n_neg = len(y) - n_pos
+    return opts.n_boot > 0 and len(y) > 0 and n_pos != 1 and n_neg != 1
+
+
+def effective_bins(n: int, n_bins: int) -> int:
+    """Equal-mass bins used for ECE and the reliability diagram: ``n_bins``, reduced so that a
+    bin holds >= 10 predictions on average (>= 2 bins). Few, tiny bins bias ECE upwards."""
+    return max(2, min(n_bins, n // 10))
+
+
 def _cells(
     y: np.ndarray,
     p: np.ndarray,
@@ -338,7 +352,7 @@ def _cells(
     boot = {k: fn for k, fn in fns.items() if math.isfinite(values[k])}
     dist = (
         bootstrap_distribution(y, p, boot, n=opts.n_boot, seed=opts.seed)
-        if opts.n_boot > 0 and boot and len(y)
+        if boot and can_bootstrap(y, opts)
         else {}
     )
     out = {}
@@ -354,12 +368,14 @@ def calibration_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> di
     same resamples (``resample_indices`` after the same score sort and seed)."""
     fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
         "brier": brier_score,
-        "ece": lambda a, b: expected_calibration_error(a, b, opts.n_bins),
+        "ece": lambda a, b: expected_calibration_error(a, b, bins),
     }
+    bins = effective_bins(len(y), opts.n_bins)
     cells = _cells(y, p, fns, opts)
+    cells["ece"]["bins"] = bins
     slope, intercept = calibration_slope_intercept(y, p)
     dist: dict[str, np.ndarray] = {}
-    if opts.n_boot > 0 and not one_class_reason(y):
+    if can_bootstrap(y, opts) and not one_class_reason(y):
         order = np.argsort(-p, kind="stable")  # as bootstrap_distribution does
         ys, xs = y[order].astype(np.float64), logit(p[order])
         idx = resample_indices(y[order], opts.n_boot, True, np.random.default_rng(opts.seed))
@@ -395,7 +411,7 @@ def operating_cells(
     """
     values = operating_values(y, p, t)
     dist: dict[str, np.ndarray] = {}
-    if opts.n_boot > 0 and len(y) and math.isfinite(t):
+    if can_bootstrap(y, opts) and math.isfinite(t):
         names = {"sensitivity": "sensitivity@op", "specificity": "specificity@op",
                  "ppv": "precision@op"}  # fmt: skip
         boot = bootstrap_distribution(
@@ -421,7 +437,7 @@ def discrimination_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) ->
     names = [k for k in ("auroc", "ap") if math.isfinite(point[k])]
     dist = (
         bootstrap_distribution(y, p, names, n=opts.n_boot, seed=opts.seed)
-        if opts.n_boot > 0 and names
+        if names and can_bootstrap(y, opts)
         else {}
     )
     out = {}

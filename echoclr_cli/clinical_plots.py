@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta
 
-from echoclr_cli.clinical import apply_recalibration, brier_score, quantile_bins
+from echoclr_cli.clinical import (
+    apply_recalibration,
+    brier_score,
+    effective_bins,
+    quantile_bins,
+)
 from echoclr_cli.plots import _arrays, _figure, _save, notice_figure
 
 PT_GRID = np.linspace(0.01, 0.99, 99)  # threshold probabilities of the decision curve
@@ -41,11 +46,13 @@ def plot_reliability(
 ) -> Path:
     """Reliability diagram over equal-mass bins (``clinical.quantile_bins``): observed rate
     (with exact 95% binomial bars) vs mean predicted probability, for the raw probabilities and
-    each ``recalibrated`` variant (``name -> (n,) probabilities``), plus a histogram."""
+    each ``recalibrated`` variant (``name -> (n,) probabilities``), plus a histogram. The bin
+    count is ``clinical.effective_bins`` (>= 10 predictions per bin on average)."""
     y, p = _arrays(df, "plot_reliability")
     if len(y) == 0:
         return notice_figure(path, title or "reliability", "no samples: n=0")
     variants = {"raw": p, **dict(recalibrated or {})}
+    n_bins = effective_bins(len(y), n_bins)
     fig, (ax,) = _figure(width=5.2, height=5.6)
     ax.remove()
     ax, ax_hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])

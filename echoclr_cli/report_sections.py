@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -77,9 +78,13 @@ def load_json(path: Path) -> dict[str, Any]:
 
 def fmt_ci(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
     """``{"value", "ci_low", "ci_high"}`` -> ``"0.812 [0.750, 0.870]"`` ("-" when undefined)."""
-    if not cell or cell.get("value") is None:
+
+    def num(x: Any) -> float | None:
+        return None if x is None or not np.isfinite(float(x)) else float(x)
+
+    if not cell or num(cell.get("value")) is None:
         return "-"
-    v, lo, hi = cell["value"], cell.get("ci_low"), cell.get("ci_high")
+    v, lo, hi = num(cell["value"]), num(cell.get("ci_low")), num(cell.get("ci_high"))
     text = f"{v:.{digits}f}"
     if lo is not None and hi is not None:
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -316,7 +321,8 @@ def methods_note(doc, facts: RunFacts) -> None:
         f"(studies at study level), level {o.ci:g}. Thresholds and recalibration maps are "
         "chosen on val and held fixed.",
         "Discrimination: AUROC (Mann-Whitney), AP (step-wise), trapezoid AUPR.",
-        f"Calibration: Brier score; ECE over {o.n_bins} equal-mass bins; calibration slope "
+        f"Calibration: Brier score; ECE over up to {o.n_bins} equal-mass bins (fewer so that a "
+        "bin holds >= 10 predictions on average); calibration slope "
         "(logistic regression of the outcome on logit p) and intercept (calibration-in-the-"
         "large, slope fixed at 1).",
         "Recalibration: " + ({"none": "not requested (--calibrate)",
@@ -326,7 +332,8 @@ def methods_note(doc, facts: RunFacts) -> None:
         "Youden's J" + (f", sensitivity >= {o.at_sensitivity:g}" if o.at_sensitivity else "")
         + (f", fixed threshold {o.at_threshold:g}" if o.at_threshold is not None else "")
         + "; positive iff p >= threshold.",
-        f"Subgroups: per value of each manifest column; a warning below n={o.subgroup_min_n}.",
+        f"Subgroups: per value of each manifest column; a warning below n={o.subgroup_min_n}. "
+        "No CI where a class has a single member (every stratified resample is the same).",
         "Paired comparisons (sweeps): DeLong's test on the same studies; Holm-adjusted within "
         "each task and split.",
     ])  # fmt: skip
@@ -361,7 +368,7 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
     disc = pd.DataFrame(rows)
     if not disc.empty:
         disc["_o"] = disc["split"].map({s: i for i, s in enumerate(SPLIT_ORDER)})
-        disc = disc.sort_values(["level", "_o"], ascending=[False, True]).drop(columns="_o")
+        disc = disc.sort_values(["level", "_o"]).drop(columns="_o")  # study before video
     doc.para("Internal and external/temporal test splits side by side (study level first).")
     doc.table(disc)
     card_metrics: dict[str, Any] = {}
@@ -396,7 +403,10 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
         piv = cal.assign(cell=[fmt_ci(r) for r in cal.to_dict("records")])
         piv = piv.pivot_table(index=["split", "level", "variant"], columns="metric",
                               values="cell", aggfunc="first").reset_index()  # fmt: skip
-        piv = piv.sort_values(["level", "split"], ascending=[False, True])
+        rank = {sp: i for i, sp in enumerate(SPLIT_ORDER)}
+        piv = piv.sort_values(
+            ["level", "split"], key=lambda c: c.map(rank) if c.name == "split" else c
+        )
         doc.table(piv)
         for m, fitted in recal.items():
             doc.para(f"{m} scaling fitted on val: {fitted.get('params') or fitted.get('reason')}")

@@ -454,3 +454,17 @@ def test_finetune_and_evaluate_write_the_clinical_key(tmp_path):
     assert clinical["options"]["bootstrap"] == 5
     bad = CliRunner().invoke(app, [*args[:-4], "--calibrate", "isotonic"])
     assert bad.exit_code != 0
+
+
+def test_no_degenerate_ci_for_a_class_of_one_and_adaptive_ece_bins():
+    y = np.array([1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.2, 0.4, 0.3, 0.1])
+    opts = c.ClinicalOptions(n_boot=50)
+    op = c.operating_cells(y, p, 0.5, opts)
+    assert op["sensitivity"]["value"] == 1.0 and op["sensitivity"]["ci_low"] is None
+    assert c.calibration_cells(y, p, opts)["brier"]["ci_low"] is None
+    y2, p2 = scores(60, seed=8)
+    cells = c.calibration_cells(y2, p2, opts)
+    assert cells["ece"]["bins"] == 6 and cells["brier"]["ci_low"] is not None
+    assert cells["ece"]["value"] == pytest.approx(c.expected_calibration_error(y2, p2, 6))
+    assert c.effective_bins(19, 10) == 2 and c.effective_bins(5000, 10) == 10
