@@ -261,12 +261,30 @@ def data_section(doc, facts: RunFacts) -> None:
 
 
 # --------------------------------------------------------------------------- recipe
-def config_deviations(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """Keys of the run's resolved config that differ from the published (paper) recipe."""
+PREPROCESS_RUNTIME = ("input", "output", "overwrite", "salt", "workers", "labels", "layout")
+
+
+def config_deviations(
+    cfg: Mapping[str, Any],
+    skip: tuple[str, ...] = (),
+    preprocess: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Keys of a resolved config that differ from the published (paper) recipe.
+
+    ``skip``: top-level sections left out (a fine-tune run's ``pretrain`` section did not make
+    its init). ``preprocess``: the config the dataset was really made with (``dataset.json``),
+    which replaces the run's own ``preprocess`` section.
+    """
     from echoclr_cli.config import Config, config_to_dict, diff_configs
 
     paper = config_to_dict(Config())
-    keys = [k for k in diff_configs(paper, dict(cfg)) if k.split(".")[0] not in RUNTIME_KEYS]
+    cfg = dict(cfg)
+    if preprocess:
+        cfg["preprocess"] = {k: v for k, v in preprocess.items() if k not in PREPROCESS_RUNTIME}
+        paper["preprocess"] = {
+            k: v for k, v in paper["preprocess"].items() if k in cfg["preprocess"]
+        }
+    keys = [k for k in diff_configs(paper, cfg) if k.split(".")[0] not in RUNTIME_KEYS + skip]
 
     def get(d, key):
         for part in key.split("."):
@@ -285,7 +303,7 @@ def recipe_section(doc, facts: RunFacts) -> None:
     doc.table(pd.DataFrame([
         {"item": "architecture", "value": f"{model.get('arch', '?')} (width {model.get('width')})"},
         {"item": "initialisation", "value": redact(str(ft.get("init", "?")))},
-        {"item": "init weights loaded", "value": facts.init.get("loaded", "-")},
+        {"item": "init weights loaded", "value": _loaded(facts.init)},
         {"item": "clip length / stride", "value": f"{ft.get('clip_len')} / {ft.get('stride')}"},
         {"item": "epochs run / best epoch", "value": f"{facts.finetune.get('epochs_run', '-')} / "
                                                      f"{facts.finetune.get('best_epoch', '-')}"},
@@ -293,7 +311,7 @@ def recipe_section(doc, facts: RunFacts) -> None:
         {"item": "checkpoint evaluated", "value": facts.finetune.get("checkpoint_tested", "-")},
     ]))  # fmt: skip
     doc.sub("Deviations from the published recipe")
-    dev = config_deviations(facts.cfg)
+    dev = config_deviations(facts.cfg, ("pretrain",), facts.dataset.get("config"))
     if dev.empty:
         doc.para("none: the resolved config equals the published (paper) profile")
     else:
@@ -309,6 +327,13 @@ def recipe_section(doc, facts: RunFacts) -> None:
     ]))  # fmt: skip
     doc.sub("Resolved config (paths redacted)")
     doc.code(yaml.safe_dump(redact(facts.cfg), sort_keys=False))
+
+
+def _loaded(init: Mapping[str, Any]) -> str:
+    loaded = init.get("loaded")
+    if isinstance(loaded, list | tuple):
+        return f"{len(loaded)} tensors" if loaded else "none (random initialisation)"
+    return "-" if loaded is None else str(loaded)
 
 
 def methods_note(doc, facts: RunFacts) -> None:
