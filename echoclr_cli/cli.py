@@ -14,7 +14,10 @@ import typer
 
 from echoclr_cli import __version__, report, rundir
 from echoclr_cli.cli_options import (
+    AtSensOpt,
+    AtThrOpt,
     BatchOpt,
+    CalibrateOpt,
     CheckFor,
     ConfigOpt,
     DeviceOpt,
@@ -432,6 +435,9 @@ def evaluate(
         int | None,
         typer.Option("--bootstrap", help="Bootstrap resamples for CIs (evaluate.bootstrap)."),
     ] = None,
+    at_sensitivity: AtSensOpt = None,
+    at_threshold: AtThrOpt = None,
+    calibrate: CalibrateOpt = None,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -445,6 +451,9 @@ def evaluate(
         flags = {
             "evaluate.clips_per_video": clips,  # "all" or a number (the config parses it)
             "evaluate.bootstrap": bootstrap,
+            "evaluate.at_sensitivity": at_sensitivity,
+            "evaluate.at_threshold": at_threshold,
+            "evaluate.calibrate": calibrate,
             "runtime.workers": workers,
         }
         cfg = build_config(
@@ -658,6 +667,44 @@ def demo(
 
         res = run_demo(cfg=cfg, root=root, progress=report.progress, say=report.info)
         report.show_sweep(res.sweep)
+
+
+# --------------------------------------------------------------------------- report
+@app.command("report")
+def report_command(
+    path: Annotated[Path, typer.Argument(help="A fine-tune run dir or a sweep dir.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="HTML file; .md, _files/ and .model_card.json beside."),
+    ] = Path("report.html"),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dataset dir (default: the one recorded in the run)."),
+    ] = None,
+    at_sensitivity: AtSensOpt = None,
+    at_threshold: AtThrOpt = None,
+    calibrate: CalibrateOpt = None,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option("--bootstrap", help="Resamples when clinical metrics are recomputed."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing report.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Self-contained HTML report (+ Markdown, model card) with a TRIPOD+AI checklist."""
+    with handle_errors(verbose):
+        from echoclr_cli.report_html import build_report
+
+        res = build_report(
+            path, out, data_dir=data, overwrite=overwrite, progress=report.info,
+            at_sensitivity=at_sensitivity, at_threshold=at_threshold, calibrate=calibrate,
+            n_boot=bootstrap,
+        )  # fmt: skip
+        report.info(
+            f"wrote {res.html} ({res.n_figures} figures embedded), {res.markdown}, {res.model_card}"
+        )
 
 
 def main() -> None:

@@ -73,6 +73,23 @@ OverwriteOpt = Annotated[
         "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
     ),
 ]
+AtSensOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--at-sensitivity",
+        help="Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85.",
+    ),
+]
+AtThrOpt = Annotated[
+    float | None,
+    typer.Option("--at-threshold", help="Extra operating point at this fixed probability."),
+]
+CalibrateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibrate", help="Recalibration fitted on val: none | temperature | platt | both."
+    ),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
 ]

@@ -279,6 +279,19 @@ class EvaluateConfig(Section):
         description="splits evaluated after fine-tuning (val always; absent splits are noted)",
     )
     plots: bool = True
+    at_sensitivity: float | None = Field(
+        None, gt=0, le=1, description="extra operating point: val threshold reaching this sens."
+    )
+    at_threshold: float | None = Field(
+        None, ge=0, le=1, description="extra operating point at this fixed probability"
+    )
+    calibrate: Literal["none", "temperature", "platt", "both"] = Field(
+        "none", description="recalibration fitted on val, reported next to the raw probabilities"
+    )
+    subgroups: list[str] | None = Field(
+        None, description="manifest columns for subgroup metrics (None = every suitable one)"
+    )
+    subgroup_min_n: int = Field(20, ge=1, description="subgroups below this count are flagged")
 
 
 class SweepConfig(Section):

@@ -30,6 +30,7 @@ from torch import nn
 from echoclr_cli import metrics as ev
 from echoclr_cli import rundir, runtime
 from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.errors import UserError
@@ -355,6 +356,7 @@ def evaluate_run(
     def fill(tmp: Path) -> list[Path]:
         hist = run_dir / rundir.HISTORY
         metrics, levels, files = write_evaluation(cfg, video_by_split, tmp, hist, progress)
+        files += write_clinical(cfg, video_by_split, tmp, manifest=df, metrics=metrics)
         box.update(metrics=metrics, levels=levels)
         if other is not None:
             box["comparison"] = _compare(cfg, run, other, levels, video_b)

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
 from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
@@ -424,6 +425,7 @@ def run_finetune(
         metrics, _, files = write_evaluation(
             cfg, video_by_split, out_dir, out_dir / rundir.HISTORY, progress
         )
+        files += write_clinical(cfg, video_by_split, out_dir, manifest=df, metrics=metrics)
         facts = {
             "data_dir": str(data_dir.resolve()),
             "task": task,

@@ -244,9 +244,18 @@ def aggregate_all(
         inits = sorted(plan_frame["init"].unique(), key=lambda x: (rank.get(x, len(rank)), x))
     splits = [s for s in dict.fromkeys(cfg.sweep.splits)]
     selection = select_models(plan_frame, out_dir, cfg)
-    results = _sort_results(collect_results(selection, out_dir, splits), inits)
+    from echoclr_cli.clinical import ClinicalOptions
+    from echoclr_cli.clinical_sweep import paired_pvalues, sweep_clinical_columns
+
+    results = collect_results(selection, out_dir, splits)
+    opts = ClinicalOptions.from_config(cfg)
+    results = _sort_results(
+        sweep_clinical_columns(results, selection, out_dir, splits, opts), inits
+    )
     atomic_write_csv(out_dir / "selection.csv", selection)
     atomic_write_csv(out_dir / "results.csv", results)
+    pairs = paired_pvalues(selection, out_dir, splits, inits, ci=cfg.evaluate.ci)
+    atomic_write_csv(out_dir / "paired_comparisons.csv", pairs)
     tables: dict[str, SweepTable] = {}
     figures: list[Path] = []
     present = set(results["split"]) if not results.empty else set()
