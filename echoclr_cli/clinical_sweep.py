@@ -21,7 +21,8 @@ from echoclr_cli.clinical import (
     ClinicalOptions,
     calibration_cells,
 )
-from echoclr_cli.metrics import check_arrays, delong_test, one_class_reason
+from echoclr_cli.compare import delong_test
+from echoclr_cli.metrics import check_arrays, one_class_reason
 
 PAIRED_COLUMNS = [
     "task", "ratio", "n_studies", "seed", "split", "level", "init_a", "init_b", "n", "n_pos",

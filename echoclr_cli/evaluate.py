@@ -31,6 +31,7 @@ from echoclr_cli import metrics as ev
 from echoclr_cli import rundir, runtime
 from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.clinical import write_clinical
+from echoclr_cli.compare import compare_runs
 from echoclr_cli.config import Config
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.errors import UserError
@@ -298,7 +299,7 @@ def evaluate_run(
     ``out_dir``, default ``RUN/eval/<name>/`` with ``name`` default :func:`eval_name`; the folder
     is replaced as a whole, and only when everything was computed.
     ``compare``: another fine-tune run on the same task; both are evaluated with the same
-    settings on the same items and compared per split and level with ``metrics.compare_runs``
+    settings on the same items and compared per split and level with ``compare.compare_runs``
     (paired stratified bootstrap of the AUROC difference A - B, and DeLong's test).
     """
     # ---- every argument is checked before anything is computed or written
@@ -405,7 +406,7 @@ def _compare(
     for split, by_level in levels.items():
         levels_b = ev.aggregate_levels(video_b[split])
         out["splits"][split] = {
-            level: ev.compare_runs(
+            level: compare_runs(
                 by_level[level],
                 levels_b[level],
                 n=e.bootstrap,

@@ -326,7 +326,7 @@ def _f(v: Any) -> float:
 
 
 def show_comparison(comparison: dict) -> None:
-    """Paired AUROC difference per split and level (from metrics.compare_runs)."""
+    """Paired AUROC difference per split and level (from compare.compare_runs)."""
     if QUIET or not comparison:
         return
     t = Table(

@@ -22,9 +22,9 @@ from sklearn.metrics import brier_score_loss, confusion_matrix
 from echoclr_cli import clinical as c
 from echoclr_cli.clinical_subgroups import frame_rate_band
 from echoclr_cli.clinical_sweep import holm, paired_pvalues, sweep_clinical_columns
+from echoclr_cli.compare import delong_test
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.metrics import delong_test
 
 
 def scores(n: int, seed: int = 0, shift: float = 1.2, ties: bool = False):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from echoclr_cli.compare import compare_runs, delong_covariance, delong_test
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics import (
@@ -20,11 +21,8 @@ from echoclr_cli.metrics import (
     bootstrap_ci,
     bootstrap_distribution,
     choose_thresholds,
-    compare_runs,
     compute_metrics,
     compute_metrics_with_reasons,
-    delong_covariance,
-    delong_test,
     evaluate_predictions,
     metrics_to_frame,
 )
