@@ -506,7 +506,12 @@ def predict(
         if p.exists() and not overwrite:
             raise UserError(f"{p} already exists", fix="pass --overwrite or another output path")
     device, _ = _device_and_autocast(cfg)
-    run = load_run(Path(run_dir), device)
+    if Path(run_dir).is_file():  # a model file written by `echoclr export` (+ its contract)
+        from echoclr_cli.export import exported_run
+
+        run = exported_run(Path(run_dir), cfg)
+    else:
+        run = load_run(Path(run_dir), device)
     input_path = Path(input_path)
     preprocessed = False
     if (input_path / "manifest.csv").exists():
