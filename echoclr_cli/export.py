@@ -106,7 +106,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def frame_size(run_dir: Path, run_cfg: Config) -> int:
+def run_frame_size(run_dir: Path, run_cfg: Config) -> int:
     """Frame size the run was trained on (``finetune.json``, else ``preprocess.size``)."""
     facts_path = Path(run_dir) / "finetune.json"
     if facts_path.exists():
@@ -137,6 +137,7 @@ def export_run(
     fmt: str,
     out: Path,
     encoder: bool = False,
+    frame_size: int | None = None,
     overwrite: bool = False,
     check_batch: int = 2,
     tolerance: float = 1e-4,
@@ -145,6 +146,8 @@ def export_run(
 
     After writing, the file is loaded back and compared with the eager model on ``check_batch``
     random clips; a difference above ``tolerance`` is an error (nothing half-valid is left).
+    ``frame_size`` defaults to the run's (``finetune.json``, else its ``preprocess.size``; a
+    pretrain run records no frame size of its own).
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'", fix=f"use {' or '.join(FORMATS)}")
@@ -175,7 +178,7 @@ def export_run(
             "probability": "sigmoid(logit); a video's probability is the mean over its clips",
         }
         classes = [f"no {task}", task]
-    size = frame_size(run_dir, run_cfg)
+    size = int(frame_size) if frame_size else run_frame_size(run_dir, run_cfg)
     model = Prepared(inner.cpu().eval(), *(norm or (None, None))).eval()
     shape = [1, 3, clip_len, size, size]
     example = torch.rand(check_batch, *shape[1:]) * 255.0
@@ -184,7 +187,7 @@ def export_run(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but works in 2.x
             traced = torch.jit.trace(model, example[:1], check_trace=False)
-        atomic_write(out, lambda f: torch.jit.save(traced, f))
+            atomic_write(out, lambda f: torch.jit.save(traced, f))
     else:
         _export_onnx(model, example[:1], out)
     contract = {
@@ -275,7 +278,9 @@ class ExportedModel(nn.Module):
 
 def _load(path: Path, fmt: str):
     if fmt == "torchscript":
-        ts = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, works in 2.x
+            ts = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run_ts(x: Tensor) -> Tensor:
             with torch.no_grad():
