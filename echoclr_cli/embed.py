@@ -158,7 +158,12 @@ def embed_videos(
             progress({"kind": "eval_batch", "batch": b + 1, "batches": len(loader)})
     if not feats:
         raise UserError("no videos to embed", fix="check --split against the manifest's splits")
-    return torch.stack(feats).numpy().astype(np.float32), pd.concat(ids, ignore_index=True)
+    x = torch.stack(feats).numpy().astype(np.float32)
+    ids = pd.concat(ids, ignore_index=True)
+    # the dataset iterates in its own order (study_id, video_id): back to the order of df
+    pos = pd.Series(np.arange(len(ids)), index=ids["video_id"].astype(str))
+    order = pos.loc[df["video_id"].astype(str)].to_numpy()
+    return x[order], ids.iloc[order].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- maps and summaries

@@ -60,7 +60,7 @@ def test_embed_video_features_are_the_mean_of_the_clip_features(runs):
     enc = em.load_encoder(runs.cfg, runs.finetune)
     from echoclr_cli.data.manifest import load_manifest
 
-    df = load_manifest(runs.data).head(2)
+    df = load_manifest(runs.data).iloc[[5, 0]]  # not the dataset's (study, video) order
     x, ids = em.embed_videos(enc, runs.cfg, df, runs.data)
     from echoclr_cli.data.augment import prepare_clips
     from echoclr_cli.data.datasets import ClipDataset
@@ -68,7 +68,8 @@ def test_embed_video_features_are_the_mean_of_the_clip_features(runs):
     ds = ClipDataset(df, runs.data, None, enc.clip_len, enc.stride, train=False,
                      clips_per_video=runs.cfg.evaluate.clips_per_video)  # fmt: skip
     with torch.no_grad():
-        want = enc.backbone.eval()(prepare_clips(ds[0]["x"], None, None)).mean(0).numpy()
+        item = next(ds[i] for i in range(len(ds)) if ds[i]["video_id"] == df.video_id.iloc[0])
+        want = enc.backbone.eval()(prepare_clips(item["x"], None, None)).mean(0).numpy()
     np.testing.assert_allclose(x[0], want, rtol=1e-4, atol=1e-5)
     assert list(ids["video_id"]) == list(df["video_id"])
 
