@@ -217,3 +217,24 @@ def test_cli_embed_table_and_errors(runs, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 1 and "no label column 'ef'" in res.output
     assert "Traceback" not in res.output
+
+
+def test_clip_len_defaults_to_the_runs_own_and_can_be_set(runs, monkeypatch):
+    pt = em.load_encoder(runs.cfg, runs.pretrain)
+    assert pt.kind == "pretrain" and pt.clip_len == 4 and pt.normalization is None
+    short = em.load_encoder(runs.cfg, runs.finetune, clip_len=2)
+    assert short.clip_len == 2
+    from echoclr_cli.data.manifest import load_manifest
+
+    df = load_manifest(runs.data).head(3)
+    seen = []
+    real = em.inference.eval_loader
+
+    def spy(*args, **kwargs):
+        loader = real(*args, **kwargs)
+        seen.append(loader.dataset.clip_len)
+        return loader
+
+    monkeypatch.setattr(em.inference, "eval_loader", spy)
+    x, _ = em.embed_videos(short, runs.cfg, df, runs.data)
+    assert seen == [2] and x.shape[0] == 3
