@@ -49,6 +49,11 @@ class RuntimeConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
+    tensorboard: bool = Field(
+        False,
+        description="also write TensorBoard events (history scalars, embed projector, explain "
+        "frames) under <out>/tensorboard; history.csv stays the source of truth",
+    )
 
     @field_validator("device")
     @classmethod

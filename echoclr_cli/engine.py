@@ -328,6 +328,10 @@ class Engine:
                     stopped_early = s.bad_epochs >= patience
                 if self.is_main:
                     atomic_write_csv(self.run_dir / "history.csv", pd.DataFrame(s.history))
+                    if self.cfg.runtime.tensorboard:  # a view regenerated from history.csv
+                        from echoclr_cli.tb import write_history
+
+                        write_history(self.run_dir)
                 self.save(rundir.LAST, model, optimizer, scheduler)
                 if checkpoint_every and s.epoch % checkpoint_every == 0:
                     self.save(f"epoch_{s.epoch}.pt", model, optimizer, scheduler)

@@ -83,7 +83,12 @@ def predict(
     if out_csv.exists() and out_csv.is_dir():
         raise UserError(f"--out {out_csv} is a folder", fix="pass a CSV file path, e.g. preds.csv")
     device, _ = device_and_autocast(cfg)
-    run = load_run(Path(run_dir), device)
+    if Path(run_dir).is_file():  # a model file written by `echoclr export` (+ its contract)
+        from echoclr_cli.export import exported_run
+
+        run = exported_run(Path(run_dir), cfg)
+    else:
+        run = load_run(Path(run_dir), device)
     input_path = Path(input_path)
     preprocessed = False
     if (input_path / "manifest.csv").exists():
