@@ -179,3 +179,16 @@ def test_workers_auto(monkeypatch):
     from echoclr_cli.config import Config
 
     assert Config().preprocess.workers == "auto"
+
+
+def test_workers_option_values():
+    from echoclr_cli.cli import build_config
+
+    def workers(value):
+        cfg = build_config(section="preprocess", config=None, sets=None, profile="demo",
+                           verbose=False, quiet=True, flags={"preprocess.workers": value})  # fmt: skip
+        return cfg.preprocess.workers
+
+    assert workers("auto") == "auto" and workers("3") == 3
+    with pytest.raises(UserError, match="preprocess.workers"):
+        workers("lots")
