@@ -6,6 +6,11 @@ name). Each measurement runs ``echoclr_cli.preprocess.preprocess`` in a fresh su
 reads ``ru_maxrss`` of that process and the peak RSS (``VmHWM`` in /proc, sampled every 50 ms)
 of its worker processes. Prints one JSON line per
 result. Usage: ``python bench/preprocess.py [--small 100] [--large 1000] [--tmp DIR]``.
+
+``--resume N`` measures the journal instead (issue 14): a full run of an N-video archive, a run
+killed (SIGKILL, through the test-only kill switch) once N/2 files are journaled then re-run,
+and a no-op re-run; prints re-run / full and no-op / full and whether the manifests are
+byte-identical.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ def child(args: argparse.Namespace) -> None:
     cfg = Config()
     cfg.preprocess.workers = args.workers
     cfg.preprocess.min_frames = 8
+    cfg.preprocess.salt = "bench"  # same ids in every output dir: manifests can be compared
     start = resource.getrusage(resource.RUSAGE_SELF)  # imports are not preprocessing work
     sampler = PeakSampler()
     sampler.start()
@@ -145,13 +151,42 @@ def child(args: argparse.Namespace) -> None:
                       "cpu_ms_per_video": round(1000 * cpu / max(1, res.n_videos), 1)}))  # fmt: skip
 
 
-def run_child(inp: Path, out: Path, workers: int) -> dict:
-    if out.exists():
+def run_child(inp: Path, out: Path, workers: int, fresh: bool = True, env=None) -> dict:
+    if fresh and out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, __file__, "--child", "--input", str(inp), "--out", str(out),
            "--workers", str(workers)]  # fmt: skip
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=env is None, capture_output=True, text=True, env=env)
+    if env is not None:  # the killed run: no result line
+        return {"returncode": res.returncode}
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def resume(args: argparse.Namespace, tmp: Path) -> None:
+    """Full run vs re-run after a kill -9 at ~50% vs no-op re-run, same archive and workers."""
+    from echoclr_cli.data.journal import KILL_AFTER_ENV
+
+    n = args.resume
+    arch = tmp / "resume"
+    make_input(arch, n, args.distinct, args.frames, args.height, args.width)
+    full = run_child(arch / "videos", tmp / "full", args.workers)
+    env = {**os.environ, KILL_AFTER_ENV: str(n // 2)}
+    killed = run_child(arch / "videos", tmp / "killed", args.workers, env=env)
+    rerun = run_child(arch / "videos", tmp / "killed", args.workers, fresh=False)
+    noop = run_child(arch / "videos", tmp / "killed", args.workers, fresh=False)
+    same = (tmp / "full" / "manifest.csv").read_bytes() == (
+        tmp / "killed" / "manifest.csv"
+    ).read_bytes()
+    print(json.dumps({"bench": "preprocess_resume", "n_videos": n, "workers": args.workers,
+                      "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0],
+                      "frames": args.frames, "raw_size": f"{args.height}x{args.width}",
+                      "killed_after": n // 2, "killed_returncode": killed["returncode"],
+                      "full_s": full["seconds"], "rerun_after_kill_s": rerun["seconds"],
+                      "noop_rerun_s": noop["seconds"],
+                      "rerun_over_full": round(rerun["seconds"] / full["seconds"], 3),
+                      "noop_over_full": round(noop["seconds"] / full["seconds"], 3),
+                      "manifest_byte_identical": same,
+                      "targets": {"rerun_over_full": "<= 0.6", "noop_over_full": "<= 0.05"}}))  # fmt: skip
 
 
 def main() -> None:
@@ -167,11 +202,18 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--resume", type=int, default=0,
+                    help="measure kill -9 / re-run / no-op re-run on an archive of N videos")  # fmt: skip
     args = ap.parse_args()
     if args.child:
         child(args)
         return
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="echoclr_bench_pp_"))
+    if args.resume:
+        resume(args, tmp)
+        if not args.tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     small, large = tmp / "small", tmp / "large"
     make_input(small, args.small, args.distinct, args.frames, args.height, args.width)
     make_input(large, args.large, args.distinct, args.frames, args.height, args.width)

@@ -155,7 +155,10 @@ def preprocess(
         str | None,
         typer.Option("--layout", help="auto | dicom | video | echoclr | echonet | synth."),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option("--workers", help="Worker processes: N, or auto (all cores but one)."),
+    ] = None,
     size: Annotated[int | None, typer.Option("--size", help="Output frame size in pixels.")] = None,
     external_after: Annotated[
         int | None, typer.Option("--external-after", help="Studies after this year -> ext_test.")

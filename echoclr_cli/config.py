@@ -160,7 +160,9 @@ class PreprocessConfig(Section):
     allow_label_issues: bool = Field(
         False, description="accept label problems (bad values, duplicate or unmatched ids)"
     )
-    workers: int = Field(2, ge=1, description="parallel worker processes")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="parallel worker processes (auto: all cores but one)"
+    )
     overwrite: bool = False
 
 

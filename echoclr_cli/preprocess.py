@@ -2,8 +2,10 @@
 
 Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
 small row; the parent streams rows (never videos), so memory is flat in the number of videos.
-Re-running skips videos whose ``.npy`` exists with the same source hash (``overwrite`` redoes
-them); nothing the user owns is ever deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
+Every finished file is appended to a private journal (data/journal.py) as it completes: a re-run,
+after a kill -9 or not, reuses the files whose fingerprint (size, mtime, inode, device) is
+unchanged without opening them, hashes only new or changed files (reused when their content is
+the same) and decodes the rest; ``overwrite`` redoes them all. Nothing the user owns is deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
 ``manifest.csv, dataset.json, skipped.csv, report.json, id_map.csv, videos/*.npy, preview.png``.
 """
 
@@ -13,7 +15,10 @@ import concurrent.futures as cf
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,11 +31,14 @@ import pandas as pd
 
 from echoclr_cli.config import Config
 from echoclr_cli.data import layouts, outputs, privacy, readers, sector
+from echoclr_cli.data.dicom_fields import frame_rate_band
+from echoclr_cli.data.journal import Journal, fingerprint, run_key
 from echoclr_cli.data.labels import issue_lines, private_issue_rows
 from echoclr_cli.data.labels import issues_report as label_issues_report
 from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
+    OPTIONAL_COLUMNS,
     SPLITS,
     assign_splits,
     check_leakage,
@@ -76,6 +84,7 @@ class PreprocessResult:
     channels: dict[str, int]
     warnings: list[str]
     paths: dict[str, Path] = field(default_factory=dict)
+    n_decoded: int = 0  # files sent to the workers (the others came from the journal)
     seconds: float = 0.0
     status: str = "ok"
     reason: str | None = None
@@ -119,6 +128,15 @@ def _init_worker(ctx: WorkerContext) -> None:
     global _CTX
     _CTX = ctx
     cv2.setNumThreads(1)  # one file per process; no oversubscription
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (kill -9 leaves its pool's queues open) exits instead of
+    waiting for work forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
@@ -184,6 +202,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "width": int(stored.shape[2]), "channels": channels,
         "study_year": raw.study_year, "source_hash": source_hash,
     }  # fmt: skip
+    row.update(_optional_fields(raw))
     preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
     notes = [f"{rel}: {w}" for w in raw.warnings]
     if crop.source.endswith("fallback"):
@@ -193,6 +212,15 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "study": (study, study_id), "video": (rel, video_id)}, "warnings": notes,
         "preview": preview, "sector": crop.source,
     }  # fmt: skip
+
+
+def _optional_fields(raw: readers.RawVideo) -> dict:
+    """The de-identified DICOM columns of a row (None for AVI/MP4); the frame-rate band falls
+    back to the stored fps (already public) when the header has no frame rate."""
+    out = {c: raw.fields.get(c) for c in OPTIONAL_COLUMNS}
+    if out["frame_rate_band"] is None:
+        out["frame_rate_band"] = frame_rate_band(raw.fps)
+    return out
 
 
 def _mask_and_crop(
@@ -279,25 +307,29 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}
-    if not set(MANIFEST_COLUMNS) <= set(df.columns):
-        return {}
+    cols = list(MANIFEST_COLUMNS) + list(OPTIONAL_COLUMNS)
+    if not set(cols) <= set(df.columns):
+        return {}  # an older manifest without the DICOM fields: redone once
     out_rows = {}
-    for rec in df[list(MANIFEST_COLUMNS)].to_dict("records"):
+    for rec in df[cols].to_dict("records"):
         for k in ("n_frames", "height", "width", "channels"):
             rec[k] = int(rec[k])
         rec["fps"] = float(rec["fps"])
         rec["study_year"] = int(rec["study_year"]) if rec["study_year"] else None
+        rec.update({c: rec[c] or None for c in OPTIONAL_COLUMNS})
         out_rows[rec["video_id"]] = rec
     return out_rows
 
 
-def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tuple[int, dict]]:
-    """Stream (index, result) with at most ``4 * workers`` files in flight."""
-    if workers <= 1 or len(items) <= 1:
+def _results(
+    tasks: list[tuple[int, Item]], ctx: WorkerContext, workers: int
+) -> Iterator[tuple[int, dict]]:
+    """Stream (index, result) of ``(index, item)`` tasks with at most ``4 * workers`` in flight."""
+    if workers <= 1 or len(tasks) <= 1:
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
         try:
-            for i, it in enumerate(items):
+            for i, it in tasks:
                 yield i, process_item(it, ctx)
         finally:
             cv2.setNumThreads(threads)
@@ -311,7 +343,7 @@ def _results(items: list[Item], ctx: WorkerContext, workers: int) -> Iterator[tu
         max_workers=workers, mp_context=mp.get_context(method),
         initializer=_init_worker, initargs=(ctx,),
     ) as ex:  # fmt: skip
-        todo = iter(enumerate(items))
+        todo = iter(tasks)
         pending: set[cf.Future] = set()
         for task in todo:
             pending.add(ex.submit(_run_indexed, task))
@@ -427,22 +459,33 @@ def preprocess(
             "nothing was written",
             fix="point --input at the archive (DICOM/video files, or a known layout)",
         )
-    dicoms = [it.file for it in inv.items if it.kind == "dicom"]
+    settings = video_settings(pc)
+    journal = Journal(out, run_key(salt, settings, inv.key)) if out.is_dir() else None
+    done, tasks, fps_ = _partition(inv, journal, out, pc.overwrite)
+    dicoms = [it.file for _, it in tasks if it.kind == "dicom"]
     _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
 
     try:
         (out / "videos").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise output_error(out, e) from None
+    if journal is None:
+        journal = Journal(out, run_key(salt, settings, inv.key))
+    previous = _previous(out, settings) if not journal.entries else {}
+    for _, it in tasks:  # only the rows of files to check are sent to the workers
+        row = journal.previous_row(it)
+        if row is not None:
+            previous[row["video_id"]] = row
+    wanted = {hash_id(salt, "video", it.rel) for _, it in tasks}
+    previous = {k: v for k, v in previous.items() if k in wanted}
     rng = np.random.default_rng(pc.split_seed)
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
-    settings = video_settings(pc)
     ctx = WorkerContext(
         out_dir=str(out), salt=salt,
         opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
         use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
-        previous=_previous(out, settings),
+        previous=previous,
         undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
         preview={inv.items[i].rel for i in pick},
     )  # fmt: skip
@@ -457,11 +500,15 @@ def preprocess(
             "video_settings": settings, "config": outputs.public_config(pc)}  # fmt: skip
     before = dataset_json(out)
     atomic_write_json(out / "dataset.json", meta)
+    journal.open()
     try:
         rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = _process(
-            inv, ctx, pc.workers, out, notes, progress
+            inv, ctx, resolve_workers(pc.workers), out, notes, progress, done, tasks, fps_, journal
         )
+        journal.close(keep={it.rel for it in inv.items})
     except BaseException:
+        with contextlib.suppress(Exception):
+            journal.close()
         # The earlier dataset is still whole (its manifest is rewritten only at the end, and its
         # videos were rewritten with the same settings): give it its status back.
         if before.get("video_settings") == settings:
@@ -520,7 +567,7 @@ def preprocess(
         n_skipped=int(sum(reasons.values())),
         n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
         split_sizes=outputs.split_sizes(manifest), prevalence=outputs.prevalence(manifest, labels),
-        label_columns=labels, frames=outputs.stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        n_decoded=len(tasks), label_columns=labels, frames=outputs.stats(manifest.get("n_frames", pd.Series(dtype=float))),
         fps=outputs.stats(manifest.get("fps", pd.Series(dtype=float))),
         fps_source=dict(Counter(manifest.get("fps_source", []))),
         channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
@@ -539,18 +586,77 @@ def preprocess(
     return result
 
 
+def resolve_workers(workers: int | str) -> int:
+    """``auto``: all cores this process may use but one (at least 1); else the number given."""
+    if workers == "auto":
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        return max(1, n - 1)
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"preprocess.workers must be a number >= 1 or auto, got {workers!r}",
+                        fix="use --workers auto or --workers N")  # fmt: skip
+    return n
+
+
+def _partition(inv: Inventory, journal: Journal | None, out: Path, overwrite: bool) -> tuple:
+    """Split the items into journaled results still valid (index -> result, shown as reused)
+    and ``(index, item)`` tasks for the workers; also each item's fingerprint by index."""
+    done: dict[int, dict] = {}
+    tasks: list[tuple[int, Item]] = []
+    fps_: dict[int, list[int] | None] = {}
+    for index, it in enumerate(inv.items):
+        fps_[index] = fp = fingerprint(it.file)
+        res = None if journal is None or overwrite else journal.lookup(it, fp, out)
+        if res is None:
+            tasks.append((index, it))
+        elif res["status"] == "skipped":
+            done[index] = res
+        else:
+            done[index] = dict(res, status="reused", preview=None)
+    return done, tasks, fps_
+
+
+def _journaled(done: dict[int, dict], ctx: WorkerContext, items: list[Item]) -> Iterator:
+    """Journaled (index, result), with the label file's view filter applied again."""
+    for index, res in sorted(done.items()):
+        if res["status"] == "reused":
+            row = res["row"]
+            if row["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
+                res = _skip(items[index].rel, "view_filter",
+                            "excluded by the view filter of the label file",
+                            (row["study_id"], row["patient_id"]))  # fmt: skip
+            else:
+                res = dict(res, row=dict(row))
+        yield index, res
+
+
 def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes: list[str],
-             progress) -> tuple:  # fmt: skip
-    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids."""
+             progress, done: dict, tasks: list, fps_: dict, journal: Journal) -> tuple:  # fmt: skip
+    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids.
+    Results already journaled come first; every new one is journaled as it arrives."""
     rows, skipped, tiles = [], list(inv.skipped), []
+    worker_skips: list[tuple[int, dict]] = []
     ids = outputs.previous_ids(out)
     seen_ids = set(inv.known_ids)
     sector_sources: Counter = Counter()
     n_reused = 0
     total = len(inv.items)
-    for done, (index, res) in enumerate(_results(inv.items, ctx, workers), start=1):
+
+    def stream() -> Iterator[tuple[int, dict]]:
+        yield from _journaled(done, ctx, inv.items)
+        for index, res in _results(tasks, ctx, workers):
+            journal.add(inv.items[index], fps_[index], res)
+            yield index, res
+
+    for n_done, (index, res) in enumerate(stream(), start=1):
         if res["status"] == "skipped":
-            skipped.append({k: res[k] for k in ("file", "reason", "detail")})
+            worker_skips.append((index, {k: res[k] for k in ("file", "reason", "detail")}))
             seen_ids.update(res["ids"])
         else:
             row = res["row"]
@@ -565,7 +671,8 @@ def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes:
             if res["preview"] is not None and len(tiles) < PREVIEW_VIDEOS:
                 tiles.append(res["preview"])
         if progress is not None:
-            progress(done, total)
+            progress(n_done, total)
+    skipped += [rec for _, rec in sorted(worker_skips, key=lambda t: t[0])]  # archive order
     return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
 
 
@@ -600,9 +707,13 @@ def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
 
 
 def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    cols = list(MANIFEST_COLUMNS) + labels
+    optional = [c for c in OPTIONAL_COLUMNS if c not in labels]
+    cols = list(MANIFEST_COLUMNS) + optional + labels
     if df.empty:
         return pd.DataFrame(columns=cols)
+    for c in optional:
+        if c not in df.columns:
+            df[c] = None
     out = df[cols].reset_index(drop=True)
     for col in labels:
         out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")

@@ -2,7 +2,9 @@
 
 ``DATA/manifest.csv`` has one row per stored video:
 ``video_id, study_id, patient_id, split, path, n_frames, fps, fps_source, height, width, channels,
-study_year, source_hash`` plus one column per binary label (0/1, empty = unknown).
+study_year, source_hash``, the optional de-identified DICOM columns ``manufacturer, model, sex,
+age_band, frame_rate_band`` (empty when unknown), plus one column per binary label (0/1, empty =
+unknown).
 ``DATA/dataset.json`` lists the label columns. :func:`load_manifest` is the preflight every command
 runs before training: it is cheap (no file is opened, only ``os.path.exists``), normalises split
 spellings, refuses unknown splits and patient/study leakage, and lists all missing files at once.
@@ -27,6 +29,10 @@ MANIFEST_COLUMNS = (
     "video_id", "study_id", "patient_id", "split", "path", "n_frames", "fps", "fps_source",
     "height", "width", "channels", "study_year", "source_hash",
 )  # fmt: skip
+# De-identified DICOM fields (data/dicom_fields.py) written by preprocess after the schema
+# columns; optional (empty for AVI/MP4 inputs and hand-written manifests), never labels.
+OPTIONAL_COLUMNS = ("manufacturer", "model", "sex", "age_band", "frame_rate_band")
+NON_LABEL_COLUMNS = frozenset(MANIFEST_COLUMNS) | frozenset(OPTIONAL_COLUMNS)
 _STR_COLUMNS = ("video_id", "study_id", "patient_id", "split", "path", "fps_source", "source_hash")
 _INT_COLUMNS = ("n_frames", "height", "width", "channels")
 _MISSING_TOKENS = {"", "nan", "NaN", "NA", "N/A", "None", "none", "null", "NULL"}
@@ -165,7 +171,7 @@ def label_columns(df: pd.DataFrame) -> list[str]:
     cols = df.attrs.get("label_columns")
     if cols is not None:
         return [c for c in cols if c in df.columns]
-    return [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    return [c for c in df.columns if c not in NON_LABEL_COLUMNS]
 
 
 def parse_labels(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -309,7 +315,7 @@ def _declared_labels(data_dir: Path, df: pd.DataFrame) -> list[str]:
                     fix="re-run `echoclr preprocess` so both files match",
                 )
             return [str(c) for c in cols]
-    return [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    return [c for c in df.columns if c not in NON_LABEL_COLUMNS]
 
 
 def _check_files(data_dir: Path, df: pd.DataFrame) -> None:

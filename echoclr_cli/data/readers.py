@@ -26,6 +26,7 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from echoclr_cli.data.dicom_fields import deidentified_fields
 from echoclr_cli.errors import UserError
 
 # Reasons that mean "a file that should have worked did not" (count towards max_skipped_frac);
@@ -76,6 +77,7 @@ class RawVideo:
     study_year: int | None = None
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)  # de-identified DICOM fields (dicom_fields.FIELDS)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -367,11 +369,7 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
         video = 255 - video
 
     study = ds.get("StudyInstanceUID") or ds.get("AccessionNumber") or None
-    year = (
-        parse_year(ds.get("StudyDate"))
-        or parse_year(ds.get("SeriesDate"))
-        or parse_year(ds.get("AcquisitionDate"))
-    )
+    fields = deidentified_fields(ds)  # coarse, no UID/date: safe for the public manifest
     return RawVideo(
         frames=video,
         fps=fps,
@@ -379,8 +377,9 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
         n_total=declared,
         patient_id=str(ds.get("PatientID") or "").strip() or None,
         study_id=str(study).strip() if study else None,
-        study_year=year,
+        study_year=fields["study_year"],  # one definition of the year (dicom_fields)
         regions=_dicom_regions(ds),
+        fields=fields,
     )
 
 
