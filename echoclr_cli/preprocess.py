@@ -17,8 +17,6 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.config import Config
-from echoclr_cli.data import layouts, outputs, privacy, readers, sector
-from echoclr_cli.data.dicom_fields import frame_rate_band
+from echoclr_cli.data import layouts, outputs, privacy, readers, worker
 from echoclr_cli.data.journal import Journal, fingerprint, run_key
 from echoclr_cli.data.labels import issue_lines, private_issue_rows
 from echoclr_cli.data.labels import issues_report as label_issues_report
@@ -46,10 +43,9 @@ from echoclr_cli.data.manifest import (
 )
 from echoclr_cli.data.migrate import refuse_legacy
 from echoclr_cli.data.privacy import hash_id
-from echoclr_cli.data.readers import ReadOptions, SkipVideo
-from echoclr_cli.data.store import save_video
+from echoclr_cli.data.readers import ReadOptions
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error, sha256_file
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error
 
 PREVIEW_VIDEOS = 8
 MAX_WARNINGS = 200
@@ -99,154 +95,6 @@ class PreprocessResult:
             k: str(v) for k, v in self.paths.items() if privacy.PRIVATE not in Path(v).parts
         }
         return d
-
-
-@dataclass
-class WorkerContext:
-    """Everything a worker needs, sent once per worker process."""
-
-    out_dir: str
-    salt: str
-    opts: ReadOptions
-    size: int
-    color: str
-    skip_doppler: bool
-    use_regions: bool
-    overwrite: bool
-    previous: dict[str, dict]
-    undecodable: set[str]
-    view_excluded: set[str]
-    key: str
-    preview: set[str]
-
-
-# --------------------------------------------------------------------------- worker
-_CTX: WorkerContext | None = None
-
-
-def _init_worker(ctx: WorkerContext) -> None:
-    global _CTX
-    _CTX = ctx
-    cv2.setNumThreads(1)  # one file per process; no oversubscription
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose parent was killed (kill -9 leaves its pool's queues open) exits instead of
-    waiting for work forever."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
-    index, item = task
-    assert _CTX is not None
-    return index, process_item(item, _CTX)
-
-
-def _skip(rel: str, reason: str, detail: str, ids: tuple = ()) -> dict:
-    """A skipped file; ``ids``: its hashed (study, patient) ids when they were read."""
-    return {"status": "skipped", "file": rel, "reason": reason, "detail": detail,
-            "ids": [i for i in ids if i]}  # fmt: skip
-
-
-def process_item(item: Item, ctx: WorkerContext) -> dict:
-    """Read one file, mask/crop/resize its sector, write ``videos/<video_id>.npy``.
-
-    Returns a small dict: status ok|reused|skipped, the manifest row (hashed ids), the original
-    ids (for id_map.csv), warnings and optional preview tiles. Never raises for bad input.
-    """
-    rel = item.rel
-    video_id = hash_id(ctx.salt, "video", rel)
-    try:
-        source_hash = sha256_file(item.file)[:16]
-    except OSError as e:
-        return _skip(rel, "missing_file", f"{type(e).__name__}: {e}")
-    npy_rel = f"videos/{video_id}.npy"
-    npy = Path(ctx.out_dir) / npy_rel
-    prev = ctx.previous.get(video_id)
-    if prev and not ctx.overwrite and prev.get("source_hash") == source_hash and npy.exists():
-        if prev["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
-            return _skip(rel, "view_filter", "excluded by the view filter of the label file")
-        return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
-    study_id = patient_id = None
-    try:
-        if item.kind == "video":
-            raw = readers.read_video(item.file, ctx.opts)
-        else:
-            raw = readers.read_dicom(item.file, ctx.opts, ctx.undecodable)
-        path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
-        study = item.study_id or raw.study_id or path_study
-        patient = item.patient_id or raw.patient_id or path_patient
-        study_id = hash_id(ctx.salt, "study", study)
-        patient_id = hash_id(ctx.salt, "patient", patient)
-        if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
-            raise SkipVideo("view_filter", "excluded by the view filter of the label file")
-        stored, crop, channels = _mask_and_crop(raw, ctx)
-    except SkipVideo as e:
-        if study_id is None and any(e.ids):  # skipped after its header was read
-            path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
-            study_id = hash_id(ctx.salt, "study", item.study_id or e.ids[0] or path_study)
-            patient_id = hash_id(ctx.salt, "patient", item.patient_id or e.ids[1] or path_patient)
-        return _skip(rel, e.reason, e.detail, (study_id, patient_id))
-    except Exception as e:  # a bad file never stops the run; the reason names the error
-        return _skip(rel, "decode_error", f"{type(e).__name__}: {e}", (study_id, patient_id))
-    # Outside the per-file guard: a failing *output* write (disk full -> UserError, permissions)
-    # is not the input file's fault and stops the run instead of skipping every later file.
-    save_video(npy, stored)
-    row = {
-        "video_id": video_id, "study_id": study_id, "patient_id": patient_id, "split": "",
-        "path": npy_rel, "n_frames": int(stored.shape[0]), "fps": round(float(raw.fps), 3),
-        "fps_source": raw.fps_source, "height": int(stored.shape[1]),
-        "width": int(stored.shape[2]), "channels": channels,
-        "study_year": raw.study_year, "source_hash": source_hash,
-    }  # fmt: skip
-    row.update(_optional_fields(raw))
-    preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
-    notes = [f"{rel}: {w}" for w in raw.warnings]
-    if crop.source.endswith("fallback"):
-        notes.append(f"{rel}: little motion; sector found from the time-max image")
-    return {
-        "status": "ok", "row": row, "ids": {"patient": (patient, patient_id),
-        "study": (study, study_id), "video": (rel, video_id)}, "warnings": notes,
-        "preview": preview, "sector": crop.source,
-    }  # fmt: skip
-
-
-def _optional_fields(raw: readers.RawVideo) -> dict:
-    """The de-identified DICOM columns of a row (None for AVI/MP4); the frame-rate band falls
-    back to the stored fps (already public) when the header has no frame rate."""
-    out = {c: raw.fields.get(c) for c in OPTIONAL_COLUMNS}
-    if out["frame_rate_band"] is None:
-        out["frame_rate_band"] = frame_rate_band(raw.fps)
-    return out
-
-
-def _mask_and_crop(
-    raw: readers.RawVideo, ctx: WorkerContext
-) -> tuple[np.ndarray, sector.SectorCrop, int]:
-    """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels."""
-    frames = raw.frames
-    h, w = frames.shape[1:3]
-    gray = sector.to_gray(frames)  # (T, H, W)
-    roi = sector.region_roi(raw.regions, h, w) if ctx.use_regions else None
-    mask, source = sector.detect_sector(gray, roi)
-    if roi is not None:
-        source = "region+" + source
-    if mask.sum() < sector.MIN_AREA_SHARE * h * w:
-        raise SkipVideo("no_sector", "no ultrasound sector found (static or empty frames)")
-    spread = sector.channel_spread(frames, mask)  # (n,) uint8, zeros for gray input
-    if ctx.skip_doppler and sector.is_color_doppler(spread):
-        share = float((spread > sector.SAT_SPREAD).mean())
-        raise SkipVideo("color_doppler", f"{share:.1%} of sector pixels in saturated colour")
-    if ctx.color == "gray" or (ctx.color == "auto" and sector.channels_equal(spread)):
-        frames = gray
-    elif frames.ndim == 3:
-        frames = np.repeat(frames[..., None], 3, axis=-1)  # (T, H, W, 3)
-    crop = sector.plan_crop(mask, ctx.size, source)
-    stored = sector.apply_crop(frames, crop)
-    return stored, crop, 1 if stored.ndim == 3 else 3
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -322,7 +170,7 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
 
 
 def _results(
-    tasks: list[tuple[int, Item]], ctx: WorkerContext, workers: int
+    tasks: list[tuple[int, Item]], ctx: worker.WorkerContext, workers: int
 ) -> Iterator[tuple[int, dict]]:
     """Stream (index, result) of ``(index, item)`` tasks with at most ``4 * workers`` in flight."""
     if workers <= 1 or len(tasks) <= 1:
@@ -330,7 +178,7 @@ def _results(
         cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
         try:
             for i, it in tasks:
-                yield i, process_item(it, ctx)
+                yield i, worker.process_item(it, ctx)
         finally:
             cv2.setNumThreads(threads)
         return
@@ -341,12 +189,12 @@ def _results(
     method = method if method in methods else "spawn"
     with cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=mp.get_context(method),
-        initializer=_init_worker, initargs=(ctx,),
+        initializer=worker.init_worker, initargs=(ctx,),
     ) as ex:  # fmt: skip
         todo = iter(tasks)
         pending: set[cf.Future] = set()
         for task in todo:
-            pending.add(ex.submit(_run_indexed, task))
+            pending.add(ex.submit(worker.run_indexed, task))
             if len(pending) >= 4 * workers:
                 break
         while pending:
@@ -355,7 +203,7 @@ def _results(
                 yield fut.result()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.add(ex.submit(_run_indexed, nxt))
+                    pending.add(ex.submit(worker.run_indexed, nxt))
 
 
 def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
@@ -480,7 +328,7 @@ def preprocess(
     previous = {k: v for k, v in previous.items() if k in wanted}
     rng = np.random.default_rng(pc.split_seed)
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
-    ctx = WorkerContext(
+    ctx = worker.WorkerContext(
         out_dir=str(out), salt=salt,
         opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
@@ -622,13 +470,13 @@ def _partition(inv: Inventory, journal: Journal | None, out: Path, overwrite: bo
     return done, tasks, fps_
 
 
-def _journaled(done: dict[int, dict], ctx: WorkerContext, items: list[Item]) -> Iterator:
+def _journaled(done: dict[int, dict], ctx: worker.WorkerContext, items: list[Item]) -> Iterator:
     """Journaled (index, result), with the label file's view filter applied again."""
     for index, res in sorted(done.items()):
         if res["status"] == "reused":
             row = res["row"]
             if row["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
-                res = _skip(items[index].rel, "view_filter",
+                res = worker.skip_result(items[index].rel, "view_filter",
                             "excluded by the view filter of the label file",
                             (row["study_id"], row["patient_id"]))  # fmt: skip
             else:
@@ -636,7 +484,7 @@ def _journaled(done: dict[int, dict], ctx: WorkerContext, items: list[Item]) -> 
         yield index, res
 
 
-def _process(inv: Inventory, ctx: WorkerContext, workers: int, out: Path, notes: list[str],
+def _process(inv: Inventory, ctx: worker.WorkerContext, workers: int, out: Path, notes: list[str],
              progress, done: dict, tasks: list, fps_: dict, journal: Journal) -> tuple:  # fmt: skip
     """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids.
     Results already journaled come first; every new one is journaled as it arrives."""

@@ -21,8 +21,9 @@ from echoclr_cli.data import layouts, privacy, readers, sector
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.data.synth import sector_mask, synthesize
+from echoclr_cli.data.worker import WorkerContext, _mask_and_crop
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import WorkerContext, _mask_and_crop, preprocess
+from echoclr_cli.preprocess import preprocess
 
 
 def _synth_cfg(fmt="dicom", studies=8):
