@@ -133,8 +133,13 @@ class Engine:
         return runtime.autocast(self.device, self.amp_dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move to device, channels_last_3d on CUDA, optional compile, DDP wrap."""
+        """Move to device, channels_last_3d on CUDA, optional compile, DDP wrap; with
+        ``runtime.sync_bn`` and several processes, BatchNorm over the global batch first."""
         model = model.to(self.device)
+        if self.distributed and self.cfg.runtime.sync_bn:
+            from echoclr_cli.sync_bn import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, self.device)
         if self.device.type == "cuda" and self.cfg.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         if self.distributed:
