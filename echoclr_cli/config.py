@@ -49,6 +49,12 @@ class RuntimeConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
+    sync_every: int = Field(
+        25,
+        ge=1,
+        description="training steps between host syncs: the non-finite check (the error still "
+        "names the first bad step; nonfinite_tolerance > 0 checks every step) and step logging",
+    )
     sync_bn: bool = Field(
         False,
         description="DDP only: BatchNorm statistics over the global batch (SyncBatchNorm on CUDA, "
