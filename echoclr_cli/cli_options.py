@@ -144,7 +144,11 @@ LauncherOpt = Annotated[
 ]
 JobsOpt = Annotated[
     int | None,
-    typer.Option("--jobs", help="local/slurm: jobs (array tasks) for the runs; 0 = one per run."),
+    typer.Option(
+        "--jobs",
+        help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one per "
+        "GPU (local).",
+    ),
 ]
 SlurmPartitionOpt = Annotated[
     str | None, typer.Option("--slurm-partition", help="SLURM partition (sweep.slurm.partition).")

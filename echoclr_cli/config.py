@@ -350,7 +350,10 @@ class SweepConfig(Section):
         "'echoclr[cluster]')",
     )
     jobs: int = Field(
-        0, ge=0, description="local / slurm: jobs (array tasks) for the runs; 0 = one per run"
+        0,
+        ge=0,
+        description="local / slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), "
+        "one per visible GPU (local; 1 on CPU)",
     )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 

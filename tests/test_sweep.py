@@ -779,6 +779,49 @@ def test_local_launcher_results_byte_identical_to_inline(cfg, data_dir, tmp_path
     assert again.trained == []  # everything done: no job at all
 
 
+class GpuRecordingFinetune(FakeFinetune):
+    """Writes the CUDA_VISIBLE_DEVICES its job process saw into the run dir."""
+
+    def __call__(self, cfg, data_dir, out_dir, **kw):
+        res = super().__call__(cfg, data_dir, out_dir, **kw)
+        (Path(out_dir) / "cuda.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        return res
+
+
+def test_local_launcher_puts_one_job_on_each_gpu(cfg, data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    import echoclr_cli.sweep.launch as launch_mod
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    monkeypatch.setattr(launch_mod, "local_gpus", lambda cfg: 2)  # as on a 2-GPU machine
+    out = tmp_path / "local"
+    res = run_sweep(
+        cfg=_small_grid(cfg), data_dir=data_dir, out_dir=out, finetune_fn=GpuRecordingFinetune(),
+        launcher="local",
+    )  # fmt: skip
+    runs = [r.run_dir for r in res.plan.runs]  # plan order: run i in job i mod 2, on GPU i mod 2
+    seen = [(out / r / "cuda.txt").read_text() for r in runs]
+    assert seen == ["0", "1", "0", "1"]
+
+
+def test_local_launcher_defaults_to_one_job_on_cpu(cfg, data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from echoclr_cli.sweep.launch import local_gpus
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    cfg = _small_grid(cfg)
+    cfg.runtime.device = "cpu"
+    assert local_gpus(cfg) == 0
+    out = tmp_path / "local"
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=FakeFinetune(), launcher="local"
+    )
+    assert len(res.trained) == 4
+    assert len([p for p in (out / "submitit").iterdir() if p.name.isdigit()]) == 1
+
+
 def test_local_launcher_records_user_errors_and_reports_crashes(
     cfg, data_dir, tmp_path, monkeypatch
 ):

@@ -1,16 +1,16 @@
 """Sweep launchers beyond ``inline``: the same runs as submitit jobs (``pip install 'echoclr[cluster]'``).
 
-- ``local``: submitit's LocalExecutor, every job a subprocess of this machine, all started at once
-  (``sweep.jobs`` bounds how many run side by side); the sweep waits for them, then aggregates
-  here exactly as the inline launcher does (same results.csv).
+- ``local``: submitit's LocalExecutor, every job a subprocess of this machine, all started at once:
+  ``sweep.jobs`` of them (0 = one per visible GPU, each job on its own GPU; 1 on CPU); the sweep
+  waits for them, then aggregates here exactly as the inline launcher does (same results.csv).
 - ``slurm``: one job array (one array task per job) with the ``sweep.slurm`` parameters, then one
   CPU job that aggregates once the array has ended (``--dependency=afterany``); the command
   returns after submitting. Every array task gets USR2 ``signal_delay_s`` before its time limit
   (and on preemption): submitit calls ``SweepJob.checkpoint`` and requeues the task, which skips
   its finished runs and resumes the partial one from ``checkpoints/last.pt``.
 
-Jobs: the runs still to train in plan order, run ``i`` in job ``i mod n`` (``n = sweep.jobs``,
-0 = one job per run). A job is ``run.train_runs`` on its runs, so a UserError is recorded in the
+Jobs: the runs still to train in plan order, run ``i`` in job ``i mod n`` (``n = sweep.jobs``;
+0 = one job per run for slurm, one per GPU for local). A job is ``run.train_runs`` on its runs, so a UserError is recorded in the
 run's sweep_error.txt and the job goes on, as inline. Logs: ``SWEEP/submitit/``.
 """
 
@@ -124,24 +124,43 @@ def launch(
     finetune_fn=None,
 ) -> LaunchOutcome:
     submitit = require_submitit()
-    chunks = split_jobs(todo, cfg.sweep.jobs)
+    n_gpus = local_gpus(cfg) if launcher == "local" else 0
+    jobs = cfg.sweep.jobs or (max(1, n_gpus) if launcher == "local" else 0)
+    chunks = split_jobs(todo, jobs)
     folder = out_dir / LOG_DIR / "%j"
     jobs_of = [SweepJob(cfg, data_dir, out_dir, chunk, finetune_fn) for chunk in chunks]
     if launcher == "local":
-        return _run_local(submitit, folder, jobs_of, progress)
+        return _run_local(submitit, folder, jobs_of, progress, n_gpus)
     if launcher == "slurm":
         return _submit_slurm(submitit, cfg, out_dir, folder, plan, jobs_of, progress)
     raise UserError(f"unknown sweep launcher '{launcher}'", fix="use inline, local or slurm")
 
 
-def _run_local(submitit, folder: Path, jobs_of: list[SweepJob], progress) -> LaunchOutcome:
+def local_gpus(cfg: Config) -> int:
+    """GPUs the local launcher spreads its jobs over (0 for a CPU run)."""
+    from echoclr_cli.runtime import cuda_available
+
+    if cfg.runtime.device == "cpu" or not cuda_available():
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _run_local(
+    submitit, folder: Path, jobs_of: list[SweepJob], progress, n_gpus: int = 0
+) -> LaunchOutcome:
+    """All jobs at once, job ``j`` on GPU ``j mod n_gpus`` (CUDA_VISIBLE_DEVICES)."""
     out = LaunchOutcome()
     if not jobs_of:
         return out
     ex = submitit.LocalExecutor(folder=folder)
     ex.update_parameters(timeout_min=60 * 24 * 30)
-    with ex.batch():
-        jobs = [ex.submit(j) for j in jobs_of]
+    jobs = []
+    for j, job_fn in enumerate(jobs_of):
+        if n_gpus:
+            ex.update_parameters(gpus_per_node=1, visible_gpus=[j % n_gpus])
+        jobs.append(ex.submit(job_fn))
     if progress is not None:
         progress(Note(f"{len(jobs)} local job(s) started; logs in {folder.parent}"))
     crashed = []
