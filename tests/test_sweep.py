@@ -805,6 +805,7 @@ def test_local_launcher_puts_one_job_on_each_gpu(cfg, data_dir, tmp_path, monkey
     assert seen == ["0", "1", "0", "1"]
 
 
+@pytest.mark.slow  # job subprocesses: ~15 s
 def test_local_launcher_defaults_to_one_job_on_cpu(cfg, data_dir, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from echoclr_cli.sweep.launch import local_gpus
@@ -822,6 +823,7 @@ def test_local_launcher_defaults_to_one_job_on_cpu(cfg, data_dir, tmp_path, monk
     assert len([p for p in (out / "submitit").iterdir() if p.name.isdigit()]) == 1
 
 
+@pytest.mark.slow  # job subprocesses: ~15 s
 def test_local_launcher_records_user_errors_and_reports_crashes(
     cfg, data_dir, tmp_path, monkeypatch
 ):
