@@ -134,6 +134,39 @@ ShardOpt = Annotated[
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
 ]
+LauncherOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--launcher",
+        help="inline (default): train here; local: submitit jobs on this machine; slurm: a job "
+        "array (needs the [cluster] extra; sweep.launcher).",
+    ),
+]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one per "
+        "GPU (local).",
+    ),
+]
+SlurmPartitionOpt = Annotated[
+    str | None, typer.Option("--slurm-partition", help="SLURM partition (sweep.slurm.partition).")
+]
+SlurmTimeOpt = Annotated[
+    int | None,
+    typer.Option("--slurm-time", help="Minutes per array task (sweep.slurm.time_min)."),
+]
+SlurmGpusOpt = Annotated[
+    int | None, typer.Option("--slurm-gpus", help="GPUs per array task (sweep.slurm.gpus).")
+]
+SlurmArrayParallelismOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--slurm-array-parallelism",
+        help="Array tasks running at once (sweep.slurm.array_parallelism).",
+    ),
+]
 
 
 class CheckFor(StrEnum):

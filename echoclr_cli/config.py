@@ -54,6 +54,17 @@ class RuntimeConfig(Section):
         description="also write TensorBoard events (history scalars, embed projector, explain "
         "frames) under <out>/tensorboard; history.csv stays the source of truth",
     )
+    sync_every: int = Field(
+        25,
+        ge=1,
+        description="training steps between host syncs: the non-finite check (the error still "
+        "names the first bad step; nonfinite_tolerance > 0 checks every step) and step logging",
+    )
+    sync_bn: bool = Field(
+        False,
+        description="DDP only: BatchNorm statistics over the global batch (SyncBatchNorm on CUDA, "
+        "GlobalBatchNorm elsewhere) instead of per process (the published default)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -301,6 +312,24 @@ class EvaluateConfig(Section):
     subgroup_min_n: int = Field(20, ge=1, description="subgroups below this count are flagged")
 
 
+class SlurmConfig(Section):
+    """``echoclr sweep --launcher slurm``: the job array's sbatch parameters (docs/SLURM.md)."""
+
+    partition: str | None = Field(None, description="SLURM partition (None = cluster default)")
+    time_min: int = Field(240, ge=1, description="time limit of one array task, minutes")
+    gpus: int = Field(1, ge=0, description="GPUs per array task")
+    cpus: int = Field(8, ge=1, description="CPUs per array task (loader workers + 1)")
+    mem_gb: int | None = Field(None, ge=1, description="memory per array task, GB")
+    array_parallelism: int = Field(32, ge=1, description="array tasks running at once")
+    signal_delay_s: int = Field(
+        120, ge=10, description="USR2 this long before the time limit: checkpoint and requeue"
+    )
+    max_requeue: int = Field(3, ge=0, description="requeues after a time-out (preemption: any)")
+    account: str | None = None
+    qos: str | None = None
+    job_name: str = "echoclr-sweep"
+
+
 class SweepConfig(Section):
     ratios: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
     inits: list[str] = Field(
@@ -322,6 +351,18 @@ class SweepConfig(Section):
         True,
         description="per-run ROC/PR/calibration figures (the sweep figure follows evaluate.plots)",
     )
+    launcher: Literal["inline", "local", "slurm"] = Field(
+        "inline",
+        description="inline = train here; local / slurm = submitit jobs (pip install "
+        "'echoclr[cluster]')",
+    )
+    jobs: int = Field(
+        0,
+        ge=0,
+        description="local / slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), "
+        "one per visible GPU (local; 1 on CPU)",
+    )
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class Config(Section):

@@ -110,6 +110,12 @@ class Engine:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.state = TrainState()
+        self.sync_every = max(1, int(rt.sync_every))
+        # Host-sync-free steps: per-step (is non-finite, loss, epoch, step, batch) awaiting the
+        # next check, and running float64 sums on the device (seeded from state.sums, so the
+        # additions are exactly those of per-step host floats).
+        self._window: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
+        self._dev_sums: dict[str, torch.Tensor] = {}
         self._sigterm = False
         self._pending_rng: dict | None = None
         if self.is_main:
@@ -133,8 +139,13 @@ class Engine:
         return runtime.autocast(self.device, self.amp_dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move to device, channels_last_3d on CUDA, optional compile, DDP wrap."""
+        """Move to device, channels_last_3d on CUDA, optional compile, DDP wrap; with
+        ``runtime.sync_bn`` and several processes, BatchNorm over the global batch first."""
         model = model.to(self.device)
+        if self.distributed and self.cfg.runtime.sync_bn:
+            from echoclr_cli.sync_bn import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, self.device)
         if self.device.type == "cuda" and self.cfg.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         if self.distributed:
@@ -291,15 +302,18 @@ class Engine:
                     n_clips_epoch += self._train_one(task, batch, optimizer, nonfinite_tolerance)
                     batch_idx += 1
                     s.batch_in_epoch = batch_idx
-                    self._emit(
-                        Step(
-                            epoch=epoch + 1,
-                            epochs=epochs,
-                            batch=batch_idx,
-                            batches=steps_per_epoch,
-                            loss=s.sums.get("loss", 0.0) / max(s.sums.get("_count", 1), 1),
+                    last = batch_idx == steps_per_epoch
+                    if self._sigterm or last or len(self._window) >= self.sync_every:
+                        self.sync_steps()  # raises at the first non-finite step of the window
+                        self._emit(
+                            Step(
+                                epoch=epoch + 1,
+                                epochs=epochs,
+                                batch=batch_idx,
+                                batches=steps_per_epoch,
+                                loss=s.sums.get("loss", 0.0) / max(s.sums.get("_count", 1), 1),
+                            )
                         )
-                    )
                     if self._sigterm:
                         self.save(rundir.LAST, model, optimizer, scheduler)
                         self.barrier()
@@ -309,6 +323,7 @@ class Engine:
                         f"epoch {epoch + 1} ran zero training steps",
                         fix="check the dataset size against --batch-size",
                     )
+                self.sync_steps()
                 seconds = time.perf_counter() - t0
                 if scheduler is not None:
                     scheduler.step()
@@ -350,20 +365,29 @@ class Engine:
         )
 
     def _train_one(self, task: Task, batch: Any, optimizer, tolerance: int) -> int:
+        """One step without a host sync (unless ``tolerance`` > 0 or ``sync_every`` is 1: a
+        non-finite step must then be skipped, which needs the decision before the update).
+
+        Without the sync a non-finite loss still updates the weights; ``sync_steps`` (every
+        ``runtime.sync_every`` steps, at the epoch end and before any checkpoint) then raises
+        naming the first bad step, so no checkpoint ever holds its update."""
         s = self.state
         with self.autocast():
             out = task.train_step(batch, self)
         loss = out["loss"]
         optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(loss.detach()).item()):
-            s.nonfinite += 1
-            if s.nonfinite > tolerance:
-                raise UserError(
-                    f"non-finite loss ({loss.item()}) at epoch {s.epoch + 1}, step {s.step + 1} "
-                    f"(batch {s.batch_in_epoch + 1}); checkpoints on disk hold finite weights",
-                    fix="lower the learning rate, check the data, or raise nonfinite_tolerance",
-                )
-            return 0
+        detached = loss.detach()
+        if tolerance > 0 or self.sync_every == 1:
+            self.sync_steps()
+            if not bool(torch.isfinite(detached).item()):
+                s.nonfinite += 1
+                if s.nonfinite > tolerance:
+                    raise self._nonfinite_error(detached, s.epoch, s.step + 1, s.batch_in_epoch + 1)
+                return 0
+        else:
+            self._window.append(
+                (~torch.isfinite(detached), detached, s.epoch, s.step + 1, s.batch_in_epoch + 1)
+            )
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -372,10 +396,39 @@ class Engine:
         for k, v in out.items():
             if k == "n_clips":
                 continue
-            s.sums[k] = s.sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+            acc = self._dev_sums.get(k)
+            if acc is None:
+                acc = torch.tensor(s.sums.get(k, 0.0), dtype=torch.float64, device=self.device)
+                self._dev_sums[k] = acc
+            acc.add_(v.detach().double() if torch.is_tensor(v) else float(v))
         s.sums["_count"] = s.sums.get("_count", 0.0) + 1
         s.sums["_clips"] = s.sums.get("_clips", 0.0) + n
         return n
+
+    def sync_steps(self) -> None:
+        """The one host sync of the steps since the last call: raise at the first non-finite
+        loss among them, then move the device sums into ``state.sums``."""
+        window, self._window = self._window, []
+        if window:
+            bad = torch.stack([w[0] for w in window]).cpu()
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                _, loss, epoch, step, batch = window[i]
+                self.state.nonfinite += 1
+                raise self._nonfinite_error(loss, epoch, step, batch)
+        if self._dev_sums:
+            keys = list(self._dev_sums)
+            values = torch.stack([self._dev_sums[k] for k in keys]).cpu().tolist()
+            self.state.sums.update(zip(keys, values, strict=True))
+            self._dev_sums = {}
+
+    @staticmethod
+    def _nonfinite_error(loss: torch.Tensor, epoch: int, step: int, batch: int) -> UserError:
+        return UserError(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step} "
+            f"(batch {batch}); checkpoints on disk hold finite weights",
+            fix="lower the learning rate, check the data, or raise nonfinite_tolerance",
+        )
 
     def _epoch_row(self, epoch: int, seconds: float, n_clips: int, optimizer) -> dict[str, Any]:
         sums = self.all_reduce_sum(dict(self.state.sums))

@@ -103,10 +103,12 @@ class FinetuneTask:
         """batch: ``x`` uint8 (B, C, T, H, W), ``y`` (B,) -> loss."""
         self._set_frozen(self.backbone_frozen(engine.state.epoch))
         x = engine.to_device(batch["x"])  # (B, C, T, H, W) uint8
-        y = batch["y"].to(engine.device).float()  # (B,)
+        y = engine.to_device(batch["y"]).float()  # (B,) non-blocking from pinned memory
         mean, std = self.normalization if self.normalization else (None, None)
         augment = self.cfg.finetune.augment
         clips = prepare_clips(x, augment, engine.generator, mean, std)  # (B, 3, T, H, W) float
+        if engine.device.type == "cuda" and self.cfg.runtime.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)  # as the model
         logits = self.model(clips).float()  # (B,)
         loss = classification_loss(logits, y, self.pos_weight, self.cfg.finetune.label_smoothing)
         return {"loss": loss, "n_clips": torch.tensor(x.shape[0])}
@@ -372,7 +374,9 @@ def run_finetune(
         persistent_workers=cfg.runtime.workers > 0,
     )
     val_df = df[df["split"] == "val"]
-    val_loader = eval_loader(val_df, data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips)
+    val_loader = eval_loader(
+        val_df, data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips, persistent=True
+    )
     task_obj = FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization)
     fit = engine.fit(
         task_obj,

@@ -31,7 +31,7 @@ from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.events import EvalBatch, Progress
-from echoclr_cli.runtime import loader_len
+from echoclr_cli.runtime import cuda_available, loader_len
 
 # clip logits (N,), clip labels (N,) -> per-clip losses (N,)
 ClipLoss = Callable[[Tensor, Tensor], Tensor]
@@ -46,9 +46,12 @@ def eval_loader(
     clip_len: int,
     stride: int,
     clips_per_video: int | str | None = None,
+    persistent: bool = False,
 ) -> DataLoader:
     """Evaluation loader: batches of ``evaluate.batch_size`` videos, each with its clips
-    (``clips_per_video``, default ``evaluate.clips_per_video``)."""
+    (``clips_per_video``, default ``evaluate.clips_per_video``). Pinned memory when the run
+    uses CUDA; ``persistent``: the workers stay alive between passes (the per-epoch validation
+    loader, which would otherwise re-spawn its workers every epoch)."""
     dataset = ClipDataset(
         df,
         data_dir,
@@ -65,7 +68,8 @@ def eval_loader(
         shuffle=False,
         num_workers=cfg.runtime.workers,
         collate_fn=collate_clips,
-        persistent_workers=False,
+        pin_memory=cfg.runtime.device != "cpu" and cuda_available(),
+        persistent_workers=persistent and cfg.runtime.workers > 0,
     )
 
 
@@ -103,14 +107,16 @@ def predict_videos(
     model.eval()
     mean, std = normalization if normalization is not None else (None, None)
     rows: list[pd.DataFrame] = []
-    loss_sum, loss_n, n_forwards, max_block = 0.0, 0, 0, 0
+    # one host sync per batch: probabilities and the loss sum stay on the device per block
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_n, n_forwards, max_block = 0, 0, 0
     ctx = autocast or contextlib.nullcontext
     try:
         for b, batch in enumerate(loader):
             x, n_clips = batch["x"], batch["n_clips"]  # (sum N, C, T, H, W) uint8, (B,)
             y_video = batch["y"].float()  # (B,)
             y_clip = torch.repeat_interleave(y_video, n_clips)  # (sum N,)
-            probs = torch.empty(x.shape[0], dtype=torch.float64)  # (sum N,)
+            blocks: list[Tensor] = []
             for start in range(0, x.shape[0], block_size):
                 # (n, C, T, H, W) uint8 with n <= block_size: the only clips on the device
                 block = x[start : start + block_size].to(device, non_blocking=True)
@@ -119,11 +125,12 @@ def predict_videos(
                     logits = model(clips).float().reshape(-1)  # (n,)
                 n_forwards += 1
                 max_block = max(max_block, int(block.shape[0]))
-                probs[start : start + len(logits)] = torch.sigmoid(logits).double().cpu()
+                blocks.append(torch.sigmoid(logits).double())
                 if loss_fn is not None:
                     target = y_clip[start : start + len(logits)].to(device)  # (n,)
-                    loss_sum += float(loss_fn(logits, target).double().sum())
+                    loss_sum += loss_fn(logits, target).double().sum()
                     loss_n += len(logits)
+            probs = torch.cat(blocks).cpu() if blocks else torch.empty(0, dtype=torch.float64)
             per_video = torch.split(probs, n_clips.tolist())
             rows.append(
                 pd.DataFrame(
@@ -143,5 +150,5 @@ def predict_videos(
         model.train(was_training)
     cols = ["video_id", "study_id", "patient_id", "y_true", "y_prob", "n_clips"]
     video = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
-    loss = loss_sum / loss_n if loss_n else None
+    loss = float(loss_sum) / loss_n if loss_n else None
     return VideoPredictions(video[cols], loss, n_forwards, max_block)

@@ -71,10 +71,13 @@ def test_sigterm_mid_epoch_saves_and_resume_matches(tmp_path):
     )
 
 
-def test_nonfinite_loss_stops_naming_step_and_keeps_finite_checkpoints(tmp_path):
+@pytest.mark.parametrize("sync_every", [1, 4, 25])
+def test_nonfinite_loss_stops_naming_step_and_keeps_finite_checkpoints(tmp_path, sync_every):
+    """Checked on the device and synced every ``sync_every`` steps (4: the bad step 8 = epoch 2
+    batch 2 sits inside a window; 25: only at the epoch end): still the first bad step."""
     run = tmp_path / "run"
-    with pytest.raises(UserError, match="step 8"):
-        run_toy(run, epochs=3, nan_at_step=8)
+    with pytest.raises(UserError, match=r"epoch 2, step 8 \(batch 2\)"):
+        run_toy(run, epochs=3, nan_at_step=8, cfg=toy_config(sync_every=sync_every))
     ck = load_checkpoint(run / "checkpoints/last.pt")
     assert ck["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
@@ -146,3 +149,50 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
         engine.save("last.pt", task.model, opt, None)
     assert_bitwise_equal(before, weights(run / "checkpoints/last.pt"))
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_sync_every_changes_no_number(tmp_path):
+    """Sums kept on the device between syncs add exactly what per-step host floats add."""
+    for n in (1, 4, 25):
+        run_toy(tmp_path / f"s{n}", epochs=3, cfg=toy_config(sync_every=n))
+    ref = weights(tmp_path / "s1/checkpoints/last.pt")
+    h_ref = history_without_timing(pd.read_csv(tmp_path / "s1/history.csv"))
+    for n in (4, 25):
+        assert_bitwise_equal(ref, weights(tmp_path / f"s{n}/checkpoints/last.pt"))
+        h = history_without_timing(pd.read_csv(tmp_path / f"s{n}/history.csv"))
+        pd.testing.assert_frame_equal(h_ref, h, check_exact=True)
+
+
+def test_sigterm_mid_window_resume_matches(tmp_path):
+    cfg = toy_config(sync_every=4)
+    run_toy(tmp_path / "full", epochs=3, cfg=cfg)
+    with pytest.raises(Preempted):
+        run_toy(tmp_path / "cut", epochs=3, sigterm_at_step=9, cfg=cfg)  # epoch 2, batch 3
+    run_toy(tmp_path / "cut", epochs=3, resume=True, cfg=cfg)
+    assert_bitwise_equal(
+        weights(tmp_path / "full/checkpoints/last.pt"),
+        weights(tmp_path / "cut/checkpoints/last.pt"),
+    )
+    a = history_without_timing(pd.read_csv(tmp_path / "full/history.csv"))
+    b = history_without_timing(pd.read_csv(tmp_path / "cut/history.csv"))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_step_events_every_sync(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from echoclr_cli.engine import Engine
+    from echoclr_cli.events import Step
+    from tests.engine_toy import ToyData, ToySampler, ToyTask
+
+    events = []
+    engine = Engine(toy_config(sync_every=4), tmp_path / "r", section="pretrain",
+                    progress=events.append)  # fmt: skip
+    task = ToyTask(engine)
+    data = ToyData()
+    sampler = ToySampler(len(data), 8)
+    loader = DataLoader(data, batch_size=8, sampler=sampler)
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    engine.fit(task, loader, opt, epochs=2, sampler=sampler)
+    steps = [(e.epoch, e.batch) for e in events if isinstance(e, Step)]
+    assert steps == [(1, 4), (1, 6), (2, 4), (2, 6)]  # every 4 steps and at the epoch end

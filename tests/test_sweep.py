@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -744,3 +745,253 @@ def test_real_finetune_sweep_end_to_end(tmp_path):
     assert third.trained == ["runs/as/mi-simclr/r0.5_lr0.001_s0"] and not third.failed
     assert (out / "results.csv").read_bytes() == before
     assert set(first.results["split"]) <= {"test", "ext_test"}
+
+
+# --------------------------------------------------------------------------- launchers
+def _small_grid(cfg: Config) -> Config:
+    cfg.sweep.tasks = ["as"]
+    cfg.sweep.ratios = [0.5, 1.0]
+    cfg.sweep.inits = ["random", "echoclr"]
+    return cfg  # 4 runs
+
+
+def test_local_launcher_results_byte_identical_to_inline(cfg, data_dir, tmp_path, monkeypatch):
+    """submitit's LocalExecutor: 2 jobs (subprocesses) for the 4 runs, then the same
+    aggregation as inline: results.csv byte for byte."""
+    pytest.importorskip("submitit")
+    root = Path(__file__).resolve().parents[1]
+    # the jobs unpickle FakeFinetune from this module: make it importable in the subprocesses
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    cfg = _small_grid(cfg)
+    inline, local = tmp_path / "inline", tmp_path / "local"
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=inline, finetune_fn=FakeFinetune())
+    cfg.sweep.jobs = 2
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=local, finetune_fn=FakeFinetune(), launcher="local"
+    )
+    assert sorted(res.trained) == sorted(r.run_dir for r in res.plan.runs) and not res.failed
+    logs = [p for p in (local / "submitit").iterdir() if p.name.isdigit()]
+    assert len(logs) == 2  # one log folder per job
+    assert (local / "results.csv").read_bytes() == (inline / "results.csv").read_bytes()
+    again = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=local, finetune_fn=FakeFinetune(), launcher="local"
+    )
+    assert again.trained == []  # everything done: no job at all
+
+
+class GpuRecordingFinetune(FakeFinetune):
+    """Writes the CUDA_VISIBLE_DEVICES its job process saw into the run dir."""
+
+    def __call__(self, cfg, data_dir, out_dir, **kw):
+        res = super().__call__(cfg, data_dir, out_dir, **kw)
+        (Path(out_dir) / "cuda.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        return res
+
+
+def test_local_launcher_puts_one_job_on_each_gpu(cfg, data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    import echoclr_cli.sweep.launch as launch_mod
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    monkeypatch.setattr(launch_mod, "local_gpus", lambda cfg: 2)  # as on a 2-GPU machine
+    out = tmp_path / "local"
+    res = run_sweep(
+        cfg=_small_grid(cfg), data_dir=data_dir, out_dir=out, finetune_fn=GpuRecordingFinetune(),
+        launcher="local",
+    )  # fmt: skip
+    runs = [r.run_dir for r in res.plan.runs]  # plan order: run i in job i mod 2, on GPU i mod 2
+    seen = [(out / r / "cuda.txt").read_text() for r in runs]
+    assert seen == ["0", "1", "0", "1"]
+
+
+@pytest.mark.slow  # job subprocesses: ~15 s
+def test_local_launcher_defaults_to_one_job_on_cpu(cfg, data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from echoclr_cli.sweep.launch import local_gpus
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    cfg = _small_grid(cfg)
+    cfg.runtime.device = "cpu"
+    assert local_gpus(cfg) == 0
+    out = tmp_path / "local"
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=FakeFinetune(), launcher="local"
+    )
+    assert len(res.trained) == 4
+    assert len([p for p in (out / "submitit").iterdir() if p.name.isdigit()]) == 1
+
+
+@pytest.mark.slow  # job subprocesses: ~15 s
+def test_local_launcher_records_user_errors_and_reports_crashes(
+    cfg, data_dir, tmp_path, monkeypatch
+):
+    pytest.importorskip("submitit")
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(root / "tests")]))
+    cfg = _small_grid(cfg)
+    cfg.sweep.jobs = 1
+    res = run_sweep(
+        cfg=cfg,
+        data_dir=data_dir,
+        out_dir=tmp_path / "a",
+        finetune_fn=FakeFinetune(user_error_for="r0.5"),
+        launcher="local",
+    )
+    assert len(res.failed) == 2 and len(res.trained) == 2
+    assert all((tmp_path / "a" / run / "sweep_error.txt").exists() for run, _ in res.failed)
+    with pytest.raises(UserError, match="1 sweep job\\(s\\) crashed.*killed while training"):
+        run_sweep(
+            cfg=cfg,
+            data_dir=data_dir,
+            out_dir=tmp_path / "b",
+            finetune_fn=FakeFinetune(fail_after=1),
+            launcher="local",
+        )
+
+
+def test_missing_submitit_names_the_extra(cfg, data_dir, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_submitit(name, *args, **kwargs):
+        if name == "submitit":
+            raise ImportError("No module named 'submitit'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    with pytest.raises(UserError, match=r"\[cluster\]") as e:
+        run_sweep(
+            cfg=_small_grid(cfg), data_dir=data_dir, out_dir=tmp_path / "s",
+            finetune_fn=FakeFinetune(), launcher="slurm",
+        )  # fmt: skip
+    assert "pip install 'echoclr[cluster]'" in e.value.fix
+
+
+def test_launchers_refuse_pretrain_missing(cfg, data_dir, tmp_path):
+    cfg = _small_grid(cfg)
+    cfg.sweep.inits = ["random", "mi-simclr"]
+    cfg.sweep.pretrain_missing = True
+    with pytest.raises(UserError, match="sharded or launched sweep"):
+        run_sweep(
+            cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "s", finetune_fn=FakeFinetune(),
+            launcher="local",
+        )  # fmt: skip
+
+
+def test_split_jobs_round_robin():
+    from echoclr_cli.sweep.launch import split_jobs
+
+    runs = list(range(5))
+    assert split_jobs(runs, 0) == [[0], [1], [2], [3], [4]]
+    assert split_jobs(runs, 2) == [[0, 2, 4], [1, 3]]
+    assert split_jobs(runs, 9) == [[0], [1], [2], [3], [4]]
+    assert split_jobs([], 3) == []
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """`srun` and `sbatch` stand-ins on PATH: sbatch keeps a copy of each script it is given and
+    answers like SLURM with increasing job ids."""
+    bin_dir, captured = tmp_path / "bin", tmp_path / "sbatch_scripts"
+    bin_dir.mkdir()
+    captured.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f'n=$(ls "{captured}" | wc -l); id=$((4242 + n))\n'
+        f'cp "$1" "{captured}/$id.sh"\n'
+        'echo "Submitted batch job $id"\n'
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return captured
+
+
+def test_slurm_launcher_submits_an_array_and_a_dependent_aggregation(
+    cfg, data_dir, tmp_path, monkeypatch
+):
+    pytest.importorskip("submitit")
+    captured = _fake_slurm(tmp_path, monkeypatch)
+    cfg = _small_grid(cfg)
+    cfg.sweep.slurm.partition = "gpu"
+    cfg.sweep.slurm.time_min = 90
+    cfg.sweep.slurm.gpus = 1
+    cfg.sweep.slurm.array_parallelism = 3
+    cfg.sweep.slurm.signal_delay_s = 180
+    fake = FakeFinetune()
+    out = tmp_path / "sweep"
+    res = run_sweep(cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=fake, launcher="slurm")
+    assert fake.calls == []  # nothing trains on the submitting machine
+    assert res.submitted == ["4242", "4243"]
+    assert not (out / "results.csv").exists()  # the aggregation job writes it
+    array, agg = ((captured / f"{i}.sh").read_text() for i in res.submitted)
+    assert "#SBATCH --array=0-3%3" in array  # one array task per run, 3 at once
+    assert "#SBATCH --partition=gpu" in array and "#SBATCH --time=90" in array
+    assert "#SBATCH --gpus-per-node=1" in array
+    assert "#SBATCH --signal=USR2@180" in array  # checkpoint + requeue before the time limit
+    assert "#SBATCH --job-name=echoclr-sweep" in array
+    assert "#SBATCH --dependency=afterany:4242" in agg and "gpus" not in agg
+    assert "--array" not in agg
+    # the pickled jobs are checkpointable and each holds one run
+    import pickle
+
+    from echoclr_cli.sweep.launch import SweepJob
+
+    pickles = sorted((out / "submitit").glob("4242_*/*_submitted.pkl"))
+    assert len(pickles) == 4
+    jobs = [pickle.loads(p.read_bytes()).function for p in pickles]
+    assert all(isinstance(j, SweepJob) and len(j.runs) == 1 for j in jobs)
+    requeued = jobs[0].checkpoint()
+    assert requeued.function is jobs[0]
+
+
+def test_slurm_array_task_runs_its_runs_and_aggregation_job_writes_results(
+    cfg, data_dir, tmp_path, monkeypatch
+):
+    """What the array tasks and the aggregation job do, run here in order: same results.csv
+    as inline."""
+    pytest.importorskip("submitit")
+    import pickle
+
+    captured = _fake_slurm(tmp_path, monkeypatch)
+    cfg = _small_grid(cfg)
+    cfg.sweep.jobs = 2
+    out, inline = tmp_path / "sweep", tmp_path / "inline"
+    res = run_sweep(
+        cfg=cfg, data_dir=data_dir, out_dir=out, finetune_fn=FakeFinetune(), launcher="slurm"
+    )
+    assert "#SBATCH --array=0-1%2" in (captured / f"{res.submitted[0]}.sh").read_text()
+    for p in sorted((out / "submitit").glob("*/*_submitted.pkl")):
+        job = pickle.loads(p.read_bytes()).function
+        if not p.parent.name.startswith(res.submitted[-1]):
+            job()
+    agg = next((out / "submitit").glob(f"{res.submitted[-1]}/*_submitted.pkl"))
+    assert pickle.loads(agg.read_bytes()).function() == len(pd.read_csv(out / "results.csv"))
+    run_sweep(cfg=cfg, data_dir=data_dir, out_dir=inline, finetune_fn=FakeFinetune())
+    assert (out / "results.csv").read_bytes() == (inline / "results.csv").read_bytes()
+
+
+def test_cli_slurm_options_reach_the_sbatch_script(data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from typer.testing import CliRunner
+
+    from echoclr_cli.cli import app
+
+    captured = _fake_slurm(tmp_path, monkeypatch)
+    out = tmp_path / "sweep"
+    args = [
+        "sweep", "--data", str(data_dir), "--out", str(out), "--tasks", "as", "--inits", "random",
+        "--ratios", "0.5,1.0", "--launcher", "slurm", "--jobs", "2", "--slurm-partition", "a100",
+        "--slurm-time", "30", "--slurm-gpus", "2", "--slurm-array-parallelism", "1",
+        "--set", "evaluate.plots=false",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    array = (captured / "4242.sh").read_text()
+    for line in ("--array=0-1%1", "--partition=a100", "--time=30", "--gpus-per-node=2"):
+        assert f"#SBATCH {line}" in array
+    assert "afterany:4242" in (captured / "4243.sh").read_text()
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["sweep"]["launcher"] == "slurm"

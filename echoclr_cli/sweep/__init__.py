@@ -14,6 +14,7 @@ run dir under ``SWEEP/runs/{task}/{init}/r{ratio}_lr{lr}_s{seed}``, so the sweep
 
 Modules: ``grid`` (names, LR grid, parsing), ``inits`` (which inits exist), ``state`` (what a
 run dir / sweep dir says), ``plan`` (the grid with status and measured cost), ``run`` (execution),
+``launch`` (the ``local`` / ``slurm`` launchers through submitit, ``sweep.launcher``),
 ``results`` (selection on val, tables, figures). Files in the sweep dir: ``sweep.yaml``
 (resolved config), ``plan.csv``, ``runs/...``, ``selection.csv``, ``results.csv``
 (``schema.RESULT_COLUMNS``), ``table_{metric}_{task}_{split}.csv`` (init x ratio, paper-style)

@@ -55,6 +55,7 @@ class SweepResult:
     figures: list[Path] = field(default_factory=list)
     dry_run: bool = False
     out_dir: Path | None = None
+    submitted: list[str] = field(default_factory=list)  # slurm job ids (launcher slurm)
 
 
 def _write_sweep_files(cfg: Config, plan: SweepPlan, out_dir: Path) -> None:
@@ -133,56 +134,22 @@ class _Eta:
         return Eta(seconds=seconds, runs_left=len(remaining), basis=cost.basis)
 
 
-def run_sweep(
-    *,
+def train_runs(
     cfg: Config,
     data_dir: Path,
     out_dir: Path,
-    shard: tuple[int, int] | None = None,
-    dry_run: bool = False,
+    todo: list[RunSpec],
     progress: Progress | None = None,
     finetune_fn: FinetuneFn | None = None,
-    pretrain_fn: PretrainFn | None = None,
-) -> SweepResult:
-    """Plan, (pretrain missing SSL inits,) fine-tune every unfinished run of this shard, aggregate.
-
-    ``dry_run``: plan only, nothing is written or trained. A run that raises UserError (e.g. a
-    label fraction with no positive study) is recorded in ``failed`` and the sweep goes on; any
-    other exception (preemption, Ctrl-C, a bug) stops the sweep, and re-running it resumes.
-    ``finetune_fn`` / ``pretrain_fn`` default to ``finetune.run_finetune`` / ``pretrain.run_pretrain``
-    (tests inject fakes with the same signature).
-    """
-    from echoclr_cli.runtime import dist_env
-
-    if dist_env()[1] > 1:
-        raise UserError(
-            "echoclr sweep runs one process per shard, not under torchrun (WORLD_SIZE > 1)",
-            fix="start one `echoclr sweep --shard i/n` per GPU (docs/SLURM.md)",
-        )
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    plan = plan_sweep(cfg, data_dir, out_dir)
-    mine = shard_runs(plan.runs, shard)
-    result = SweepResult(plan=plan, shard=shard, assigned=mine, dry_run=dry_run, out_dir=out_dir)
-    check_sweep_config(cfg, out_dir)
-    if dry_run:
-        return result
-    if plan.pretrain and shard is not None:
-        cmds = " && ".join(p.command for p in plan.pretrain)
-        raise UserError(
-            "--pretrain-missing cannot run inside a sharded sweep (every shard would pretrain)",
-            fix=f"pretrain first ({cmds}), then launch the shards",
-        )
-    preflight_sweep(cfg, data_dir, plan)
-    for line in plan.summary(mine):  # what is about to happen, before hours of training
-        _emit(progress, Note(line))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_sweep_files(cfg, plan, out_dir)
-    result.pretrained = _pretrain_missing(cfg, plan, data_dir, progress, pretrain_fn)
-
+    eta: _Eta | None = None,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Fine-tune ``todo`` one after the other (the inline launcher, and each job of the others):
+    done runs are skipped, partial ones resumed, leftovers overwritten; a UserError is written
+    to the run's sweep_error.txt and the next run goes on. Returns (trained, failed)."""
     if finetune_fn is None:
         from echoclr_cli.finetune import run_finetune as finetune_fn
-    todo = [r for r in mine if run_status(out_dir / r.run_dir) != "done"]
-    eta = _Eta(cfg, plan, out_dir)
+    trained: list[str] = []
+    failed: list[tuple[str, str]] = []
     for k, spec in enumerate(todo, 1):
         run_dir = out_dir / spec.run_dir
         status = run_status(run_dir)
@@ -202,12 +169,81 @@ def run_sweep(
                 progress=in_run(progress, spec.run_dir),
             )
         except UserError as e:
-            result.failed.append((spec.run_dir, str(e)))
+            failed.append((spec.run_dir, str(e)))
             atomic_write_text(run_dir / ERROR_FILE, str(e) + "\n")
             _emit(progress, RunFailed(index=k, total=len(todo), run=spec.run_dir, error=str(e)))
             continue
-        result.trained.append(spec.run_dir)
-        _emit(progress, eta.after(spec, todo[k:]))
+        trained.append(spec.run_dir)
+        if eta is not None:
+            _emit(progress, eta.after(spec, todo[k:]))
+    return trained, failed
+
+
+def run_sweep(
+    *,
+    cfg: Config,
+    data_dir: Path,
+    out_dir: Path,
+    shard: tuple[int, int] | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    finetune_fn: FinetuneFn | None = None,
+    pretrain_fn: PretrainFn | None = None,
+    launcher: str | None = None,
+) -> SweepResult:
+    """Plan, (pretrain missing SSL inits,) fine-tune every unfinished run of this shard, aggregate.
+
+    ``dry_run``: plan only, nothing is written or trained. A run that raises UserError (e.g. a
+    label fraction with no positive study) is recorded in ``failed`` and the sweep goes on; any
+    other exception (preemption, Ctrl-C, a bug) stops the sweep, and re-running it resumes.
+    ``finetune_fn`` / ``pretrain_fn`` default to ``finetune.run_finetune`` / ``pretrain.run_pretrain``
+    (tests inject fakes with the same signature). ``launcher`` (default ``sweep.launcher``):
+    ``inline`` trains here, ``local`` / ``slurm`` run the same runs as submitit jobs
+    (``sweep/launch.py``); slurm returns after submitting (``result.submitted``).
+    """
+    from echoclr_cli.runtime import dist_env
+
+    if dist_env()[1] > 1:
+        raise UserError(
+            "echoclr sweep runs one process per shard, not under torchrun (WORLD_SIZE > 1)",
+            fix="start one `echoclr sweep --shard i/n` per GPU (docs/SLURM.md)",
+        )
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    plan = plan_sweep(cfg, data_dir, out_dir)
+    mine = shard_runs(plan.runs, shard)
+    result = SweepResult(plan=plan, shard=shard, assigned=mine, dry_run=dry_run, out_dir=out_dir)
+    check_sweep_config(cfg, out_dir)
+    if dry_run:
+        return result
+    if plan.pretrain and (shard is not None or (launcher or cfg.sweep.launcher) != "inline"):
+        cmds = " && ".join(p.command for p in plan.pretrain)
+        raise UserError(
+            "--pretrain-missing cannot run inside a sharded or launched sweep "
+            "(every shard or job would pretrain)",
+            fix=f"pretrain first ({cmds}), then launch the shards",
+        )
+    preflight_sweep(cfg, data_dir, plan)
+    for line in plan.summary(mine):  # what is about to happen, before hours of training
+        _emit(progress, Note(line))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_sweep_files(cfg, plan, out_dir)
+    result.pretrained = _pretrain_missing(cfg, plan, data_dir, progress, pretrain_fn)
+
+    todo = [r for r in mine if run_status(out_dir / r.run_dir) != "done"]
+    launcher = launcher or cfg.sweep.launcher
+    if launcher != "inline":
+        from echoclr_cli.sweep.launch import launch
+
+        outcome = launch(launcher, cfg, data_dir, out_dir, plan, todo, progress, finetune_fn)
+        result.trained, result.failed = outcome.trained, outcome.failed
+        result.submitted = outcome.submitted
+        if result.submitted:  # slurm: the array trains, a dependent job aggregates
+            return result
+    else:
+        eta = _Eta(cfg, plan, out_dir)
+        result.trained, result.failed = train_runs(
+            cfg, data_dir, out_dir, todo, progress=progress, finetune_fn=finetune_fn, eta=eta
+        )
 
     agg = aggregate_all(out_dir, cfg, plan_frame=plan.frame(), inits=plan.inits)
     result.results, result.selection, result.tables, result.figures = agg
