@@ -461,9 +461,13 @@ class TimedLoader:
 
 def _engine(ctx: Ctx, cfg, name: str, events: list):
     from echoclr_cli.engine import Engine
+    from echoclr_cli.events import Step
 
-    def progress(ev: dict) -> None:
-        if ev.get("kind") == "step":
+    # a Step event (and its timestamp) every step: one host sync per step, as a timed loop needs
+    cfg.runtime.sync_every = 1
+
+    def progress(ev) -> None:
+        if isinstance(ev, Step):
             events.append(time.perf_counter())
 
     return Engine(cfg, ctx.work / name, section="pretrain", overwrite=True, progress=progress)

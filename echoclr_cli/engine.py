@@ -111,6 +111,7 @@ class Engine:
         )
         self.state = TrainState()
         self.sync_every = max(1, int(rt.sync_every))
+        self._unsynced = 0  # steps since the last host sync (Step events follow the syncs)
         # Host-sync-free steps: per-step (is non-finite, loss, epoch, step, batch) awaiting the
         # next check, and running float64 sums on the device (seeded from state.sums, so the
         # additions are exactly those of per-step host floats).
@@ -300,10 +301,11 @@ class Engine:
                     if max_steps_per_epoch and batch_idx >= max_steps_per_epoch:
                         break
                     n_clips_epoch += self._train_one(task, batch, optimizer, nonfinite_tolerance)
+                    self._unsynced += 1
                     batch_idx += 1
                     s.batch_in_epoch = batch_idx
                     last = batch_idx == steps_per_epoch
-                    if self._sigterm or last or len(self._window) >= self.sync_every:
+                    if self._sigterm or last or self._unsynced >= self.sync_every:
                         self.sync_steps()  # raises at the first non-finite step of the window
                         self._emit(
                             Step(
@@ -409,6 +411,7 @@ class Engine:
         """The one host sync of the steps since the last call: raise at the first non-finite
         loss among them, then move the device sums into ``state.sums``."""
         window, self._window = self._window, []
+        self._unsynced = 0
         if window:
             bad = torch.stack([w[0] for w in window]).cpu()
             if bool(bad.any()):
