@@ -111,6 +111,13 @@ def synth(
     preview: Annotated[
         Path | None, typer.Option("--preview", help="Also write a PNG montage of frames here.")
     ] = None,
+    views: Annotated[
+        str | None,
+        typer.Option(
+            "--views",
+            help="Comma-separated views per study: plax,psax,a4c,a2c (synth.views; default plax).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     profile: ProfileOpt = "auto",
@@ -119,7 +126,8 @@ def synth(
 ) -> None:
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
     with handle_errors(verbose):
-        flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt}
+        flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt,
+                 "synth.views": views}  # fmt: skip
         cfg = build_config(
             section="synth",
             config=config,

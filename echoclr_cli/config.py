@@ -116,6 +116,28 @@ class SynthConfig(Section):
     workers: int = Field(
         2, ge=1, description="parallel worker processes (the output is identical for any count)"
     )
+    views: list[Literal["plax", "psax", "a4c", "a2c"]] = Field(
+        default_factory=lambda: ["plax"],
+        min_length=1,
+        description="echo views written per study; ['plax'] = the single-view archive. With "
+        "several views every study gets 1-2 videos of each view (PLAX a minority when there "
+        "are >= 2 other views; min_videos/max_videos then do not apply) and videos.csv a "
+        "'view' column",
+    )
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views(cls, v):
+        """'plax,a4c' or a list; lower case, no repeats, in the order plax, psax, a4c, a2c."""
+        if isinstance(v, str):
+            v = v.split(",")
+        if not isinstance(v, list | tuple):
+            return v
+        names = [str(x).strip().lower() for x in v if str(x).strip()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a view is listed twice in {names}")
+        order = ["plax", "psax", "a4c", "a2c"]
+        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
 
 
 # --------------------------------------------------------------------------- preprocess

@@ -346,6 +346,8 @@ def preprocess(
             "label_columns": list(inv.label_columns), "size": pc.size,
             "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
             "video_settings": settings, "config": outputs.public_config(pc)}  # fmt: skip
+    if inv.categorical_columns:
+        meta["categorical_columns"] = list(inv.categorical_columns)
     before = dataset_json(out)
     atomic_write_json(out / "dataset.json", meta)
     journal.open()
@@ -372,7 +374,7 @@ def preprocess(
             df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
         df["split"] = _assign(df, labels, pc)
         df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
-    manifest = _manifest_frame(df, labels)
+    manifest = _manifest_frame(df, labels, inv.categorical_columns)
     issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
 
     files = {it.rel: it.file for it in inv.items}
@@ -541,6 +543,8 @@ def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
         metas.append(meta)
     for col in inv.label_columns:
         df[col] = [m.get(col, np.nan) for m in metas]
+    for col in inv.categorical_columns:  # strings (e.g. view), not binary
+        df[col] = [m.get(col, "") for m in metas]
     years = [m.get("study_year") for m in metas]
     df["study_year"] = [
         y if y is not None else r for y, r in zip(years, df["study_year"], strict=True)
@@ -554,9 +558,9 @@ def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
     return df
 
 
-def _manifest_frame(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+def _manifest_frame(df: pd.DataFrame, labels: list[str], categorical=()) -> pd.DataFrame:
     optional = [c for c in OPTIONAL_COLUMNS if c not in labels]
-    cols = list(MANIFEST_COLUMNS) + optional + labels
+    cols = list(MANIFEST_COLUMNS) + optional + labels + list(categorical)
     if df.empty:
         return pd.DataFrame(columns=cols)
     for c in optional:

@@ -26,7 +26,7 @@ from echoclr_cli.data.labels import (
     view_keep,
     years_column,
 )
-from echoclr_cli.data.manifest import normalise_split, parse_labels
+from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split, parse_labels
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.errors import UserError
 
@@ -76,6 +76,7 @@ class Inventory:
     label_issues: list[dict] = field(default_factory=list)
     label_rows: list[LabelRow] = field(default_factory=list)
     known_ids: set[str] = field(default_factory=set)
+    categorical_columns: list[str] = field(default_factory=list)  # string columns (e.g. view)
 
 
 def detect_layout(root: Path) -> str:
@@ -280,6 +281,8 @@ def _discover_synth(cfg, root: Path, salt: str) -> Inventory:
         view_keep(lab, cfg, str(root / "labels.csv"))  # raises naming the column
     inv = Inventory("synth", root, [], list(lbl.columns))
     inv.label_issues += issues
+    # a multi-view archive's true view: a categorical (string) manifest column, never binary
+    inv.categorical_columns = [c for c in CATEGORICAL_COLUMNS if c in vids.columns]
     if lbl.columns.size:
         inv.label_rows += [LabelRow("labels.csv", int(lines.loc[i]), "study",
                                     hash_id(salt, "study", sid), sid)
@@ -287,6 +290,8 @@ def _discover_synth(cfg, root: Path, salt: str) -> Inventory:
     for i, row in vids.iterrows():
         meta, pid = per_study.get(row["study_id"], ({}, None))
         meta = dict(meta)
+        for c in inv.categorical_columns:
+            meta[c] = "" if pd.isna(row[c]) else str(row[c]).strip()
         pid = row.get("patient_id") or pid or row["study_id"]
         inv.known_ids.add(hash_id(salt, "study", row["study_id"]))
         path = root / row["file"]

@@ -33,6 +33,9 @@ MANIFEST_COLUMNS = (
 # columns; optional (empty for AVI/MP4 inputs and hand-written manifests), never labels.
 OPTIONAL_COLUMNS = ("manufacturer", "model", "sex", "age_band", "frame_rate_band")
 NON_LABEL_COLUMNS = frozenset(MANIFEST_COLUMNS) | frozenset(OPTIONAL_COLUMNS)
+# Categorical (string) columns a layout may carry, e.g. a synthetic archive's true echo view.
+# Listed in dataset.json "categorical_columns"; never parsed as binary labels.
+CATEGORICAL_COLUMNS = ("view",)
 _STR_COLUMNS = ("video_id", "study_id", "patient_id", "split", "path", "fps_source", "source_hash")
 _INT_COLUMNS = ("n_frames", "height", "width", "channels")
 _MISSING_TOKENS = {"", "nan", "NaN", "NA", "N/A", "None", "none", "null", "NULL"}
@@ -171,7 +174,17 @@ def label_columns(df: pd.DataFrame) -> list[str]:
     cols = df.attrs.get("label_columns")
     if cols is not None:
         return [c for c in cols if c in df.columns]
-    return [c for c in df.columns if c not in NON_LABEL_COLUMNS]
+    cat = set(categorical_columns(df))
+    return [c for c in df.columns if c not in NON_LABEL_COLUMNS and c not in cat]
+
+
+def categorical_columns(df: pd.DataFrame) -> list[str]:
+    """Categorical (string) label columns of a manifest, e.g. ``view`` (from dataset.json when
+    loaded, else the known names present)."""
+    cols = df.attrs.get("categorical_columns")
+    if cols is not None:
+        return [c for c in cols if c in df.columns]
+    return [c for c in CATEGORICAL_COLUMNS if c in df.columns]
 
 
 def parse_labels(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -256,7 +269,10 @@ def load_manifest(
     if "study_year" in df.columns:
         df["study_year"] = pd.to_numeric(df["study_year"], errors="coerce").astype("Int64")
 
-    labels = _declared_labels(data_dir, df)
+    categorical = _declared_categorical(data_dir, df)
+    labels = [c for c in _declared_labels(data_dir, df) if c not in categorical]
+    for col in categorical:
+        df[col] = df[col].str.strip()
     excluded = []
     for col in labels:
         values, bad = parse_labels(df[col])
@@ -295,6 +311,7 @@ def load_manifest(
     if check_files:
         _check_files(data_dir, df)
     df.attrs["label_columns"] = labels
+    df.attrs["categorical_columns"] = categorical
     df.attrs["excluded"] = excluded
     df.attrs["data_dir"] = str(data_dir)
     return df
@@ -316,6 +333,17 @@ def _declared_labels(data_dir: Path, df: pd.DataFrame) -> list[str]:
                 )
             return [str(c) for c in cols]
     return [c for c in df.columns if c not in NON_LABEL_COLUMNS]
+
+
+def _declared_categorical(data_dir: Path, df: pd.DataFrame) -> list[str]:
+    """dataset.json "categorical_columns" (those in the manifest), else the known names."""
+    info = dataset_json(data_dir)
+    cols = info.get("categorical_columns")
+    if isinstance(cols, list):
+        return [str(c) for c in cols if c in df.columns]
+    if isinstance(info.get("label_columns"), list):  # dataset.json lists them all: none here
+        return []
+    return [c for c in CATEGORICAL_COLUMNS if c in df.columns]
 
 
 def _check_files(data_dir: Path, df: pd.DataFrame) -> None:

@@ -1,4 +1,5 @@
-"""Synthetic raw echo archive: PLAX-like cine loops with known latent anatomy and labels.
+"""Synthetic raw echo archive: PLAX-like cine loops with known latent anatomy and labels
+(with ``synth.views``, also PSAX, A4C and A2C loops of the same hearts: data/synth_views.py).
 
 What it models (so that self-supervised pretraining has something real to find):
 
@@ -158,6 +159,7 @@ class StudyPlan:
     as_clean: int
     lvh_clean: int
     n_videos: int
+    views: tuple[str, ...] = ()  # view of each cine (multi-view archives only)
 
 
 # --------------------------------------------------------------------------- sector geometry
@@ -317,11 +319,34 @@ def plan_studies(sc: SynthConfig) -> list[StudyPlan]:
     for i, s in enumerate(plans):
         s.index = i
         s.study_id = f"S{i + 1:05d}"
+    if multi_view(sc):
+        for s in plans:
+            s.views = study_views(sc, s.index)
+            s.n_videos = len(s.views)
     return plans
 
 
+def multi_view(sc: SynthConfig) -> bool:
+    """True unless the archive is the single-view PLAX one (whose output never changes)."""
+    return list(sc.views) != ["plax"]
+
+
+def study_views(sc: SynthConfig, index: int) -> tuple[str, ...]:
+    """The view of each cine of study ``index`` (own random stream, deterministic in seed):
+    1-2 videos of every non-PLAX view, 1-2 PLAX videos but fewer than the others together
+    (PLAX a minority when there are >= 2 other views; at least one PLAX), in random order."""
+    rng = np.random.default_rng([sc.seed, 6, index])
+    others = [v for v in sc.views if v != "plax"]
+    counts = {v: int(rng.integers(1, 3)) for v in others}
+    if "plax" in sc.views:
+        n_other = sum(counts.values())
+        counts = {"plax": max(1, min(int(rng.integers(1, 3)), n_other - 1)), **counts}
+    views = [v for v, n in counts.items() for _ in range(n)]
+    return tuple(views[i] for i in rng.permutation(len(views)))
+
+
 def _acquisition(
-    rng: np.random.Generator, sc: SynthConfig, site: str, anat: Anatomy
+    rng: np.random.Generator, sc: SynthConfig, site: str, anat: Anatomy, view: str = "plax"
 ) -> Acquisition:
     """Draw one video's nuisance parameters and a sector that fits the frame."""
     h, w = sc.height, sc.width
@@ -343,7 +368,8 @@ def _acquisition(
         half_angle_deg=half,
         tilt_deg=tilt,
         depth_mm=round(rng.uniform(140.0, 195.0), 1),
-        rotation_deg=anat.axis_deg + _normal_clip(rng, 0.0, 7.0, -15.0, 15.0),
+        rotation_deg=(anat.axis_deg if view == "plax" else 0.0)
+        + _normal_clip(rng, 0.0, 7.0, -15.0, 15.0),
         shift_mm=rng.uniform(-12.0, 12.0),
         v_offset_mm=rng.uniform(-3.0, 3.0),
         gain=rng.uniform(0.9, 1.5) if ext else rng.uniform(0.7, 1.3),
@@ -819,6 +845,7 @@ def _save_dicom(ds, path: Path) -> None:
 def _write_cine_dicom(
     path: Path, frames: np.ndarray, plan: StudyPlan, acq: Acquisition, mask: np.ndarray,
     seed: int, video_index: int, codec: str, photometric: str, regions: bool,
+    series_description: str = "PLAX",
 ) -> str:  # fmt: skip
     """Multi-frame US DICOM; returns the transfer syntax UID written."""
     ds = _base_dataset(plan, seed, US_MULTIFRAME, "US", 1 + video_index, 1)
@@ -829,7 +856,7 @@ def _write_cine_dicom(
     ds.RecommendedDisplayFrameRate = acq.fps
     ds.HeartRate = int(round(plan.anatomy.heart_rate * acq.hr_jitter))
     ds.ImageType = ["ORIGINAL", "PRIMARY", "", "0001"]
-    ds.SeriesDescription = "PLAX"
+    ds.SeriesDescription = series_description
     if regions:
         _regions(ds, acq, mask)
     _encode_pixels(ds, frames, codec, photometric)
@@ -925,17 +952,36 @@ def _file_name(rng: np.random.Generator, index: int, study_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- study + archive
+class _Hearts(dict):
+    """A study's canonical cycle per view, rendered on first use."""
+
+    def __init__(self, anatomy: Anatomy):
+        super().__init__()
+        self.anatomy = anatomy
+
+    def __missing__(self, view: str) -> np.ndarray:
+        if view == "plax":
+            heart = render_heart(self.anatomy)
+        else:
+            from echoclr_cli.data.synth_views import RENDERERS
+
+            heart = RENDERERS[view](self.anatomy)
+        self[view] = heart
+        return heart
+
+
 def _study(plan: StudyPlan, sc: SynthConfig, out_dir: Path) -> list[dict]:
     """Render and write one study; returns its videos.csv rows."""
     rng = np.random.default_rng([sc.seed, 2, plan.index])
-    heart = render_heart(plan.anatomy)
+    hearts = _Hearts(plan.anatomy)
     rel_dir = Path(plan.patient_id) / plan.study_id
     rows: list[dict] = []
     still_src: tuple[np.ndarray, Acquisition] | None = None
     n_file = 0
     for vi in range(plan.n_videos):
-        acq = _acquisition(rng, sc, plan.site, plan.anatomy)
-        frames, mask = render_video(heart, acq, plan, sc.height, sc.width, rng, sc.seed)
+        view = plan.views[vi] if plan.views else "plax"
+        acq = _acquisition(rng, sc, plan.site, plan.anatomy, view)
+        frames, mask = render_video(hearts[view], acq, plan, sc.height, sc.width, rng, sc.seed)
         row = {
             "kind": "cine", "study_id": plan.study_id, "patient_id": plan.patient_id,
             "video_index": vi, "fps": acq.fps, "n_frames": acq.n_frames, "height": sc.height,
@@ -943,6 +989,8 @@ def _study(plan: StudyPlan, sc: SynthConfig, out_dir: Path) -> list[dict]:
             "radius": acq.radius, "half_angle_deg": acq.half_angle_deg,
             "tilt_deg": acq.tilt_deg, "depth_mm": acq.depth_mm, "site": plan.site,
         }  # fmt: skip
+        if plan.views:
+            row["view"] = view
         if sc.format == "dicom":
             name = _file_name(rng, n_file, plan.study_id)
             compressed = rng.random() < sc.compressed_frac
@@ -952,7 +1000,7 @@ def _study(plan: StudyPlan, sc: SynthConfig, out_dir: Path) -> list[dict]:
             regions = bool(rng.random() < 0.5)
             ts = _write_cine_dicom(
                 out_dir / rel_dir / name, frames, plan, acq, mask, sc.seed, vi, codec,
-                photometric, regions,
+                photometric, regions, "2D" if plan.views else "PLAX",
             )  # fmt: skip
             row.update(
                 format="dicom",
@@ -1077,7 +1125,10 @@ def synthesize(
     """
     sc = cfg.synth
     out_dir = Path(out_dir)
-    config = sc.model_dump(mode="json", exclude={"workers"})  # workers do not change the output
+    # workers do not change the output; views=['plax'] is the archive made before views existed
+    config = sc.model_dump(
+        mode="json", exclude={"workers"} | (set() if multi_view(sc) else {"views"})
+    )
     state = _check_out_dir(out_dir, config)
     labels_csv = out_dir / "labels.csv"
     if state == "complete":
@@ -1098,7 +1149,7 @@ def synthesize(
     plans = plan_studies(sc)
     rows = _run_studies(plans, sc, out_dir, progress)
     labels = pd.DataFrame([_label_row(s) for s in plans], columns=LABEL_COLUMNS)
-    videos = pd.DataFrame(rows, columns=VIDEO_COLUMNS)
+    videos = pd.DataFrame(rows, columns=VIDEO_COLUMNS + (["view"] if multi_view(sc) else []))
     videos["fps"] = videos["fps"].astype("Int64")
     for col in ("height", "width"):
         videos[col] = videos[col].astype("Int64")
@@ -1162,6 +1213,8 @@ def write_preview(out_dir: Path, png_path: Path, n: int = 8) -> Path:
         tile = np.ascontiguousarray(frames[len(frames) // 2])
         lab = labels.loc[row["study_id"]]
         text = f"{row['study_id']} AS{int(lab['as'])} LVH{int(lab['lvh'])}"
+        if "view" in cine.columns:
+            text += f" {str(row['view']).upper()}"
         cv2.putText(tile, text, (3, tile.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35 * tile.shape[0] / 300, (255, 80, 80), 1, cv2.LINE_AA)  # fmt: skip
         tiles.append(tile)
