@@ -505,8 +505,8 @@ def pivot_long(
     df: pd.DataFrame, key_col: str, name_col: str, value_col: str, keep: set[str],
     needed: set[str], source: str, summary: dict, lines: pd.Series,
 ) -> tuple[pd.DataFrame, pd.Series]:  # fmt: skip
-    """One row per id: a column per measurement named in ``needed`` (other measurements are
-    not read; counted), the ``keep`` columns from the id's first row. A measurement given more
+    """One row per id: a column per measurement named in ``needed`` and present in the table
+    (other measurements are not read; counted), the ``keep`` columns from the id's first row. A measurement given more
     than once for an id: the mean of its numeric values (counted: ``duplicates``); only text:
     the first text (a rule reports it as not a number). Returns (table, line of each id's first
     row)."""
@@ -531,9 +531,7 @@ def pivot_long(
     if clash:
         raise UserError(f"{source}: measurement name(s) {clash} are also column names",
                         fix="rename the measurement or the column")  # fmt: skip
-    for m in needed:
-        wide[m] = ""
-    if len(text):
+    if len(text):  # a needed name found nowhere stays absent: the rule check names it
         piv = text.unstack("m").reindex(order).fillna("")
         for m in piv.columns:
             wide[m] = piv[m].to_numpy()
