@@ -231,8 +231,10 @@ def _summary_line(rec: dict) -> str:
     if rec["kind"] == "table":
         return f"labels: {rec['source']}: {rec['detail']}"
     fired = "; ".join(f"{x['clause']}: {x['fired']}" for x in c["clauses"])
-    return (f"labels: rule {c['label']} ({rec['source']}, {c['rows']} ids): {c['positive']} "
-            f"positive, {c['negative']} negative, {c['unknown']} unknown; fired: {fired}")
+    return (
+        f"labels: rule {c['label']} ({rec['source']}, {c['rows']} ids): {c['positive']} "
+        f"positive, {c['negative']} negative, {c['unknown']} unknown; fired: {fired}"
+    )
 
 
 def view_keep(df: pd.DataFrame, cfg, source: str) -> pd.Series:
@@ -392,10 +394,10 @@ def read_label_file(
     skip |= {c for c in (cfg.view_column, cfg.external_column) if c}
     if aliases:
         skip.add(aliases[0])
-    used = {c for r in rules for c in r.columns} | {
-        _expr_column(e) for e in cfg.label_map.values()
-    }
-    default, dropped = auto_binary(lab, skip, path.name) if not (rules or cfg.label_map) else ({}, [])
+    used = {c for r in rules for c in r.columns} | {_expr_column(e) for e in cfg.label_map.values()}
+    default, dropped = (
+        auto_binary(lab, skip, path.name) if not (rules or cfg.label_map) else ({}, [])
+    )
     lbl, issues = apply_label_map(lab, cfg.label_map, default, path.name, lines)
     if cfg.label_map or rules:
         lbl, rule_issues = add_rule_labels(lbl, lab, rules, path.name, lines)
@@ -514,8 +516,10 @@ def pivot_long(
     order = ids.drop_duplicates()
     first_line = lines.groupby(ids, sort=False).first().reindex(order)
     meta_cols = [c for c in df.columns if c in keep and c not in (key_col, name_col, value_col)]
-    wide = df.groupby(key_col, sort=False)[meta_cols].first().reindex(order) if meta_cols else (
-        pd.DataFrame(index=order)
+    wide = (
+        df.groupby(key_col, sort=False)[meta_cols].first().reindex(order)
+        if meta_cols
+        else (pd.DataFrame(index=order))
     )
     sub = df[df[name_col].isin(needed)]
     raw = sub[value_col]
