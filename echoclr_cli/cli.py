@@ -167,7 +167,33 @@ def preprocess(
     ] = None,
     layout: Annotated[
         str | None,
-        typer.Option("--layout", help="auto | dicom | video | echoclr | echonet | synth."),
+        typer.Option(
+            "--layout",
+            help="auto | dicom | video | echoclr | echonet | synth | mimic-echo | echonet-lvh.",
+        ),
+    ] = None,
+    label_rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label-rule",
+            help="Label rule NAME=EXPRESSION over the label table (repeatable), e.g. "
+            "'as=av_vmax >= 4 or av_mean_gradient >= 40 or ava <= 1.0'.",
+        ),
+    ] = None,
+    label_preset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label-preset",
+            help="Guideline label with your column names (repeatable): "
+            "'as:vmax=COL,mean_gradient=COL,ava=COL' or 'lvh:lvmi=COL,sex=COL'.",
+        ),
+    ] = None,
+    labels_long: Annotated[
+        str | None,
+        typer.Option(
+            "--labels-long",
+            help="Label table with one row per measurement: auto | yes | no | NAME_COL,VALUE_COL.",
+        ),
     ] = None,
     workers: Annotated[
         str | None,
@@ -210,6 +236,9 @@ def preprocess(
             "preprocess.input": path_str(input_dir),
             "preprocess.labels": path_str(labels),
             "preprocess.layout": layout,
+            "preprocess.label_rules": list(label_rule) if label_rule else None,
+            "preprocess.label_presets": list(label_preset) if label_preset else None,
+            "preprocess.labels_long": labels_long,
             "preprocess.workers": workers,
             "preprocess.size": size,
             "preprocess.external_after": external_after,

@@ -145,7 +145,9 @@ class PreprocessConfig(Section):
     input: Path | None = Field(
         None, description="raw archive; None = the embedded synthetic archive (paths.raw)"
     )
-    layout: Literal["auto", "dicom", "video", "echoclr", "echonet", "synth"] = "auto"
+    layout: Literal[
+        "auto", "dicom", "video", "echoclr", "echonet", "synth", "mimic-echo", "echonet-lvh"
+    ] = "auto"
     labels: Path | None = Field(None, description="label CSV for a plain DICOM/video tree")
     label_key: Literal["auto", "study_id", "patient_id"] = Field(
         "auto", description="which id the label CSV is keyed by"
@@ -153,6 +155,21 @@ class PreprocessConfig(Section):
     label_map: dict[str, str] = Field(
         default_factory=dict,
         description="output label column -> expression 'src_col' or 'src_col==value' or 'src_col>=x'",
+    )
+    label_rules: list[str] = Field(
+        default_factory=list,
+        description="label rules 'NAME = EXPRESSION' over the label table's columns "
+        "(e.g. 'as = vmax >= 4 or mean_gradient >= 40'; missing -> unknown)",
+    )
+    label_presets: list[str] = Field(
+        default_factory=list,
+        description="guideline label presets with your column names, e.g. "
+        "'as:vmax=AV_Vmax,mean_gradient=AV_MG,ava=AVA' or 'lvh:lvmi=LVMI,sex=Sex'",
+    )
+    labels_long: str = Field(
+        "auto",
+        description="label table with one row per measurement: auto | yes | no | "
+        "NAME_COLUMN,VALUE_COLUMN (pivoted per id; duplicates -> mean)",
     )
     label_threshold: dict[str, float] = Field(
         default_factory=dict,

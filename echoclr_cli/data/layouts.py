@@ -6,6 +6,7 @@ already knows (ids, split, labels, year). Layouts: synth (videos.csv + labels.cs
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from echoclr_cli.data.labels import (
 )
 from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split, parse_labels
 from echoclr_cli.data.privacy import hash_id
+from echoclr_cli.data.rules import build_rules
 from echoclr_cli.errors import UserError
 
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".m4v", ".mkv", ".wmv", ".mpg", ".mpeg"}
@@ -77,11 +79,13 @@ class Inventory:
     label_rows: list[LabelRow] = field(default_factory=list)
     known_ids: set[str] = field(default_factory=set)
     categorical_columns: list[str] = field(default_factory=list)  # string columns (e.g. view)
+    aliases: tuple[str, dict[str, list[str]]] | None = None  # label-table id -> study ids
 
 
 def detect_layout(root: Path) -> str:
     """synth (labels.csv + videos.csv), echonet (FileList.csv + Videos/), echoclr (videos/ +
-    split CSVs), else a plain dicom/video tree."""
+    split CSVs), echonet-lvh (MeasurementsList.csv + Batch*/), mimic-echo (files/pNN/... or
+    echo-record-list.csv), else a plain dicom/video tree."""
     if (root / "synth.json").exists() or (
         (root / "labels.csv").exists() and (root / "videos.csv").exists()
     ):
@@ -92,6 +96,13 @@ def detect_layout(root: Path) -> str:
         (root / f"{s}.csv").exists() for s in ("train", "val", "test", "ext_test")
     ):
         return "echoclr"
+    if (root / "MeasurementsList.csv").exists() and any(root.glob("Batch*/")):
+        return "echonet-lvh"
+    if (root / "files").is_dir() and (
+        (root / "echo-record-list.csv").exists()
+        or any(re.fullmatch(r"p\d\d", d.name) for d in (root / "files").iterdir() if d.is_dir())
+    ):
+        return "mimic-echo"
     return "dicom"
 
 
@@ -164,6 +175,7 @@ def path_ids(rel: str) -> tuple[str, str]:
 INDEX_FILES = (
     "synth.json", "labels.csv", "videos.csv", "FileList.csv", "VolumeTracings.csv",
     "train.csv", "val.csv", "test.csv", "ext_test.csv", "echo_labels.csv",
+    "MeasurementsList.csv", "echo-record-list.csv", "echo-study-list.csv",
 )  # fmt: skip
 
 
@@ -189,6 +201,12 @@ def discover(
         raise UserError(f"label file not found: {labels}", fix="check --labels")
     exclude = list(exclude) + ([Path(labels)] if labels else [])
     chosen = detect_layout(root) if layout == "auto" else layout
+    rules = build_rules(list(cfg.label_rules), list(cfg.label_presets))  # malformed: one line now
+    if rules and labels is None and chosen != "echonet-lvh":
+        raise UserError(
+            f"label rules need a measurement table: the {chosen} layout has none",
+            fix="pass --labels TABLE (wide, or long: one row per id and measurement)",
+        )
     # With --labels, the view / external columns are read from that file.
     lcfg = cfg.model_copy(update={"view_column": None, "external_column": None}) if labels else cfg
     if chosen == "synth":
@@ -197,11 +215,19 @@ def discover(
         inv = _discover_echoclr(lcfg, root, salt)
     elif chosen == "echonet":
         inv = _discover_echonet(lcfg, root, salt)
+    elif chosen == "echonet-lvh":
+        from echoclr_cli.data.layouts_public import discover_echonet_lvh
+
+        inv = discover_echonet_lvh(lcfg, root, salt, rules_here=labels is None)
+    elif chosen == "mimic-echo":
+        from echoclr_cli.data.layouts_public import discover_mimic
+
+        inv = discover_mimic(cfg, root, exclude, labels is not None)
     else:
         inv = _discover_tree(cfg, root, chosen, labels is not None, exclude)
-    if chosen in ("synth", "echoclr", "echonet"):
-        index = {"synth": "videos.csv", "echoclr": "the split CSVs",
-                 "echonet": "FileList.csv"}[chosen]  # fmt: skip
+    if chosen in ("synth", "echoclr", "echonet", "echonet-lvh"):
+        index = {"synth": "videos.csv", "echoclr": "the split CSVs", "echonet": "FileList.csv",
+                 "echonet-lvh": "MeasurementsList.csv"}[chosen]  # fmt: skip
         _add_unlisted(inv, exclude, index)
     if labels is not None:
         _add_label_file(inv, cfg, Path(labels), salt)
@@ -222,7 +248,7 @@ def discover(
 
 
 def _add_label_file(inv: Inventory, cfg, path: Path, salt: str) -> None:
-    lf = read_label_file(cfg, path, salt)
+    lf = read_label_file(cfg, path, salt, inv.aliases)
     both = sorted(set(lf.label_columns) & set(inv.label_columns))
     if both:
         raise UserError(
