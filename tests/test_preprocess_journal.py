@@ -182,7 +182,7 @@ def test_workers_auto(monkeypatch):
 
 
 def test_workers_option_values():
-    from echoclr_cli.cli import build_config
+    from echoclr_cli.cli_options import build_config
 
     def workers(value):
         cfg = build_config(section="preprocess", config=None, sets=None, profile="demo",
