@@ -145,7 +145,7 @@ def embed_videos(
         feats += [c.mean(0) for c in torch.split(per_clip, n_clips.tolist())]
         ids.append(pd.DataFrame({k: batch[k] for k in ("video_id", "study_id", "patient_id")}))
         if progress:
-            progress(EvalBatch(batch=b + 1, batches=len(loader)))
+            progress(EvalBatch(batch=b + 1, batches=runtime.loader_len(loader)))
     if not feats:
         raise UserError("no videos to embed", fix="check --split against the manifest's splits")
     x = torch.stack(feats).numpy().astype(np.float32)

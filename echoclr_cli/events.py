@@ -125,3 +125,11 @@ def counter(progress: Progress | None, stage: str) -> Callable[[int, int], None]
     if progress is None:
         return None
     return lambda done, total: progress(Count(stage, int(done), int(total)))
+
+
+def fmt_duration(seconds: float) -> str:
+    """``3725`` -> ``1h02m``, ``95`` -> ``1m35s`` (ETA events and sweep plans)."""
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"

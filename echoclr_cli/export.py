@@ -32,7 +32,7 @@ from echoclr_cli import __version__, models, rundir, weights
 from echoclr_cli.config import Config, config_to_dict
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import LoadedRun
-from echoclr_cli.io import atomic_write, atomic_write_json
+from echoclr_cli.io import atomic_write, atomic_write_json, sha256_file
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -101,10 +101,6 @@ class Prepared(nn.Module):
 def _config_hash(cfg: Config) -> str:
     text = json.dumps(config_to_dict(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_frame_size(run_dir: Path, run_cfg: Config) -> int:
@@ -219,7 +215,7 @@ def export_run(
         "echoclr_version": __version__,
         "config_hash": _config_hash(run_cfg),
         "checkpoint": ck.name,
-        "checkpoint_sha256": _sha256(ck),
+        "checkpoint_sha256": sha256_file(ck),
         "opset": ONNX_OPSET if fmt == "onnx" else None,
     }
     fn, _ = _load(out, fmt)

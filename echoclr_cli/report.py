@@ -225,7 +225,7 @@ class Renderer:
         elif isinstance(e, events.RunFailed):
             self._line(f"[{e.index}/{e.total}] [red]FAILED[/red] {e.run}: {e.error}")
         elif isinstance(e, events.Eta):
-            from echoclr_cli.sweep.grid import fmt_duration
+            from echoclr_cli.events import fmt_duration
 
             self._line(
                 f"estimated time left {fmt_duration(e.seconds)} for {e.runs_left} run(s) "

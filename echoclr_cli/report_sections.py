@@ -21,6 +21,7 @@ import yaml
 from echoclr_cli import __version__
 from echoclr_cli.clinical import ClinicalOptions, clinical_metrics, summarize
 from echoclr_cli.errors import UserError
+from echoclr_cli.io import sha256_file
 
 SPLIT_ORDER = ("train", "val", "test", "ext_test")
 LEVELS = ("study", "video")
@@ -40,7 +41,7 @@ def png_of(draw: Callable[[Path], Any]) -> bytes | None:
 
 def file_sha256(path: Path) -> str | None:
     path = Path(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def code_hash() -> str:

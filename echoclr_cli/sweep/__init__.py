@@ -21,11 +21,11 @@ run dir / sweep dir says), ``plan`` (the grid with status and measured cost), ``
 and ``label_efficiency_{task}_{split}.png`` (unless ``evaluate.plots`` is off).
 """
 
+from echoclr_cli.events import fmt_duration
 from echoclr_cli.sweep.grid import (
     INIT_ORDER,
     NAME_RE,
     SSL_METHODS,
-    fmt_duration,
     fmt_number,
     lr_grid,
     parse_list,

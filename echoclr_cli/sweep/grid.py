@@ -19,13 +19,6 @@ def fmt_number(x: float) -> str:
     return f"{float(x):g}".replace("+", "")
 
 
-def fmt_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
-
-
 def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
     """``"0.01,0.1,1.0"`` -> ``[0.01, 0.1, 1.0]`` for the CLI's list options (UserError naming
     ``option`` on a bad item)."""

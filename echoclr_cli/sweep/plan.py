@@ -20,8 +20,9 @@ import pandas as pd
 
 from echoclr_cli.config import Config, config_to_dict, deep_merge
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import fmt_duration
 from echoclr_cli.schema import PLAN_COLUMNS
-from echoclr_cli.sweep.grid import check_grid, fmt_duration, lr_grid, run_dir_name
+from echoclr_cli.sweep.grid import check_grid, lr_grid, run_dir_name
 from echoclr_cli.sweep.inits import PretrainSpec, resolve_inits
 from echoclr_cli.sweep.state import read_history, run_seconds, run_status
 
