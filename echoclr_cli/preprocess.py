@@ -345,7 +345,8 @@ def preprocess(
     meta = {"format": outputs.FORMAT, "status": "running", "reason": "preprocess did not finish",
             "label_columns": list(inv.label_columns), "size": pc.size,
             "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
-            "video_settings": settings, "config": outputs.public_config(pc)}  # fmt: skip
+            "video_settings": settings, "config": outputs.public_config(pc),
+            "decoders": dict(readers.REFERENCE_DECODERS)}  # fmt: skip
     if inv.categorical_columns:
         meta["categorical_columns"] = list(inv.categorical_columns)
     before = dataset_json(out)

@@ -43,6 +43,35 @@ def test_jpeg_baseline_ybr_422_decodes_to_rgb(tmp_path, fan):
     assert (raw.patient_id, raw.study_id, raw.study_year) == ("PAT1", "1.2.826.0.1.1", 2019)
 
 
+def test_jpeg_baseline_uses_the_reference_decoder_whatever_is_installed(tmp_path, fan):
+    """JPEG Baseline always decodes with pillow (readers.REFERENCE_DECODERS), so a dataset does not
+    depend on whether the optional GPL decoder happens to be installed (it differs by a few grey
+    levels): the pixels equal pydicom's pillow plugin's, and the plugin was asked for by name."""
+    from pydicom import dcmread
+    from pydicom.pixels import iter_pixels
+
+    frames, _ = fan
+    ds = dicom_dataset(frames, "RGB")
+    jpeg_baseline(ds, frames)
+    path = save(ds, tmp_path / "IM0001.dcm")
+    asked = []
+    import pydicom.pixels as px
+
+    real = px.iter_pixels
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("decoding_plugin"))
+        return real(*args, **kwargs)
+
+    import unittest.mock as um
+
+    with um.patch.object(px, "iter_pixels", spy):
+        raw = readers.read_dicom(path, OPTS)
+    assert set(asked) == {"pillow"}
+    ref = np.stack(list(iter_pixels(dcmread(path), decoding_plugin="pillow")))
+    assert np.array_equal(raw.frames, ref)
+
+
 def test_jpeg2000_rgb_palette_16bit_mono1_same_convention(tmp_path, fan):
     from pydicom.uid import JPEG2000Lossless
 

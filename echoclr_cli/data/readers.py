@@ -37,6 +37,10 @@ FAILURE_REASONS = {
 }  # fmt: skip
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
+# The reference decoder per transfer syntax: the same file must give the same pixels whatever
+# optional decoders are installed (pillow and the GPL pylibjpeg-libjpeg differ by a few grey
+# levels on JPEG Baseline). dataset.json records this map.
+REFERENCE_DECODERS = {"1.2.840.10008.1.2.4.50": "pillow"}
 NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
 }  # fmt: skip
@@ -345,7 +349,8 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for arr in iter_pixels(ds, indices=range(keep)):
+            plugin = REFERENCE_DECODERS.get(str(uid), "")
+            for arr in iter_pixels(ds, indices=range(keep), decoding_plugin=plugin):
                 if photometric == "PALETTE COLOR":
                     arr = apply_color_lut(arr, ds)
                 frames.append(arr)
