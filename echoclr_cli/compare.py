@@ -25,12 +25,11 @@ from echoclr_cli.metrics import (
     _BOOT_CHUNK_ELEMENTS,
     _require_columns,
     auroc_rank,
-    cluster_weights,
     one_class_reason,
     percentile_interval,
     resample_indices,
-    weighted_metrics,
 )
+from echoclr_cli.metrics_cluster import cluster_weights, weighted_metrics
 
 
 # --------------------------------------------------------------------------- comparing two runs

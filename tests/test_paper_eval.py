@@ -13,7 +13,7 @@ import torch
 from preprocess_fixtures import fan_video, small_cfg, write_avi
 from scipy.stats import norm
 
-from echoclr_cli import metrics
+from echoclr_cli import metrics, metrics_cluster
 from echoclr_cli.compare import compare_runs
 from echoclr_cli.data import readers, sector
 from echoclr_cli.data.augment import prepare_clips
@@ -231,7 +231,7 @@ def test_weighted_metrics_equal_the_expanded_sample():
     y, p = y[order], p[order]
     w = rng.integers(0, 3, (6, n))
     names = ["auroc", "ap", "aupr_trapz", "f1", "mcc", "sensitivity@youden", "n", "prevalence"]
-    got = metrics.weighted_metrics(y, p, w, names, {"youden": 0.45})
+    got = metrics_cluster.weighted_metrics(y, p, w, names, {"youden": 0.45})
     for b in range(6):
         idx = np.repeat(np.arange(n), w[b])
         ref = metrics.compute_metrics(y[idx], p[idx], {"youden": 0.45})
