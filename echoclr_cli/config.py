@@ -178,12 +178,25 @@ class PreprocessConfig(Section):
     size: int = Field(112, ge=16, description="output frame size (square)")
     min_fps: float = Field(25.0, ge=0, description="videos below are skipped as low_fps")
     fallback_fps: float = Field(30.0, gt=0, description="fps used when a file gives none")
-    min_frames: int = Field(16, ge=1, description="videos with fewer frames are skipped")
+    min_frames: int = Field(
+        16, ge=1, description="with short_videos=skip, videos with fewer frames are skipped"
+    )
     max_frames: int = Field(100, ge=1, description="keep at most this many frames")
     color: Literal["auto", "gray", "rgb"] = Field(
         "auto", description="auto = gray when channels are equal"
     )
     skip_color_doppler: bool = Field(True, description="skip videos with color flow content")
+    resize: Literal["whole_frame", "sector_crop"] = Field(
+        "whole_frame",
+        description="whole_frame (published): the whole masked frame resized to size x size, "
+        "aspect not kept; sector_crop: crop to the sector's box, pad square, resize "
+        "(the echoclr layout is never cropped)",
+    )
+    short_videos: Literal["pad", "skip"] = Field(
+        "pad",
+        description="pad (published): videos shorter than min_frames are kept and zero-padded "
+        "when clips are drawn (only single-frame files skipped); skip: skipped as too_few_frames",
+    )
     use_dicom_regions: bool = Field(
         True, description="use SequenceOfUltrasoundRegions when consistent with the image"
     )
@@ -331,6 +344,20 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="stratified bootstrap resamples (0 = no CI)")
     ci: float = Field(0.95, gt=0, lt=1, description="DIFFERS: a true 95% interval (2.5/97.5)")
     bootstrap_seed: int = 0
+    bootstrap_unit: Literal["study", "item"] = Field(
+        "study",
+        description="video-level CIs resample whole studies (study) or videos as if "
+        "independent (item); study-level CIs resample studies either way",
+    )
+    clip_starts: Literal["published", "linspace"] = Field(
+        "published",
+        description="evaluation clip starts: published = arange(0, T-L, (T-L)//N)[:N] (never "
+        "the very end); linspace = floor(linspace(0, T-L, N))",
+    )
+    scaling: Literal["video", "clip"] = Field(
+        "video",
+        description="evaluation min-max scaling over all clips of a video (published) or per clip",
+    )
     splits: list[str] = Field(
         default_factory=lambda: ["test", "ext_test"],
         description="splits evaluated after fine-tuning (val always; absent splits are noted)",

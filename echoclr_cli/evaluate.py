@@ -413,6 +413,7 @@ def _compare(
                 seed=e.bootstrap_seed,
                 ci=e.ci,
                 on="study_id" if level == "study" else "video_id",
+                unit=e.bootstrap_unit,
             )
             for level in by_level
         }

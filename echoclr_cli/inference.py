@@ -5,8 +5,11 @@ Used during fine-tuning (validation each epoch, final evaluation), by ``echoclr 
 (``evaluate.py``) and by ``echoclr predict`` (``predict.py``). This module knows nothing about
 run dirs, checkpoints or metrics.
 
-Evaluation clips per video are ``evaluate.clips_per_video`` evenly spaced clips (paper: 4) or
-``"all"`` (non-overlapping clips covering the video, see ``datasets.clip_starts``). Whatever the
+Evaluation clips per video are ``evaluate.clips_per_video`` clips (paper: 4) placed by
+``evaluate.clip_starts`` (``published``: ``arange(0, T-L, (T-L)//4)[:4]``; ``linspace``) or
+``"all"`` (non-overlapping clips covering the video, see ``datasets.clip_starts``); min-max
+scaling is over all clips of a video (``evaluate.scaling=video``, published) or per clip. A
+video's range is taken over its whole clip set, so it does not depend on ``block_size``. Whatever the
 video length, no forward pass sees more than ``evaluate.block_size`` clips, so activation memory is
 bounded by the block size (the uint8 clips of one batch of ``evaluate.batch_size`` videos are held
 on the host). A video's probability is the mean of its clips' sigmoids; a study's is the mean of
@@ -61,6 +64,8 @@ def eval_loader(
         train=False,
         clips_per_video=clips_per_video or cfg.evaluate.clips_per_video,
         seed=cfg.runtime.seed,
+        starts=cfg.evaluate.clip_starts,
+        scaling=cfg.evaluate.scaling,
     )
     return DataLoader(
         dataset,
@@ -120,7 +125,10 @@ def predict_videos(
             for start in range(0, x.shape[0], block_size):
                 # (n, C, T, H, W) uint8 with n <= block_size: the only clips on the device
                 block = x[start : start + block_size].to(device, non_blocking=True)
-                clips = prepare_clips(block, None, None, mean, std)  # (n, 3, T, H, W) float
+                bounds = None if batch.get("bounds") is None else (
+                    batch["bounds"][start : start + block_size]  # (n, 2) the video's range
+                )  # fmt: skip
+                clips = prepare_clips(block, None, None, mean, std, bounds)  # (n, 3, T, H, W)
                 with ctx():
                     logits = model(clips).float().reshape(-1)  # (n,)
                 n_forwards += 1

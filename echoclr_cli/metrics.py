@@ -19,7 +19,10 @@ Conventions (apply everywhere in this module):
   undefined; precision is undefined when no prediction is positive. MCC is 0 (scikit-learn's
   convention) when ``y_true`` has both classes but all predictions fall in one class.
 - Bootstrap CIs are percentile intervals over stratified resamples: positives and negatives are
-  resampled separately, so every resample keeps the original class counts.
+  resampled separately, so every resample keeps the original class counts. Video-level CIs
+  resample whole studies by default (``evaluate.bootstrap_unit=study``: a study's videos are
+  correlated, so resampling them as independent items gives too narrow an interval), stratified
+  by the study's label; ``item`` resamples videos as before. Study-level CIs resample studies.
 """
 
 from __future__ import annotations
@@ -501,8 +504,12 @@ def bootstrap_ci(
     seed: int = 0,
     stratified: bool = True,
     thresholds: Mapping[str, float | None] | None = None,
+    clusters: Any = None,
 ) -> dict[str, tuple[float, float]]:
     """Bootstrap percentile confidence intervals: ``metric -> (low, high)``.
+
+    ``clusters`` (n,) ids: resample whole clusters (``cluster_bootstrap_distribution``, e.g. the
+    studies of video-level predictions) instead of items; metric keys only.
 
     ``ci=0.95`` takes the 2.5th and 97.5th percentiles of ``n`` resamples (seeded by ``seed``).
     DIFFERS: the EchoCLR group's related code labelled the 5th-95th percentiles a 95% CI; that is
@@ -512,7 +519,16 @@ def bootstrap_ci(
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
-    dist = bootstrap_distribution(y_true, y_prob, metrics, n, seed, stratified, thresholds)
+    if clusters is not None:
+        from echoclr_cli.metrics_cluster import cluster_bootstrap_distribution
+
+        if isinstance(metrics, Mapping) or not stratified:
+            raise ValueError("a cluster bootstrap takes metric keys and is always stratified")
+        dist = cluster_bootstrap_distribution(
+            y_true, y_prob, clusters, metrics, n, seed, thresholds
+        )
+    else:
+        dist = bootstrap_distribution(y_true, y_prob, metrics, n, seed, stratified, thresholds)
     return {k: percentile_interval(v, ci) for k, v in dist.items()}
 
 
@@ -528,20 +544,31 @@ def evaluate_frame(
     n_boot: int,
     ci: float,
     seed: int,
+    unit: str = "item",
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, str]]:
     """Metrics with CIs for one aggregated prediction frame (``y_true``, ``y_prob`` columns).
 
-    Returns ``({metric: {"value", "ci_low", "ci_high", "n"}}, {metric: reason})``; NaN is written
-    as None; ``n`` and ``n_pos`` are ints. Counts (``n, n_pos, prevalence``) carry no CI.
+    ``unit``: ``"item"`` resamples the frame's rows, ``"study"`` resamples whole studies (the
+    frame's ``study_id`` column; for video-level frames). Returns ``({metric: {"value",
+    "ci_low", "ci_high", "n"[, "ci_unit"]}}, {metric: reason})``; ``ci_unit`` (cells with a
+    bootstrap) names what was resampled: ``study`` or ``video`` (rows of a video frame) /
+    ``study`` (rows of a study frame). NaN is written as None; ``n`` and ``n_pos`` are ints.
+    Counts (``n, n_pos, prevalence``) carry no CI.
     """
+    if unit not in ("item", "study"):
+        raise ValueError(f"bootstrap unit must be 'item' or 'study', got {unit!r}")
     y, p = df["y_true"].to_numpy(), df["y_prob"].to_numpy()
+    video_rows = "video_id" in df.columns
+    clusters = df["study_id"].to_numpy() if unit == "study" and video_rows else None
+    ci_unit = "study" if clusters is not None or not video_rows else "video"
     values, reasons = compute_metrics_with_reasons(y, p, thresholds)
     boot_names = [k for k in values if k not in COUNT_METRICS and math.isfinite(values[k])]
     intervals: dict[str, tuple[float, float]] = {}
     if n_boot > 0 and boot_names:
         intervals = bootstrap_ci(
-            y, p, boot_names, n=n_boot, ci=ci, seed=seed, thresholds=thresholds
-        )
+            y, p, boot_names, n=n_boot, ci=ci, seed=seed, thresholds=thresholds,
+            clusters=clusters,
+        )  # fmt: skip
     nan_ci = (math.nan, math.nan)
     table = {
         k: {
@@ -549,6 +576,7 @@ def evaluate_frame(
             "ci_low": _clean(intervals.get(k, nan_ci)[0]),
             "ci_high": _clean(intervals.get(k, nan_ci)[1]),
             "n": len(y),
+            **({"ci_unit": ci_unit} if k in intervals else {}),
         }
         for k, v in values.items()
     }
@@ -570,7 +598,8 @@ def evaluate_predictions(
     ``"thresholds"`` of a fine-tuning run's metrics.json) is used instead of choosing, so a later
     evaluation of test alone applies the thresholds chosen at training time. With neither, only
     the 0.5 operating point is reported. CIs use ``cfg.evaluate.bootstrap`` stratified resamples
-    (0 = no CI), level ``cfg.evaluate.ci``, seed ``cfg.evaluate.bootstrap_seed``. ``progress``
+    (0 = no CI), level ``cfg.evaluate.ci``, seed ``cfg.evaluate.bootstrap_seed``; video-level
+    CIs resample by ``cfg.evaluate.bootstrap_unit`` (study clusters or videos). ``progress``
     (optional) receives one status line per split and level before its metrics are computed.
 
     Returns ``{split: {level: {metric: {"value", "ci_low", "ci_high", "n"}}}, "thresholds":
@@ -601,7 +630,8 @@ def evaluate_predictions(
             if progress:
                 progress(f"metrics {split}/{level}: {len(df)} rows, {ev.bootstrap} resamples")
             applied = chosen.get(level) if split != "val" else None
-            table, why = evaluate_frame(df, applied, ev.bootstrap, ev.ci, ev.bootstrap_seed)
+            table, why = evaluate_frame(df, applied, ev.bootstrap, ev.ci, ev.bootstrap_seed,
+                                        getattr(ev, "bootstrap_unit", "study"))  # fmt: skip
             out[split][level] = table
             if why:
                 reasons.setdefault(split, {})[level] = why

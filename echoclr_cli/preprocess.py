@@ -132,13 +132,23 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 VIDEO_SETTINGS = (
     "size", "color", "skip_color_doppler", "use_dicom_regions", "max_frames", "min_frames",
-    "min_fps", "fallback_fps",
+    "min_fps", "fallback_fps", "resize", "short_videos",
 )  # fmt: skip
+# Datasets written before these settings existed were made with these values.
+LEGACY_SETTINGS = {"resize": "sector_crop", "short_videos": "skip"}
+# short_videos=pad: only single-frame files are skipped (the published rule)
+PAD_MIN_FRAMES = 2
 
 
 def video_settings(pc) -> dict:
     """The preprocess settings that change a stored video or its row (re-use needs them equal)."""
     return {k: getattr(pc, k) for k in VIDEO_SETTINGS}
+
+
+def read_min_frames(pc) -> int:
+    """Fewest frames a decoded file may have: ``min_frames`` with ``short_videos=skip``, else
+    2 (only single-frame files are skipped; shorter videos are zero-padded at load)."""
+    return pc.min_frames if pc.short_videos == "skip" else min(pc.min_frames, PAD_MIN_FRAMES)
 
 
 def _previous(out: Path, settings: dict) -> dict[str, dict]:
@@ -149,6 +159,8 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
         old = json.loads((out / "dataset.json").read_text()).get("video_settings")
     except (OSError, ValueError, AttributeError):
         return {}
+    if isinstance(old, dict):
+        old = {**LEGACY_SETTINGS, **old}
     if not path.exists() or old != settings:
         return {}
     try:
@@ -330,12 +342,12 @@ def preprocess(
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
     ctx = worker.WorkerContext(
         out_dir=str(out), salt=salt,
-        opts=ReadOptions(pc.max_frames, pc.min_frames, pc.min_fps, pc.fallback_fps),
+        opts=ReadOptions(pc.max_frames, read_min_frames(pc), pc.min_fps, pc.fallback_fps),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
         use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
         previous=previous,
         undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
-        preview={inv.items[i].rel for i in pick},
+        preview={inv.items[i].rel for i in pick}, resize=pc.resize,
     )  # fmt: skip
     privacy.store_salt(out, salt, salt_source)
     privacy.write_private_json(out, privacy.RUN_FILE, {
@@ -376,6 +388,10 @@ def preprocess(
         df["split"] = _assign(df, labels, pc)
         df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
     manifest = _manifest_frame(df, labels, inv.categorical_columns)
+    n_short = int((manifest["n_frames"] < pc.min_frames).sum()) if len(manifest) else 0
+    if n_short:
+        notes.insert(0, f"{n_short} video(s) shorter than {pc.min_frames} frames kept; their "
+                        "clips are zero-padded at load (preprocess.short_videos=pad)")  # fmt: skip
     issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
 
     files = {it.rel: it.file for it in inv.items}
@@ -428,7 +444,8 @@ def preprocess(
     )  # fmt: skip
     paths["report"] = out / "report.json"
     report = result.to_dict()
-    report.update(n_warnings=len(notes), sector_source=dict(sector_sources),
+    report.update(n_warnings=len(notes), sector_source=dict(sector_sources), n_short=n_short,
+                  resize=pc.resize, short_videos=pc.short_videos,
                   failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
     atomic_write_json(paths["report"], report)
     atomic_write_json(paths["dataset"], meta)

@@ -238,8 +238,13 @@ def test_frames_size_color_salt_and_fps_options(tree, tmp_path):
         "3": 6
     }
     with pytest.raises(UserError, match="no usable video"):
-        preprocess(small_cfg(min_frames=31), root, tmp_path / "b")
+        preprocess(small_cfg(min_frames=31, short_videos="skip"), root, tmp_path / "b")
     assert set(pd.read_csv(tmp_path / "b" / "skipped.csv")["reason"]) == {"too_few_frames"}
+    # short_videos=pad (the paper default): the same short videos are kept, counted and noted
+    res = preprocess(small_cfg(min_frames=31), root, tmp_path / "b2")
+    assert res.n_videos == 6 and res.skipped_by_reason == {}
+    assert json.loads((tmp_path / "b2" / "report.json").read_text())["n_short"] == 6
+    assert any("zero-padded at load" in w for w in res.warnings)
     with pytest.raises(UserError, match="no usable video"):
         preprocess(small_cfg(min_fps=31), root, tmp_path / "c")
     assert set(pd.read_csv(tmp_path / "c" / "skipped.csv")["reason"]) == {"low_fps"}

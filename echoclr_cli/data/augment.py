@@ -2,7 +2,8 @@
 
 Datasets return uint8 clips ``(B, C, T, H, W)``; the training step moves them to the device and
 calls ``prepare_clips``: float conversion, augmentation (train only), per-clip min-max scaling to
-[0, 1], gray -> 3 channels. Every clip gets its own random parameters, shared by all its frames
+[0, 1] (evaluation: optionally over all clips of a video, ``evaluate.scaling``), gray -> 3
+channels. Every clip gets its own random parameters, shared by all its frames
 (and channels):
 
 - zero-pad ``pad`` px on each side, then crop back to (H, W) at an offset uniform in
@@ -221,11 +222,17 @@ def minmax(x: Tensor, eps: float = MINMAX_EPS) -> Tensor:
     return _minmax_(x.clone())
 
 
-def _minmax_(x: Tensor, eps: float = MINMAX_EPS) -> Tensor:
-    """In-place ``minmax`` of a float tensor the caller owns."""
+def _minmax_(x: Tensor, eps: float = MINMAX_EPS, bounds: Tensor | None = None) -> Tensor:
+    """In-place ``minmax`` of a float tensor the caller owns; ``bounds`` (B, 2): each clip's
+    (min, max) to use instead of its own (video-level scaling: the video's range)."""
     flat = x.view(x.shape[0], -1)  # (B, N)
-    lo = flat.amin(dim=1, keepdim=True)  # (B, 1)
-    span = flat.amax(dim=1, keepdim=True) - lo  # (B, 1)
+    if bounds is None:
+        lo = flat.amin(dim=1, keepdim=True)  # (B, 1)
+        span = flat.amax(dim=1, keepdim=True) - lo  # (B, 1)
+    else:
+        b = bounds.to(device=x.device, dtype=x.dtype)
+        lo = b[:, :1]  # (B, 1)
+        span = b[:, 1:] - lo  # (B, 1)
     scale = torch.where(span > eps, 1.0 / span.clamp_min(eps), torch.zeros_like(span))  # (B, 1)
     flat.sub_(lo).mul_(scale)
     return x
@@ -253,12 +260,17 @@ def prepare_clips(
     generator: torch.Generator | None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    bounds: Tensor | None = None,
 ) -> Tensor:
     """uint8 clips on the device -> model input float32 (B, 3, T, H, W).
 
     float -> augment (when ``cfg`` is given and enabled) -> per-clip min-max -> 3 channels ->
-    optional mean/std normalisation. Runs outside autocast (float32).
+    optional mean/std normalisation. Runs outside autocast (float32). ``bounds`` (B, 2), eval
+    only (no augmentation): the (min, max) each clip is scaled with, e.g. its video's range over
+    all its clips (``evaluate.scaling=video``, the published rule); None: each clip's own range.
     """
+    if bounds is not None and cfg is not None and cfg.enabled:
+        raise ValueError("bounds (video-level scaling) apply to unaugmented evaluation clips only")
     with torch.autocast(device_type=x.device.type, enabled=False):
         if cfg is not None and cfg.enabled:
             if generator is None:
@@ -266,7 +278,7 @@ def prepare_clips(
             out = augment(x, cfg, generator)  # (B, C, T, H, W) float32, a new buffer
         else:
             out = x.float() if x.dtype != torch.float32 else x.clone()
-        out = to_three_channels(_minmax_(out))  # (B, 3, T, H, W)
+        out = to_three_channels(_minmax_(out, bounds=bounds))  # (B, 3, T, H, W)
         if mean is not None and std is not None:
             out = normalize(out, mean, std)
     return out

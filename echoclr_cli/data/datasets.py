@@ -59,11 +59,30 @@ def random_start(n_frames: int, clip_len: int, stride: int, rng: np.random.Gener
     return int(rng.integers(0, last + 1)) if last > 0 else 0
 
 
-def clip_starts(n_frames: int, clip_len: int, stride: int, clips: int | str) -> list[int]:
+def published_starts(n_frames: int, clip_len: int, stride: int, n: int) -> list[int]:
+    """The published evaluation starts: ``arange(0, T - L, (T - L) // N)[:N]`` with
+    ``L = clip_len * stride`` (the published span; equal to ours at stride 1).
+
+    Never the very end (every start < T - L). Edge cases, as the published loader handled them:
+    a video with ``T < L + N`` (so ``(T - L) // N`` would be 0 or negative, including ``T == L``
+    and videos shorter than one clip) gives N clips all starting at frame 0 (zero-padded past the
+    end when ``T`` is shorter than the clip). N = 1 gives the first clip, not the centred one.
+    """
+    span = clip_len * stride
+    d = n_frames - span
+    if d < n:
+        return [0] * n
+    return [int(s) for s in np.arange(0, d, d // n)[:n]]
+
+
+def clip_starts(
+    n_frames: int, clip_len: int, stride: int, clips: int | str, rule: str = "linspace"
+) -> list[int]:
     """Starts of the evaluation clips of a video.
 
-    ``clips = N``: N evenly spaced starts from the first to the last start that fits
-    (``np.linspace``, floored); N = 1 gives the centred clip. ``clips = "all"``: starts every
+    ``clips = N``: with ``rule="linspace"`` N evenly spaced starts from the first to the last
+    start that fits (``np.linspace``, floored), N = 1 gives the centred clip; with
+    ``rule="published"`` see :func:`published_starts`. ``clips = "all"`` (either rule): starts every
     ``span`` frames from 0, plus one clip aligned to the end when the last one does not reach
     it, so every frame is covered at least once and no clip is padded (unless the whole video
     is shorter than one clip, which gives one zero-padded clip).
@@ -78,6 +97,10 @@ def clip_starts(n_frames: int, clip_len: int, stride: int, clips: int | str) -> 
     n = int(clips)
     if n < 1:
         raise ValueError(f"clips per video must be >= 1 or 'all', got {clips}")
+    if rule == "published":
+        return published_starts(n_frames, clip_len, stride, n)
+    if rule != "linspace":
+        raise ValueError(f"clip start rule must be 'published' or 'linspace', got {rule!r}")
     if n == 1:
         return [last // 2]
     return [int(s) for s in np.floor(np.linspace(0, last, n))]
@@ -275,6 +298,12 @@ class ClipDataset(Dataset):
     Item also holds ``y`` float32 (the ``task`` label; NaN when ``task`` is None),
     ``video_id, study_id, patient_id`` and ``n_clips``. Rows with an unknown label must be
     removed before (a NaN label never reaches a loss): they are refused here.
+
+    Eval only: ``starts`` is the clip start rule (``evaluate.clip_starts``: ``linspace`` |
+    ``published``, see ``clip_starts``); ``scaling="video"`` (``evaluate.scaling``) adds
+    ``bounds`` float32 (N, 2): the min and max over all N clips of the video, repeated per clip,
+    so ``prepare_clips`` scales every clip of a video with the same range (the published rule);
+    ``scaling="clip"`` adds nothing (each clip is scaled by its own range).
     """
 
     def __init__(
@@ -287,8 +316,15 @@ class ClipDataset(Dataset):
         train: bool = True,
         clips_per_video: int | str = 4,
         seed: int = 0,
+        starts: Literal["linspace", "published"] = "linspace",
+        scaling: Literal["clip", "video"] = "clip",
     ):
         _check_seed(seed)
+        if starts not in ("linspace", "published") or scaling not in ("clip", "video"):
+            raise UserError(
+                f"unknown evaluation clip rule starts={starts!r} / scaling={scaling!r}",
+                fix="set evaluate.clip_starts to published|linspace, evaluate.scaling to video|clip",
+            )
         if task is not None:
             if task not in df.columns:
                 raise UserError(f"label column '{task}' is not in the manifest", fix="check --task")
@@ -315,6 +351,8 @@ class ClipDataset(Dataset):
             )
         self.clips_per_video = clips_per_video
         self.seed = seed
+        self.starts = starts
+        self.scaling = scaling
 
     def __len__(self) -> int:
         return len(self.table.video_id)
@@ -331,13 +369,20 @@ class ClipDataset(Dataset):
             )  # (C, T, H, W)
             n_clips = 1
         else:
-            starts = clip_starts(video.shape[0], self.clip_len, self.stride, self.clips_per_video)
+            starts = clip_starts(
+                video.shape[0], self.clip_len, self.stride, self.clips_per_video, self.starts
+            )
             x = torch.from_numpy(
                 np.stack([read_clip(video, s, self.clip_len, self.stride) for s in starts])
             )  # (N, C, T, H, W)
             n_clips = len(starts)
         t = self.table
+        extra = {}
+        if not self.train and self.scaling == "video":
+            lo, hi = float(x.min()), float(x.max())
+            extra["bounds"] = torch.tensor([[lo, hi]], dtype=torch.float32).expand(n_clips, 2)
         return {
+            **extra,
             "x": x,
             "y": torch.tensor(self.y[index], dtype=torch.float32),
             "n_clips": n_clips,
@@ -348,8 +393,13 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch evaluation items with any clip counts: ``x`` (sum N, C, T, H, W), ``n_clips`` (B,)."""
+    """Batch evaluation items with any clip counts: ``x`` (sum N, C, T, H, W), ``n_clips`` (B,)
+    and, when the items carry them (video-level scaling), ``bounds`` (sum N, 2)."""
+    extra = {}
+    if batch and all("bounds" in b for b in batch):
+        extra["bounds"] = torch.cat([b["bounds"] for b in batch], dim=0)
     return {
+        **extra,
         "x": torch.cat([b["x"] for b in batch], dim=0),
         "n_clips": torch.tensor([b["n_clips"] for b in batch], dtype=torch.int64),
         "y": torch.stack([b["y"] for b in batch]),

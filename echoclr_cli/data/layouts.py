@@ -47,7 +47,8 @@ class Item:
 
     study_id / patient_id: original ids known from the layout (None: read from the DICOM header
     or taken from the path). meta: what the layout knows: 'split', 'study_year', 'external',
-    label columns (0/1/NaN)."""
+    label columns (0/1/NaN). native: already at the published frame geometry (the echoclr
+    layout's 112 x 112 AVIs): masked only, never cropped (``preprocess.resize`` does not apply)."""
 
     file: Path
     rel: str
@@ -55,6 +56,7 @@ class Item:
     study_id: str | None = None
     patient_id: str | None = None
     meta: dict = field(default_factory=dict)
+    native: bool = False
 
 
 @dataclass
@@ -443,7 +445,9 @@ def _discover_echoclr(cfg, root: Path, salt: str) -> Inventory:
             continue
         meta = {c: float(lbl.at[i, c]) for c in lbl.columns}
         meta["split"] = "ext_test" if ext is not None and ext.loc[i] else row["split"]
-        inv.items.append(Item(path, rel, "video", row["acc_num"], row["acc_num"], meta))
+        inv.items.append(
+            Item(path, rel, "video", row["acc_num"], row["acc_num"], meta, native=True)
+        )
     return inv
 
 

@@ -1,5 +1,9 @@
 """Ultrasound sector detection, masking, cropping and resizing.
 
+Two spatial rules (``preprocess.resize``): ``whole_frame`` (published) resizes the whole masked
+frame to size x size (aspect not kept); ``sector_crop`` crops to the sector's bounding box, pads
+it square and resizes (more pixels on the sector, aspect kept).
+
 Everything outside the ultrasound sector (burned-in text, ECG trace, UI, logos) is removed.
 The published pipeline took "the convex hull of the largest contour of the (binarized) image
 content"; a static overlay that touches the sector or sits inside its bounding box survives that
@@ -53,6 +57,8 @@ class SectorCrop:
     mask: (H, W) bool sector mask in the raw frame; (y0, y1, x0, x1): its bounding box;
     side: the square side after padding; (pad_y, pad_x): offset of the box inside the square;
     size: the output side. ``source``: "pixels", "region+pixels" or "fallback".
+    ``whole``: the whole (H, W) frame is resized to (size, size), no crop and no padding (the
+    published rule, aspect not kept; the box is then the whole frame).
     """
 
     mask: np.ndarray
@@ -65,6 +71,7 @@ class SectorCrop:
     pad_x: int
     size: int
     source: str
+    whole: bool = False
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
@@ -198,6 +205,21 @@ def plan_crop(mask: np.ndarray, size: int, source: str) -> SectorCrop:
     return SectorCrop(mask, y0, y1, x0, x1, side, (side - bh) // 2, (side - bw) // 2, size, source)
 
 
+def plan_whole(mask: np.ndarray, size: int, source: str) -> SectorCrop:
+    """Whole-frame plan of ``mask`` (H,W) bool: the masked frame resized to ``size`` x ``size``
+    (no crop to the sector, no padding, aspect not kept), as the published preprocessing did.
+    A frame already ``size`` x ``size`` is not resampled at all (only masked)."""
+    h, w = mask.shape
+    return SectorCrop(mask, 0, h, 0, w, max(h, w), 0, 0, size, source, whole=True)
+
+
+def _fit(crop: SectorCrop, image: np.ndarray) -> np.ndarray:
+    """Whole-frame resize (INTER_AREA) of an (H,W[,3]) image; a copy when already the size."""
+    if image.shape[:2] == (crop.size, crop.size):
+        return image.copy()
+    return cv2.resize(image, (crop.size, crop.size), interpolation=cv2.INTER_AREA)
+
+
 def _pad(crop: SectorCrop, box: np.ndarray) -> np.ndarray:
     """Place an already cut (bh, bw, ...) box into a zero (side, side, ...) square."""
     out = np.zeros((crop.side, crop.side) + box.shape[2:], box.dtype)
@@ -216,6 +238,8 @@ def map_mask(crop: SectorCrop, mask: np.ndarray) -> np.ndarray:
     Value = share of the output pixel's area covered by ``mask`` (INTER_AREA), e.g. for tests
     that check nothing outside the true sector survives.
     """
+    if crop.whole:
+        return np.clip(_fit(crop, mask.astype(np.float32)), 0.0, 1.0)
     sq = square(crop, mask.astype(np.float32))
     return np.clip(cv2.resize(sq, (crop.size, crop.size), interpolation=cv2.INTER_AREA), 0.0, 1.0)
 
@@ -224,10 +248,19 @@ def apply_crop(frames: np.ndarray, crop: SectorCrop) -> np.ndarray:
     """Mask, crop, pad and resize (INTER_AREA), frame by frame.
 
     (T,H,W) or (T,H,W,3) uint8 -> (T,S,S) or (T,S,S,3) uint8. Output pixels less than half
-    covered by the sector are set to 0, so the border is clean.
+    covered by the sector are set to 0, so the border is clean. A ``whole`` plan masks and
+    resizes the whole frame (a frame already (S, S) comes out pixel-identical apart from masking).
     """
     rgb = frames.ndim == 4
     size = crop.size
+    if crop.whole:
+        m, keep = crop.mask, map_mask(crop, crop.mask) >= 0.5  # (H, W), (S, S)
+        if rgb:
+            m, keep = m[..., None], keep[..., None]
+        out = np.empty((frames.shape[0], size, size) + frames.shape[3:], np.uint8)
+        for i, frame in enumerate(frames):
+            out[i] = _fit(crop, frame * m) * keep  # (S, S[, 3])
+        return out
     m = crop.mask[crop.y0 : crop.y1, crop.x0 : crop.x1]  # (bh, bw)
     keep = map_mask(crop, crop.mask) >= 0.5  # (S, S)
     if rgb:

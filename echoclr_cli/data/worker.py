@@ -1,4 +1,4 @@
-"""The preprocess worker: one raw file -> one masked, cropped ``.npy`` + a small manifest row.
+"""The preprocess worker: one raw file -> one masked, resized ``.npy`` + a small manifest row.
 
 Runs in a worker process (``preprocess._process`` starts the pool); gets its settings once per
 process as a :class:`WorkerContext` and returns plain dicts, so the parent never holds videos.
@@ -42,6 +42,7 @@ class WorkerContext:
     view_excluded: set[str]
     key: str
     preview: set[str]
+    resize: str = "whole_frame"  # preprocess.resize: whole_frame | sector_crop
 
 
 # --------------------------------------------------------------------------- worker
@@ -107,7 +108,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         patient_id = hash_id(ctx.salt, "patient", patient)
         if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
-        stored, crop, channels = _mask_and_crop(raw, ctx)
+        stored, crop, channels = _mask_and_crop(raw, ctx, item.native)
     except SkipVideo as e:
         if study_id is None and any(e.ids):  # skipped after its header was read
             path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
@@ -129,6 +130,9 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     row.update(_optional_fields(raw))
     preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
     notes = [f"{rel}: {w}" for w in raw.warnings]
+    if item.native and raw.frames.shape[1:3] != (ctx.size, ctx.size):
+        notes.append(f"{rel}: {raw.frames.shape[2]}x{raw.frames.shape[1]} frames of the echoclr "
+                     f"layout resized whole to {ctx.size} px (never cropped)")  # fmt: skip
     if crop.source.endswith("fallback"):
         notes.append(f"{rel}: little motion; sector found from the time-max image")
     return {
@@ -148,9 +152,14 @@ def _optional_fields(raw: readers.RawVideo) -> dict:
 
 
 def _mask_and_crop(
-    raw: readers.RawVideo, ctx: WorkerContext
+    raw: readers.RawVideo, ctx: WorkerContext, native: bool = False
 ) -> tuple[np.ndarray, sector.SectorCrop, int]:
-    """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels."""
+    """(T,H,W[,3]) raw frames -> stored uint8 video (T,S,S) or (T,S,S,3), the crop, channels.
+
+    ``ctx.resize``: ``whole_frame`` masks and resizes the whole frame, ``sector_crop`` crops to
+    the sector's box first. ``native`` (echoclr layout, already the published geometry): always
+    the whole frame, so a size x size video is stored pixel-identical apart from the mask.
+    """
     frames = raw.frames
     h, w = frames.shape[1:3]
     gray = sector.to_gray(frames)  # (T, H, W)
@@ -168,6 +177,9 @@ def _mask_and_crop(
         frames = gray
     elif frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=-1)  # (T, H, W, 3)
-    crop = sector.plan_crop(mask, ctx.size, source)
+    if native or ctx.resize == "whole_frame":
+        crop = sector.plan_whole(mask, ctx.size, source)
+    else:
+        crop = sector.plan_crop(mask, ctx.size, source)
     stored = sector.apply_crop(frames, crop)
     return stored, crop, 1 if stored.ndim == 3 else 3

@@ -115,6 +115,7 @@ def archive(tmp_path_factory):
     out = root.parent / "data"
     proc = run(["preprocess", "--input", str(root), "--output", str(out), "--size", "32",
                 "--workers", "1", "--profile", "demo", "--set", f"preprocess.min_frames={MIN_FRAMES}",
+                "--set", "preprocess.short_videos=skip",  # this archive tests the skip path
                 "--set", "preprocess.max_skipped_frac=1.0",
                 "--set", "preprocess.skip_color_doppler=false"], timeout=300)  # fmt: skip
     skipped = skipped_by_path(out)
