@@ -122,8 +122,13 @@ def test_plan_lowers_batch_and_refuses_tiny(data, tmp_path):
     plan = plan_pretrain(cfg, df, data)
     n_train_pairs = len(plan.dataset)
     assert plan.batch_size == n_train_pairs and plan.steps_per_epoch == 1 and plan.notes
-    plan2 = plan_pretrain(tiny_cfg("mi-simclr", batch_size=3), df, data, world_size=2)
-    assert plan2.steps_per_epoch == (n_train_pairs // 2) // 3 and not plan2.notes
+    # batch_size is the global batch: 6 pairs over 2 processes = 3 per process
+    plan2 = plan_pretrain(tiny_cfg("mi-simclr", batch_size=6), df, data, world_size=2)
+    assert plan2.batch_size == 3 and plan2.steps_per_epoch == (n_train_pairs // 2) // 3
+    assert not plan2.notes
+    with pytest.raises(UserError, match="does not divide by the 2 processes") as err:
+        plan_pretrain(tiny_cfg("mi-simclr", batch_size=7), df, data, world_size=2)
+    assert "multiple of 2" in str(err.value.fix) + str(err.value)
     one = make_dataset(tmp_path, n_studies=3, videos_per_study=(1, 1), frames=(6, 6), size=8)
     with pytest.raises(UserError, match="at least 2 pairs"):
         plan_pretrain(tiny_cfg("simclr"), pd.read_csv(one / "manifest.csv"), one)
