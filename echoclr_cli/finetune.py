@@ -30,9 +30,10 @@ Options (``finetune`` section; defaults = the paper):
   only. The test metrics use the best-validation weights (``checkpoints/best.pt``).
 - batches: ``min(batch_size, training videos per process)``, no drop_last: every training video
   is seen every epoch, as the published loader (a 1% subset smaller than one batch still trains;
-  the run notes the cap). A final batch of ONE video still trains (forward, loss, update) but
-  does not update the BatchNorm running statistics (``bn_frozen_stats``): one sample's
-  statistics would move the running estimates used at evaluation by a noisy single-video value.
+  the run notes the cap). A final batch of ONE video still trains (forward, loss, update) with
+  BatchNorm in eval mode for that step (``bn_frozen_stats``): normalised by the running
+  statistics, which it does not update (one sample's statistics are noise, and a 1x1x1 feature
+  map cannot be batch-normalised in training mode at all).
 """
 
 from __future__ import annotations
@@ -74,21 +75,22 @@ PUBLISHED_MONITOR = "val_bce_video"
 
 @contextlib.contextmanager
 def bn_frozen_stats(model: nn.Module, frozen: bool = True):
-    """BatchNorm running statistics left untouched inside (momentum 0), the batch's own
-    statistics still normalise it; used for a final training batch of one video."""
+    """BatchNorm layers in eval mode inside: normalised with their running statistics, which
+    are not updated. Used for a final training batch of ONE video: its own statistics would
+    move the running estimates by a single-video value (and a 1x1x1 feature map cannot be
+    batch-normalised at all); the video still contributes its gradient."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not frozen or not bns:
         yield
         return
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    modes = [m.training for m in bns]
     for m in bns:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        m.eval()
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(bns, saved, strict=True):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+        for m, mode in zip(bns, modes, strict=True):
+            m.train(mode)
 
 
 def video_bce(video: pd.DataFrame) -> float:
