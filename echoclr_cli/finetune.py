@@ -108,8 +108,16 @@ def video_bce(video: pd.DataFrame) -> float:
 def early_stopping(ft: Any) -> tuple[str, str, int]:
     """``(monitor, mode, engine patience)`` of ``finetune.early_stop``: the engine stops after
     ``patience`` bad epochs, so the published rule (stop after patience + 1) passes patience + 1;
-    patience 0 = off in both."""
+    patience 0 = off in both. ``monitor: val_auroc`` with the published rule is refused (it
+    would be ignored)."""
     if ft.early_stop == "published":
+        if ft.monitor != "val_loss":
+            raise UserError(
+                f"finetune.monitor {ft.monitor} is not used by finetune.early_stop=published "
+                "(which monitors the per-video BCE, val_bce_video)",
+                fix="add --set finetune.early_stop=ours to stop on "
+                f"{ft.monitor}, or drop the monitor setting",
+            )
         return PUBLISHED_MONITOR, "min", ft.patience + 1 if ft.patience else 0
     return ft.monitor, "min" if ft.monitor == "val_loss" else "max", ft.patience
 
@@ -330,6 +338,7 @@ def run_finetune(
     ft = cfg.finetune
     task = ft.task
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    monitor, monitor_mode, patience = early_stopping(ft)  # refuses a monitor it would ignore
     _, world_size, _ = dist_env()
     if ft.mode == "lp-ft" and world_size > 1:
         raise UserError(
@@ -431,7 +440,6 @@ def run_finetune(
         val_df, data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips, persistent=True
     )
     task_obj = FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization)
-    monitor, monitor_mode, patience = early_stopping(ft)
     fit = engine.fit(
         task_obj,
         train_loader,

@@ -516,6 +516,8 @@ def test_early_stop_published_and_ours():
     assert early_stopping(ft.model_copy(update={"early_stop": "ours"})) == ("val_loss", "min", 5)
     ours_auroc = ft.model_copy(update={"early_stop": "ours", "monitor": "val_auroc"})
     assert early_stopping(ours_auroc) == ("val_auroc", "max", 5)
+    with pytest.raises(UserError, match="not used by finetune.early_stop=published"):
+        early_stopping(ours_auroc.model_copy(update={"early_stop": "published"}))
     off = ft.model_copy(update={"early_stop": "published", "patience": 0})
     assert early_stopping(off)[2] == 0
     video = pd.DataFrame({"y_true": [1.0, 0.0, 1.0], "y_prob": [0.8, 0.3, 0.0]})
