@@ -55,6 +55,7 @@ from echoclr_cli.cli_options import (
     training_flags,
 )
 from echoclr_cli.errors import UserError
+from echoclr_cli.events import counter
 
 PrintRecipeOpt = Annotated[
     bool,
@@ -71,7 +72,7 @@ def _print_recipe(cfg, section: str) -> None:
 
     typer.echo(f"recipe of `echoclr {section}` (profile {cfg.profile}):")
     typer.echo(format_recipe(recipe_rows(cfg, section)))
-from echoclr_cli.events import counter
+
 
 app = typer.Typer(
     name="echoclr",

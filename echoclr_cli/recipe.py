@@ -229,9 +229,7 @@ def format_recipe(rows: list[Row]) -> str:
         mark = {"same": "same", "deliberate": "DIFFERS (deliberate)", "changed": "DIFFERS"}.get(
             r.status, "PENDING"
         )
-        lines.append(
-            f"{r.key:<{w}}  {show(r.value):<22} {show(r.published):<22} {mark}: {r.note}"
-        )
+        lines.append(f"{r.key:<{w}}  {show(r.value):<22} {show(r.published):<22} {mark}: {r.note}")
     n = sum(r.status in ("deliberate", "changed") for r in rows)
     lines.append(f"{n} value(s) differ from the published recipe")
     return "\n".join(lines)

@@ -181,13 +181,16 @@ def test_cli_pretrain_simclr_trains_520_by_default(data, tmp_path, fit_epochs):
     base = ["pretrain", "--data", str(data), "--device", "cpu", "--profile", "paper"]
     small = ["--set", "model.width=0.125", "--set", "runtime.workers=0"]
     for method, n in (("simclr", 520), ("echoclr", 300)):
-        res = runner.invoke(cli.app, [*base, "--method", method, "--out", str(tmp_path / method), *small])
+        res = runner.invoke(
+            cli.app, [*base, "--method", method, "--out", str(tmp_path / method), *small]
+        )
         assert isinstance(res.exception, _Stop), res.output
         assert fit_epochs[-1] == n
         # the run records the resolved number (resume and `sweep` read it back)
-        assert "epochs: %d" % n in (tmp_path / method / "config.yaml").read_text()
+        assert f"epochs: {n}" in (tmp_path / method / "config.yaml").read_text()
     res = runner.invoke(
-        cli.app, [*base, "--method", "simclr", "--epochs", "3", "--out", str(tmp_path / "e3"), *small]
+        cli.app,
+        [*base, "--method", "simclr", "--epochs", "3", "--out", str(tmp_path / "e3"), *small],
     )
     assert isinstance(res.exception, _Stop) and fit_epochs[-1] == 3
 
@@ -250,4 +253,3 @@ def test_format_recipe_counts_differences(paper):
     n = sum(r.status in ("changed", "deliberate") for r in rows)
     assert text.splitlines()[-1] == f"{n} value(s) differ from the published recipe"
     assert n == 2  # batch 196, plus the deliberate precision
-
