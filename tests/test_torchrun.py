@@ -27,13 +27,13 @@ def test_torchrun_two_processes_pretrain(tmp_path):
     cmd = [
         str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "echoclr_cli", "pretrain",
         "--method", "mi-simclr", "--data", str(data), "--out", str(out), "--epochs", "2",
-        "--batch-size", "4", "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
+        "--batch-size", "8", "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.epoch) == [1, 2]
-    # Embeddings gathered across 2 ranks: 2 x 4 pairs = 16 clips -> 15 candidates per anchor.
+    # Global batch 8 = 2 ranks x 4 pairs, embeddings gathered: 16 clips -> 15 candidates per anchor.
     # A near-untrained model sits near ln(15); a per-rank loss would sit near ln(7).
     assert abs(hist.nt_xent.iloc[0] - math.log(15)) < 0.5
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
