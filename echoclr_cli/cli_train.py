@@ -30,6 +30,22 @@ from echoclr_cli.cli_options import (
     training_flags,
 )
 
+PrintRecipeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-recipe",
+        help="Print the resolved recipe against the published one (each difference named, "
+        "with why) and exit without training.",
+    ),
+]
+
+
+def _print_recipe(cfg, section: str) -> None:
+    from echoclr_cli.recipe import format_recipe, recipe_rows
+
+    typer.echo(f"recipe of `echoclr {section}` (profile {cfg.profile}):")
+    typer.echo(format_recipe(recipe_rows(cfg, section)))
+
 
 # --------------------------------------------------------------------------- pretrain
 @app.command()
@@ -56,6 +72,7 @@ def pretrain(
     device: DeviceOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
+    print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
     with handle_errors(verbose):
@@ -71,6 +88,9 @@ def pretrain(
             quiet=quiet,
             flags=flags,
         )
+        if print_recipe:
+            _print_recipe(cfg, "pretrain")
+            return
         from echoclr_cli.pretrain import run_pretrain
 
         with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
@@ -146,6 +166,7 @@ def finetune(
     device: DeviceOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
+    print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
     with handle_errors(verbose):
@@ -177,6 +198,9 @@ def finetune(
         cfg, followed = follow_init_model(cfg, user_model_keys(config, set_))
         if followed:
             report.info(followed)
+        if print_recipe:
+            _print_recipe(cfg, "finetune")
+            return
         run_dir = out or rundir.finetune_run_dir(cfg)
         with report.progress(f"finetune {cfg.finetune.task}") as progress:
             res = run_finetune(

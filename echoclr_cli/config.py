@@ -258,8 +258,23 @@ class OptimConfig(Section):
 
 class PretrainConfig(Section):
     method: Literal["simclr", "mi-simclr", "echoclr"] = "echoclr"
-    epochs: int = Field(300, ge=1, description="paper: 300 (MI-SimCLR, EchoCLR), 520 (SimCLR)")
-    batch_size: int = Field(196, ge=2, description="pairs per process")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="None = the method's published count (pretrain_epochs): SimCLR 520, "
+        "MI-SimCLR and EchoCLR 300",
+    )
+    batch_size: int = Field(
+        392,
+        ge=2,
+        description="GLOBAL batch in pairs (all processes together; each takes batch/world "
+        "size); paper: 2 GPUs x 196 = 392, NT-Xent over all of them",
+    )
+    view_forward: Literal["separate", "joint"] = Field(
+        "separate",
+        description="separate = one forward call per view, BatchNorm statistics per view (paper); "
+        "joint = both views in one 2B forward (shared statistics, one call)",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     temperature: float = Field(0.05, gt=0)
     clip_len: int = Field(4, ge=1, le=64)
@@ -305,7 +320,11 @@ class FinetuneConfig(Section):
         description="DIFFERS: applied before the linear head (published code dropped logits)",
     )
     label_smoothing: float = Field(
-        0.1, ge=0, lt=1, description="targets y*(1-s)+s/2 (published code parsed but ignored it)"
+        0.0,
+        ge=0,
+        lt=1,
+        description="targets y*(1-s)+s/2; paper 0 (the published code parsed 0.1 and never "
+        "applied it)",
     )
     pos_weight: str = Field("balanced", description="balanced | none | a number")
     mode: Literal["full", "linear", "lp-ft"] = Field(
@@ -320,6 +339,12 @@ class FinetuneConfig(Section):
         "the final evaluation always uses evaluate.clips_per_video",
     )
     patience: int = Field(5, ge=0, description="early stopping patience (0 = off)")
+    early_stop: Literal["published", "ours"] = Field(
+        "published",
+        description="published = monitor the unweighted BCE of the clip-averaged probability per "
+        "val video (val_bce_video), stop after patience + 1 epochs without improvement; ours = "
+        "finetune.monitor, stop after patience epochs without improvement",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     nonfinite_tolerance: int = Field(0, ge=0)
@@ -442,6 +467,24 @@ class Config(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+
+# --------------------------------------------------------------------------- method defaults
+PUBLISHED_EPOCHS = {"simclr": 520, "mi-simclr": 300, "echoclr": 300}
+
+
+def pretrain_epochs(pc: PretrainConfig) -> int:
+    """The pretraining epochs: ``pretrain.epochs`` when set, else the method's published count
+    (SimCLR 520, MI-SimCLR / EchoCLR 300). The one place this default is decided."""
+    return pc.epochs if pc.epochs is not None else PUBLISHED_EPOCHS[pc.method]
+
+
+def with_pretrain_epochs(cfg: Config) -> Config:
+    """``cfg`` with ``pretrain.epochs`` resolved (so a run's config.yaml records the number)."""
+    if cfg.pretrain.epochs is not None:
+        return cfg
+    pc = cfg.pretrain.model_copy(update={"epochs": pretrain_epochs(cfg.pretrain)})
+    return cfg.model_copy(update={"pretrain": pc})
 
 
 # --------------------------------------------------------------------------- helpers

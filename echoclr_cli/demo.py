@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from echoclr_cli.config import Config
+from echoclr_cli.config import Config, pretrain_epochs
 from echoclr_cli.events import Progress, counter
 from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
 
@@ -78,10 +78,11 @@ def run_demo(
         mcfg.pretrain.method = method
         run_dir = runs[method] = pretrain_run_dir(cfg, method)
         state = run_progress(run_dir, "pretrain")
-        if state.has_checkpoint and (state.epochs_done or 0) >= mcfg.pretrain.epochs:
+        epochs = pretrain_epochs(mcfg.pretrain)
+        if state.has_checkpoint and (state.epochs_done or 0) >= epochs:
             skipped.append(f"pretrain {method}")
             continue
-        say(f"[3/4] pretraining {method} ({mcfg.pretrain.epochs} epochs) -> {run_dir}")
+        say(f"[3/4] pretraining {method} ({epochs} epochs) -> {run_dir}")
         with progress(f"pretrain {method}") as on_event:
             run_pretrain(
                 mcfg, cfg.paths.data, run_dir, resume=state.has_checkpoint, progress=on_event

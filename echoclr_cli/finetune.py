@@ -22,15 +22,23 @@ Options (``finetune`` section; defaults = the paper):
   BatchNorm statistics do not move; only the head trains); ``lp-ft``: linear probe for
   ``lp_epochs`` epochs, then full fine-tuning (the optimizer holds all parameters from the start;
   backbone parameters get no gradient, hence no Adam state, until the FT phase).
-- ``monitor`` (``val_loss`` min or ``val_auroc`` max, study level) with ``patience``: early
-  stopping; in ``lp-ft`` patience counts fine-tuning epochs only. The test metrics use the
-  best-validation weights (``checkpoints/best.pt``).
-- batches: ``min(batch_size, training videos per process)`` with drop_last (a 1% subset smaller
-  than one batch still trains; the run notes the cap).
+- ``early_stop``: ``published`` (paper profile) monitors ``val_bce_video``, the unweighted BCE
+  of the clip-averaged probability per validation video, and stops after ``patience + 1`` epochs
+  without improvement (the published ``while ... epochs_no_improve <= patience`` loop);
+  ``ours`` monitors ``monitor`` (``val_loss`` min or ``val_auroc`` max, study level) and stops
+  after ``patience`` epochs without improvement. In ``lp-ft`` patience counts fine-tuning epochs
+  only. The test metrics use the best-validation weights (``checkpoints/best.pt``).
+- batches: ``min(batch_size, training videos per process)``, no drop_last: every training video
+  is seen every epoch, as the published loader (a 1% subset smaller than one batch still trains;
+  the run notes the cap). A final batch of ONE video still trains (forward, loss, update) with
+  BatchNorm in eval mode for that step (``bn_frozen_stats``): normalised by the running
+  statistics, which it does not update (one sample's statistics are noise, and a 1x1x1 feature
+  map cannot be batch-normalised in training mode at all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -61,6 +69,57 @@ from echoclr_cli.losses import classification_loss, pos_weight_value
 from echoclr_cli.metrics import aggregate_levels, auroc_rank
 from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.weights import init_backbone, input_normalization
+
+PUBLISHED_MONITOR = "val_bce_video"
+
+
+@contextlib.contextmanager
+def bn_frozen_stats(model: nn.Module, frozen: bool = True):
+    """BatchNorm layers in eval mode inside: normalised with their running statistics, which
+    are not updated. Used for a final training batch of ONE video: its own statistics would
+    move the running estimates by a single-video value (and a 1x1x1 feature map cannot be
+    batch-normalised at all); the video still contributes its gradient."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not frozen or not bns:
+        yield
+        return
+    modes = [m.training for m in bns]
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(bns, modes, strict=True):
+            m.train(mode)
+
+
+def video_bce(video: pd.DataFrame) -> float:
+    """Unweighted BCE of the clip-averaged probability per video (the published early-stopping
+    quantity; its constant weight does not change which epoch is best). NaN without videos."""
+    if not len(video):
+        return math.nan
+    y = video["y_true"].to_numpy(dtype=np.float64)
+    p = video["y_prob"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore"):  # log(0) -> -inf -> clamped at -100 as torch's BCELoss
+        lp, lq = np.maximum(np.log(p), -100.0), np.maximum(np.log1p(-p), -100.0)
+    return float(-(y * lp + (1 - y) * lq).mean())
+
+
+def early_stopping(ft: Any) -> tuple[str, str, int]:
+    """``(monitor, mode, engine patience)`` of ``finetune.early_stop``: the engine stops after
+    ``patience`` bad epochs, so the published rule (stop after patience + 1) passes patience + 1;
+    patience 0 = off in both. ``monitor: val_auroc`` with the published rule is refused (it
+    would be ignored)."""
+    if ft.early_stop == "published":
+        if ft.monitor != "val_loss":
+            raise UserError(
+                f"finetune.monitor {ft.monitor} is not used by finetune.early_stop=published "
+                "(which monitors the per-video BCE, val_bce_video)",
+                fix="add --set finetune.early_stop=ours to stop on "
+                f"{ft.monitor}, or drop the monitor setting",
+            )
+        return PUBLISHED_MONITOR, "min", ft.patience + 1 if ft.patience else 0
+    return ft.monitor, "min" if ft.monitor == "val_loss" else "max", ft.patience
 
 
 # --------------------------------------------------------------------------- the task
@@ -109,7 +168,8 @@ class FinetuneTask:
         clips = prepare_clips(x, augment, engine.generator, mean, std)  # (B, 3, T, H, W) float
         if engine.device.type == "cuda" and self.cfg.runtime.channels_last:
             clips = clips.contiguous(memory_format=torch.channels_last_3d)  # as the model
-        logits = self.model(clips).float()  # (B,)
+        with bn_frozen_stats(self.model, x.shape[0] == 1):  # a final batch of one video
+            logits = self.model(clips).float()  # (B,)
         loss = classification_loss(logits, y, self.pos_weight, self.cfg.finetune.label_smoothing)
         return {"loss": loss, "n_clips": torch.tensor(x.shape[0])}
 
@@ -147,6 +207,7 @@ class FinetuneTask:
         levels = aggregate_levels(preds.video)
         return {
             "val_loss": preds.loss if preds.loss is not None else math.nan,
+            PUBLISHED_MONITOR: video_bce(preds.video),
             "val_auroc": level_auroc(levels["study"]),
             "val_auroc_video": level_auroc(levels["video"]),
         }
@@ -277,6 +338,7 @@ def run_finetune(
     ft = cfg.finetune
     task = ft.task
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    monitor, monitor_mode, patience = early_stopping(ft)  # refuses a monitor it would ignore
     _, world_size, _ = dist_env()
     if ft.mode == "lp-ft" and world_size > 1:
         raise UserError(
@@ -361,14 +423,14 @@ def run_finetune(
         seed=cfg.runtime.seed,
         rank=engine.rank,
         world_size=world_size,
-        drop_last=True,
+        drop_last=False,  # every training video every epoch (published loader)
         batch_size=batch_size,
     )
     train_loader = DataLoader(
         train_set,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=True,
+        drop_last=False,
         num_workers=cfg.runtime.workers,
         pin_memory=engine.device.type == "cuda",
         persistent_workers=cfg.runtime.workers > 0,
@@ -386,9 +448,9 @@ def run_finetune(
         epochs=ft.epochs,
         sampler=sampler,
         checkpoint_every=0,
-        monitor=ft.monitor,
-        monitor_mode="min" if ft.monitor == "val_loss" else "max",
-        patience=ft.patience,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
+        patience=patience,
         nonfinite_tolerance=ft.nonfinite_tolerance,
         max_steps_per_epoch=ft.max_steps_per_epoch,
     )
@@ -396,7 +458,7 @@ def run_finetune(
     # ---- final evaluation with the best-validation weights (rank 0 writes)
     ckpt = rundir.run_checkpoint(out_dir)
     if ckpt.name == rundir.LAST:
-        notes.append(f"no epoch improved {ft.monitor} (undefined every epoch): tested with last.pt")
+        notes.append(f"no epoch improved {monitor} (undefined every epoch): tested with last.pt")
     base = unwrap(prepared)
     base.load_state_dict(load_checkpoint(ckpt, map_location=engine.device)["model"])
     splits = ["val"] + [s for s in dict.fromkeys(cfg.evaluate.splits) if s != "val"]
@@ -445,7 +507,8 @@ def run_finetune(
             "batch_size": batch_size,
             "best_epoch": fit.best_epoch,
             "best_metric": fit.best_metric,
-            "monitor": ft.monitor,
+            "monitor": monitor,
+            "early_stop": ft.early_stop,
             "epochs_run": fit.epochs_run,
             "stopped_early": fit.stopped_early,
             "checkpoint_tested": ckpt.name,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.video.resnet import (
     BasicBlock,
@@ -136,9 +137,17 @@ class SSLModel(nn.Module):
         )
         self.reorder_head = nn.Linear(feat, reorder_classes) if reorder_classes else None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """x: (N, 3, T, H, W) -> (h (N, F), z (N, proj_dim), order logits (N, K!) or None)."""
-        h = self.backbone(x)  # (N, F)
+    def forward(self, x: Tensor, views: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
+        """x: (N, 3, T, H, W) -> (h (N, F), z (N, proj_dim), order logits (N, K!) or None).
+
+        ``views`` > 1: x holds that many equal chunks (the views of a pretraining batch), each
+        encoded by its own backbone call, so BatchNorm uses per-view statistics (the published
+        model encoded the two views separately). One model call either way (one DDP forward).
+        """
+        if views > 1:
+            h = torch.cat([self.backbone(c) for c in x.chunk(views)])  # (N, F)
+        else:
+            h = self.backbone(x)  # (N, F)
         z = self.projector(h)  # (N, D)
         logits = self.reorder_head(h) if self.reorder_head is not None else None  # (N, K!)
         return h, z, logits

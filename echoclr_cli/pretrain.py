@@ -4,15 +4,16 @@
 model is built or any file written), builds pairs / sampler / loader / model / optimizer and
 hands them to ``Engine.fit``. Per step (``PretrainTask.train_step``): both views go to the device
 as uint8, are augmented with the engine's generator, min-max scaled and run through the model
-as one 2B batch; the loss is
+(one backbone call per view by default, as the paper: ``pretrain.view_forward``); the loss is
 
     nt_xent_weight * NT-Xent(z1, z2)                                    (all methods)
   + reorder_weight * CE(order logits of both views, permutation targets)  (echoclr only)
 
 where the cross-entropy is one mean over the 2B clips of both views (= the mean of the two
 views' losses), as in the published scripts; with the default weights 1, 1 this is the
-paper's unweighted "NT-Xent + cross-entropy". Under DDP the NT-Xent gathers the embeddings of
-all processes, so k processes optimise the loss of the global batch.
+paper's unweighted "NT-Xent + cross-entropy". ``pretrain.batch_size`` is the global batch: each
+of k processes takes batch/k pairs and the NT-Xent gathers the embeddings of all processes, so
+k processes optimise the loss of the global batch. The losses run in float32 (autocast off).
 
 The checkpoint's model state is the ``SSLModel``: ``backbone.*`` (what fine-tuning loads),
 ``projector.*`` and, for EchoCLR, ``reorder_head.*``.
@@ -33,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
-from echoclr_cli.config import Config
+from echoclr_cli.config import Config, with_pretrain_epochs
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler, PairDataset
 from echoclr_cli.errors import UserError
@@ -61,6 +62,7 @@ class PretrainResult:
     steps_per_epoch: int
     checkpoint: Path
     history: pd.DataFrame
+    global_batch: int = 0  # pairs per step over all processes
     notes: list[str] = field(default_factory=list)
 
 
@@ -178,7 +180,10 @@ class PretrainTask:
         )  # (2B, 3, T, H, W)
         if dev.type == "cuda" and self.cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        _, z, logits = self.net(x)  # z (2B, D), logits (2B, K!) or None
+        # separate (paper): one backbone call per view inside one model call, so BatchNorm
+        # normalises each view with its own statistics; joint: one 2B call.
+        views = 2 if self.pc.view_forward == "separate" else 1
+        _, z, logits = self.net(x, views=views)  # z (2B, D), logits (2B, K!) or None
         z1, z2 = z.float()[:b], z.float()[b:]  # (B, D) each
         groups = (
             batch["study_index"].to(dev, non_blocking=True)
@@ -244,24 +249,35 @@ def pretrain_batch(
 ) -> tuple[int, int, list[str]]:
     """The pretraining batch rule: ``(batch per process, steps per epoch, notes)``.
 
+    ``batch_size`` is the GLOBAL batch (pairs per step over all processes, paper 392); each of
+    the ``world_size`` processes takes ``batch_size / world_size`` pairs and the NT-Xent spans
+    the whole global batch through the gather, so the loss does not depend on the number of
+    processes. A global batch that does not divide by the number of processes is refused.
     Every step uses full batches (drop_last, as the paper): a last partial batch would change
-    the number of negatives, and one of size 1 breaks BatchNorm. When a process has fewer pairs
-    than ``batch_size``, the batch is lowered to the pairs it has (noted). Fewer than 2 pairs
-    per process cannot form a contrastive batch: UserError.
+    the number of negatives. When a process has fewer pairs than its share, its batch is
+    lowered to the pairs it has (noted). Fewer than 2 pairs per process: UserError.
     """
-    per_rank = n_pairs // max(world_size, 1)
+    world = max(world_size, 1)
+    if batch_size % world:
+        lower, upper = (batch_size // world) * world, -(-batch_size // world) * world
+        raise UserError(
+            f"pretrain.batch_size {batch_size} is the global batch and does not divide by the "
+            f"{world} processes",
+            fix=f"set --batch-size to a multiple of {world} (e.g. {max(lower, world)} or {upper})",
+        )
+    per_rank = n_pairs // world
     if per_rank < 2:
         raise UserError(
-            f"{what} has {n_pairs} training pair(s) for {world_size} process(es); a contrastive "
+            f"{what} has {n_pairs} training pair(s) for {world} process(es); a contrastive "
             "batch needs at least 2 pairs per process",
             fix="use more studies (or more processes' worth of data), or fewer processes",
         )
     notes: list[str] = []
-    batch = batch_size
+    batch = batch_size // world
     if batch > per_rank:
         notes.append(
-            f"pretrain.batch_size {batch} > {per_rank} pairs per process: using batches of "
-            f"{per_rank} pairs (one step per epoch)"
+            f"pretrain.batch_size {batch_size} (global, {batch} per process) > {per_rank} pairs "
+            f"per process: using batches of {per_rank} pairs per process (one step per epoch)"
         )
         batch = per_rank
     return batch, per_rank // batch, notes
@@ -361,6 +377,7 @@ def run_pretrain(
     from echoclr_cli.runtime import dist_env
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    cfg = with_pretrain_epochs(cfg)  # None -> the method's published count, recorded
     rank, world, _ = dist_env()
     # Preflight (the same as `echoclr check --for pretrain`): missing files, leakage, splits,
     # batches; nothing is built, allocated or written before it passes.
@@ -415,6 +432,7 @@ def run_pretrain(
         n_studies=len(set(table.study_id)),
         n_pairs=len(plan.dataset),
         batch_size=plan.batch_size,
+        global_batch=plan.batch_size * plan.world_size,
         steps_per_epoch=steps,
         checkpoint=rundir.last_checkpoint(out_dir),
         history=fit.history,
@@ -432,6 +450,7 @@ def run_pretrain(
                 "studies": result.n_studies,
                 "pairs": result.n_pairs,
                 "batch_size": result.batch_size,
+                "global_batch": result.global_batch,
                 "steps_per_epoch": result.steps_per_epoch,
                 "notes": result.notes,
                 "final": {

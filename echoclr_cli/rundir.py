@@ -220,7 +220,12 @@ def run_progress(run_dir: Path, section: str = "pretrain") -> RunProgress:
             done = None
     planned = None
     try:
-        planned = int(yaml.safe_load((run_dir / CONFIG).read_text())[section]["epochs"])
+        sec = yaml.safe_load((run_dir / CONFIG).read_text())[section]
+        if sec.get("epochs") is None and section == "pretrain":  # the method's published count
+            from echoclr_cli.config import PUBLISHED_EPOCHS
+
+            sec["epochs"] = PUBLISHED_EPOCHS[sec.get("method", "echoclr")]
+        planned = int(sec["epochs"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         pass
     return RunProgress(done, planned, last.is_file())

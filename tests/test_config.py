@@ -25,7 +25,7 @@ def test_defaults_are_the_paper():
     cfg = Config()
     assert cfg.pretrain.temperature == 0.05
     assert cfg.pretrain.optim.learning_rate == 0.1
-    assert cfg.pretrain.batch_size == 196
+    assert cfg.pretrain.batch_size == 392  # global: 2 GPUs x 196
     assert cfg.pretrain.clip_len == 4
     assert cfg.finetune.clip_len == 16
     assert cfg.finetune.optim.learning_rate == 1e-4

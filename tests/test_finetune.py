@@ -444,3 +444,92 @@ def test_follow_init_model_keeps_what_the_user_set(tmp_path):
         "model.width",
     }
     assert user_model_keys(None, ["finetune.frac=0.1"]) == set()
+
+
+# --------------------------------------------------------------------------- every video, every epoch
+def test_every_training_video_every_epoch_and_a_batch_of_one_keeps_bn_stats(tmp_path, monkeypatch):
+    """2*B+1 training videos: each epoch runs B, B, 1 and sees every video once (no drop_last,
+    as the published loader). The batch of one trains but leaves BatchNorm's running statistics
+    as they were (finetune.bn_frozen_stats); a batch of B moves them."""
+    data = make_dataset(tmp_path, n_studies=12, videos_per_study=(1, 1))
+    m = pd.read_csv(data / "manifest.csv", dtype={"study_id": str})
+    train_ids = set(m.loc[m["split"] == "train", "video_id"].astype(str))
+    n = len(train_ids)
+    if n % 2 == 0:  # make it odd: drop one training video from the manifest
+        drop = sorted(train_ids)[0]
+        m = m[m["video_id"].astype(str) != drop]
+        m.to_csv(data / "manifest.csv", index=False)
+        train_ids.discard(drop)
+        n -= 1
+    b = (n - 1) // 2
+    seen: list[tuple[int, list[str], bool]] = []
+    orig = FinetuneTask.train_step
+
+    def spy(self, batch, engine):
+        bns = [x for x in self.model.modules() if isinstance(x, torch.nn.BatchNorm3d)]
+        before = bns[0].running_mean.clone()
+        out = orig(self, batch, engine)
+        moved = not torch.equal(before, bns[0].running_mean)
+        seen.append((engine.state.epoch, list(batch["video_id"]), moved))
+        return out
+
+    monkeypatch.setattr(FinetuneTask, "train_step", spy)
+    cfg = tiny_cfg(finetune={"batch_size": b, "epochs": 2, "frac": 1.0})
+    res = run_finetune(cfg, data, tmp_path / "run")
+    assert res.batch_size == b and res.n_train_videos == n
+    for epoch in (0, 1):
+        steps = [s for s in seen if s[0] == epoch]
+        assert [len(s[1]) for s in steps] == [b, b, 1]
+        ids = [v for s in steps for v in s[1]]
+        assert sorted(ids) == sorted(train_ids)  # every video exactly once
+        assert [s[2] for s in steps] == [True, True, False]  # BN stats frozen for the one
+
+
+def test_bn_frozen_stats_restores_momentum():
+    from echoclr_cli.finetune import bn_frozen_stats
+
+    model = build_classifier(tiny_cfg())
+    bn = next(x for x in model.modules() if isinstance(x, torch.nn.BatchNorm3d))
+    model.train()
+    x = torch.rand(1, 3, 4, 16, 16)  # one video whose last feature map is 1x1x1
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(x)  # training-mode BatchNorm cannot normalise it (the control)
+    before, tracked = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    with bn_frozen_stats(model):
+        model(x).sum().backward()  # trains: gradients reach the weights
+    assert torch.equal(bn.running_mean, before) and int(bn.num_batches_tracked) == tracked
+    assert bn.training and model.training  # modes restored
+    assert bn.weight.grad is not None
+    model(torch.rand(2, 3, 4, 16, 16))
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_early_stop_published_and_ours():
+    from echoclr_cli.finetune import early_stopping, video_bce
+
+    ft = tiny_cfg(finetune={"patience": 5}).finetune
+    assert early_stopping(ft.model_copy(update={"early_stop": "published"})) == (
+        "val_bce_video",
+        "min",
+        6,  # the published loop runs while epochs_no_improve <= patience
+    )
+    assert early_stopping(ft.model_copy(update={"early_stop": "ours"})) == ("val_loss", "min", 5)
+    ours_auroc = ft.model_copy(update={"early_stop": "ours", "monitor": "val_auroc"})
+    assert early_stopping(ours_auroc) == ("val_auroc", "max", 5)
+    with pytest.raises(UserError, match="not used by finetune.early_stop=published"):
+        early_stopping(ours_auroc.model_copy(update={"early_stop": "published"}))
+    off = ft.model_copy(update={"early_stop": "published", "patience": 0})
+    assert early_stopping(off)[2] == 0
+    video = pd.DataFrame({"y_true": [1.0, 0.0, 1.0], "y_prob": [0.8, 0.3, 0.0]})
+    want = -(np.log(0.8) + np.log(0.7) - 100.0) / 3  # log(0) clamped at -100 (torch's BCELoss)
+    assert video_bce(video) == pytest.approx(want)
+
+
+def test_published_early_stop_monitors_video_bce(data, tmp_path):
+    cfg = tiny_cfg(finetune={"epochs": 2, "early_stop": "published", "patience": 1})
+    res = run_finetune(cfg, data, tmp_path / "run")
+    assert "val_bce_video" in res.history
+    facts = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert facts["monitor"] == "val_bce_video" and facts["early_stop"] == "published"
+    best = res.history["val_bce_video"].idxmin()
+    assert res.best_epoch == int(res.history["epoch"].iloc[best])

@@ -105,3 +105,47 @@ def test_order_loss_and_accuracy():
     assert order_accuracy(logits, target).item() == 0.5
     # uniform logits over K! classes -> log(K!)
     assert abs(order_loss(torch.zeros(5, 24), torch.arange(5)).item() - math.log(24)) < 1e-6
+
+
+# --------------------------------------------------------------------------- fp32 under autocast
+class _MatmulDtypes:
+    """Records the dtypes of every matrix product run inside (after autocast's casts)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen = self.seen = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func.__name__.split(".")[0] in ("mm", "bmm", "addmm", "matmul"):
+                    seen.append(out.dtype)
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_losses_run_in_fp32_under_cpu_autocast():
+    """Inside a bf16 autocast (the engine's on the GPU) the similarity matmul of NT-Xent must
+    run in float32; a bare ``anchors @ cands.T`` there runs in bf16 (the control)."""
+    from echoclr_cli import losses
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _MatmulDtypes() as control:
+            losses._nt_xent(z1, z2, 0.05, False, None)  # the loss body without the fp32 guard
+        with _MatmulDtypes() as rec:
+            loss = losses.nt_xent(z1, z2, 0.05)
+        ro = losses.order_loss(torch.randn(4, 24, generator=g).bfloat16(), torch.arange(4))
+        bce = losses.classification_loss(torch.randn(4).bfloat16(), torch.ones(4), 2.0, 0.0)
+    assert control.seen and torch.bfloat16 in control.seen  # the test can see a bf16 matmul
+    assert rec.seen and all(d == torch.float32 for d in rec.seen), rec.seen
+    assert loss.dtype == ro.dtype == bce.dtype == torch.float32
+    assert torch.isclose(loss, nt_xent(z1, z2, 0.05), atol=1e-6)  # = the loss without autocast

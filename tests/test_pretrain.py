@@ -122,8 +122,13 @@ def test_plan_lowers_batch_and_refuses_tiny(data, tmp_path):
     plan = plan_pretrain(cfg, df, data)
     n_train_pairs = len(plan.dataset)
     assert plan.batch_size == n_train_pairs and plan.steps_per_epoch == 1 and plan.notes
-    plan2 = plan_pretrain(tiny_cfg("mi-simclr", batch_size=3), df, data, world_size=2)
-    assert plan2.steps_per_epoch == (n_train_pairs // 2) // 3 and not plan2.notes
+    # batch_size is the global batch: 6 pairs over 2 processes = 3 per process
+    plan2 = plan_pretrain(tiny_cfg("mi-simclr", batch_size=6), df, data, world_size=2)
+    assert plan2.batch_size == 3 and plan2.steps_per_epoch == (n_train_pairs // 2) // 3
+    assert not plan2.notes
+    with pytest.raises(UserError, match="does not divide by the 2 processes") as err:
+        plan_pretrain(tiny_cfg("mi-simclr", batch_size=7), df, data, world_size=2)
+    assert "multiple of 2" in str(err.value.fix) + str(err.value)
     one = make_dataset(tmp_path, n_studies=3, videos_per_study=(1, 1), frames=(6, 6), size=8)
     with pytest.raises(UserError, match="at least 2 pairs"):
         plan_pretrain(tiny_cfg("simclr"), pd.read_csv(one / "manifest.csv"), one)
@@ -227,3 +232,35 @@ def test_pretrain_on_several_splits(data):
     one = plan_pretrain(tiny_cfg("simclr", split="train"), df, data)
     two = plan_pretrain(tiny_cfg("simclr", split="train, val"), df, data)
     assert len(two.dataset) == int(df.split.isin(["train", "val"]).sum()) > len(one.dataset)
+
+
+def test_view_forward_separate_normalises_each_view_with_its_own_statistics():
+    """pretrain.view_forward: separate (paper) = one backbone call per view (BatchNorm batch
+    statistics per view) inside one model call; joint = one 2B call (shared statistics)."""
+    from echoclr_cli.models import SSLModel, build_backbone
+
+    torch.manual_seed(0)
+    model = SSLModel(build_backbone("r3d_18", 0.125), 16, 8).train()
+    x = torch.rand(6, 3, 4, 32, 32)
+    x[3:] *= 3.0  # the second view's statistics differ
+    h_sep, z_sep, _ = model(x, views=2)
+    h_a, h_b = model.backbone(x[:3]), model.backbone(x[3:])
+    assert torch.allclose(h_sep, torch.cat([h_a, h_b]), atol=1e-6)
+    h_joint, _, _ = model(x)
+    assert not torch.allclose(h_joint, h_sep, atol=1e-4)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    for mode, want in (("separate", [2, 2]), ("joint", [4])):
+        calls.clear()
+        cfg = tiny_cfg("simclr", view_forward=mode, augment={"enabled": False})
+
+        class Eng:
+            device, generator, distributed = torch.device("cpu"), None, False
+
+        batch = {
+            "view1": torch.randint(0, 255, (2, 1, 4, 32, 32), dtype=torch.uint8),
+            "view2": torch.randint(0, 255, (2, 1, 4, 32, 32), dtype=torch.uint8),
+        }
+        PretrainTask(cfg, model).train_step(batch, Eng())
+        assert calls == want, (mode, calls)
+    assert Config().pretrain.view_forward == "separate"

@@ -27,13 +27,13 @@ def test_torchrun_two_processes_pretrain(tmp_path):
     cmd = [
         str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "echoclr_cli", "pretrain",
         "--method", "mi-simclr", "--data", str(data), "--out", str(out), "--epochs", "2",
-        "--batch-size", "4", "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
+        "--batch-size", "8", "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.epoch) == [1, 2]
-    # Embeddings gathered across 2 ranks: 2 x 4 pairs = 16 clips -> 15 candidates per anchor.
+    # Global batch 8 = 2 ranks x 4 pairs, embeddings gathered: 16 clips -> 15 candidates per anchor.
     # A near-untrained model sits near ln(15); a per-rank loss would sit near ln(7).
     assert abs(hist.nt_xent.iloc[0] - math.log(15)) < 0.5
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -119,3 +119,44 @@ def test_two_nodes_c10d_same_loss_as_one_process_on_the_global_batch(tmp_path):
     print(f"P={p}: two nodes {two:.6f}, one node {one:.6f}, one process {single_loss:.6f}")
     assert abs(two - single_loss) < 1e-5, (two, single_loss)  # BatchNorm over the global batch
     assert abs(two - math.log(2 * p - 1)) < 0.2 and abs(single_loss - math.log(2 * p - 1)) < 0.2
+
+
+@pytest.mark.slow
+def test_global_batch_same_loss_one_and_two_processes(tmp_path):
+    """pretrain.batch_size is the GLOBAL batch: with batch P (all train pairs), one process takes
+    P pairs per step and each of two processes P/2, one step per epoch either way, and the
+    first-epoch loss (before any update) is the same: the NT-Xent spans the global batch through
+    the gather and, with runtime.sync_bn=true, BatchNorm uses the global batch's statistics.
+    The views are encoded separately (pretrain.view_forward=separate, the paper's default)."""
+    import json
+
+    data = make_dataset(tmp_path, n_studies=20)
+    p = _mi_simclr_pairs(data)
+    assert p >= 8 and p % 2 == 0, p
+    env = dict(os.environ, ECHOCLR_FORCE_CPU="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+
+    def args(out: Path) -> list[str]:
+        return [
+            "-m", "echoclr_cli", "pretrain", "--method", "mi-simclr", "--data", str(data),
+            "--out", str(out), "--epochs", "1", "--batch-size", str(p), "--device", "cpu",
+            "--profile", "demo", "--set", "model.width=0.125",
+            "--set", "pretrain.augment.enabled=false", "--set", "runtime.sync_bn=true",
+            "--set", "pretrain.view_forward=separate",
+        ]  # fmt: skip
+
+    two = [torchrun, "--standalone", "--nproc_per_node", "2", *args(tmp_path / "two")]
+    one = [sys.executable, *args(tmp_path / "one")]
+    for cmd in (two, one):
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+    facts = {k: json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("one", "two")}
+    assert facts["one"]["batch_size"] == p and facts["two"]["batch_size"] == p // 2
+    assert facts["one"]["global_batch"] == facts["two"]["global_batch"] == p
+    assert not facts["one"]["notes"] and not facts["two"]["notes"]  # nothing lowered
+    hist = {k: pd.read_csv(tmp_path / k / "history.csv") for k in ("one", "two")}
+    assert list(hist["one"].step) == list(hist["two"].step) == [1]
+    l1, l2 = hist["one"].nt_xent.iloc[0], hist["two"].nt_xent.iloc[0]
+    assert abs(l1 - l2) < 1e-5, (l1, l2)
+    assert abs(l1 - math.log(2 * p - 1)) < 0.2
