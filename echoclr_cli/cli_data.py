@@ -145,6 +145,21 @@ def preprocess(
         Path | None,
         typer.Option("--migrate", help="Convert a dataset dir of the previous format, then exit."),
     ] = None,
+    view_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--view-model",
+            help="View classifier run on every video: a `finetune --task view` run dir, or a "
+            "TorchScript/ONNX file with its .json class list beside it. Needs --keep-view.",
+        ),
+    ] = None,
+    keep_view: Annotated[
+        str | None, typer.Option("--keep-view", help="View class to keep, e.g. plax.")
+    ] = None,
+    view_min: Annotated[
+        float | None,
+        typer.Option("--view-min", help="Also require the kept view's probability >= this."),
+    ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -173,6 +188,9 @@ def preprocess(
             "preprocess.salt": salt,
             "preprocess.allow_label_issues": True if allow_label_issues else None,
             "preprocess.overwrite": True if overwrite else None,
+            "preprocess.view_model": path_str(view_model),
+            "preprocess.keep_view": keep_view,
+            "preprocess.keep_view_min": view_min,
             "paths.data": path_str(output),
         }
         cfg = build_config(
@@ -184,11 +202,11 @@ def preprocess(
             quiet=quiet,
             flags=flags,
         )
-        from echoclr_cli.preprocess import preprocess as run_preprocess
+        from echoclr_cli.data.view_filter import preprocess_with_view_filter
         from echoclr_cli.preprocess import size_set
 
         with report.progress("preprocess") as on_event:
-            res = run_preprocess(
+            res, vf = preprocess_with_view_filter(  # = preprocess when no --view-model
                 cfg,
                 cfg.preprocess.input,
                 cfg.paths.data,
@@ -196,3 +214,9 @@ def preprocess(
                 size_explicit=size_set(size, set_, config),
             )
         report.show_preprocess(res)
+        if vf is not None:
+            report.info(
+                f"view filter ({cfg.preprocess.keep_view}): kept {vf.kept}, filtered {vf.filtered} "
+                f"(skipped.csv, reason view_filter); predicted {vf.predicted} video(s), "
+                f"top classes {vf.by_pred}"
+            )

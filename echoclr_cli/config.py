@@ -219,6 +219,15 @@ class PreprocessConfig(Section):
     view_column: str | None = Field(None, description="label-file column for a view filter")
     view_min: float = Field(0.5, description="keep rows with view_column >= view_min")
     view_value: str | None = Field(None, description="or keep rows with view_column == value")
+    view_model: Path | None = Field(
+        None, description="view classifier (multi-class run dir, or TorchScript/ONNX + .json "
+        "class list) run on every stored video; needs keep_view"
+    )
+    keep_view: str | None = Field(None, description="view_model class to keep, e.g. plax")
+    keep_view_min: float | None = Field(
+        None, ge=0, le=1, description="also require p(keep_view) >= this (None: top class only)"
+    )
+    view_clips: int = Field(4, ge=1, description="evenly spaced clips per video for view_model")
     max_skipped_frac: float = Field(0.01, ge=0, le=1, description="fail above this skip share")
     allow_label_issues: bool = Field(
         False, description="accept label problems (bad values, duplicate or unmatched ids)"
@@ -284,6 +293,12 @@ class PretrainConfig(Section):
     reorder_weight: float = Field(1.0, ge=0)
     exclude_same_study_negatives: bool = Field(
         False, description="mask other pairs of the same study as negatives (paper: off)"
+    )
+    pair_within: Literal["study", "study_view"] = Field(
+        "study_view",
+        description="MI-SimCLR/EchoCLR positive pairs: two videos of one study, and of one view "
+        "when the manifest has a view column (view, else view_pred); the paper's data was "
+        "PLAX-only, so its within-study pairs were within-view",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     checkpoint_every: int = Field(20, ge=1, description="keep checkpoints/epoch_N.pt every N")

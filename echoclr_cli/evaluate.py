@@ -108,8 +108,6 @@ class LoadedRun:
 
 def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
     """Rebuild a fine-tuned classifier from ``config.yaml`` + ``checkpoints/best.pt`` (or last.pt)."""
-    from echoclr_cli.models import Classifier, build_backbone
-
     if not Path(run_dir).is_dir():
         raise UserError(f"run dir {run_dir} does not exist", fix="pass a fine-tune run dir")
     run_cfg = rundir.read_run_config(run_dir)
@@ -120,9 +118,9 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
             f"{path} is a {ck.get('section')} checkpoint, not a fine-tuned classifier",
             fix="evaluate/predict need a run of `echoclr finetune`",
         )
-    model = Classifier(
-        build_backbone(run_cfg.model.arch, run_cfg.model.width), run_cfg.finetune.dropout
-    )
+    from echoclr_cli.multiclass import run_model
+
+    model = run_model(run_dir, run_cfg)  # K outputs for a multi-class run (classes.json)
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as e:
@@ -309,9 +307,20 @@ def evaluate_run(
     task = run.cfg.finetune.task
     given_data = data_dir
     data_dir = run_data_dir(run_dir, data_dir)
-    df = load_manifest(data_dir, task=task)
-    todo, notes = _resolve_splits(splits, cfg, set(df["split"]), data_dir, task)
+    from echoclr_cli.multiclass import is_multiclass_run, read_classes
+
+    multi = is_multiclass_run(run_dir)
+    if multi:  # categorical task: class-index labels, multi-class metrics
+        from echoclr_cli.multiclass_train import multiclass_splits
+
+        present = multiclass_splits(data_dir, task, read_classes(run_dir))
+    else:
+        df = load_manifest(data_dir, task=task)
+        present = set(df["split"])
+    todo, notes = _resolve_splits(splits, cfg, present, data_dir, task)
     other = None
+    if compare is not None and multi:
+        raise UserError("--compare is not supported for multi-class runs", fix="drop --compare")
     if compare is not None:
         other = load_run(Path(compare), device)
         if other.cfg.finetune.task != task:
@@ -343,7 +352,7 @@ def evaluate_run(
 
     # ---- predictions (nothing written yet)
     video_by_split, video_b = {}, {}
-    for split in todo:
+    for split in todo if not multi else ():
         _emit(progress, f"predicting {split}")
         part = df[df["split"] == split]
         video_by_split[split] = predict_split_videos(run, cfg, part, data_dir, task, progress)
@@ -356,8 +365,14 @@ def evaluate_run(
 
     def fill(tmp: Path) -> list[Path]:
         hist = run_dir / rundir.HISTORY
-        metrics, levels, files = write_evaluation(cfg, video_by_split, tmp, hist, progress)
-        files += write_clinical(cfg, video_by_split, tmp, manifest=df, metrics=metrics)
+        if multi:
+            from echoclr_cli.multiclass_train import evaluate_multiclass_run
+
+            got = evaluate_multiclass_run(cfg, run, data_dir, todo, tmp, notes, progress)
+            metrics, levels, files = got["metrics"], got["levels"], got["files"]
+        else:
+            metrics, levels, files = write_evaluation(cfg, video_by_split, tmp, hist, progress)
+            files += write_clinical(cfg, video_by_split, tmp, manifest=df, metrics=metrics)
         box.update(metrics=metrics, levels=levels)
         if other is not None:
             box["comparison"] = _compare(cfg, run, other, levels, video_b)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from echoclr_cli import __version__, models, rundir, weights
+from echoclr_cli import __version__, rundir, weights
 from echoclr_cli.config import Config, config_to_dict
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import LoadedRun
@@ -59,9 +59,9 @@ def load_classifier(run_dir: Path, device: torch.device | str = "cpu") -> Loaded
             "checkpoint)",
             fix="pass a run of `echoclr finetune` (or export the backbone with --encoder)",
         )
-    model = models.Classifier(
-        models.build_backbone(run_cfg.model.arch, run_cfg.model.width), run_cfg.finetune.dropout
-    )
+    from echoclr_cli.multiclass import run_model
+
+    model = run_model(run_dir, run_cfg)  # K outputs for a multi-class run (classes.json)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -175,6 +175,15 @@ def export_run(
             "probability": "sigmoid(logit); a video's probability is the mean over its clips",
         }
         classes = [f"no {task}", task]
+        from echoclr_cli.multiclass import is_multiclass_run, read_classes
+
+        if is_multiclass_run(run_dir):  # K logits, softmax; class_names in output order
+            classes = read_classes(run_dir)
+            output = {
+                "name": "logits",
+                "shape": ["batch", len(classes)],
+                "probability": "softmax(logits); a video's probabilities are the mean over its clips",
+            }
     size = int(frame_size) if frame_size else run_frame_size(run_dir, run_cfg)
     model = Prepared(inner.cpu().eval(), *(norm or (None, None))).eval()
     shape = [1, 3, clip_len, size, size]

@@ -333,8 +333,13 @@ def run_finetune(
     ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
     """
     from echoclr_cli.check import run_check
+    from echoclr_cli.multiclass import is_categorical_task
     from echoclr_cli.runtime import dist_env
 
+    if is_categorical_task(Path(data_dir), cfg.finetune.task):  # e.g. --task view: K classes
+        from echoclr_cli.multiclass_train import run_finetune_multiclass
+
+        return run_finetune_multiclass(cfg, data_dir, out_dir, resume, overwrite, force, progress)
     ft = cfg.finetune
     task = ft.task
     data_dir, out_dir = Path(data_dir), Path(out_dir)

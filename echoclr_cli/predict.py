@@ -98,13 +98,20 @@ def predict(
         _preprocess_for_predict(cfg, run, input_path, data_dir, overwrite, progress)
         preprocessed = True
     df = load_manifest(data_dir)
-    video = predict_split_videos(run, cfg, df, data_dir, None, progress)
     split_of = dict(zip(df["video_id"].astype(str), df["split"], strict=True))
-    # aggregate() needs labels: a constant stand-in, dropped again below.
-    levels = ev.aggregate_levels(video.assign(y_true=-1))
-    video_out = levels["video"].drop(columns=["y_true"])
+    from echoclr_cli.multiclass import is_multiclass_run
+
+    if Path(run_dir).is_dir() and is_multiclass_run(Path(run_dir)):  # one prob column per class
+        from echoclr_cli.multiclass_train import predict_multiclass_tables
+
+        video_out, study_out = predict_multiclass_tables(cfg, run, df, data_dir, progress)
+    else:
+        video = predict_split_videos(run, cfg, df, data_dir, None, progress)
+        # aggregate() needs labels: a constant stand-in, dropped again below.
+        levels = ev.aggregate_levels(video.assign(y_true=-1))
+        video_out = levels["video"].drop(columns=["y_true"])
+        study_out = levels["study"].drop(columns=["y_true"])
     video_out.insert(3, "split", video_out["video_id"].map(split_of))
-    study_out = levels["study"].drop(columns=["y_true"])
     original = privacy.read_id_map(data_dir)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out_csv, video_out)

@@ -240,8 +240,9 @@ def pair_dataset(cfg: Config, df: pd.DataFrame, data_dir: Path) -> PairDataset:
     """The training pairs of ``cfg.pretrain`` over the rows ``df`` (already split-selected)."""
     pc = cfg.pretrain
     return PairDataset(
-        df, data_dir, pc.method, pc.clip_len, pc.stride, pc.reorder_frames, cfg.runtime.seed
-    )
+        df, data_dir, pc.method, pc.clip_len, pc.stride, pc.reorder_frames, cfg.runtime.seed,
+        pair_within=pc.pair_within,
+    )  # fmt: skip
 
 
 def pretrain_batch(

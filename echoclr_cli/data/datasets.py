@@ -185,13 +185,27 @@ def _check_seed(seed: int) -> None:
         )
 
 
+VIEW_COLUMNS = ("view", "view_pred")  # a true view column wins over a predicted one
+
+
+def pair_view_column(df: pd.DataFrame) -> str | None:
+    """The view column positive pairs stay within: ``view`` when it has values, else
+    ``view_pred`` (written by the preprocess view filter), else None."""
+    for col in VIEW_COLUMNS:
+        if col in df.columns and (df[col].fillna("").astype(str).str.strip() != "").any():
+            return col
+    return None
+
+
 class PairDataset(Dataset):
     """Positive pairs for contrastive pretraining.
 
     - ``simclr``: one item per video; one random clip, returned as both views (the two views
       differ by their device augmentation).
     - ``mi-simclr``: one item per unordered pair of distinct videos of a study (a study with
-      one video pairs that video with itself); each view is an independent random clip.
+      one video pairs that video with itself); each view is an independent random clip. With
+      ``pair_within="study_view"`` and a view column (:func:`pair_view_column`) the pairs are
+      within a study *and* a view (a view with one video in a study pairs it with itself).
     - ``echoclr``: the MI pairs, and each view's ``reorder_frames`` (= ``clip_len``) frames are
       put in a random order: ``view[:, t] = clip[:, perm[t]]`` with ``perm`` =
       ``permutations(range(K))[target]``; the target is that index (K! classes). Augmentation is
@@ -211,6 +225,7 @@ class PairDataset(Dataset):
         stride: int = 1,
         reorder_frames: int = 4,
         seed: int = 0,
+        pair_within: Literal["study", "study_view"] = "study",
     ):
         if method not in METHODS:
             raise UserError(
@@ -228,6 +243,8 @@ class PairDataset(Dataset):
         self.clip_len = clip_len
         self.stride = stride
         self.seed = seed
+        self.pair_within = pair_within
+        self.view_column = pair_view_column(self.table.df) if pair_within == "study_view" else None
         self.perms = (
             [np.array(p) for p in itertools.permutations(range(reorder_frames))]
             if method == "echoclr"
@@ -240,9 +257,16 @@ class PairDataset(Dataset):
         if self.method == "simclr":
             idx = np.arange(n)
             return np.stack([idx, idx], axis=1)
-        by_study: dict[int, list[int]] = {}
+        # pair_within study_view: the group is (study, view); a video without a view value
+        # pairs with the other view-less videos of its study
+        views = (
+            self.table.df[self.view_column].fillna("").astype(str).str.strip().tolist()
+            if self.view_column
+            else [""] * n
+        )
+        by_study: dict[tuple[int, str], list[int]] = {}
         for i, s in enumerate(self.table.study_index):
-            by_study.setdefault(int(s), []).append(i)
+            by_study.setdefault((int(s), views[i]), []).append(i)
         pairs: list[tuple[int, int]] = []
         for s in sorted(by_study):
             rows = by_study[s]

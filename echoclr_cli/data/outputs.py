@@ -126,7 +126,7 @@ def write_skipped(
 def public_config(pc) -> dict:
     """The preprocess section without the salt and the input paths (those are private)."""
     d = pc.model_dump(mode="json")
-    for k in ("salt", "input", "labels", "external_input"):
+    for k in ("salt", "input", "labels", "external_input", "view_model"):
         d.pop(k, None)
     return d
 

@@ -70,7 +70,10 @@ def read_history(run_dir: Path) -> pd.DataFrame | None:
 
 
 def val_auroc(metrics: dict) -> float:
-    cell = ((metrics.get("val") or {}).get(SELECT_LEVEL) or {}).get("auroc") or {}
+    val = metrics.get("val") or {}
+    # a multi-class run with a per-video label (the view) has only the video level: its
+    # "auroc" is the macro one-vs-rest AUROC
+    cell = (val.get(SELECT_LEVEL) or val.get("video") or {}).get("auroc") or {}
     v = cell.get("value") if isinstance(cell, dict) else None
     return float(v) if v is not None and math.isfinite(float(v)) else math.nan
 

@@ -1,0 +1,321 @@
+"""The multi-class fine-tune run (``finetune.run_finetune`` dispatches here for a categorical
+task) and the multi-class paths of ``echoclr evaluate`` and ``echoclr predict``.
+See ``multiclass.py`` for the task's definition."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from echoclr_cli import rundir
+from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.config import Config
+from echoclr_cli.data.augment import prepare_clips
+from echoclr_cli.data.datasets import ClipDataset, EpochSampler
+from echoclr_cli.engine import Engine
+from echoclr_cli.errors import UserError
+from echoclr_cli.events import Progress, Status
+from echoclr_cli.inference import eval_loader
+from echoclr_cli.io import atomic_write_csv, atomic_write_json
+from echoclr_cli.multiclass import (
+    CLASSES_FILE,
+    _balanced,
+    _macro_auroc,
+    build_multiclassifier,
+    load_categorical,
+    predict_classes,
+    read_classes,
+    write_multiclass_evaluation,
+)
+from echoclr_cli.runtime import seed_everything, unwrap
+from echoclr_cli.weights import init_backbone, input_normalization
+
+
+class MultiFinetuneTask:
+    """Engine task: one augmented random clip per video -> K logits -> cross-entropy."""
+
+    def __init__(self, model, cfg: Config, classes, class_weight, val_loader, normalization):
+        self.model = model
+        self.cfg = cfg
+        self.classes = classes
+        self.class_weight = class_weight
+        self.val_loader = val_loader
+        self.normalization = normalization
+        self.mode = cfg.finetune.mode
+        self.lp_epochs = cfg.finetune.lp_epochs if self.mode == "lp-ft" else 0
+
+    def _set_frozen(self, frozen: bool) -> None:
+        backbone = unwrap(self.model).backbone
+        for p in backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            backbone.eval()
+
+    def train_step(self, batch: dict[str, Any], engine: Engine) -> dict[str, Tensor]:
+        epoch = engine.state.epoch
+        self._set_frozen(self.mode == "linear" or epoch < self.lp_epochs)
+        x = engine.to_device(batch["x"])  # (B, C, T, H, W) uint8
+        y = engine.to_device(batch["y"]).long()  # (B,) class index
+        mean, std = self.normalization if self.normalization else (None, None)
+        clips = prepare_clips(x, self.cfg.finetune.augment, engine.generator, mean, std)
+        logits = self.model(clips).float()  # (B, K)
+        w = self.class_weight.to(logits.device) if self.class_weight is not None else None
+        loss = F.cross_entropy(
+            logits, y, weight=w, label_smoothing=self.cfg.finetune.label_smoothing
+        )
+        return {"loss": loss, "n_clips": torch.tensor(x.shape[0])}
+
+    def end_of_epoch(self, epoch: int, engine: Engine) -> dict[str, float]:
+        if self.lp_epochs and epoch <= self.lp_epochs:
+            engine.state.bad_epochs = 0
+        values = self._validate(engine) if engine.is_main else None
+        if engine.distributed:
+            box = [values]
+            torch.distributed.broadcast_object_list(box, src=0)
+            values = box[0]
+        return values
+
+    def _validate(self, engine: Engine) -> dict[str, float]:
+        video, loss = predict_classes(
+            unwrap(self.model),
+            self.val_loader,
+            engine.device,
+            self.cfg.evaluate.block_size,
+            self.classes,
+            self.normalization,
+            class_weight=self.class_weight,
+            smoothing=self.cfg.finetune.label_smoothing,
+            autocast=engine.autocast,
+            with_loss=True,
+        )
+        return {
+            "val_loss": loss if loss is not None else math.nan,
+            "val_auroc": _macro_auroc(video, self.classes),
+            "val_balanced_accuracy": _balanced(video, self.classes),
+        }
+
+
+def study_subset(train_df: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame:
+    """``int(frac * N)`` training studies (>= 1), a prefix of one random order per seed."""
+    studies = np.array(sorted(train_df["study_id"].astype(str).unique()))
+    order = np.random.default_rng(seed).permutation(len(studies))
+    keep = set(studies[order[: max(1, int(frac * len(studies)))]])
+    return train_df[train_df["study_id"].astype(str).isin(keep)]
+
+
+def class_weights(y: np.ndarray, k: int, how: Any) -> Tensor | None:
+    """``balanced``: n / (K n_k) per class (0 for a class absent from training); else None."""
+    if how != "balanced":
+        return None
+    counts = np.bincount(y.astype(np.int64), minlength=k).astype(np.float64)
+    w = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def run_finetune_multiclass(
+    cfg: Config,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+):
+    """Fine-tune a K-class classifier on categorical column ``cfg.finetune.task``."""
+    from echoclr_cli.check import run_check
+    from echoclr_cli.finetune import FinetuneResult, _frame_size
+    from echoclr_cli.optim import build_optimizer, build_scheduler
+    from echoclr_cli.runtime import dist_env
+
+    ft = cfg.finetune
+    task = ft.task
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    _, world_size, _ = dist_env()
+    if ft.mode == "lp-ft" and world_size > 1:
+        raise UserError("finetune.mode lp-ft is not supported with several processes",
+                        fix="run lp-ft on one GPU, or use mode full / linear")  # fmt: skip
+    check = run_check(cfg, data_dir, task=None, section="finetune", world_size=world_size)
+    check.raise_if_failed()
+    df, classes, n_unknown = load_categorical(data_dir, task, cfg)
+    notes = [f"{f.what}: {f.detail}" for f in check.findings if f.level == "warn"]
+    if n_unknown:
+        notes.append(f"{n_unknown} video(s) without a '{task}' value excluded")
+    for split in ("train", "val"):
+        if not (df["split"] == split).any():
+            raise UserError(f"{data_dir / 'manifest.csv'}: split '{split}' has no videos with a "
+                            f"'{task}' value", fix="re-run preprocess with other split fractions")  # fmt: skip
+    if resume and (out_dir / CLASSES_FILE).is_file() and read_classes(out_dir) != classes:
+        raise UserError(f"--resume: the classes of '{task}' differ from {out_dir / CLASSES_FILE}",
+                        fix="resume with the original dataset, or start a new run")  # fmt: skip
+    sub_df = study_subset(df[df["split"] == "train"], ft.frac, ft.frac_seed)
+    y_train = sub_df[task].to_numpy(dtype=np.int64)
+    weight = class_weights(y_train, len(classes), ft.pos_weight)
+    absent = [c for i, c in enumerate(classes) if not (y_train == i).any()]
+    if absent:
+        notes.append(f"class(es) {absent} have no training video in this subset")
+    per_rank = len(sub_df) // world_size
+    batch_size = min(ft.batch_size, per_rank)
+    if batch_size < 1:
+        raise UserError(f"{len(sub_df)} training videos cannot be shared by {world_size} processes",
+                        fix="use fewer processes or a larger --frac")  # fmt: skip
+    if batch_size < ft.batch_size:
+        notes.append(f"batch size capped at the {per_rank} training videos per process")
+
+    seed_everything(cfg.runtime.seed)
+    model = build_multiclassifier(cfg, len(classes))
+    init = None if resume else init_backbone(cfg, model.backbone).to_dict()
+    engine = Engine(cfg, out_dir, section="finetune", resume=resume, overwrite=overwrite,
+                    progress=progress, data_fingerprint=rundir.manifest_fingerprint(data_dir),
+                    force=force)  # fmt: skip
+    studies = (
+        sub_df.groupby("study_id", sort=True)
+        .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))
+        .reset_index()
+    )
+    if engine.is_main:
+        atomic_write_json(out_dir / CLASSES_FILE, {"task": task, "classes": classes})
+        atomic_write_csv(out_dir / rundir.TRAIN_STUDIES, studies)
+        if init is not None:
+            atomic_write_json(out_dir / rundir.INIT, init)
+    if init is None:
+        path = out_dir / rundir.INIT
+        init = json.loads(path.read_text()) if path.exists() else {}
+    normalization = input_normalization(cfg)
+    if ft.mode == "linear":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    prepared = engine.prepare(model)
+    optimizer = build_optimizer(unwrap(prepared).parameters(), ft.optim)
+    scheduler = build_scheduler(optimizer, ft.optim, ft.epochs)
+    train_set = ClipDataset(sub_df, data_dir, task, clip_len=ft.clip_len, stride=ft.stride,
+                            train=True, seed=cfg.runtime.seed)  # fmt: skip
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.runtime.seed, rank=engine.rank,
+                           world_size=world_size, drop_last=True, batch_size=batch_size)  # fmt: skip
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                              num_workers=cfg.runtime.workers,
+                              pin_memory=engine.device.type == "cuda",
+                              persistent_workers=cfg.runtime.workers > 0)  # fmt: skip
+    val_loader = eval_loader(df[df["split"] == "val"], data_dir, task, cfg, ft.clip_len,
+                             ft.stride, ft.val_clips, persistent=True)  # fmt: skip
+    task_obj = MultiFinetuneTask(prepared, cfg, classes, weight, val_loader, normalization)
+    fit = engine.fit(task_obj, train_loader, optimizer, scheduler, epochs=ft.epochs,
+                     sampler=sampler, checkpoint_every=0, monitor=ft.monitor,
+                     monitor_mode="min" if ft.monitor == "val_loss" else "max",
+                     patience=ft.patience, nonfinite_tolerance=ft.nonfinite_tolerance,
+                     max_steps_per_epoch=ft.max_steps_per_epoch)  # fmt: skip
+
+    ckpt = rundir.run_checkpoint(out_dir)
+    base = unwrap(prepared)
+    base.load_state_dict(load_checkpoint(ckpt, map_location=engine.device)["model"])
+    present = set(df["split"])
+    splits = [s for s in ["val", *dict.fromkeys(cfg.evaluate.splits)] if s in present]
+    splits = list(dict.fromkeys(splits))
+    metrics: dict[str, Any] = {}
+    files: list[Path] = []
+    if engine.is_main:
+        video_by_split = {}
+        for split in splits:
+            if progress is not None:
+                progress(Status(f"evaluating {split}"))
+            loader = eval_loader(
+                df[df["split"] == split], data_dir, task, cfg, ft.clip_len, ft.stride
+            )
+            video_by_split[split], _ = predict_classes(
+                base, loader, engine.device, cfg.evaluate.block_size, classes, normalization,
+                autocast=engine.autocast,
+            )  # fmt: skip
+        metrics, _, files = write_multiclass_evaluation(
+            cfg, video_by_split, classes, out_dir, out_dir / rundir.HISTORY, progress
+        )
+        facts = {
+            "data_dir": str(data_dir.resolve()), "task": task, "task_kind": "multiclass",
+            "classes": classes, "frame_size": _frame_size(df, data_dir), "frac": ft.frac,
+            "frac_seed": ft.frac_seed, "n_train_studies": len(studies),
+            "n_train_videos": len(sub_df), "class_weight": None if weight is None else weight.tolist(),
+            "batch_size": batch_size, "best_epoch": fit.best_epoch, "best_metric": fit.best_metric,
+            "monitor": ft.monitor, "epochs_run": fit.epochs_run, "stopped_early": fit.stopped_early,
+            "checkpoint_tested": ckpt.name, "splits": splits, "notes": notes,
+        }  # fmt: skip
+        atomic_write_json(out_dir / rundir.FINETUNE_FACTS, facts)
+    engine.barrier()
+    engine.close()
+    return FinetuneResult(
+        run_dir=out_dir, task=task, metrics=metrics, best_epoch=fit.best_epoch,
+        best_metric=fit.best_metric, epochs_run=fit.epochs_run, stopped_early=fit.stopped_early,
+        n_train_studies=len(studies), n_train_videos=len(sub_df), n_train_positive_studies=0,
+        fraction_extended=False, batch_size=batch_size, pos_weight=None, init=init,
+        splits=splits, checkpoint=ckpt, history=fit.history,
+        notes=[f"multi-class task '{task}': {len(classes)} classes {classes}", *notes],
+        files=files,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+def evaluate_multiclass_run(cfg: Config, run, data_dir: Path, todo: list[str], out_dir: Path,
+                            notes: list[str], progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+    """Predict ``todo`` splits of ``data_dir`` with a loaded multi-class run and write the
+    evaluation files into ``out_dir`` (an empty folder). Returns ``{metrics, levels, files}``."""
+    from echoclr_cli.evaluate import device_and_autocast
+
+    classes = read_classes(run.run_dir)
+    task = run.cfg.finetune.task
+    df, _, _ = load_categorical(data_dir, task, classes=classes)
+    device, autocast = device_and_autocast(cfg)
+    ft = run.cfg.finetune
+    video_by_split = {}
+    for split in todo:
+        loader = eval_loader(df[df["split"] == split], data_dir, task, cfg, ft.clip_len, ft.stride)
+        video_by_split[split], _ = predict_classes(
+            run.model, loader, device, cfg.evaluate.block_size, classes,
+            input_normalization(run.cfg), autocast=autocast, progress=progress,
+        )  # fmt: skip
+    metrics, levels, files = write_multiclass_evaluation(
+        cfg, video_by_split, classes, out_dir, run.run_dir / rundir.HISTORY, progress
+    )
+    return {"metrics": metrics, "levels": levels, "files": files}
+
+
+def multiclass_splits(data_dir: Path, task: str, classes: list[str]) -> set[str]:
+    """Splits holding videos with a known value of categorical ``task``."""
+    df, _, _ = load_categorical(data_dir, task, classes=classes)
+    return set(df["split"])
+
+
+def predict_multiclass_tables(cfg: Config, run, df: pd.DataFrame, data_dir: Path,
+                              progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """``echoclr predict`` with a multi-class run: per video ``video_id, study_id, patient_id,
+    prob_<class>`` x K, ``y_pred`` (top class), ``n_clips``; per study the mean of its videos'
+    probabilities, ``y_pred`` and ``n_videos``."""
+    from echoclr_cli.evaluate import device_and_autocast
+
+    classes = read_classes(run.run_dir)
+    device, autocast = device_and_autocast(cfg)
+    ft = run.cfg.finetune
+    loader = eval_loader(df, data_dir, None, cfg, ft.clip_len, ft.stride)
+    video, _ = predict_classes(run.model, loader, device, cfg.evaluate.block_size, classes,
+                               input_normalization(run.cfg), autocast=autocast, progress=progress)  # fmt: skip
+    cols = [f"prob_{c}" for c in classes]
+    names = np.asarray(classes, dtype=object)
+    video = (
+        video.drop(columns=["y_true"]).sort_values(["study_id", "video_id"]).reset_index(drop=True)
+    )
+    video.insert(
+        3 + len(cols), "y_pred", names[video[cols].to_numpy().argmax(axis=1)] if len(video) else []
+    )
+    study = (
+        video.groupby("study_id", sort=True)
+        .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))
+        .join(video.groupby("study_id", sort=True)[cols].mean())
+        .reset_index()
+    )
+    study["y_pred"] = names[study[cols].to_numpy().argmax(axis=1)] if len(study) else []
+    return video, study

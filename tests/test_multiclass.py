@@ -1,0 +1,148 @@
+"""Multi-class task (categorical column, e.g. the view): metrics against scikit-learn, and the
+fine-tune -> evaluate -> predict -> export path on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_dataset, tiny_finetune_config
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    roc_auc_score,
+)
+
+from echoclr_cli import metrics_multiclass as mm
+from echoclr_cli.errors import UserError
+
+CLASSES = ["a2c", "a4c", "plax", "psax"]
+
+
+def _random(n, k, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]  # informative, not perfect
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, p
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_sklearn(seed):
+    y, p = _random(57, 4, seed)
+    got = mm.multiclass_metrics(y, p, CLASSES)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(1)))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    for k, c in enumerate(CLASSES):
+        assert got[f"auroc_{c}"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+    assert (mm.confusion(y, p.argmax(1), 4) == confusion_matrix(y, p.argmax(1), labels=range(4))).all()
+
+
+def test_ties_and_absent_class():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0.5, 0.5, 0], [0.2, 0.8, 0], [0, 0, 1], [0, 0, 1.0]])
+    got = mm.multiclass_metrics(y, p, ["x", "y", "z"])
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    # a class absent from y: its AUROC is undefined, the macro mean uses the others
+    got = mm.multiclass_metrics(y, np.c_[p, np.zeros(6)], ["x", "y", "z", "w"])
+    assert np.isnan(got["auroc_w"])
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+    with pytest.raises(ValueError):
+        mm.multiclass_metrics([0, 5], np.ones((2, 3)) / 3, ["a", "b", "c"])
+
+
+def test_bootstrap_stratified_and_covers_value():
+    y, p = _random(80, 4, 3)
+    idx = mm.stratified_indices(y, 50, np.random.default_rng(0))
+    for row in idx:  # class counts kept in every resample
+        assert (np.bincount(y[row], minlength=4) == np.bincount(y, minlength=4)).all()
+    cis = mm.bootstrap_multiclass(y, p, CLASSES, n=200, seed=0)
+    value = mm.multiclass_metrics(y, p, CLASSES)
+    for k in ("accuracy", "balanced_accuracy", "auroc"):
+        lo, hi = cis[k]
+        assert lo <= value[k] <= hi and lo < hi
+    # same seed, same intervals
+    assert cis == mm.bootstrap_multiclass(y, p, CLASSES, n=200, seed=0)
+
+
+def test_study_level_only_for_study_constant_label():
+    df = pd.DataFrame({"video_id": ["v1", "v2", "v3"], "study_id": ["s1", "s1", "s2"],
+                       "patient_id": ["p1", "p1", "p2"], "y_true": [0.0, 1.0, 1.0],
+                       "prob_a": [0.9, 0.2, 0.1], "prob_b": [0.1, 0.8, 0.9]})  # fmt: skip
+    assert mm.study_level(df, ["a", "b"]) is None
+    df["y_true"] = [0.0, 0.0, 1.0]
+    study = mm.study_level(df, ["a", "b"])
+    assert study["prob_a"].tolist() == pytest.approx([0.55, 0.1])
+    assert study["y_pred"].tolist() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- end to end
+def _view_dataset(tmp_path, views=("a4c", "plax", "psax")):
+    data = make_dataset(tmp_path, n_studies=10, videos_per_study=(2, 3), frames=(8, 12),
+                        size=32)  # fmt: skip
+    df = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    df["view"] = [views[i % len(views)] for i in range(len(df))]
+    df.loc[0, "view"] = ""  # unknown: excluded and counted
+    df.to_csv(data / "manifest.csv", index=False)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["categorical_columns"] = ["view"]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    return data
+
+
+def test_finetune_evaluate_predict_view(tmp_path):
+    from echoclr_cli.evaluate import evaluate_run
+    from echoclr_cli.finetune import run_finetune
+    from echoclr_cli.predict import predict
+    from echoclr_cli.sweep.state import val_auroc
+
+    data = _view_dataset(tmp_path)
+    cfg = tiny_finetune_config(epochs=2, finetune={"task": "view", "monitor": "val_auroc"},
+                               evaluate={"plots": True, "bootstrap": 10})  # fmt: skip
+    run = tmp_path / "run"
+    res = run_finetune(cfg, data, run)
+    assert json.loads((run / "classes.json").read_text()) == {"task": "view", "classes": ["a4c", "plax", "psax"]}
+    assert any("1 video(s) without a 'view' value" in n for n in res.notes)
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["test"]) == {"video"}  # the view varies within a study: no study level
+    for key in ("accuracy", "balanced_accuracy", "auroc", "auroc_plax", "n_plax"):
+        assert key in m["test"]["video"]
+    preds = pd.read_csv(run / "predictions_test_video.csv")
+    probs = preds[["prob_a4c", "prob_plax", "prob_psax"]].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0)
+    assert set(preds["y_true"]) <= {"a4c", "plax", "psax"}
+    assert (preds["y_pred"] == np.array(["a4c", "plax", "psax"])[probs.argmax(1)]).all()
+    conf = pd.read_csv(run / "confusion_test_video.csv")
+    assert conf.iloc[:, 1:].to_numpy().sum() == len(preds)
+    assert (run / "plots" / "confusion_test_video.png").stat().st_size > 0
+    hist = pd.read_csv(run / "history.csv")
+    assert {"val_loss", "val_auroc", "val_balanced_accuracy"} <= set(hist.columns)
+    assert val_auroc(m) == m["val"]["video"]["auroc"]["value"]  # the sweep selects on it
+
+    ev = evaluate_run(cfg, run, data, ["test"])
+    assert ev.metrics["test"]["video"]["accuracy"]["value"] == pytest.approx(
+        m["test"]["video"]["accuracy"]["value"]
+    )
+    out = predict(cfg, run, data, tmp_path / "p.csv")
+    got = pd.read_csv(out.video_csv if hasattr(out, "video_csv") else tmp_path / "p.csv")
+    assert {"prob_a4c", "prob_plax", "prob_psax", "y_pred", "split"} <= set(got.columns)
+    assert len(got) == len(pd.read_csv(data / "manifest.csv"))  # every video, labelled or not
+    study = pd.read_csv(tmp_path / "p_study.csv")
+    assert np.allclose(study[["prob_a4c", "prob_plax", "prob_psax"]].sum(1), 1.0)
+
+
+def test_categorical_task_errors(tmp_path):
+    from echoclr_cli.multiclass import load_categorical
+
+    data = _view_dataset(tmp_path, views=("plax",))
+    with pytest.raises(UserError, match="at least 2"):
+        load_categorical(data, "view")
+    with pytest.raises(UserError, match="not a categorical column"):
+        load_categorical(data, "as")
+    data2 = _view_dataset(tmp_path / "b")
+    with pytest.raises(UserError, match="not trained on"):
+        load_categorical(data2, "view", classes=["plax", "psax"])
