@@ -362,7 +362,7 @@ def dataset(ctx: Ctx) -> Path:
 
 
 def _pretrain_cfg(ctx: Ctx, workers: int, batch: int):
-    from echoclr_cli.config import load_config
+    from echoclr_cli.config_load import load_config
 
     return load_config(
         profile="paper",
@@ -530,7 +530,7 @@ def case_eval(ctx: Ctx, res: dict) -> None:
     """Evaluation throughput (inference.eval_loader + predict_videos, all clips of each
     video, fine-tune classifier, our default precision) at two block sizes: clips/s and peak
     memory (bounded by the block, not the video length)."""
-    from echoclr_cli.config import load_config
+    from echoclr_cli.config_load import load_config
     from echoclr_cli.data.manifest import load_manifest
     from echoclr_cli.inference import eval_loader, predict_videos
     from echoclr_cli.models import Classifier, build_backbone

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from echoclr_cli.config import load_config
+from echoclr_cli.config_load import load_config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.losses import nt_xent, order_loss

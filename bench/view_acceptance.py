@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoclr_cli.config import Config, SynthConfig, deep_merge, load_config
+from echoclr_cli.config import Config, SynthConfig
+from echoclr_cli.config_load import deep_merge, load_config
 from echoclr_cli.data import synth
 from echoclr_cli.data.view_filter import preprocess_with_view_filter
 from echoclr_cli.finetune import run_finetune

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from echoclr_cli import __version__, rundir
-from echoclr_cli.config import diff_configs
+from echoclr_cli.config_load import diff_configs
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write
 

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from echoclr_cli import report
-from echoclr_cli.config import (
-    Config,
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import (
     config_to_dict,
     deep_merge,
     load_config,

@@ -36,9 +36,9 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
+from echoclr_cli.aggregate import aggregate_levels
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics import (
-    aggregate_levels,
     bootstrap_distribution,
     check_arrays,
     choose_thresholds,

@@ -20,10 +20,10 @@ import pandas as pd
 from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
+from echoclr_cli.aggregate import require_columns
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics import (
     _BOOT_CHUNK_ELEMENTS,
-    _require_columns,
     auroc_rank,
     one_class_reason,
     percentile_interval,
@@ -92,7 +92,7 @@ def delong_test(
 
 def _paired_frame(df_a: pd.DataFrame, df_b: pd.DataFrame, on: str) -> pd.DataFrame:
     for name, df in (("run A", df_a), ("run B", df_b)):
-        _require_columns(df, [on, "y_true", "y_prob"], f"{name} predictions")
+        require_columns(df, [on, "y_true", "y_prob"], f"{name} predictions")
         dup = df[on][df[on].duplicated()].unique().tolist()
         if dup:
             raise UserError(

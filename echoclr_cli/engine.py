@@ -42,7 +42,8 @@ from echoclr_cli.checkpoint import (
     state_from_checkpoint,
     tensors_finite,
 )
-from echoclr_cli.config import Config, config_to_dict, save_config
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import config_to_dict, save_config
 from echoclr_cli.errors import Preempted, UserError
 from echoclr_cli.events import Epoch, Event, Step
 from echoclr_cli.io import atomic_write_csv

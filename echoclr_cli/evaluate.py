@@ -29,6 +29,7 @@ from torch import nn
 
 from echoclr_cli import metrics as ev
 from echoclr_cli import rundir, runtime
+from echoclr_cli.aggregate import aggregate_levels
 from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.clinical import write_clinical
 from echoclr_cli.compare import compare_runs
@@ -72,7 +73,7 @@ def write_evaluation(
     out_dir = Path(out_dir)
     cb = (lambda msg: progress(Status(msg))) if progress else None
     metrics = ev.evaluate_predictions(video_by_split, cfg, progress=cb)
-    levels_by_split = {split: ev.aggregate_levels(df) for split, df in video_by_split.items()}
+    levels_by_split = {split: aggregate_levels(df) for split, df in video_by_split.items()}
     paths = write_predictions(levels_by_split, out_dir)
     atomic_write_json(out_dir / rundir.METRICS, metrics)
     paths.append(out_dir / rundir.METRICS)
@@ -419,7 +420,7 @@ def _compare(
     e = cfg.evaluate
     out: dict[str, Any] = {"run_a": str(run.run_dir), "run_b": str(other.run_dir), "splits": {}}
     for split, by_level in levels.items():
-        levels_b = ev.aggregate_levels(video_b[split])
+        levels_b = aggregate_levels(video_b[split])
         out["splits"][split] = {
             level: compare_runs(
                 by_level[level],

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from echoclr_cli import __version__, rundir, weights
-from echoclr_cli.config import Config, config_to_dict
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import config_to_dict
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import LoadedRun
 from echoclr_cli.io import atomic_write, atomic_write_json, sha256_file

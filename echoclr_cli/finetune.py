@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
+from echoclr_cli.aggregate import aggregate_levels
 from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
@@ -66,7 +67,7 @@ from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.losses import classification_loss, pos_weight_value
-from echoclr_cli.metrics import aggregate_levels, auroc_rank
+from echoclr_cli.metrics import auroc_rank
 from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.weights import init_backbone, input_normalization
 
@@ -251,7 +252,7 @@ def init_model(init: str) -> tuple[dict[str, Any], str] | None:
 
 def user_model_keys(config_files: list[Path] | None, sets: list[str] | None) -> set[str]:
     """``model.arch`` / ``model.width`` when a ``--config`` file or ``--set`` gives them."""
-    from echoclr_cli.config import parse_set, read_yaml
+    from echoclr_cli.config_load import parse_set, read_yaml
 
     layers = [read_yaml(f) for f in config_files or []] + [parse_set(sets or [])]
     return {f"model.{k}" for layer in layers for k in MODEL_KEYS if k in (layer.get("model") or {})}

@@ -13,7 +13,7 @@ video's range is taken over its whole clip set, so it does not depend on ``block
 video length, no forward pass sees more than ``evaluate.block_size`` clips, so activation memory is
 bounded by the block size (the uint8 clips of one batch of ``evaluate.batch_size`` videos are held
 on the host). A video's probability is the mean of its clips' sigmoids; a study's is the mean of
-its videos' (``evaluate.aggregate_levels``).
+its videos' (``aggregate.aggregate_levels``).
 """
 
 from __future__ import annotations

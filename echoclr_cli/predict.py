@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoclr_cli import metrics as ev
 from echoclr_cli import rundir
+from echoclr_cli.aggregate import aggregate_levels
 from echoclr_cli.config import Config
 from echoclr_cli.data import privacy
 from echoclr_cli.data.manifest import load_manifest
@@ -108,7 +108,7 @@ def predict(
     else:
         video = predict_split_videos(run, cfg, df, data_dir, None, progress)
         # aggregate() needs labels: a constant stand-in, dropped again below.
-        levels = ev.aggregate_levels(video.assign(y_true=-1))
+        levels = aggregate_levels(video.assign(y_true=-1))
         video_out = levels["video"].drop(columns=["y_true"])
         study_out = levels["study"].drop(columns=["y_true"])
     video_out.insert(3, "split", video_out["video_id"].map(split_of))

@@ -263,7 +263,7 @@ PAPER_SIZE = 112  # the published frame size; a user archive gets it unless a si
 def size_set(size: int | None, sets: list[str] | None, config_files: list[Path] | None) -> bool:
     """Whether the user chose a frame size (--size, --set preprocess.size=, or a --config YAML
     with preprocess.size); a profile's size does not count."""
-    from echoclr_cli.config import read_yaml
+    from echoclr_cli.config_load import read_yaml
 
     if size is not None:
         return True

@@ -276,7 +276,8 @@ def config_deviations(
     its init). ``preprocess``: the config the dataset was really made with (``dataset.json``),
     which replaces the run's own ``preprocess`` section.
     """
-    from echoclr_cli.config import Config, config_to_dict, diff_configs
+    from echoclr_cli.config import Config
+    from echoclr_cli.config_load import config_to_dict, diff_configs
 
     paper = config_to_dict(Config())
     cfg = dict(cfg)

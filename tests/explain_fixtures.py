@@ -7,7 +7,8 @@ from pathlib import Path
 
 from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 
-from echoclr_cli.config import Config, deep_merge, load_config
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import deep_merge, load_config
 
 
 @dataclass

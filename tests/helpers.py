@@ -119,7 +119,7 @@ TINY_WIDTH = 0.125
 def tiny_finetune_config(epochs: int = 2, **sections):
     """A 32x32, width-0.125, 4-frame fine-tune config (seconds on one CPU thread); ``sections``
     are nested overrides merged on top."""
-    from echoclr_cli.config import deep_merge, load_config
+    from echoclr_cli.config_load import deep_merge, load_config
 
     base = {
         "model": {"width": TINY_WIDTH},

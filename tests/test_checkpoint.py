@@ -26,7 +26,7 @@ from echoclr_cli.checkpoint import (
     restore_rng,
     safe_load,
 )
-from echoclr_cli.config import save_config
+from echoclr_cli.config_load import save_config
 from echoclr_cli.errors import UserError
 from tests.engine_toy import run_toy
 

@@ -299,7 +299,8 @@ def test_frame_rate_band():
 # --------------------------------------------------------------------------- sweep helpers
 def fake_sweep(root, inits=("random", "echoclr"), ratios=(0.5, 1.0), seed: int = 0):
     """A sweep dir with selection.csv, results.csv and per-run prediction CSVs (no training)."""
-    from echoclr_cli.metrics import aggregate_levels, evaluate_predictions
+    from echoclr_cli.aggregate import aggregate_levels
+    from echoclr_cli.metrics import evaluate_predictions
 
     man = fake_manifest(160)
     rng = np.random.default_rng(seed)

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echoclr_cli.config import (
-    Config,
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import (
     all_keys,
     diff_configs,
     load_config,

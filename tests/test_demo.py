@@ -10,7 +10,7 @@ import echoclr_cli.preprocess as pre_mod
 import echoclr_cli.pretrain as pt_mod
 import echoclr_cli.sweep as sweep_mod
 from echoclr_cli.cli import app
-from echoclr_cli.config import load_config
+from echoclr_cli.config_load import load_config
 from echoclr_cli.demo import run_demo
 
 

@@ -38,8 +38,9 @@ def _run(out: Path, timeout: float, *args: str, **env_extra: str) -> tuple[int, 
 
 
 def test_tiny_subset_records_a_failed_case_and_runs_the_next(tmp_path):
-    """Fast variant: three cases, the first made to fail; the two after it still run."""
-    only = "pretrain_b196,eval_blocks,engine_overhead"
+    """Fast variant: two cases, the first made to fail; the one after it still runs. (The
+    engine-overhead case is timing-sensitive on a loaded machine: the slow whole-run test has it.)"""
+    only = "pretrain_b196,eval_blocks"
     rc, log, seconds = _run(tmp_path, 150, "--only", only, ECHOCLR_GPU_CHECK_FAIL="pretrain_b196")
     assert rc == 0, log
     doc = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -47,11 +48,10 @@ def test_tiny_subset_records_a_failed_case_and_runs_the_next(tmp_path):
     assert list(cases) == NAMES  # every case has a status
     assert cases["pretrain_b196"]["status"] == "failed"
     assert cases["pretrain_b196"]["error"].startswith("RuntimeError: injected failure")
-    assert cases["eval_blocks"]["status"] == "ok" and cases["engine_overhead"]["status"] == "ok"
+    assert cases["eval_blocks"]["status"] == "ok", cases["eval_blocks"]
     ev = cases["eval_blocks"]["result"]
     assert ev["block_2"]["clips"] == ev["block_8"]["clips"] > 0
     assert ev["block_2"]["forwards"] > ev["block_8"]["forwards"]
-    assert cases["engine_overhead"]["result"]["engine_step_s"] > 0
     for n in NAMES:
         if n not in only.split(","):
             assert cases[n] == {"status": "skipped", "reason": "not in --only"}

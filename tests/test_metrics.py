@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from echoclr_cli.aggregate import aggregate, aggregate_levels
 from echoclr_cli.compare import compare_runs, delong_covariance, delong_test
 from echoclr_cli.config import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics import (
-    aggregate,
-    aggregate_levels,
     auroc_rank,
     batch_metrics,
     bootstrap_ci,

@@ -4,7 +4,8 @@ import pytest
 from helpers import make_dataset
 
 import echoclr_cli.finetune as ft_mod
-from echoclr_cli.config import Config, deep_merge, load_config
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import deep_merge, load_config
 from echoclr_cli.finetune import run_finetune
 from echoclr_cli.sweep import run_config
 

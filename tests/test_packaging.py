@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from echoclr_cli.config import config_resource, load_config
+from echoclr_cli.config_load import config_resource, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "echoclr_cli"

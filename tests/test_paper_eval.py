@@ -13,7 +13,7 @@ import torch
 from preprocess_fixtures import fan_video, small_cfg, write_avi
 from scipy.stats import norm
 
-from echoclr_cli import metrics, metrics_cluster
+from echoclr_cli import aggregate, metrics, metrics_cluster
 from echoclr_cli.compare import compare_runs
 from echoclr_cli.data import readers, sector
 from echoclr_cli.data.augment import prepare_clips
@@ -250,8 +250,8 @@ def _duplicated(n_studies=60, k=3, seed=0):
 
 
 def test_study_cluster_ci_matches_study_level_and_is_wider_than_naive():
-    video = metrics.aggregate(_duplicated(), "video")
-    study = metrics.aggregate(video, "study")
+    video = aggregate.aggregate(_duplicated(), "video")
+    study = aggregate.aggregate(video, "study")
     names = ["auroc", "ap", "f1"]
     cl, _ = metrics.evaluate_frame(video, None, 300, 0.95, 7, unit="study")
     naive, _ = metrics.evaluate_frame(video, None, 300, 0.95, 7, unit="item")
@@ -314,8 +314,8 @@ def test_compare_runs_says_its_unit_and_clusters_videos():
             a["y_prob"] + np.repeat(np.random.default_rng(5).normal(0, 0.15, len(a) // 3), 3), 0, 1
         )
     )
-    va, vb = metrics.aggregate(a, "video"), metrics.aggregate(b, "video")
-    sa, sb = metrics.aggregate(va, "study"), metrics.aggregate(vb, "study")
+    va, vb = aggregate.aggregate(a, "video"), aggregate.aggregate(b, "video")
+    sa, sb = aggregate.aggregate(va, "study"), aggregate.aggregate(vb, "study")
     vid = compare_runs(va, vb, n=300, seed=2, on="video_id")
     naive = compare_runs(va, vb, n=300, seed=2, on="video_id", unit="item")
     st = compare_runs(sa, sb, n=300, seed=2, on="study_id")

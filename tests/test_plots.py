@@ -139,7 +139,7 @@ def test_label_efficiency_plot(tmp_path):
 
 
 def test_plot_evaluation_bundle(tmp_path):
-    from echoclr_cli.metrics import aggregate_levels
+    from echoclr_cli.aggregate import aggregate_levels
 
     def videos(seed, one_class=False):
         df = _preds(30, seed, one_class)

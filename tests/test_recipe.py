@@ -12,7 +12,8 @@ from helpers import make_dataset
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli.config import Config, load_config, pretrain_epochs, with_pretrain_epochs
+from echoclr_cli.config import Config, pretrain_epochs, with_pretrain_epochs
+from echoclr_cli.config_load import load_config
 from echoclr_cli.engine import Engine
 from echoclr_cli.recipe import RECIPE, format_recipe, get, published_value, recipe_rows
 

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from echoclr_cli import events, report
-from echoclr_cli.config import load_config
+from echoclr_cli.config_load import load_config
 
 
 class FakeBar:

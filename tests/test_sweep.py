@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from echoclr_cli.checkpoint import prepare_run_dir
-from echoclr_cli.config import Config, config_to_dict, diff_configs, load_config, save_config
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import config_to_dict, diff_configs, load_config, save_config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Eta, Note, RunStart
 from echoclr_cli.io import atomic_write_json

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoclr_cli.config import KINETICS_MEAN, Config, load_config
+from echoclr_cli.config import KINETICS_MEAN, Config
+from echoclr_cli.config_load import load_config
 from echoclr_cli.errors import UserError
 from echoclr_cli.models import SSLModel, build_backbone
 from echoclr_cli.weights import (

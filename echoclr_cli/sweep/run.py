@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from echoclr_cli.config import Config, config_to_dict
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import config_to_dict
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Eta, Note, Progress, RunFailed, RunStart, in_run
 from echoclr_cli.io import atomic_write_csv, atomic_write_text

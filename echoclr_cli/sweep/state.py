@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from echoclr_cli.config import Config, config_to_dict, diff_configs
+from echoclr_cli.config import Config
+from echoclr_cli.config_load import config_to_dict, diff_configs
 from echoclr_cli.errors import UserError
 
 SELECT_LEVEL = "study"
