@@ -58,16 +58,10 @@ class FakeFinetune:
         self.user_error_for = user_error_for
         self.all_one_class = all_one_class  # (init, ratio) whose every LR has a one-class val
 
-    def __call__(
-        self,
-        cfg: Config,
-        data_dir: Path,
-        out_dir: Path,
-        resume: bool = False,
-        overwrite: bool = False,
-        force: bool = False,
-        progress=None,
-    ):
+    def __call__(self, cfg: Config, data_dir: Path, out_dir: Path, **opts):
+        """Stands in for run_finetune; reads the options the sweep passes."""
+        resume, overwrite = opts.get("resume", False), opts.get("overwrite", False)
+        progress = opts.get("progress")
         out_dir = Path(out_dir)
         ft = cfg.finetune
         self.calls.append({"run": out_dir, "resume": resume, "overwrite": overwrite, "cfg": cfg})
