@@ -23,6 +23,7 @@ from echoclr_cli.config import Config, config_to_dict, diff_configs, load_config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Eta, Note, RunStart
 from echoclr_cli.io import atomic_write_json
+from echoclr_cli.schema import RESULT_COLUMNS
 from echoclr_cli.sweep import (
     aggregate,
     fmt_number,
@@ -647,23 +648,9 @@ def test_first_eta_is_measured_on_the_first_finished_run(cfg, data_dir, tmp_path
 
 
 def _results(rows: list[tuple]) -> pd.DataFrame:
-    cols = [
-        "task",
-        "init",
-        "ratio",
-        "n_studies",
-        "seed",
-        "lr",
-        "split",
-        "level",
-        "metric",
-        "value",
-        "ci_low",
-        "ci_high",
-        "n",
-    ]
     return pd.DataFrame(
-        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10) for r in rows], columns=cols
+        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10) for r in rows],
+        columns=list(RESULT_COLUMNS),
     )
 
 
