@@ -10,13 +10,9 @@ import typer
 from echoclr_cli import report
 from echoclr_cli.cli_app import app
 from echoclr_cli.cli_options import (
-    ConfigOpt,
+    Common,
     OverwriteOpt,
-    ProfileOpt,
-    QuietOpt,
-    SetOpt,
-    VerboseOpt,
-    build_config,
+    common_options,
     handle_errors,
     path_str,
 )
@@ -25,6 +21,7 @@ from echoclr_cli.events import counter
 
 # --------------------------------------------------------------------------- synth
 @app.command()
+@common_options(device=False)
 def synth(
     out_dir: Annotated[
         Path, typer.Argument(help="Output directory for the synthetic archive.")
@@ -46,25 +43,14 @@ def synth(
             help="Comma-separated views per study: plax,psax,a4c,a2c (synth.views; default plax).",
         ),
     ] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt,
                  "synth.views": views}  # fmt: skip
-        cfg = build_config(
-            section="synth",
-            config=config,
-            sets=set_,
-            profile=profile,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="synth", flags=flags)
         from echoclr_cli.data.synth import synthesize, write_preview
 
         out = out_dir if out_dir is not None else cfg.paths.raw
@@ -77,6 +63,7 @@ def synth(
 
 # --------------------------------------------------------------------------- preprocess
 @app.command()
+@common_options(device=False)
 def preprocess(
     input_dir: Annotated[
         Path | None,
@@ -161,14 +148,11 @@ def preprocess(
         typer.Option("--view-min", help="Also require the kept view's probability >= this."),
     ] = None,
     overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         if migrate is not None:
             from echoclr_cli.data.migrate import migrate_dataset
 
@@ -193,15 +177,7 @@ def preprocess(
             "preprocess.keep_view_min": view_min,
             "paths.data": path_str(output),
         }
-        cfg = build_config(
-            section="preprocess",
-            config=config,
-            sets=set_,
-            profile=profile,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="preprocess", flags=flags)
         from echoclr_cli.data.view_filter import preprocess_with_view_filter
         from echoclr_cli.preprocess import size_set
 
@@ -211,7 +187,7 @@ def preprocess(
                 cfg.preprocess.input,
                 cfg.paths.data,
                 progress=counter(on_event, "preprocess"),
-                size_explicit=size_set(size, set_, config),
+                size_explicit=size_set(size, common.set_, common.config),
             )
         report.show_preprocess(res)
         if vf is not None:

@@ -10,14 +10,9 @@ import typer
 from echoclr_cli import report
 from echoclr_cli.cli_app import app
 from echoclr_cli.cli_options import (
-    ConfigOpt,
-    DeviceOpt,
+    Common,
     OverwriteOpt,
-    ProfileOpt,
-    QuietOpt,
-    SetOpt,
-    VerboseOpt,
-    build_config,
+    common_options,
     handle_errors,
     path_str,
 )
@@ -25,6 +20,7 @@ from echoclr_cli.cli_options import (
 
 # --------------------------------------------------------------------------- embed / explain / export
 @app.command()
+@common_options()
 def embed(
     runs: Annotated[
         list[Path] | None,
@@ -54,25 +50,12 @@ def embed(
         int | None, typer.Option("--clip-len", help="Frames per clip (default: the run's own).")
     ] = None,
     overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Frozen backbone embeddings of runs/inits: .npy + index CSV, 2-D map, summary, label probe."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="evaluate",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags={"paths.data": path_str(data)},
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
         from echoclr_cli.embed import run_embed
 
         all_splits = [x.strip() for x in split.split(",") if x.strip()]
@@ -123,6 +106,7 @@ def embed(
 
 
 @app.command()
+@common_options()
 def explain(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
@@ -141,25 +125,12 @@ def explain(
     ] = "layer4",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dir.")] = Path("explain"),
     overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """3-D Grad-CAM of the predicted class over whole videos: MP4, GIF and a PNG strip per video."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="evaluate",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags={"paths.data": path_str(data)},
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
         from echoclr_cli.explain import run_explain
 
         with report.progress("explain") as progress:
@@ -190,6 +161,7 @@ def explain(
 
 
 @app.command()
+@common_options(device=False)
 def export(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir (or any run with --encoder).")],
     format_: Annotated[str, typer.Option("--format", help="torchscript | onnx.")] = "onnx",
@@ -205,22 +177,12 @@ def export(
         typer.Option("--frame-size", help="Frame size in pixels (default: the run's)."),
     ] = None,
     overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Export a run as TorchScript or ONNX (dynamic batch) with its preprocessing contract (JSON)."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="evaluate",
-            config=config,
-            sets=set_,
-            profile=profile,
-            verbose=verbose,
-            quiet=quiet,
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="evaluate")
         from echoclr_cli.export import SUFFIX, export_run
 
         if out is None:

@@ -1,14 +1,18 @@
 """What every `echoclr` command shares: option types (one definition each), small parsers,
-config resolution (``build_config``, which also prints the command's first line) and error
+the options tail every command takes (``@common_options`` -> ``Common``), config resolution
+(``build_config`` / ``Common.resolve``, which also prints the command's first line) and error
 handling (``handle_errors``). Only cli.py and this module import typer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -227,6 +231,74 @@ def build_config(
     if verbose:
         report.print_config(config_to_dict(cfg))
     return cfg
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options tail every command shares (--config, --set, --profile, --device, -v, -q),
+    given to a command decorated with ``@common_options`` as its ``common`` argument."""
+
+    config: list[Path] | None = None
+    set_: list[str] | None = None
+    profile: str = "auto"
+    device: str | None = None
+    verbose: bool = False
+    quiet: bool = False
+
+    def resolve(self, *, section: str, flags: dict[str, Any] | None = None) -> Config:
+        """``build_config`` with these options and the command's own ``flags``."""
+        return build_config(
+            section=section,
+            config=self.config,
+            sets=self.set_,
+            profile=self.profile,
+            device=self.device,
+            verbose=self.verbose,
+            quiet=self.quiet,
+            flags=flags,
+        )
+
+
+# (name, option type, default) of the tail, in --help order
+COMMON_PARAMS = (
+    ("config", ConfigOpt, None),
+    ("set_", SetOpt, None),
+    ("profile", ProfileOpt, "auto"),
+    ("device", DeviceOpt, None),
+    ("verbose", VerboseOpt, False),
+    ("quiet", QuietOpt, False),
+)
+
+
+def common_options(*, device: bool = True) -> Callable[[Callable], Callable]:
+    """Declare the common options tail once: the command takes a keyword-only ``common: Common``
+    parameter, which Typer sees as the six options (five with ``device=False``) at that place."""
+
+    def decorate(func: Callable) -> Callable:
+        sig = inspect.signature(func, eval_str=True)
+        if "common" not in sig.parameters:
+            raise TypeError(f"{func.__name__}: @common_options needs a `common` parameter")
+        names = [n for n, _, _ in COMMON_PARAMS if device or n != "device"]
+        tail = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=d)
+            for n, t, d in COMMON_PARAMS
+            if n in names
+        ]
+        params: list[inspect.Parameter] = []
+        for p in sig.parameters.values():
+            kw = p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            params.extend(tail if p.name == "common" else [kw])
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            common = Common(**{n: kwargs.pop(n) for n in names})
+            return func(**kwargs, common=common)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
 
 
 def training_flags(section: str, epochs, batch_size, lr, seed, workers) -> dict[str, Any]:

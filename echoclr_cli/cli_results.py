@@ -13,21 +13,17 @@ from echoclr_cli.cli_options import (
     AtSensOpt,
     AtThrOpt,
     CalibrateOpt,
-    ConfigOpt,
-    DeviceOpt,
+    Common,
     OverwriteOpt,
-    ProfileOpt,
-    QuietOpt,
-    SetOpt,
-    VerboseOpt,
     WorkersOpt,
-    build_config,
+    common_options,
     handle_errors,
 )
 
 
 # --------------------------------------------------------------------------- evaluate
 @app.command()
+@common_options()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir (uses checkpoints/best.pt).")],
     data: Annotated[
@@ -75,15 +71,11 @@ def evaluate(
     at_threshold: AtThrOpt = None,
     calibrate: CalibrateOpt = None,
     workers: WorkersOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         flags = {
             "evaluate.clips_per_video": clips,  # "all" or a number (the config parses it)
             "evaluate.bootstrap": bootstrap,
@@ -92,16 +84,7 @@ def evaluate(
             "evaluate.calibrate": calibrate,
             "runtime.workers": workers,
         }
-        cfg = build_config(
-            section="evaluate",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="evaluate", flags=flags)
         from echoclr_cli.evaluate import evaluate_run
 
         splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
@@ -126,6 +109,7 @@ def evaluate(
 
 # --------------------------------------------------------------------------- predict
 @app.command()
+@common_options()
 def predict(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
     input_path: Annotated[
@@ -142,25 +126,12 @@ def predict(
     ] = Path("predictions.csv"),
     overwrite: OverwriteOpt = False,
     workers: WorkersOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="evaluate",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags={"runtime.workers": workers},
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="evaluate", flags={"runtime.workers": workers})
         from echoclr_cli.predict import predict as run_predict
 
         with report.progress("predict") as progress:

@@ -14,8 +14,7 @@ from echoclr_cli.cli_options import (
     AtThrOpt,
     CalibrateOpt,
     CheckFor,
-    ConfigOpt,
-    DeviceOpt,
+    Common,
     DryRunOpt,
     InitsOpt,
     JobsOpt,
@@ -24,11 +23,8 @@ from echoclr_cli.cli_options import (
     LrsOpt,
     PretrainDirOpt,
     PretrainMissingOpt,
-    ProfileOpt,
-    QuietOpt,
     RatiosOpt,
     SeedsOpt,
-    SetOpt,
     ShardOpt,
     SlurmArrayParallelismOpt,
     SlurmGpusOpt,
@@ -37,7 +33,7 @@ from echoclr_cli.cli_options import (
     TasksOpt,
     VerboseOpt,
     WorkersOpt,
-    build_config,
+    common_options,
     csv_list,
     handle_errors,
     path_str,
@@ -47,6 +43,7 @@ from echoclr_cli.errors import UserError
 
 # --------------------------------------------------------------------------- sweep
 @app.command()
+@common_options()
 def sweep(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
     out: Annotated[
@@ -69,15 +66,11 @@ def sweep(
     slurm_gpus: SlurmGpusOpt = None,
     slurm_array_parallelism: SlurmArrayParallelismOpt = None,
     workers: WorkersOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         flags = {
             "paths.data": path_str(data),
             "sweep.ratios": csv_list(ratios, float, "--ratios"),
@@ -96,16 +89,7 @@ def sweep(
             "sweep.slurm.array_parallelism": slurm_array_parallelism,
             "runtime.workers": workers,
         }
-        cfg = build_config(
-            section="sweep",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="sweep", flags=flags)
         from echoclr_cli.sweep import parse_shard, run_sweep
 
         with report.progress("sweep") as on_event:
@@ -126,6 +110,7 @@ def sweep(
 
 # --------------------------------------------------------------------------- check
 @app.command()
+@common_options(device=False)
 def check(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
     task: Annotated[
@@ -135,23 +120,12 @@ def check(
         CheckFor | None,
         typer.Option("--for", help="Also check batches against this section's config."),
     ] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="check",
-            config=config,
-            sets=set_,
-            profile=profile,
-            verbose=verbose,
-            quiet=quiet,
-            flags={"paths.data": path_str(data)},
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="check", flags={"paths.data": path_str(data)})
         from echoclr_cli.check import run_check
 
         res = run_check(cfg, cfg.paths.data, task=task, section=for_.value if for_ else None)
@@ -162,28 +136,17 @@ def check(
 
 # --------------------------------------------------------------------------- demo
 @app.command()
+@common_options()
 def demo(
     root: Annotated[Path, typer.Option("--root", help="Where the demo writes everything.")] = Path(
         "demo"
     ),
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """The whole pipeline on synthetic data: synth, preprocess, pretrain x2, label-efficiency sweep."""
-    with handle_errors(verbose):
-        cfg = build_config(
-            section="demo",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-        )
+    with handle_errors(common.verbose):
+        cfg = common.resolve(section="demo")
         from echoclr_cli.demo import run_demo
 
         res = run_demo(cfg=cfg, root=root, progress=report.progress, say=report.info)

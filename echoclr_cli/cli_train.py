@@ -11,20 +11,15 @@ from echoclr_cli import report, rundir
 from echoclr_cli.cli_app import app
 from echoclr_cli.cli_options import (
     BatchOpt,
-    ConfigOpt,
-    DeviceOpt,
+    Common,
     EpochsOpt,
     ForceOpt,
     LrOpt,
     OverwriteOpt,
-    ProfileOpt,
-    QuietOpt,
     ResumeOpt,
     SeedOpt,
-    SetOpt,
-    VerboseOpt,
     WorkersOpt,
-    build_config,
+    common_options,
     handle_errors,
     path_str,
     training_flags,
@@ -49,6 +44,7 @@ def _print_recipe(cfg, section: str) -> None:
 
 # --------------------------------------------------------------------------- pretrain
 @app.command()
+@common_options()
 def pretrain(
     method: Annotated[
         str | None,
@@ -66,28 +62,15 @@ def pretrain(
     lr: LrOpt = None,
     seed: SeedOpt = None,
     workers: WorkersOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         flags = training_flags("pretrain", epochs, batch_size, lr, seed, workers)
         flags.update({"pretrain.method": method, "paths.data": path_str(data)})
-        cfg = build_config(
-            section="pretrain",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="pretrain", flags=flags)
         if print_recipe:
             _print_recipe(cfg, "pretrain")
             return
@@ -108,6 +91,7 @@ def pretrain(
 
 # --------------------------------------------------------------------------- finetune
 @app.command()
+@common_options()
 def finetune(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
     task: Annotated[
@@ -160,16 +144,12 @@ def finetune(
     lr: LrOpt = None,
     seed: SeedOpt = None,
     workers: WorkersOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    profile: ProfileOpt = "auto",
-    device: DeviceOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
-    with handle_errors(verbose):
+    with handle_errors(common.verbose):
         flags = training_flags("finetune", epochs, batch_size, lr, seed, workers)
         flags.update(
             {
@@ -183,19 +163,10 @@ def finetune(
                 "finetune.monitor": monitor,
             }
         )
-        cfg = build_config(
-            section="finetune",
-            config=config,
-            sets=set_,
-            profile=profile,
-            device=device,
-            verbose=verbose,
-            quiet=quiet,
-            flags=flags,
-        )
+        cfg = common.resolve(section="finetune", flags=flags)
         from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
 
-        cfg, followed = follow_init_model(cfg, user_model_keys(config, set_))
+        cfg, followed = follow_init_model(cfg, user_model_keys(common.config, common.set_))
         if followed:
             report.info(followed)
         if print_recipe:

@@ -24,6 +24,7 @@ from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
+from echoclr_cli.finetune import FinetuneTask
 from echoclr_cli.inference import eval_loader
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.multiclass import (
@@ -40,29 +41,17 @@ from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.weights import init_backbone, input_normalization
 
 
-class MultiFinetuneTask:
-    """Engine task: one augmented random clip per video -> K logits -> cross-entropy."""
+class MultiFinetuneTask(FinetuneTask):
+    """Engine task: one augmented random clip per video -> K logits -> cross-entropy. Freezing
+    (linear, LP-FT) and the per-epoch validation broadcast are the binary task's."""
 
     def __init__(self, model, cfg: Config, classes, class_weight, val_loader, normalization):
-        self.model = model
-        self.cfg = cfg
+        super().__init__(model, cfg, None, val_loader, normalization)
         self.classes = classes
         self.class_weight = class_weight
-        self.val_loader = val_loader
-        self.normalization = normalization
-        self.mode = cfg.finetune.mode
-        self.lp_epochs = cfg.finetune.lp_epochs if self.mode == "lp-ft" else 0
-
-    def _set_frozen(self, frozen: bool) -> None:
-        backbone = unwrap(self.model).backbone
-        for p in backbone.parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
-            backbone.eval()
 
     def train_step(self, batch: dict[str, Any], engine: Engine) -> dict[str, Tensor]:
-        epoch = engine.state.epoch
-        self._set_frozen(self.mode == "linear" or epoch < self.lp_epochs)
+        self._set_frozen(self.backbone_frozen(engine.state.epoch))
         x = engine.to_device(batch["x"])  # (B, C, T, H, W) uint8
         y = engine.to_device(batch["y"]).long()  # (B,) class index
         mean, std = self.normalization if self.normalization else (None, None)
@@ -73,16 +62,6 @@ class MultiFinetuneTask:
             logits, y, weight=w, label_smoothing=self.cfg.finetune.label_smoothing
         )
         return {"loss": loss, "n_clips": torch.tensor(x.shape[0])}
-
-    def end_of_epoch(self, epoch: int, engine: Engine) -> dict[str, float]:
-        if self.lp_epochs and epoch <= self.lp_epochs:
-            engine.state.bad_epochs = 0
-        values = self._validate(engine) if engine.is_main else None
-        if engine.distributed:
-            box = [values]
-            torch.distributed.broadcast_object_list(box, src=0)
-            values = box[0]
-        return values
 
     def _validate(self, engine: Engine) -> dict[str, float]:
         video, loss = predict_classes(

@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
+# what names one run of the grid (the first columns of results.csv and selection.csv)
+RUN_COLUMNS = ("task", "init", "ratio", "n_studies", "seed", "lr")
 # results.csv (and the frame plots.label_efficiency_table / plot_label_efficiency read)
 RESULT_COLUMNS = (
-    "task",
-    "init",
-    "ratio",
-    "n_studies",
-    "seed",
-    "lr",
+    *RUN_COLUMNS,
     "split",
     "level",
     "metric",
@@ -41,12 +38,7 @@ PLAN_COLUMNS = (
 )
 
 SELECTION_COLUMNS = (
-    "task",
-    "init",
-    "ratio",
-    "n_studies",
-    "seed",
-    "lr",
+    *RUN_COLUMNS,
     "run_dir",
     "val_auroc",
     "val_loss",

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def free_port() -> int:
+    """A free localhost TCP port for a gloo / c10d rendezvous of test processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def blob_video(

@@ -173,3 +173,32 @@ def test_every_command_starts_with_the_settings_line(tmp_path, monkeypatch):
     first = res.output.splitlines()[0]
     assert first.startswith("profile demo (auto: CPU) | frames 64x64 | clip ")
     assert "section=finetune" in repr(res.exception)  # --for reached the core as a string
+
+
+def test_common_options_adds_the_tail_and_passes_it_as_common():
+    import inspect
+
+    import pytest
+
+    from echoclr_cli.cli_options import Common, common_options
+
+    @common_options(device=False)
+    def cmd(x: int = 1, *, common: Common, last: bool = False):
+        return x, common, last
+
+    names = list(inspect.signature(cmd).parameters)
+    assert names == ["x", "config", "set_", "profile", "verbose", "quiet", "last"]
+    x, common, last = cmd(x=2, config=None, set_=["a=1"], profile="demo", verbose=True,
+                          quiet=False, last=True)  # fmt: skip
+    assert (x, last) == (2, True)
+    assert common == Common(set_=["a=1"], profile="demo", verbose=True)
+    with pytest.raises(TypeError, match="common"):
+        common_options()(lambda x=1: x)
+
+
+def test_common_resolve_applies_flags_then_set(monkeypatch):
+    from echoclr_cli.cli_options import Common
+
+    common = Common(set_=["runtime.seed=7"], profile="demo", device="cpu", quiet=True)
+    cfg = common.resolve(section="pretrain", flags={"runtime.seed": 3, "runtime.workers": 0})
+    assert cfg.runtime.seed == 7 and cfg.runtime.workers == 0 and cfg.runtime.device == "cpu"

@@ -24,6 +24,7 @@ from echoclr_cli.config_load import config_to_dict, diff_configs, load_config, s
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Eta, Note, RunStart
 from echoclr_cli.io import atomic_write_json
+from echoclr_cli.schema import RESULT_COLUMNS
 from echoclr_cli.sweep import (
     aggregate,
     fmt_number,
@@ -59,16 +60,10 @@ class FakeFinetune:
         self.user_error_for = user_error_for
         self.all_one_class = all_one_class  # (init, ratio) whose every LR has a one-class val
 
-    def __call__(
-        self,
-        cfg: Config,
-        data_dir: Path,
-        out_dir: Path,
-        resume: bool = False,
-        overwrite: bool = False,
-        force: bool = False,
-        progress=None,
-    ):
+    def __call__(self, cfg: Config, data_dir: Path, out_dir: Path, **opts):
+        """Stands in for run_finetune; reads the options the sweep passes."""
+        resume, overwrite = opts.get("resume", False), opts.get("overwrite", False)
+        progress = opts.get("progress")
         out_dir = Path(out_dir)
         ft = cfg.finetune
         self.calls.append({"run": out_dir, "resume": resume, "overwrite": overwrite, "cfg": cfg})
@@ -654,23 +649,9 @@ def test_first_eta_is_measured_on_the_first_finished_run(cfg, data_dir, tmp_path
 
 
 def _results(rows: list[tuple]) -> pd.DataFrame:
-    cols = [
-        "task",
-        "init",
-        "ratio",
-        "n_studies",
-        "seed",
-        "lr",
-        "split",
-        "level",
-        "metric",
-        "value",
-        "ci_low",
-        "ci_high",
-        "n",
-    ]
     return pd.DataFrame(
-        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10) for r in rows], columns=cols
+        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10) for r in rows],
+        columns=list(RESULT_COLUMNS),
     )
 
 

@@ -2,12 +2,12 @@
 normalise, backpropagate and update running statistics exactly as one process on the batch."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import nn
 
 from echoclr_cli.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
@@ -50,12 +50,6 @@ def _worker(rank: int, port: int, q) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_convert_keeps_parameters_and_state_dict_keys():
     m = _model()
     before = m.state_dict().keys()
@@ -82,7 +76,7 @@ def test_two_processes_equal_one_process_on_the_global_batch():
     y_ref, grad_ref, rm_ref, rv_ref = _reference()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, q)) for r in range(2)]
     for p in procs:
         p.start()

@@ -3,29 +3,44 @@ nodes simulated on localhost with a c10d rendezvous."""
 
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import make_dataset
+from helpers import free_port, make_dataset
 
 from echoclr_cli.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """Environment of the CPU child processes, with this checkout first on the path."""
+    env = dict(os.environ, ECHOCLR_FORCE_CPU="1", OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _sync_bn_pretrain(data: Path, out: Path, batch: int, *more: str) -> list[str]:
+    """Arguments of a one-epoch MI-SimCLR pretraining, no augmentation, runtime.sync_bn=true."""
+    return [
+        "-m", "echoclr_cli", "pretrain", "--method", "mi-simclr", "--data", str(data),
+        "--out", str(out), "--epochs", "1", "--batch-size", str(batch), "--device", "cpu",
+        "--profile", "demo", "--set", "model.width=0.125",
+        "--set", "pretrain.augment.enabled=false", "--set", "runtime.sync_bn=true", *more,
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_pretrain(tmp_path):
     data = make_dataset(tmp_path, n_studies=12)
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = dict(os.environ, ECHOCLR_FORCE_CPU="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = _env()
     cmd = [
-        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "echoclr_cli", "pretrain",
+        TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "echoclr_cli", "pretrain",
         "--method", "mi-simclr", "--data", str(data), "--out", str(out), "--epochs", "2",
         "--batch-size", "8", "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
     ]  # fmt: skip
@@ -39,12 +54,6 @@ def test_torchrun_two_processes_pretrain(tmp_path):
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["world_size"] == 2 and ck["epoch"] == 2
     assert res.stdout.count("pretraining done") == 1  # only rank 0 prints
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mi_simclr_pairs(data: Path) -> int:
@@ -72,22 +81,15 @@ def test_two_nodes_c10d_same_loss_as_one_process_on_the_global_batch(tmp_path):
     data = make_dataset(tmp_path, n_studies=20)
     p = _mi_simclr_pairs(data)
     assert p >= 8 and p % 2 == 0, p  # even: the 2 processes split the global batch exactly
-    env = dict(os.environ, ECHOCLR_FORCE_CPU="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = _env(GLOO_SOCKET_IFNAME="lo")
 
     def args(out: Path) -> list[str]:
-        return [
-            "-m", "echoclr_cli", "pretrain", "--method", "mi-simclr", "--data", str(data),
-            "--out", str(out), "--epochs", "1", "--batch-size", str(4 * p), "--device", "cpu",
-            "--profile", "demo", "--set", "model.width=0.125",
-            "--set", "pretrain.augment.enabled=false", "--set", "runtime.sync_bn=true",
-        ]  # fmt: skip
+        return _sync_bn_pretrain(data, out, 4 * p)
 
     # two "nodes": same command on both, the rendezvous assigns the ranks (no --node-rank)
-    port = _free_port()
+    port = free_port()
     node = [
-        torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+        TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "echoclr-test",
         *args(tmp_path / "two_nodes"),
     ]  # fmt: skip
@@ -100,7 +102,7 @@ def test_two_nodes_c10d_same_loss_as_one_process_on_the_global_batch(tmp_path):
     for pr, log in zip(procs, logs, strict=True):
         assert pr.returncode == 0, log
     assert sum(log.count("pretraining done") for log in logs) == 1  # only global rank 0 prints
-    one_node = [torchrun, "--standalone", "--nproc_per_node", "2", *args(tmp_path / "one_node")]
+    one_node = [TORCHRUN, "--standalone", "--nproc_per_node", "2", *args(tmp_path / "one_node")]
     single = [sys.executable, *args(tmp_path / "single")]
     for cmd in (one_node, single):
         res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -133,20 +135,12 @@ def test_global_batch_same_loss_one_and_two_processes(tmp_path):
     data = make_dataset(tmp_path, n_studies=20)
     p = _mi_simclr_pairs(data)
     assert p >= 8 and p % 2 == 0, p
-    env = dict(os.environ, ECHOCLR_FORCE_CPU="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = _env(GLOO_SOCKET_IFNAME="lo")
 
     def args(out: Path) -> list[str]:
-        return [
-            "-m", "echoclr_cli", "pretrain", "--method", "mi-simclr", "--data", str(data),
-            "--out", str(out), "--epochs", "1", "--batch-size", str(p), "--device", "cpu",
-            "--profile", "demo", "--set", "model.width=0.125",
-            "--set", "pretrain.augment.enabled=false", "--set", "runtime.sync_bn=true",
-            "--set", "pretrain.view_forward=separate",
-        ]  # fmt: skip
+        return _sync_bn_pretrain(data, out, p, "--set", "pretrain.view_forward=separate")
 
-    two = [torchrun, "--standalone", "--nproc_per_node", "2", *args(tmp_path / "two")]
+    two = [TORCHRUN, "--standalone", "--nproc_per_node", "2", *args(tmp_path / "two")]
     one = [sys.executable, *args(tmp_path / "one")]
     for cmd in (two, one):
         res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
