@@ -348,6 +348,13 @@ def exported_run(path: Path, cfg: Config) -> LoadedRun:
             f"{path} is an exported encoder (features), not a classifier",
             fix="export the fine-tuned run without --encoder to predict with it",
         )
+    if len(contract.get("output", {}).get("shape", [])) > 1:  # [batch, K]: a multi-class model
+        raise UserError(
+            f"{path} is an exported multi-class model ({len(contract.get('class_names', []))} "
+            "classes); `echoclr predict` takes an exported binary classifier",
+            fix="predict with the run dir (one probability column per class), or use the file "
+            "as `echoclr preprocess --view-model`",
+        )
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.finetune.clip_len = int(contract["clip_len"])
     run_cfg.finetune.stride = int(contract["stride"])

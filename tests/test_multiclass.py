@@ -134,6 +134,16 @@ def test_finetune_evaluate_predict_view(tmp_path):
     study = pd.read_csv(tmp_path / "p_study.csv")
     assert np.allclose(study[["prob_a4c", "prob_plax", "prob_psax"]].sum(1), 1.0)
 
+    # an exported multi-class file is for `preprocess --view-model`; predict refuses it plainly
+    from echoclr_cli.errors import UserError
+    from echoclr_cli.export import export_run
+
+    exported = tmp_path / "view.pt"
+    export_run(cfg, run_dir=run, fmt="torchscript", out=exported)
+    with pytest.raises(UserError, match="multi-class model"):
+        predict(cfg, exported, data, tmp_path / "q.csv")
+    assert not (tmp_path / "q.csv").exists()
+
 
 def test_categorical_task_errors(tmp_path):
     from echoclr_cli.multiclass import load_categorical
