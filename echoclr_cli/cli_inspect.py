@@ -11,6 +11,7 @@ from echoclr_cli import report
 from echoclr_cli.cli_app import app
 from echoclr_cli.cli_options import (
     Common,
+    DataOpt,
     OverwriteOpt,
     common_options,
     handle_errors,
@@ -26,7 +27,7 @@ def embed(
         list[Path] | None,
         typer.Argument(help="Pretrain or fine-tune run dirs (best.pt, else last.pt)."),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output dir (one subdir per source).")
     ] = Path("embeddings"),
@@ -109,7 +110,7 @@ def embed(
 @common_options()
 def explain(
     run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     video: Annotated[
         list[str] | None, typer.Option("--video", help="video_id to explain (repeatable).")
     ] = None,

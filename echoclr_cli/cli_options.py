@@ -99,6 +99,9 @@ ForceOpt = Annotated[
 ]
 
 
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")]
+
+
 # sweep grid options (comma-separated lists are parsed by csv_list)
 RatiosOpt = Annotated[
     str | None,
@@ -270,45 +273,83 @@ COMMON_PARAMS = (
 )
 
 
+def _bundle(func: Callable, arg: str, cls: type, params: tuple) -> Callable:
+    """Replace ``func``'s keyword ``arg`` by the options ``params`` ((name, type, default) each)
+    at that place in the signature Typer sees; the wrapped command gets them as one ``cls``."""
+    sig = inspect.signature(func, eval_str=True)
+    if arg not in sig.parameters:
+        raise TypeError(f"{func.__name__}: @{arg}_options needs a `{arg}` parameter")
+    tail = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=d)
+        for n, t, d in params
+    ]
+    out: list[inspect.Parameter] = []
+    for p in sig.parameters.values():
+        out.extend(tail if p.name == arg else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        bundled = cls(**{n: kwargs.pop(n) for n, _, _ in params})
+        return func(**kwargs, **{arg: bundled})
+
+    command.__signature__ = sig.replace(parameters=out)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in out}
+    return command
+
+
 def common_options(*, device: bool = True) -> Callable[[Callable], Callable]:
     """Declare the common options tail once: the command takes a keyword-only ``common: Common``
     parameter, which Typer sees as the six options (five with ``device=False``) at that place."""
-
-    def decorate(func: Callable) -> Callable:
-        sig = inspect.signature(func, eval_str=True)
-        if "common" not in sig.parameters:
-            raise TypeError(f"{func.__name__}: @common_options needs a `common` parameter")
-        names = [n for n, _, _ in COMMON_PARAMS if device or n != "device"]
-        tail = [
-            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=d)
-            for n, t, d in COMMON_PARAMS
-            if n in names
-        ]
-        params: list[inspect.Parameter] = []
-        for p in sig.parameters.values():
-            kw = p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            params.extend(tail if p.name == "common" else [kw])
-
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
-            common = Common(**{n: kwargs.pop(n) for n in names})
-            return func(**kwargs, common=common)
-
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command
-
-    return decorate
+    params = tuple(p for p in COMMON_PARAMS if device or p[0] != "device")
+    return lambda func: _bundle(func, "common", Common, params)
 
 
-def training_flags(section: str, epochs, batch_size, lr, seed, workers) -> dict[str, Any]:
-    return {
-        f"{section}.epochs": epochs,
-        f"{section}.batch_size": batch_size,
-        f"{section}.optim.learning_rate": lr,
-        "runtime.seed": seed,
-        "runtime.workers": workers,
-    }
+@dataclass(frozen=True)
+class Training:
+    """The training block `pretrain` and `finetune` share (--resume ... --workers), given to a
+    command decorated with ``@training_options`` as its ``training`` argument."""
+
+    resume: bool = False
+    overwrite: bool = False
+    force: bool = False
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    workers: int | None = None
+
+    def flags(self, section: str) -> dict[str, Any]:
+        """The config keys these options set (None = not given)."""
+        return {
+            f"{section}.epochs": self.epochs,
+            f"{section}.batch_size": self.batch_size,
+            f"{section}.optim.learning_rate": self.lr,
+            "runtime.seed": self.seed,
+            "runtime.workers": self.workers,
+        }
+
+    def run_kwargs(self) -> dict[str, bool]:
+        """What ``run_pretrain`` / ``run_finetune`` take of these options."""
+        return {"resume": self.resume, "overwrite": self.overwrite, "force": self.force}
+
+
+# (name, option type, default) of the training block, in --help order
+TRAINING_PARAMS = (
+    ("resume", ResumeOpt, False),
+    ("overwrite", OverwriteOpt, False),
+    ("force", ForceOpt, False),
+    ("epochs", EpochsOpt, None),
+    ("batch_size", BatchOpt, None),
+    ("lr", LrOpt, None),
+    ("seed", SeedOpt, None),
+    ("workers", WorkersOpt, None),
+)
+
+
+def training_options(func: Callable) -> Callable:
+    """Declare the training block once: the command takes a ``training: Training`` parameter,
+    which Typer sees as the eight options at that place."""
+    return _bundle(func, "training", Training, TRAINING_PARAMS)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from echoclr_cli.cli_options import (
     CalibrateOpt,
     CheckFor,
     Common,
+    DataOpt,
     DryRunOpt,
     InitsOpt,
     JobsOpt,
@@ -45,7 +46,7 @@ from echoclr_cli.errors import UserError
 @app.command()
 @common_options()
 def sweep(
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
     ] = None,
@@ -112,7 +113,7 @@ def sweep(
 @app.command()
 @common_options(device=False)
 def check(
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     task: Annotated[
         str | None, typer.Option("--task", "-t", help="Also check this label column.")
     ] = None,

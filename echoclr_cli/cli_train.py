@@ -10,19 +10,13 @@ import typer
 from echoclr_cli import report, rundir
 from echoclr_cli.cli_app import app
 from echoclr_cli.cli_options import (
-    BatchOpt,
     Common,
-    EpochsOpt,
-    ForceOpt,
-    LrOpt,
-    OverwriteOpt,
-    ResumeOpt,
-    SeedOpt,
-    WorkersOpt,
+    DataOpt,
+    Training,
     common_options,
     handle_errors,
     path_str,
-    training_flags,
+    training_options,
 )
 
 PrintRecipeOpt = Annotated[
@@ -45,30 +39,24 @@ def _print_recipe(cfg, section: str) -> None:
 # --------------------------------------------------------------------------- pretrain
 @app.command()
 @common_options()
+@training_options
 def pretrain(
     method: Annotated[
         str | None,
         typer.Option("--method", "-m", help="simclr | mi-simclr | echoclr (pretrain.method)."),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
     ] = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    force: ForceOpt = False,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    workers: WorkersOpt = None,
     *,
+    training: Training,
     common: Common,
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
     with handle_errors(common.verbose):
-        flags = training_flags("pretrain", epochs, batch_size, lr, seed, workers)
+        flags = training.flags("pretrain")
         flags.update({"pretrain.method": method, "paths.data": path_str(data)})
         cfg = common.resolve(section="pretrain", flags=flags)
         if print_recipe:
@@ -81,9 +69,7 @@ def pretrain(
                 cfg,
                 cfg.paths.data,
                 out or rundir.pretrain_run_dir(cfg),
-                resume=resume,
-                overwrite=overwrite,
-                force=force,
+                **training.run_kwargs(),
                 progress=on_event,
             )
         report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
@@ -92,8 +78,9 @@ def pretrain(
 # --------------------------------------------------------------------------- finetune
 @app.command()
 @common_options()
+@training_options
 def finetune(
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")] = None,
+    data: DataOpt = None,
     task: Annotated[
         str | None,
         typer.Option(
@@ -136,21 +123,14 @@ def finetune(
             "--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."
         ),
     ] = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    force: ForceOpt = False,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    workers: WorkersOpt = None,
     *,
+    training: Training,
     common: Common,
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
     with handle_errors(common.verbose):
-        flags = training_flags("finetune", epochs, batch_size, lr, seed, workers)
+        flags = training.flags("finetune")
         flags.update(
             {
                 "paths.data": str(data) if data else None,
@@ -178,9 +158,7 @@ def finetune(
                 cfg,
                 cfg.paths.data,
                 run_dir,
-                resume=resume,
-                overwrite=overwrite,
-                force=force,
+                **training.run_kwargs(),
                 progress=progress,
             )
         from echoclr_cli.metrics import metrics_to_frame

@@ -58,18 +58,18 @@ from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.clinical import write_clinical
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
-from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.data.fractions import training_subset
 from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import write_evaluation
 from echoclr_cli.events import Progress, Status
+from echoclr_cli.finetune_fit import setup_fit
 from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.losses import classification_loss, pos_weight_value
 from echoclr_cli.metrics import auroc_rank
 from echoclr_cli.runtime import seed_everything, unwrap
-from echoclr_cli.weights import init_backbone, input_normalization
+from echoclr_cli.weights import init_backbone
 
 PUBLISHED_MONITOR = "val_bce_video"
 
@@ -386,65 +386,18 @@ def run_finetune(
     init: dict[str, Any] | None = None
     if not resume:
         init = init_backbone(cfg, model.backbone).to_dict()
-    engine = Engine(
-        cfg,
-        out_dir,
-        section="finetune",
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-        data_fingerprint=rundir.manifest_fingerprint(data_dir),
-        force=force,
-    )
-    if engine.is_main:
-        _write_train_studies(sample.studies, out_dir / rundir.TRAIN_STUDIES, resume)
-        if init is not None:
-            atomic_write_json(out_dir / rundir.INIT, init)
-    if init is None:  # resume: the weights come from last.pt; init.json says where they started
-        path = out_dir / rundir.INIT
-        init = json.loads(path.read_text()) if path.exists() else {}
-    normalization = input_normalization(cfg)
-    if ft.mode == "linear":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)  # before DDP: frozen parameters stay out of its buckets
-    prepared = engine.prepare(model)
-
-    from echoclr_cli.optim import build_optimizer, build_scheduler
-
-    optimizer = build_optimizer(unwrap(prepared).parameters(), ft.optim)
-    scheduler = build_scheduler(optimizer, ft.optim, ft.epochs)
-
-    train_set = ClipDataset(
-        sub_df,
-        data_dir,
-        task,
-        clip_len=ft.clip_len,
-        stride=ft.stride,
-        train=True,
-        seed=cfg.runtime.seed,
-    )
-    sampler = EpochSampler(
-        len(train_set),
-        shuffle=True,
-        seed=cfg.runtime.seed,
-        rank=engine.rank,
-        world_size=world_size,
+    fs = setup_fit(
+        cfg, model, init, df=df, sub_df=sub_df, data_dir=data_dir, out_dir=out_dir,
+        batch_size=batch_size, world_size=world_size, resume=resume, overwrite=overwrite,
+        force=force, progress=progress,
         drop_last=False,  # every training video every epoch (published loader)
-        batch_size=batch_size,
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=False,
-        num_workers=cfg.runtime.workers,
-        pin_memory=engine.device.type == "cuda",
-        persistent_workers=cfg.runtime.workers > 0,
-    )
-    val_df = df[df["split"] == "val"]
-    val_loader = eval_loader(
-        val_df, data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips, persistent=True
-    )
+        write_main=lambda: _write_train_studies(
+            sample.studies, out_dir / rundir.TRAIN_STUDIES, resume
+        ),
+    )  # fmt: skip
+    engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization
+    optimizer, scheduler, sampler = fs.optimizer, fs.scheduler, fs.sampler
+    train_loader, val_loader = fs.train_loader, fs.val_loader
     task_obj = FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization)
     fit = engine.fit(
         task_obj,

@@ -4,7 +4,6 @@ See ``multiclass.py`` for the task's definition."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
 from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
-from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
@@ -112,7 +109,7 @@ def run_finetune_multiclass(
     """Fine-tune a K-class classifier on categorical column ``cfg.finetune.task``."""
     from echoclr_cli.check import run_check
     from echoclr_cli.finetune import FinetuneResult, _frame_size
-    from echoclr_cli.optim import build_optimizer, build_scheduler
+    from echoclr_cli.finetune_fit import setup_fit
     from echoclr_cli.runtime import dist_env
 
     ft = cfg.finetune
@@ -152,39 +149,23 @@ def run_finetune_multiclass(
     seed_everything(cfg.runtime.seed)
     model = build_multiclassifier(cfg, len(classes))
     init = None if resume else init_backbone(cfg, model.backbone).to_dict()
-    engine = Engine(cfg, out_dir, section="finetune", resume=resume, overwrite=overwrite,
-                    progress=progress, data_fingerprint=rundir.manifest_fingerprint(data_dir),
-                    force=force)  # fmt: skip
     studies = (
         sub_df.groupby("study_id", sort=True)
         .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))
         .reset_index()
     )
-    if engine.is_main:
+
+    def write_main() -> None:
         atomic_write_json(out_dir / CLASSES_FILE, {"task": task, "classes": classes})
         atomic_write_csv(out_dir / rundir.TRAIN_STUDIES, studies)
-        if init is not None:
-            atomic_write_json(out_dir / rundir.INIT, init)
-    if init is None:
-        path = out_dir / rundir.INIT
-        init = json.loads(path.read_text()) if path.exists() else {}
-    normalization = input_normalization(cfg)
-    if ft.mode == "linear":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-    prepared = engine.prepare(model)
-    optimizer = build_optimizer(unwrap(prepared).parameters(), ft.optim)
-    scheduler = build_scheduler(optimizer, ft.optim, ft.epochs)
-    train_set = ClipDataset(sub_df, data_dir, task, clip_len=ft.clip_len, stride=ft.stride,
-                            train=True, seed=cfg.runtime.seed)  # fmt: skip
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.runtime.seed, rank=engine.rank,
-                           world_size=world_size, drop_last=True, batch_size=batch_size)  # fmt: skip
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                              num_workers=cfg.runtime.workers,
-                              pin_memory=engine.device.type == "cuda",
-                              persistent_workers=cfg.runtime.workers > 0)  # fmt: skip
-    val_loader = eval_loader(df[df["split"] == "val"], data_dir, task, cfg, ft.clip_len,
-                             ft.stride, ft.val_clips, persistent=True)  # fmt: skip
+
+    fs = setup_fit(cfg, model, init, df=df, sub_df=sub_df, data_dir=data_dir, out_dir=out_dir,
+                   batch_size=batch_size, world_size=world_size, drop_last=True, resume=resume,
+                   overwrite=overwrite, force=force, progress=progress,
+                   write_main=write_main)  # fmt: skip
+    engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization
+    optimizer, scheduler, sampler = fs.optimizer, fs.scheduler, fs.sampler
+    train_loader, val_loader = fs.train_loader, fs.val_loader
     task_obj = MultiFinetuneTask(prepared, cfg, classes, weight, val_loader, normalization)
     fit = engine.fit(task_obj, train_loader, optimizer, scheduler, epochs=ft.epochs,
                      sampler=sampler, checkpoint_every=0, monitor=ft.monitor,

@@ -196,6 +196,38 @@ def test_common_options_adds_the_tail_and_passes_it_as_common():
         common_options()(lambda x=1: x)
 
 
+def test_training_options_bundle_the_training_block_as_training():
+    import inspect
+
+    import pytest
+
+    from echoclr_cli.cli_options import Common, Training, common_options, training_options
+
+    @common_options(device=False)
+    @training_options
+    def cmd(x: int = 1, *, training: Training, common: Common):
+        return x, training
+
+    names = list(inspect.signature(cmd).parameters)
+    assert names[:9] == ["x", "resume", "overwrite", "force", "epochs", "batch_size", "lr",
+                         "seed", "workers"]  # fmt: skip
+    assert names[9:] == ["config", "set_", "profile", "verbose", "quiet"]
+    x, training = cmd(x=3, resume=True, overwrite=False, force=False, epochs=2, batch_size=None,
+                      lr=0.1, seed=7, workers=None, config=None, set_=None, profile="demo",
+                      verbose=False, quiet=True)  # fmt: skip
+    assert x == 3
+    assert training.run_kwargs() == {"resume": True, "overwrite": False, "force": False}
+    assert training.flags("finetune") == {
+        "finetune.epochs": 2,
+        "finetune.batch_size": None,
+        "finetune.optim.learning_rate": 0.1,
+        "runtime.seed": 7,
+        "runtime.workers": None,
+    }
+    with pytest.raises(TypeError, match="training"):
+        training_options(lambda x=1: x)
+
+
 def test_common_resolve_applies_flags_then_set(monkeypatch):
     from echoclr_cli.cli_options import Common
 
