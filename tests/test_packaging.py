@@ -84,7 +84,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_another_folder(tmp_path)
     code = (
         "import echoclr_cli, pathlib\n"
         f"assert pathlib.Path(echoclr_cli.__file__).is_relative_to({str(venv)!r}), echoclr_cli\n"
-        "from echoclr_cli.config import load_config, config_resource\n"
+        "from echoclr_cli.config_load import config_resource, load_config\n"
         "assert load_config(profile='demo').model.width == 0.25\n"
         "files = ['sweep/paper.yaml', 'finetune/as.yaml', 'pretrain/echoclr.yaml']\n"
         "import tempfile, os\n"
