@@ -57,6 +57,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             loss.backward()  # DDP averages the gradients over ranks
             results[use_groups] = (loss.item(), [p.grad.clone() for p in model.parameters()])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while a peer still has an op in flight
     finally:
         dist.destroy_process_group()
 

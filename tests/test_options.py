@@ -4,6 +4,7 @@ import pytest
 from helpers import make_dataset
 
 import echoclr_cli.finetune as ft_mod
+import echoclr_cli.finetune_fit as fit_mod
 from echoclr_cli.config import Config
 from echoclr_cli.config_load import deep_merge, load_config
 from echoclr_cli.finetune import run_finetune
@@ -37,7 +38,8 @@ def test_val_clips_only_changes_per_epoch_validation(
         seen.append(loader.dataset.clips_per_video)
         return loader
 
-    monkeypatch.setattr(ft_mod, "eval_loader", spy)
+    monkeypatch.setattr(ft_mod, "eval_loader", spy)  # the final evaluation
+    monkeypatch.setattr(fit_mod, "eval_loader", spy)  # the per-epoch validation (setup_fit)
     res = run_finetune(tiny(finetune={"val_clips": val_clips}), data, tmp_path / "run")
     assert seen[0] == expected  # the per-epoch validation loader
     assert set(seen[1:]) <= {3}  # the final evaluation always uses evaluate.clips_per_video

@@ -46,6 +46,7 @@ def _worker(rank: int, port: int, q) -> None:
         (y.square().mean()).backward()
         bn = m[1]
         q.put((rank, y.detach(), m[0].weight.grad.clone(), bn.running_mean, bn.running_var))
+        dist.barrier()  # no rank tears gloo down while a peer still has an op in flight
     finally:
         dist.destroy_process_group()
 
