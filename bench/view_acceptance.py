@@ -52,7 +52,11 @@ res, vf = preprocess_with_view_filter(cfg, root / "raw", root / "data")  # reuse
 kept = pd.read_csv(root / "data" / "manifest.csv", keep_default_na=False)
 print(f"filter: {vf} ({time.time() - t0:.0f} s)")
 out = {}
-parts = {"all": full, "held_out": full[full["split"] != "train"], "test": full[full["split"] == "test"]}
+parts = {
+    "all": full,
+    "held_out": full[full["split"] != "train"],
+    "test": full[full["split"] == "test"],
+}
 for name, part in parts.items():
     k = kept[kept["video_id"].isin(part["video_id"])]
     tp, n_plax = int((k["view"] == "plax").sum()), int((part["view"] == "plax").sum())

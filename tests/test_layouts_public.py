@@ -28,8 +28,14 @@ def mimic_archive(root: Path) -> Path:
             # header ids differ from the path: the path is what the layout trusts
             save(dicom_dataset(frames, patient="HDR", study="1.2.3"), root / rel)
             records.append((subject, study, f"{year}-05-0{k} 10:00:00", rel))
-    records.append(("10009999", "99999999", "2170-01-01 00:00:00",
-                    "files/p10/p10009999/s99999999/99999999_0001.dcm"))  # not downloaded
+    records.append(
+        (
+            "10009999",
+            "99999999",
+            "2170-01-01 00:00:00",
+            "files/p10/p10009999/s99999999/99999999_0001.dcm",
+        )
+    )  # not downloaded
     pd.DataFrame(records, columns=["subject_id", "study_id", "acquisition_datetime",
                                    "dicom_filepath"]).to_csv(root / "echo-record-list.csv",
                                                              index=False)  # fmt: skip

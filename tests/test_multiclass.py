@@ -39,12 +39,16 @@ def test_metrics_match_sklearn(seed):
     assert got["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
     for k, c in enumerate(CLASSES):
         assert got[f"auroc_{c}"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
-    assert (mm.confusion(y, p.argmax(1), 4) == confusion_matrix(y, p.argmax(1), labels=range(4))).all()
+    assert (
+        mm.confusion(y, p.argmax(1), 4) == confusion_matrix(y, p.argmax(1), labels=range(4))
+    ).all()
 
 
 def test_ties_and_absent_class():
     y = np.array([0, 0, 1, 1, 2, 2])
-    p = np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0.5, 0.5, 0], [0.2, 0.8, 0], [0, 0, 1], [0, 0, 1.0]])
+    p = np.array(
+        [[0.5, 0.5, 0], [0.5, 0.5, 0], [0.5, 0.5, 0], [0.2, 0.8, 0], [0, 0, 1], [0, 0, 1.0]]
+    )
     got = mm.multiclass_metrics(y, p, ["x", "y", "z"])
     assert got["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
     # a class absent from y: its AUROC is undefined, the macro mean uses the others
@@ -105,7 +109,10 @@ def test_finetune_evaluate_predict_view(tmp_path):
                                evaluate={"plots": True, "bootstrap": 10})  # fmt: skip
     run = tmp_path / "run"
     res = run_finetune(cfg, data, run)
-    assert json.loads((run / "classes.json").read_text()) == {"task": "view", "classes": ["a4c", "plax", "psax"]}
+    assert json.loads((run / "classes.json").read_text()) == {
+        "task": "view",
+        "classes": ["a4c", "plax", "psax"],
+    }
     assert any("1 video(s) without a 'view' value" in n for n in res.notes)
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["test"]) == {"video"}  # the view varies within a study: no study level

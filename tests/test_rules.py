@@ -221,7 +221,9 @@ def test_long_table_pivot_duplicates_mean_and_counts(tmp_path):
     lf = labels.read_label_file(cfg, path, "salt")
     from echoclr_cli.data.privacy import hash_id
 
-    got = {s: lf.table[hash_id("salt", "study", s)]["as"] for s in ("S1", "S2", "S3", "S4", "S5", "S6")}
+    got = {
+        s: lf.table[hash_id("salt", "study", s)]["as"] for s in ("S1", "S2", "S3", "S4", "S5", "S6")
+    }
     assert got["S1"] == 1 and got["S2"] == 0 and got["S3"] == 1
     assert all(np.isnan(got[s]) for s in ("S4", "S5", "S6"))
     rep = labels.issues_report(lf.issues, allowed=False)

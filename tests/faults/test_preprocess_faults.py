@@ -300,7 +300,10 @@ def test_bad_label_reported_and_unknown(tmp_path):
         labels, index=False
     )
     cfg = small_cfg(labels=labels, label_map={"low_ef": "ef<50"})
-    with pytest.raises(UserError, match=r"label problems: 1 bad_value \(labels.csv line 3 column 'low_ef'\).*marked failed"):
+    with pytest.raises(
+        UserError,
+        match=r"label problems: 1 bad_value \(labels.csv line 3 column 'low_ef'\).*marked failed",
+    ):
         preprocess(cfg, root, tmp_path / "bad")
     with pytest.raises(UserError, match="failed: label problems"):
         load_manifest(tmp_path / "bad")
