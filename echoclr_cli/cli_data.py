@@ -13,7 +13,6 @@ from echoclr_cli.cli_options import (
     Common,
     OverwriteOpt,
     common_options,
-    handle_errors,
     path_str,
 )
 from echoclr_cli.events import counter
@@ -47,18 +46,17 @@ def synth(
     common: Common,
 ) -> None:
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
-    with handle_errors(common.verbose):
-        flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt,
-                 "synth.views": views}  # fmt: skip
-        cfg = common.resolve(section="synth", flags=flags)
-        from echoclr_cli.data.synth import synthesize, write_preview
+    flags = {"synth.studies": studies, "synth.seed": seed, "synth.format": fmt,
+             "synth.views": views}  # fmt: skip
+    cfg = common.resolve(section="synth", flags=flags)
+    from echoclr_cli.data.synth import synthesize, write_preview
 
-        out = out_dir if out_dir is not None else cfg.paths.raw
-        with report.progress("synth") as on_event:
-            res = synthesize(cfg, out, progress=counter(on_event, "synth"))
-        if preview is not None:
-            write_preview(out, preview)
-        report.show_synth(res)
+    out = out_dir if out_dir is not None else cfg.paths.raw
+    with report.progress("synth") as on_event:
+        res = synthesize(cfg, out, progress=counter(on_event, "synth"))
+    if preview is not None:
+        write_preview(out, preview)
+    report.show_synth(res)
 
 
 # --------------------------------------------------------------------------- preprocess
@@ -152,47 +150,46 @@ def preprocess(
     common: Common,
 ) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
-    with handle_errors(common.verbose):
-        if migrate is not None:
-            from echoclr_cli.data.migrate import migrate_dataset
+    if migrate is not None:
+        from echoclr_cli.data.migrate import migrate_dataset
 
-            done = migrate_dataset(migrate)
-            report.info(f"migrated {migrate}: {done['videos']} videos, status {done['status']}")
-            return
-        flags = {
-            "preprocess.input": path_str(input_dir),
-            "preprocess.labels": path_str(labels),
-            "preprocess.layout": layout,
-            "preprocess.label_rules": list(label_rule) if label_rule else None,
-            "preprocess.label_presets": list(label_preset) if label_preset else None,
-            "preprocess.labels_long": labels_long,
-            "preprocess.workers": workers,
-            "preprocess.size": size,
-            "preprocess.external_after": external_after,
-            "preprocess.salt": salt,
-            "preprocess.allow_label_issues": True if allow_label_issues else None,
-            "preprocess.overwrite": True if overwrite else None,
-            "preprocess.view_model": path_str(view_model),
-            "preprocess.keep_view": keep_view,
-            "preprocess.keep_view_min": view_min,
-            "paths.data": path_str(output),
-        }
-        cfg = common.resolve(section="preprocess", flags=flags)
-        from echoclr_cli.data.view_filter import preprocess_with_view_filter
-        from echoclr_cli.preprocess import size_set
+        done = migrate_dataset(migrate)
+        report.info(f"migrated {migrate}: {done['videos']} videos, status {done['status']}")
+        return
+    flags = {
+        "preprocess.input": path_str(input_dir),
+        "preprocess.labels": path_str(labels),
+        "preprocess.layout": layout,
+        "preprocess.label_rules": list(label_rule) if label_rule else None,
+        "preprocess.label_presets": list(label_preset) if label_preset else None,
+        "preprocess.labels_long": labels_long,
+        "preprocess.workers": workers,
+        "preprocess.size": size,
+        "preprocess.external_after": external_after,
+        "preprocess.salt": salt,
+        "preprocess.allow_label_issues": True if allow_label_issues else None,
+        "preprocess.overwrite": True if overwrite else None,
+        "preprocess.view_model": path_str(view_model),
+        "preprocess.keep_view": keep_view,
+        "preprocess.keep_view_min": view_min,
+        "paths.data": path_str(output),
+    }
+    cfg = common.resolve(section="preprocess", flags=flags)
+    from echoclr_cli.data.view_filter import preprocess_with_view_filter
+    from echoclr_cli.preprocess import size_set
 
-        with report.progress("preprocess") as on_event:
-            res, vf = preprocess_with_view_filter(  # = preprocess when no --view-model
-                cfg,
-                cfg.preprocess.input,
-                cfg.paths.data,
-                progress=counter(on_event, "preprocess"),
-                size_explicit=size_set(size, common.set_, common.config),
-            )
-        report.show_preprocess(res)
-        if vf is not None:
-            report.info(
-                f"view filter ({cfg.preprocess.keep_view}): kept {vf.kept}, filtered {vf.filtered} "
-                f"(skipped.csv, reason view_filter); predicted {vf.predicted} video(s), "
-                f"top classes {vf.by_pred}"
-            )
+    with report.progress("preprocess") as on_event:
+        res, vf = preprocess_with_view_filter(  # = preprocess when no --view-model
+            cfg,
+            cfg.preprocess.input,
+            cfg.paths.data,
+            progress=counter(on_event, "preprocess"),
+            size_explicit=size_set(size, common.set_, common.config),
+        )
+    report.show_preprocess(res)
+    if vf is not None:
+        report.info(
+            f"view filter ({cfg.preprocess.keep_view}): kept {vf.kept}, filtered {vf.filtered} "
+            f"(skipped.csv, reason view_filter); predicted {vf.predicted} video(s), "
+            f"top classes {vf.by_pred}"
+        )

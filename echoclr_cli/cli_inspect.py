@@ -14,7 +14,6 @@ from echoclr_cli.cli_options import (
     DataOpt,
     OverwriteOpt,
     common_options,
-    handle_errors,
     path_str,
 )
 
@@ -55,55 +54,53 @@ def embed(
     common: Common,
 ) -> None:
     """Frozen backbone embeddings of runs/inits: .npy + index CSV, 2-D map, summary, label probe."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
-        from echoclr_cli.embed import run_embed
+    cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
+    from echoclr_cli.embed import run_embed
 
-        all_splits = [x.strip() for x in split.split(",") if x.strip()]
-        with report.progress("embed") as progress:
-            res = run_embed(
-                cfg,
-                sources=[*(runs or []), *(init or [])],
-                data_dir=cfg.paths.data,
-                out_dir=out,
-                splits=all_splits,
-                probe_labels=probe or [],
-                map_method=map_,
-                clip_len=clip_len,
-                overwrite=overwrite,
-                progress=progress,
-            )
+    all_splits = [x.strip() for x in split.split(",") if x.strip()]
+    with report.progress("embed") as progress:
+        res = run_embed(
+            cfg,
+            sources=[*(runs or []), *(init or [])],
+            data_dir=cfg.paths.data,
+            out_dir=out,
+            splits=all_splits,
+            probe_labels=probe or [],
+            map_method=map_,
+            clip_len=clip_len,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    rows = [
+        [r.source, r.colouring, r.n, r.silhouette, r.knn_auroc] for r in res.summary.itertuples()
+    ]
+    report.show(
+        report.table(
+            "embedding summary", ["source", "colouring", "n", "silhouette", "kNN AUROC"], rows
+        )
+    )
+    if res.probe is not None:
+        p = res.probe
+        auc = p[p["metric"] == "auroc"]
         rows = [
-            [r.source, r.colouring, r.n, r.silhouette, r.knn_auroc]
-            for r in res.summary.itertuples()
+            [
+                r.source,
+                r.label,
+                r.split,
+                r.level,
+                report.fmt_ci(r.value, r.ci_low, r.ci_high),
+                r.n,
+            ]
+            for r in auc.itertuples()
         ]
         report.show(
             report.table(
-                "embedding summary", ["source", "colouring", "n", "silhouette", "kNN AUROC"], rows
+                "probe AUROC (95% CI)",
+                ["source", "label", "split", "level", "AUROC", "n"],
+                rows,
             )
         )
-        if res.probe is not None:
-            p = res.probe
-            auc = p[p["metric"] == "auroc"]
-            rows = [
-                [
-                    r.source,
-                    r.label,
-                    r.split,
-                    r.level,
-                    report.fmt_ci(r.value, r.ci_low, r.ci_high),
-                    r.n,
-                ]
-                for r in auc.itertuples()
-            ]
-            report.show(
-                report.table(
-                    "probe AUROC (95% CI)",
-                    ["source", "label", "split", "level", "AUROC", "n"],
-                    rows,
-                )
-            )
-        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+    report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
 @app.command()
@@ -130,35 +127,30 @@ def explain(
     common: Common,
 ) -> None:
     """3-D Grad-CAM of the predicted class over whole videos: MP4, GIF and a PNG strip per video."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
-        from echoclr_cli.explain import run_explain
+    cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
+    from echoclr_cli.explain import run_explain
 
-        with report.progress("explain") as progress:
-            res = run_explain(
-                cfg,
-                run_dir=run,
-                data_dir=cfg.paths.data,
-                out_dir=out,
-                video_ids=video or [],
-                split=split,
-                top=top,
-                method=method,
-                layer=layer,
-                overwrite=overwrite,
-                progress=progress,
-            )
-        rows = [
-            [r.video_id, r.y_prob, r.predicted, r.outcome, r.strip] for r in res.table.itertuples()
-        ]
-        report.show(
-            report.table(
-                f"explain ({method})", ["video", "p", "predicted", "outcome", "strip"], rows
-            )
+    with report.progress("explain") as progress:
+        res = run_explain(
+            cfg,
+            run_dir=run,
+            data_dir=cfg.paths.data,
+            out_dir=out,
+            video_ids=video or [],
+            split=split,
+            top=top,
+            method=method,
+            layer=layer,
+            overwrite=overwrite,
+            progress=progress,
         )
-        for note in res.notes:
-            report.warn(note)
-        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+    rows = [[r.video_id, r.y_prob, r.predicted, r.outcome, r.strip] for r in res.table.itertuples()]
+    report.show(
+        report.table(f"explain ({method})", ["video", "p", "predicted", "outcome", "strip"], rows)
+    )
+    for note in res.notes:
+        report.warn(note)
+    report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
 @app.command()
@@ -182,22 +174,21 @@ def export(
     common: Common,
 ) -> None:
     """Export a run as TorchScript or ONNX (dynamic batch) with its preprocessing contract (JSON)."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate")
-        from echoclr_cli.export import SUFFIX, export_run
+    cfg = common.resolve(section="evaluate")
+    from echoclr_cli.export import SUFFIX, export_run
 
-        if out is None:
-            out = run / f"{'encoder' if encoder else 'model'}{SUFFIX.get(format_, '.bin')}"
-        res = export_run(
-            cfg,
-            run_dir=run,
-            fmt=format_,
-            out=out,
-            encoder=encoder,
-            frame_size=frame_size,
-            overwrite=overwrite,
-        )
-        report.info(
-            f"exported {res.contract['what']} -> {res.path} (+ {res.contract_path.name}); "
-            f"max |exported - eager| = {res.max_abs_diff:.1e}"
-        )
+    if out is None:
+        out = run / f"{'encoder' if encoder else 'model'}{SUFFIX.get(format_, '.bin')}"
+    res = export_run(
+        cfg,
+        run_dir=run,
+        fmt=format_,
+        out=out,
+        encoder=encoder,
+        frame_size=frame_size,
+        overwrite=overwrite,
+    )
+    report.info(
+        f"exported {res.contract['what']} -> {res.path} (+ {res.contract_path.name}); "
+        f"max |exported - eager| = {res.max_abs_diff:.1e}"
+    )

@@ -299,9 +299,19 @@ def _bundle(func: Callable, arg: str, cls: type, params: tuple) -> Callable:
 
 def common_options(*, device: bool = True) -> Callable[[Callable], Callable]:
     """Declare the common options tail once: the command takes a keyword-only ``common: Common``
-    parameter, which Typer sees as the six options (five with ``device=False``) at that place."""
+    parameter, which Typer sees as the six options (five with ``device=False``) at that place.
+    The command runs inside ``handle_errors(common.verbose)`` (-v: full tracebacks)."""
     params = tuple(p for p in COMMON_PARAMS if device or p[0] != "device")
-    return lambda func: _bundle(func, "common", Common, params)
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def guarded(**kwargs: Any) -> Any:
+            with handle_errors(kwargs["common"].verbose):
+                return func(**kwargs)
+
+        return _bundle(guarded, "common", Common, params)
+
+    return decorate
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from echoclr_cli.cli_options import (
     OverwriteOpt,
     WorkersOpt,
     common_options,
-    handle_errors,
 )
 
 
@@ -75,36 +74,35 @@ def evaluate(
     common: Common,
 ) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
-    with handle_errors(common.verbose):
-        flags = {
-            "evaluate.clips_per_video": clips,  # "all" or a number (the config parses it)
-            "evaluate.bootstrap": bootstrap,
-            "evaluate.at_sensitivity": at_sensitivity,
-            "evaluate.at_threshold": at_threshold,
-            "evaluate.calibrate": calibrate,
-            "runtime.workers": workers,
-        }
-        cfg = common.resolve(section="evaluate", flags=flags)
-        from echoclr_cli.evaluate import evaluate_run
+    flags = {
+        "evaluate.clips_per_video": clips,  # "all" or a number (the config parses it)
+        "evaluate.bootstrap": bootstrap,
+        "evaluate.at_sensitivity": at_sensitivity,
+        "evaluate.at_threshold": at_threshold,
+        "evaluate.calibrate": calibrate,
+        "runtime.workers": workers,
+    }
+    cfg = common.resolve(section="evaluate", flags=flags)
+    from echoclr_cli.evaluate import evaluate_run
 
-        splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
-        with report.progress("evaluate") as progress:
-            res = evaluate_run(
-                cfg=cfg,
-                run_dir=run,
-                data_dir=data,
-                splits=splits,
-                compare=compare,
-                out_dir=out,
-                name=name,
-                progress=progress,
-            )
-        for note in res.notes:
-            report.warn(note)
-        report.show_metrics(res.table, f"{res.task}: {res.run_dir} ({res.checkpoint.name}), 95% CI")
-        if res.comparison:
-            report.show_comparison(res.comparison)
-        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+    splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
+    with report.progress("evaluate") as progress:
+        res = evaluate_run(
+            cfg=cfg,
+            run_dir=run,
+            data_dir=data,
+            splits=splits,
+            compare=compare,
+            out_dir=out,
+            name=name,
+            progress=progress,
+        )
+    for note in res.notes:
+        report.warn(note)
+    report.show_metrics(res.table, f"{res.task}: {res.run_dir} ({res.checkpoint.name}), 95% CI")
+    if res.comparison:
+        report.show_comparison(res.comparison)
+    report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
 # --------------------------------------------------------------------------- predict
@@ -130,14 +128,13 @@ def predict(
     common: Common,
 ) -> None:
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate", flags={"runtime.workers": workers})
-        from echoclr_cli.predict import predict as run_predict
+    cfg = common.resolve(section="evaluate", flags={"runtime.workers": workers})
+    from echoclr_cli.predict import predict as run_predict
 
-        with report.progress("predict") as progress:
-            res = run_predict(cfg, run, input_path, out, overwrite=overwrite, progress=progress)
-        report.info(
-            f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
-        )
-        if res.original_ids_csv is not None:
-            report.info(f"original ids of these rows (private, owner-only): {res.original_ids_csv}")
+    with report.progress("predict") as progress:
+        res = run_predict(cfg, run, input_path, out, overwrite=overwrite, progress=progress)
+    report.info(
+        f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
+    )
+    if res.original_ids_csv is not None:
+        report.info(f"original ids of these rows (private, owner-only): {res.original_ids_csv}")

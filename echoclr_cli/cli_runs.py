@@ -71,42 +71,41 @@ def sweep(
     common: Common,
 ) -> None:
     """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
-    with handle_errors(common.verbose):
-        flags = {
-            "paths.data": path_str(data),
-            "sweep.ratios": csv_list(ratios, float, "--ratios"),
-            "sweep.inits": csv_list(inits, str, "--inits"),
-            "sweep.tasks": csv_list(tasks, str, "--tasks"),
-            "sweep.lrs": csv_list(lrs, float, "--lrs"),
-            "sweep.low_ratio_lrs": csv_list(low_ratio_lrs, float, "--low-ratio-lrs"),
-            "sweep.seeds": csv_list(seeds, int, "--seeds"),
-            "sweep.pretrain_dir": path_str(pretrain_dir),
-            "sweep.pretrain_missing": True if pretrain_missing else None,
-            "sweep.launcher": launcher,
-            "sweep.jobs": jobs,
-            "sweep.slurm.partition": slurm_partition,
-            "sweep.slurm.time_min": slurm_time,
-            "sweep.slurm.gpus": slurm_gpus,
-            "sweep.slurm.array_parallelism": slurm_array_parallelism,
-            "runtime.workers": workers,
-        }
-        cfg = common.resolve(section="sweep", flags=flags)
-        from echoclr_cli.sweep import parse_shard, run_sweep
+    flags = {
+        "paths.data": path_str(data),
+        "sweep.ratios": csv_list(ratios, float, "--ratios"),
+        "sweep.inits": csv_list(inits, str, "--inits"),
+        "sweep.tasks": csv_list(tasks, str, "--tasks"),
+        "sweep.lrs": csv_list(lrs, float, "--lrs"),
+        "sweep.low_ratio_lrs": csv_list(low_ratio_lrs, float, "--low-ratio-lrs"),
+        "sweep.seeds": csv_list(seeds, int, "--seeds"),
+        "sweep.pretrain_dir": path_str(pretrain_dir),
+        "sweep.pretrain_missing": True if pretrain_missing else None,
+        "sweep.launcher": launcher,
+        "sweep.jobs": jobs,
+        "sweep.slurm.partition": slurm_partition,
+        "sweep.slurm.time_min": slurm_time,
+        "sweep.slurm.gpus": slurm_gpus,
+        "sweep.slurm.array_parallelism": slurm_array_parallelism,
+        "runtime.workers": workers,
+    }
+    cfg = common.resolve(section="sweep", flags=flags)
+    from echoclr_cli.sweep import parse_shard, run_sweep
 
-        with report.progress("sweep") as on_event:
-            res = run_sweep(
-                cfg=cfg,
-                data_dir=cfg.paths.data,
-                out_dir=out or rundir.sweep_dir(cfg),
-                shard=parse_shard(shard) if shard else None,
-                dry_run=dry_run,
-                progress=on_event,
-            )
-        report.show_sweep(res)
-        if res.failed:
-            raise UserError(
-                f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir"
-            )
+    with report.progress("sweep") as on_event:
+        res = run_sweep(
+            cfg=cfg,
+            data_dir=cfg.paths.data,
+            out_dir=out or rundir.sweep_dir(cfg),
+            shard=parse_shard(shard) if shard else None,
+            dry_run=dry_run,
+            progress=on_event,
+        )
+    report.show_sweep(res)
+    if res.failed:
+        raise UserError(
+            f"{len(res.failed)} run(s) failed", fix="see sweep_error.txt in each run dir"
+        )
 
 
 # --------------------------------------------------------------------------- check
@@ -125,14 +124,13 @@ def check(
     common: Common,
 ) -> None:
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="check", flags={"paths.data": path_str(data)})
-        from echoclr_cli.check import run_check
+    cfg = common.resolve(section="check", flags={"paths.data": path_str(data)})
+    from echoclr_cli.check import run_check
 
-        res = run_check(cfg, cfg.paths.data, task=task, section=for_.value if for_ else None)
-        report.show_check(res)
-        if not res.ok:
-            raise typer.Exit(code=1)
+    res = run_check(cfg, cfg.paths.data, task=task, section=for_.value if for_ else None)
+    report.show_check(res)
+    if not res.ok:
+        raise typer.Exit(code=1)
 
 
 # --------------------------------------------------------------------------- demo
@@ -146,12 +144,11 @@ def demo(
     common: Common,
 ) -> None:
     """The whole pipeline on synthetic data: synth, preprocess, pretrain x2, label-efficiency sweep."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="demo")
-        from echoclr_cli.demo import run_demo
+    cfg = common.resolve(section="demo")
+    from echoclr_cli.demo import run_demo
 
-        res = run_demo(cfg=cfg, root=root, progress=report.progress, say=report.info)
-        report.show_sweep(res.sweep)
+    res = run_demo(cfg=cfg, root=root, progress=report.progress, say=report.info)
+    report.show_sweep(res.sweep)
 
 
 # --------------------------------------------------------------------------- report

@@ -14,7 +14,6 @@ from echoclr_cli.cli_options import (
     DataOpt,
     Training,
     common_options,
-    handle_errors,
     path_str,
     training_options,
 )
@@ -55,24 +54,23 @@ def pretrain(
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
-    with handle_errors(common.verbose):
-        flags = training.flags("pretrain")
-        flags.update({"pretrain.method": method, "paths.data": path_str(data)})
-        cfg = common.resolve(section="pretrain", flags=flags)
-        if print_recipe:
-            _print_recipe(cfg, "pretrain")
-            return
-        from echoclr_cli.pretrain import run_pretrain
+    flags = training.flags("pretrain")
+    flags.update({"pretrain.method": method, "paths.data": path_str(data)})
+    cfg = common.resolve(section="pretrain", flags=flags)
+    if print_recipe:
+        _print_recipe(cfg, "pretrain")
+        return
+    from echoclr_cli.pretrain import run_pretrain
 
-        with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
-            res = run_pretrain(
-                cfg,
-                cfg.paths.data,
-                out or rundir.pretrain_run_dir(cfg),
-                **training.run_kwargs(),
-                progress=on_event,
-            )
-        report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
+    with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
+        res = run_pretrain(
+            cfg,
+            cfg.paths.data,
+            out or rundir.pretrain_run_dir(cfg),
+            **training.run_kwargs(),
+            progress=on_event,
+        )
+    report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
 
 
 # --------------------------------------------------------------------------- finetune
@@ -129,42 +127,41 @@ def finetune(
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
-    with handle_errors(common.verbose):
-        flags = training.flags("finetune")
-        flags.update(
-            {
-                "paths.data": str(data) if data else None,
-                "finetune.task": task,
-                "finetune.init": init,
-                "finetune.frac": frac,
-                "finetune.frac_seed": frac_seed,
-                "finetune.weights": str(weights) if weights else None,
-                "finetune.mode": mode,
-                "finetune.monitor": monitor,
-            }
-        )
-        cfg = common.resolve(section="finetune", flags=flags)
-        from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
+    flags = training.flags("finetune")
+    flags.update(
+        {
+            "paths.data": str(data) if data else None,
+            "finetune.task": task,
+            "finetune.init": init,
+            "finetune.frac": frac,
+            "finetune.frac_seed": frac_seed,
+            "finetune.weights": str(weights) if weights else None,
+            "finetune.mode": mode,
+            "finetune.monitor": monitor,
+        }
+    )
+    cfg = common.resolve(section="finetune", flags=flags)
+    from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
 
-        cfg, followed = follow_init_model(cfg, user_model_keys(common.config, common.set_))
-        if followed:
-            report.info(followed)
-        if print_recipe:
-            _print_recipe(cfg, "finetune")
-            return
-        run_dir = out or rundir.finetune_run_dir(cfg)
-        with report.progress(f"finetune {cfg.finetune.task}") as progress:
-            res = run_finetune(
-                cfg,
-                cfg.paths.data,
-                run_dir,
-                **training.run_kwargs(),
-                progress=progress,
-            )
-        from echoclr_cli.metrics import metrics_to_frame
-
-        report.info(
-            f"fine-tuned on {res.n_train_studies} studies ({res.n_train_positive_studies} positive), "
-            f"best epoch {res.best_epoch}; run dir {res.run_dir}"
+    cfg, followed = follow_init_model(cfg, user_model_keys(common.config, common.set_))
+    if followed:
+        report.info(followed)
+    if print_recipe:
+        _print_recipe(cfg, "finetune")
+        return
+    run_dir = out or rundir.finetune_run_dir(cfg)
+    with report.progress(f"finetune {cfg.finetune.task}") as progress:
+        res = run_finetune(
+            cfg,
+            cfg.paths.data,
+            run_dir,
+            **training.run_kwargs(),
+            progress=progress,
         )
-        report.show_metrics(metrics_to_frame(res.metrics), f"{res.task}: metrics (95% CI)")
+    from echoclr_cli.metrics import metrics_to_frame
+
+    report.info(
+        f"fine-tuned on {res.n_train_studies} studies ({res.n_train_positive_studies} positive), "
+        f"best epoch {res.best_epoch}; run dir {res.run_dir}"
+    )
+    report.show_metrics(metrics_to_frame(res.metrics), f"{res.task}: metrics (95% CI)")
