@@ -1,7 +1,10 @@
 """What every `echoclr` command shares: option types (one definition each), small parsers,
-the options tail every command takes (``@common_options`` -> ``Common``), config resolution
+the options tail every command takes (``@common_options`` -> ``Common``), the training block
+(``@training_options`` -> ``Training``), the bundling of a command's own options
+(``@command_options``; the options themselves: cli_params.py), config resolution
 (``build_config`` / ``Common.resolve``, which also prints the command's first line) and error
-handling (``handle_errors``). Only cli.py and this module import typer.
+handling (``handle_errors``, around every ``@common_options`` command). Only the cli_* modules
+import typer.
 """
 
 from __future__ import annotations
