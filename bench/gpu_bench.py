@@ -18,7 +18,6 @@ compute (the loader is measured by bench/loader.py and bench/pipeline.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from types import SimpleNamespace
@@ -31,6 +30,7 @@ from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.models import Classifier, build_backbone
 from echoclr_cli.optim import build_optimizer
 from echoclr_cli.pretrain import PretrainTask, build_model
+from echoclr_cli.runtime import autocast
 
 
 def versions(device: torch.device) -> dict:
@@ -52,10 +52,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _setup(mode: str, device: torch.device) -> tuple[bool, bool]:
-    """(bf16, channels_last) for a mode; sets cudnn.benchmark."""
+def _setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, channels_last) for a mode; sets cudnn.benchmark."""
     torch.backends.cudnn.benchmark = True  # published scripts and ours both set it
-    return mode != "fp32" and device.type == "cuda", mode != "fp32" and device.type == "cuda"
+    ours = mode != "fp32" and device.type == "cuda"
+    return (torch.bfloat16 if ours else None), ours
 
 
 def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float, float]:
@@ -76,12 +77,26 @@ def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, f
     return dt, peak, warm
 
 
+def _measure(step, args, device: torch.device, clips: int, **row) -> dict:
+    """Time ``step`` (``clips`` clips each) and return its JSON line: ``row`` (workload, mode,
+    clip, batch), clips/s, seconds per step, peak GiB and the warm-up seconds."""
+    dt, peak, warm = _time(step, args.steps, args.warmup, device)
+    return {
+        "bench": "gpu",
+        **row,
+        "clips_per_s": round(clips / dt, 1),
+        "step_s": round(dt, 4),
+        "peak_gib": round(peak, 2) if peak is not None else None,
+        "warmup_s": round(warm, 2),
+    }
+
+
 def _compile(model: torch.nn.Module, args) -> torch.nn.Module:
     return torch.compile(model, backend=getattr(args, "compile_backend", "inductor"))
 
 
 def pretrain_case(args, mode: str, device: torch.device) -> dict:
-    bf16, channels_last = _setup(mode, device)
+    dtype, channels_last = _setup(mode, device)
     cfg = Config.model_validate(
         {
             "runtime": {"channels_last": channels_last},
@@ -108,35 +123,21 @@ def pretrain_case(args, mode: str, device: torch.device) -> dict:
     }
     engine = SimpleNamespace(device=device, generator=g, distributed=False)
     task = PretrainTask(cfg, model, net)
-    ctx = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if bf16
-        else contextlib.nullcontext
-    )
 
     def step() -> None:
-        with ctx():
+        with autocast(device, dtype):
             out = task.train_step(batch, engine)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
 
-    dt, peak, warm = _time(step, args.steps, args.warmup, device)
-    return {
-        "bench": "gpu",
-        "workload": "pretrain",
-        "mode": mode,
-        "clip": [4, s, s],
-        "batch_pairs": b,
-        "clips_per_s": round(2 * b / dt, 1),
-        "step_s": round(dt, 4),
-        "peak_gib": round(peak, 2) if peak is not None else None,
-        "warmup_s": round(warm, 2),
-    }
+    return _measure(
+        step, args, device, 2 * b, workload="pretrain", mode=mode, clip=[4, s, s], batch_pairs=b
+    )
 
 
 def finetune_case(args, mode: str, device: torch.device) -> dict:
-    bf16, channels_last = _setup(mode, device)
+    dtype, channels_last = _setup(mode, device)
     torch.manual_seed(0)
     model = Classifier(build_backbone("r3d_18", args.width), dropout=0.25).to(device)
     if channels_last:
@@ -148,35 +149,19 @@ def finetune_case(args, mode: str, device: torch.device) -> dict:
     y = (torch.rand(b, device=device) < 0.3).float()
     g = torch.Generator(device=device).manual_seed(0)
     aug = AugmentConfig()
-    ctx = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if bf16
-        else contextlib.nullcontext
-    )
 
     def step() -> None:
         inp = prepare_clips(x, aug, g)  # (B, 3, T, H, W)
         if channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last_3d)
-        with ctx():
+        with autocast(device, dtype):
             logits = net(inp)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    dt, peak, warm = _time(step, args.steps, args.warmup, device)
-    return {
-        "bench": "gpu",
-        "workload": "finetune",
-        "mode": mode,
-        "clip": [t, s, s],
-        "batch": b,
-        "clips_per_s": round(b / dt, 1),
-        "step_s": round(dt, 4),
-        "peak_gib": round(peak, 2) if peak is not None else None,
-        "warmup_s": round(warm, 2),
-    }
+    return _measure(step, args, device, b, workload="finetune", mode=mode, clip=[t, s, s], batch=b)
 
 
 def main() -> None:

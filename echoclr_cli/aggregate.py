@@ -55,39 +55,32 @@ def aggregate(df: pd.DataFrame, level: str) -> pd.DataFrame:
             "predictions contain missing y_true or y_prob values",
             fix="drop rows without a label before evaluation",
         )
-    for col in ("study_id", "patient_id", "y_true"):
-        check_consistent(df, "video_id", col)
     clip_counts = df["n_clips"] if "n_clips" in df.columns else pd.Series(1, index=df.index)
     work = df.assign(_n_clips=clip_counts.astype(np.int64))
-    video = (
-        work.groupby("video_id", sort=True)
-        .agg(
-            study_id=("study_id", "first"),
-            patient_id=("patient_id", "first"),
-            y_true=("y_true", "first"),
-            y_prob=("y_prob", "mean"),
-            n_clips=("_n_clips", "sum"),
-        )
-        .reset_index()
+    video = _mean_per(
+        work, "video_id", ("study_id", "patient_id", "y_true"), count=("n_clips", "_n_clips", "sum")
     )
     video["y_true"] = video["y_true"].astype(np.int64)
     video = video.sort_values(["study_id", "video_id"], kind="stable").reset_index(drop=True)
     video = video[["video_id", "study_id", "patient_id", "y_true", "y_prob", "n_clips"]]
     if level == "video":
         return video
-    for col in ("patient_id", "y_true"):
-        check_consistent(video, "study_id", col)
-    study = (
-        video.groupby("study_id", sort=True)
-        .agg(
-            patient_id=("patient_id", "first"),
-            y_true=("y_true", "first"),
-            y_prob=("y_prob", "mean"),
-            n_videos=("video_id", "size"),
-        )
-        .reset_index()
+    study = _mean_per(
+        video, "study_id", ("patient_id", "y_true"), count=("n_videos", "video_id", "size")
     )
     return study[["study_id", "patient_id", "y_true", "y_prob", "n_videos"]]
+
+
+def _mean_per(
+    df: pd.DataFrame, key: str, same: Sequence[str], count: tuple[str, str, str]
+) -> pd.DataFrame:
+    """One row per ``key`` (sorted): the ``same`` columns, checked to be constant within a
+    ``key``, the mean ``y_prob`` and ``count = (name, column, how)``, e.g. the summed clips."""
+    for col in same:
+        check_consistent(df, key, col)
+    name, col, how = count
+    agg = {c: (c, "first") for c in same} | {"y_prob": ("y_prob", "mean"), name: (col, how)}
+    return df.groupby(key, sort=True).agg(**agg).reset_index()
 
 
 def aggregate_levels(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

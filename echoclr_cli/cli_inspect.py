@@ -2,202 +2,123 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
 from echoclr_cli import report
 from echoclr_cli.cli_app import app
-from echoclr_cli.cli_options import (
-    Common,
-    DataOpt,
-    OverwriteOpt,
-    common_options,
-    handle_errors,
-    path_str,
-)
+from echoclr_cli.cli_options import Common, command_options, common_options
+from echoclr_cli.cli_params import EmbedOptions, ExplainOptions, ExportOptions
 
 
 # --------------------------------------------------------------------------- embed / explain / export
 @app.command()
 @common_options()
-def embed(
-    runs: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Pretrain or fine-tune run dirs (best.pt, else last.pt)."),
-    ] = None,
-    data: DataOpt = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output dir (one subdir per source).")
-    ] = Path("embeddings"),
-    init: Annotated[
-        list[str] | None,
-        typer.Option("--init", help="Also embed with an init: random | kinetics (repeatable)."),
-    ] = None,
-    split: Annotated[
-        str, typer.Option("--split", "--splits", help="Comma-separated splits to embed.")
-    ] = "train,val,test,ext_test",
-    probe: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--probe", help="Label: logistic regression on train, AUROC + CI on the rest."
-        ),
-    ] = None,
-    map_: Annotated[
-        str, typer.Option("--map", help="2-D map: auto (UMAP if installed) | umap | pca.")
-    ] = "auto",
-    clip_len: Annotated[
-        int | None, typer.Option("--clip-len", help="Frames per clip (default: the run's own).")
-    ] = None,
-    overwrite: OverwriteOpt = False,
-    *,
-    common: Common,
-) -> None:
+@command_options(EmbedOptions)
+def embed(*, opts: EmbedOptions, common: Common) -> None:
     """Frozen backbone embeddings of runs/inits: .npy + index CSV, 2-D map, summary, label probe."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
-        from echoclr_cli.embed import run_embed
+    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    from echoclr_cli.embed import run_embed
 
-        all_splits = [x.strip() for x in split.split(",") if x.strip()]
-        with report.progress("embed") as progress:
-            res = run_embed(
-                cfg,
-                sources=[*(runs or []), *(init or [])],
-                data_dir=cfg.paths.data,
-                out_dir=out,
-                splits=all_splits,
-                probe_labels=probe or [],
-                map_method=map_,
-                clip_len=clip_len,
-                overwrite=overwrite,
-                progress=progress,
-            )
+    all_splits = [x.strip() for x in opts.split.split(",") if x.strip()]
+    with report.progress("embed") as progress:
+        res = run_embed(
+            cfg,
+            sources=[*(opts.runs or []), *(opts.init or [])],
+            data_dir=cfg.paths.data,
+            out_dir=opts.out,
+            splits=all_splits,
+            probe_labels=opts.probe or [],
+            map_method=opts.map_,
+            clip_len=opts.clip_len,
+            overwrite=opts.overwrite,
+            progress=progress,
+        )
+    rows = [
+        [r.source, r.colouring, r.n, r.silhouette, r.knn_auroc] for r in res.summary.itertuples()
+    ]
+    report.show(
+        report.table(
+            "embedding summary", ["source", "colouring", "n", "silhouette", "kNN AUROC"], rows
+        )
+    )
+    if res.probe is not None:
+        p = res.probe
+        auc = p[p["metric"] == "auroc"]
         rows = [
-            [r.source, r.colouring, r.n, r.silhouette, r.knn_auroc]
-            for r in res.summary.itertuples()
+            [
+                r.source,
+                r.label,
+                r.split,
+                r.level,
+                report.fmt_ci(r.value, r.ci_low, r.ci_high),
+                r.n,
+            ]
+            for r in auc.itertuples()
         ]
         report.show(
             report.table(
-                "embedding summary", ["source", "colouring", "n", "silhouette", "kNN AUROC"], rows
+                "probe AUROC (95% CI)",
+                ["source", "label", "split", "level", "AUROC", "n"],
+                rows,
             )
         )
-        if res.probe is not None:
-            p = res.probe
-            auc = p[p["metric"] == "auroc"]
-            rows = [
-                [
-                    r.source,
-                    r.label,
-                    r.split,
-                    r.level,
-                    report.fmt_ci(r.value, r.ci_low, r.ci_high),
-                    r.n,
-                ]
-                for r in auc.itertuples()
-            ]
-            report.show(
-                report.table(
-                    "probe AUROC (95% CI)",
-                    ["source", "label", "split", "level", "AUROC", "n"],
-                    rows,
-                )
-            )
-        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+    report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
 @app.command()
 @common_options()
-def explain(
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")],
-    data: DataOpt = None,
-    video: Annotated[
-        list[str] | None, typer.Option("--video", help="video_id to explain (repeatable).")
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="Split the videos come from.")] = "test",
-    top: Annotated[
-        int, typer.Option("--top", help="The K most confident TP/FP/TN/FN videos of the split.")
-    ] = 0,
-    method: Annotated[
-        str, typer.Option("--method", help="gradcam | ig (integrated gradients).")
-    ] = "gradcam",
-    layer: Annotated[
-        str, typer.Option("--layer", help="Grad-CAM layer: layer1..layer4.")
-    ] = "layer4",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output dir.")] = Path("explain"),
-    overwrite: OverwriteOpt = False,
-    *,
-    common: Common,
-) -> None:
+@command_options(ExplainOptions)
+def explain(*, opts: ExplainOptions, common: Common) -> None:
     """3-D Grad-CAM of the predicted class over whole videos: MP4, GIF and a PNG strip per video."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate", flags={"paths.data": path_str(data)})
-        from echoclr_cli.explain import run_explain
+    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    from echoclr_cli.explain import run_explain
 
-        with report.progress("explain") as progress:
-            res = run_explain(
-                cfg,
-                run_dir=run,
-                data_dir=cfg.paths.data,
-                out_dir=out,
-                video_ids=video or [],
-                split=split,
-                top=top,
-                method=method,
-                layer=layer,
-                overwrite=overwrite,
-                progress=progress,
-            )
-        rows = [
-            [r.video_id, r.y_prob, r.predicted, r.outcome, r.strip] for r in res.table.itertuples()
-        ]
-        report.show(
-            report.table(
-                f"explain ({method})", ["video", "p", "predicted", "outcome", "strip"], rows
-            )
+    with report.progress("explain") as progress:
+        res = run_explain(
+            cfg,
+            run_dir=opts.run,
+            data_dir=cfg.paths.data,
+            out_dir=opts.out,
+            video_ids=opts.video or [],
+            split=opts.split,
+            top=opts.top,
+            method=opts.method,
+            layer=opts.layer,
+            overwrite=opts.overwrite,
+            progress=progress,
         )
-        for note in res.notes:
-            report.warn(note)
-        report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+    rows = [[r.video_id, r.y_prob, r.predicted, r.outcome, r.strip] for r in res.table.itertuples()]
+    report.show(
+        report.table(
+            f"explain ({opts.method})", ["video", "p", "predicted", "outcome", "strip"], rows
+        )
+    )
+    for note in res.notes:
+        report.warn(note)
+    report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
 @app.command()
 @common_options(device=False)
-def export(
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (or any run with --encoder).")],
-    format_: Annotated[str, typer.Option("--format", help="torchscript | onnx.")] = "onnx",
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Model file (default: RUN/model.<pt|onnx>).")
-    ] = None,
-    encoder: Annotated[
-        bool,
-        typer.Option("--encoder", help="Export the backbone (features) instead of the classifier."),
-    ] = False,
-    frame_size: Annotated[
-        int | None,
-        typer.Option("--frame-size", help="Frame size in pixels (default: the run's)."),
-    ] = None,
-    overwrite: OverwriteOpt = False,
-    *,
-    common: Common,
-) -> None:
+@command_options(ExportOptions)
+def export(*, opts: ExportOptions, common: Common) -> None:
     """Export a run as TorchScript or ONNX (dynamic batch) with its preprocessing contract (JSON)."""
-    with handle_errors(common.verbose):
-        cfg = common.resolve(section="evaluate")
-        from echoclr_cli.export import SUFFIX, export_run
+    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    from echoclr_cli.export import SUFFIX, export_run
 
-        if out is None:
-            out = run / f"{'encoder' if encoder else 'model'}{SUFFIX.get(format_, '.bin')}"
-        res = export_run(
-            cfg,
-            run_dir=run,
-            fmt=format_,
-            out=out,
-            encoder=encoder,
-            frame_size=frame_size,
-            overwrite=overwrite,
+    out = opts.out
+    if out is None:
+        out = (
+            opts.run / f"{'encoder' if opts.encoder else 'model'}{SUFFIX.get(opts.format_, '.bin')}"
         )
-        report.info(
-            f"exported {res.contract['what']} -> {res.path} (+ {res.contract_path.name}); "
-            f"max |exported - eager| = {res.max_abs_diff:.1e}"
-        )
+    res = export_run(
+        cfg,
+        run_dir=opts.run,
+        fmt=opts.format_,
+        out=out,
+        encoder=opts.encoder,
+        frame_size=opts.frame_size,
+        overwrite=opts.overwrite,
+    )
+    report.info(
+        f"exported {res.contract['what']} -> {res.path} (+ {res.contract_path.name}); "
+        f"max |exported - eager| = {res.max_abs_diff:.1e}"
+    )

@@ -1,18 +1,23 @@
 """What every `echoclr` command shares: option types (one definition each), small parsers,
-the options tail every command takes (``@common_options`` -> ``Common``), config resolution
+the options tail every command takes (``@common_options`` -> ``Common``), the training block
+(``@training_options`` -> ``Training``), the bundling of a command's own options
+(``@command_options``; the options themselves: cli_params.py), config resolution
 (``build_config`` / ``Common.resolve``, which also prints the command's first line) and error
-handling (``handle_errors``). Only cli.py and this module import typer.
+handling (``handle_errors``, around every ``@common_options`` command). Only the cli_* modules
+import typer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import os
 import traceback
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -241,36 +246,27 @@ class Common:
     """The options tail every command shares (--config, --set, --profile, --device, -v, -q),
     given to a command decorated with ``@common_options`` as its ``common`` argument."""
 
-    config: list[Path] | None = None
-    set_: list[str] | None = None
-    profile: str = "auto"
-    device: str | None = None
-    verbose: bool = False
-    quiet: bool = False
+    config: ConfigOpt = None
+    set_: SetOpt = None
+    profile: ProfileOpt = "auto"
+    device: DeviceOpt = None
+    verbose: VerboseOpt = False
+    quiet: QuietOpt = False
 
     def resolve(self, *, section: str, flags: dict[str, Any] | None = None) -> Config:
         """``build_config`` with these options and the command's own ``flags``."""
-        return build_config(
-            section=section,
-            config=self.config,
-            sets=self.set_,
-            profile=self.profile,
-            device=self.device,
-            verbose=self.verbose,
-            quiet=self.quiet,
-            flags=flags,
-        )
+        options = dataclasses.asdict(self)
+        return build_config(section=section, sets=options.pop("set_"), flags=flags, **options)
 
 
-# (name, option type, default) of the tail, in --help order
-COMMON_PARAMS = (
-    ("config", ConfigOpt, None),
-    ("set_", SetOpt, None),
-    ("profile", ProfileOpt, "auto"),
-    ("device", DeviceOpt, None),
-    ("verbose", VerboseOpt, False),
-    ("quiet", QuietOpt, False),
-)
+def bundle_params(cls: type) -> tuple[tuple[str, Any, Any], ...]:
+    """(name, option type, default) of the fields of dataclass ``cls``, in --help order (a field
+    without a default is a required option or argument)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple(
+        (f.name, hints[f.name], inspect.Parameter.empty if f.default is MISSING else f.default)
+        for f in dataclasses.fields(cls)
+    )
 
 
 def _bundle(func: Callable, arg: str, cls: type, params: tuple) -> Callable:
@@ -278,7 +274,7 @@ def _bundle(func: Callable, arg: str, cls: type, params: tuple) -> Callable:
     at that place in the signature Typer sees; the wrapped command gets them as one ``cls``."""
     sig = inspect.signature(func, eval_str=True)
     if arg not in sig.parameters:
-        raise TypeError(f"{func.__name__}: @{arg}_options needs a `{arg}` parameter")
+        raise TypeError(f"{func.__name__}: its bundled options need a `{arg}` parameter")
     tail = [
         inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=d)
         for n, t, d in params
@@ -299,9 +295,19 @@ def _bundle(func: Callable, arg: str, cls: type, params: tuple) -> Callable:
 
 def common_options(*, device: bool = True) -> Callable[[Callable], Callable]:
     """Declare the common options tail once: the command takes a keyword-only ``common: Common``
-    parameter, which Typer sees as the six options (five with ``device=False``) at that place."""
-    params = tuple(p for p in COMMON_PARAMS if device or p[0] != "device")
-    return lambda func: _bundle(func, "common", Common, params)
+    parameter, which Typer sees as the six options (five with ``device=False``) at that place.
+    The command runs inside ``handle_errors(common.verbose)`` (-v: full tracebacks)."""
+    params = tuple(p for p in bundle_params(Common) if device or p[0] != "device")
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def guarded(**kwargs: Any) -> Any:
+            with handle_errors(kwargs["common"].verbose):
+                return func(**kwargs)
+
+        return _bundle(guarded, "common", Common, params)
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -309,14 +315,14 @@ class Training:
     """The training block `pretrain` and `finetune` share (--resume ... --workers), given to a
     command decorated with ``@training_options`` as its ``training`` argument."""
 
-    resume: bool = False
-    overwrite: bool = False
-    force: bool = False
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    workers: int | None = None
+    resume: ResumeOpt = False
+    overwrite: OverwriteOpt = False
+    force: ForceOpt = False
+    epochs: EpochsOpt = None
+    batch_size: BatchOpt = None
+    lr: LrOpt = None
+    seed: SeedOpt = None
+    workers: WorkersOpt = None
 
     def flags(self, section: str) -> dict[str, Any]:
         """The config keys these options set (None = not given)."""
@@ -333,23 +339,16 @@ class Training:
         return {"resume": self.resume, "overwrite": self.overwrite, "force": self.force}
 
 
-# (name, option type, default) of the training block, in --help order
-TRAINING_PARAMS = (
-    ("resume", ResumeOpt, False),
-    ("overwrite", OverwriteOpt, False),
-    ("force", ForceOpt, False),
-    ("epochs", EpochsOpt, None),
-    ("batch_size", BatchOpt, None),
-    ("lr", LrOpt, None),
-    ("seed", SeedOpt, None),
-    ("workers", WorkersOpt, None),
-)
-
-
 def training_options(func: Callable) -> Callable:
     """Declare the training block once: the command takes a ``training: Training`` parameter,
     which Typer sees as the eight options at that place."""
-    return _bundle(func, "training", Training, TRAINING_PARAMS)
+    return _bundle(func, "training", Training, bundle_params(Training))
+
+
+def command_options(cls: type) -> Callable[[Callable], Callable]:
+    """Declare a command's own options once, as the fields of dataclass ``cls`` (cli_params.py):
+    the command takes an ``opts: cls`` parameter, which Typer sees as those options there."""
+    return lambda func: _bundle(func, "opts", cls, bundle_params(cls))
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Core functions take ``progress: Progress | None`` and call it with one of the frozen dataclasses
 below; ``report.Renderer`` is their one reader (it shows every type). Core code never prints.
-``run`` (when set) names the sweep run dir an event belongs to; ``in_run`` tags a callback's
+``run`` (when set) names the sweep run dir an event belongs to (declared once, on ``Tagged``;
+the sweep's own ``RunStart`` / ``RunFailed`` always name it); ``in_run`` tags a callback's
 events with it.
 
 Counted stages (``synth``, ``preprocess``) keep their plain ``progress(done, total)`` callback
@@ -18,33 +19,37 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Note:
+class Tagged:
+    """An event that a sweep run may own: ``run`` names its run dir (``in_run`` sets it)."""
+
+    run: str | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Note(Tagged):
     """A line worth reading: a plan summary, a config note, a stage that starts."""
 
     text: str
-    run: str | None = None
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(Tagged):
     """What a command is doing now (``evaluating test``, ``predicting val``)."""
 
     text: str
-    run: str | None = None
 
 
 @dataclass(frozen=True)
-class Count:
+class Count(Tagged):
     """``done`` of ``total`` items of a counted stage (synth studies, preprocessed files)."""
 
     stage: str
     done: int
     total: int
-    run: str | None = None
 
 
 @dataclass(frozen=True)
-class Step:
+class Step(Tagged):
     """A training batch: ``batch`` of ``batches`` in ``epoch`` of ``epochs``; running mean loss."""
 
     epoch: int
@@ -52,26 +57,23 @@ class Step:
     batch: int
     batches: int | None
     loss: float
-    run: str | None = None
 
 
 @dataclass(frozen=True)
-class Epoch:
+class Epoch(Tagged):
     """An epoch ended; ``row`` is its history.csv row (loss, val metrics, lr, seconds)."""
 
     epoch: int
     epochs: int
     row: dict[str, Any] = field(default_factory=dict)
-    run: str | None = None
 
 
 @dataclass(frozen=True)
-class EvalBatch:
+class EvalBatch(Tagged):
     """An evaluation batch (inference over a split): ``batch`` of ``batches``."""
 
     batch: int
     batches: int | None
-    run: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.evaluate import write_evaluation
 from echoclr_cli.events import Progress, Status
-from echoclr_cli.finetune_fit import setup_fit
+from echoclr_cli.finetune_fit import FinetuneRun, capped_batch_size, preflight, setup_fit
 from echoclr_cli.inference import eval_loader, predict_videos
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.losses import classification_loss, pos_weight_value
@@ -333,29 +333,19 @@ def run_finetune(
     pos_weight, batch size), ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and
     ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
     """
-    from echoclr_cli.check import run_check
     from echoclr_cli.multiclass import is_categorical_task
-    from echoclr_cli.runtime import dist_env
 
-    if is_categorical_task(Path(data_dir), cfg.finetune.task):  # e.g. --task view: K classes
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    run = FinetuneRun(data_dir, out_dir, resume, overwrite, force, progress)
+    if is_categorical_task(data_dir, cfg.finetune.task):  # e.g. --task view: K classes
         from echoclr_cli.multiclass_train import run_finetune_multiclass
 
-        return run_finetune_multiclass(cfg, data_dir, out_dir, resume, overwrite, force, progress)
+        return run_finetune_multiclass(cfg, run)
     ft = cfg.finetune
     task = ft.task
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
     monitor, monitor_mode, patience = early_stopping(ft)  # refuses a monitor it would ignore
-    _, world_size, _ = dist_env()
-    if ft.mode == "lp-ft" and world_size > 1:
-        raise UserError(
-            "finetune.mode lp-ft is not supported with several processes (the backbone's "
-            "gradients switch on mid-run, which DDP's fixed buckets do not allow)",
-            fix="run lp-ft on one GPU, or use mode full / linear",
-        )
-    check = run_check(cfg, data_dir, task=task, section="finetune", world_size=world_size)
-    check.raise_if_failed()
+    world_size, check, notes = preflight(cfg, run, task)
     df = check.manifest
-    notes = [f"{f.what}: {f.detail}" for f in check.findings if f.level == "warn"]
 
     train_df = df[df["split"] == "train"]
     sample, sub_df = training_subset(train_df, task, ft.frac, ft.frac_seed)
@@ -366,17 +356,7 @@ def run_finetune(
         )
     n_pos_v = int((sub_df[task] == 1).sum())
     pos_weight = pos_weight_value(ft.pos_weight, n_pos_v, len(sub_df) - n_pos_v)
-    per_rank = len(sub_df) // world_size
-    batch_size = min(ft.batch_size, per_rank)
-    if batch_size < 1:
-        raise UserError(
-            f"{len(sub_df)} training videos cannot be shared by {world_size} processes",
-            fix="use fewer processes or a larger --frac",
-        )
-    if batch_size < ft.batch_size:
-        notes.append(
-            f"batch size capped at the {per_rank} training videos per process (asked {ft.batch_size})"
-        )
+    batch_size = capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
 
     # The model and its init weights come before the Engine, so a missing or wrong weight file
     # is refused before a run dir is created; seeding first keeps the head's init a function of
@@ -387,9 +367,7 @@ def run_finetune(
     if not resume:
         init = init_backbone(cfg, model.backbone).to_dict()
     fs = setup_fit(
-        cfg, model, init, df=df, sub_df=sub_df, data_dir=data_dir, out_dir=out_dir,
-        batch_size=batch_size, world_size=world_size, resume=resume, overwrite=overwrite,
-        force=force, progress=progress,
+        cfg, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size, world_size=world_size,
         drop_last=False,  # every training video every epoch (published loader)
         write_main=lambda: _write_train_studies(
             sample.studies, out_dir / rundir.TRAIN_STUDIES, resume

@@ -22,6 +22,7 @@ from echoclr_cli.engine import Engine
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.finetune import FinetuneTask
+from echoclr_cli.finetune_fit import FinetuneRun, capped_batch_size, preflight, setup_fit
 from echoclr_cli.inference import eval_loader
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.multiclass import (
@@ -97,32 +98,15 @@ def class_weights(y: np.ndarray, k: int, how: Any) -> Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def run_finetune_multiclass(
-    cfg: Config,
-    data_dir: Path,
-    out_dir: Path,
-    resume: bool = False,
-    overwrite: bool = False,
-    force: bool = False,
-    progress: Progress | None = None,
-):
+def run_finetune_multiclass(cfg: Config, run: FinetuneRun):
     """Fine-tune a K-class classifier on categorical column ``cfg.finetune.task``."""
-    from echoclr_cli.check import run_check
     from echoclr_cli.finetune import FinetuneResult, _frame_size
-    from echoclr_cli.finetune_fit import setup_fit
-    from echoclr_cli.runtime import dist_env
 
     ft = cfg.finetune
     task = ft.task
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    _, world_size, _ = dist_env()
-    if ft.mode == "lp-ft" and world_size > 1:
-        raise UserError("finetune.mode lp-ft is not supported with several processes",
-                        fix="run lp-ft on one GPU, or use mode full / linear")  # fmt: skip
-    check = run_check(cfg, data_dir, task=None, section="finetune", world_size=world_size)
-    check.raise_if_failed()
+    data_dir, out_dir, resume, progress = run.data_dir, run.out_dir, run.resume, run.progress
+    world_size, _, notes = preflight(cfg, run, task=None)
     df, classes, n_unknown = load_categorical(data_dir, task, cfg)
-    notes = [f"{f.what}: {f.detail}" for f in check.findings if f.level == "warn"]
     if n_unknown:
         notes.append(f"{n_unknown} video(s) without a '{task}' value excluded")
     for split in ("train", "val"):
@@ -138,13 +122,7 @@ def run_finetune_multiclass(
     absent = [c for i, c in enumerate(classes) if not (y_train == i).any()]
     if absent:
         notes.append(f"class(es) {absent} have no training video in this subset")
-    per_rank = len(sub_df) // world_size
-    batch_size = min(ft.batch_size, per_rank)
-    if batch_size < 1:
-        raise UserError(f"{len(sub_df)} training videos cannot be shared by {world_size} processes",
-                        fix="use fewer processes or a larger --frac")  # fmt: skip
-    if batch_size < ft.batch_size:
-        notes.append(f"batch size capped at the {per_rank} training videos per process")
+    batch_size = capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
 
     seed_everything(cfg.runtime.seed)
     model = build_multiclassifier(cfg, len(classes))
@@ -159,10 +137,8 @@ def run_finetune_multiclass(
         atomic_write_json(out_dir / CLASSES_FILE, {"task": task, "classes": classes})
         atomic_write_csv(out_dir / rundir.TRAIN_STUDIES, studies)
 
-    fs = setup_fit(cfg, model, init, df=df, sub_df=sub_df, data_dir=data_dir, out_dir=out_dir,
-                   batch_size=batch_size, world_size=world_size, drop_last=True, resume=resume,
-                   overwrite=overwrite, force=force, progress=progress,
-                   write_main=write_main)  # fmt: skip
+    fs = setup_fit(cfg, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
+                   world_size=world_size, drop_last=True, write_main=write_main)  # fmt: skip
     engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization
     optimizer, scheduler, sampler = fs.optimizer, fs.scheduler, fs.sampler
     train_loader, val_loader = fs.train_loader, fs.val_loader

@@ -24,90 +24,90 @@ class Item:
     what: str  # the recipe line it stands for
     why: str = ""  # non-empty: the paper profile deliberately differs (and why)
     ours: Any = None  # the paper profile's value where it differs (documentation and tests)
-    sections: tuple[str, ...] = ("pretrain", "finetune")  # the commands that print it
     owner: str = ""  # another helper of issue 12 adds the key
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The commands that print it: the key's own section (``sweep.*``, ``evaluate.*``:
+        finetune; the projection head ``model.proj_*``: pretrain); the rest both."""
+        section = self.key.split(".")[0]
+        if section == "pretrain" or self.key.startswith("model.proj_"):
+            return ("pretrain",)
+        if section in ("finetune", "sweep", "evaluate"):
+            return ("finetune",)
+        return ("pretrain", "finetune")
 
 
 def _epochs(cfg: Config) -> int:
     return PUBLISHED_EPOCHS[cfg.pretrain.method]
 
 
-PRE, FT = ("pretrain",), ("finetune",)
 AUG = "augmentation: zero-pad 8 + random crop, h-flip p 0.5, rotation in [-10, 10] p 0.5"
 RECIPE: tuple[Item, ...] = (
     Item("model.arch", "r3d_18", "backbone: torchvision r3d_18"),
     Item("model.width", 1.0, "backbone width (torchvision's model exactly)"),
-    Item("model.proj_hidden", 256, "projection head 512-256-128 (no bias)", sections=PRE),
-    Item("model.proj_dim", 128, "projection head 512-256-128 (no bias)", sections=PRE),
+    Item("model.proj_hidden", 256, "projection head 512-256-128 (no bias)"),
+    Item("model.proj_dim", 128, "projection head 512-256-128 (no bias)"),
     Item(
         "pretrain.batch_size",
         392,
         "global batch: 2 GPUs x 196 pairs, NT-Xent over all 392 pairs (783 candidates)",
-        sections=PRE,
     ),
-    Item("pretrain.epochs", _epochs, "epochs: SimCLR 520, MI-SimCLR / EchoCLR 300", sections=PRE),
-    Item("pretrain.optim.optimizer", "adam", "optimizer Adam", sections=PRE),
-    Item("pretrain.optim.learning_rate", 0.1, "Adam lr 0.1", sections=PRE),
-    Item("pretrain.optim.weight_decay", 0.0, "no weight decay", sections=PRE),
-    Item("pretrain.optim.schedule", "none", "no LR schedule", sections=PRE),
-    Item("pretrain.temperature", 0.05, "NT-Xent temperature 0.05", sections=PRE),
-    Item("pretrain.clip_len", 4, "pretraining clips of 4 frames", sections=PRE),
-    Item("pretrain.stride", 1, "consecutive frames (stride 1)", sections=PRE),
-    Item("pretrain.reorder_frames", 4, "EchoCLR: 4 frames permuted, 4! = 24 classes", sections=PRE),
-    Item("pretrain.nt_xent_weight", 1.0, "loss = NT-Xent + cross-entropy", sections=PRE),
-    Item("pretrain.reorder_weight", 1.0, "loss = NT-Xent + cross-entropy", sections=PRE),
-    Item(
-        "pretrain.exclude_same_study_negatives",
-        False,
-        "every other clip is a negative",
-        sections=PRE,
-    ),
+    Item("pretrain.epochs", _epochs, "epochs: SimCLR 520, MI-SimCLR / EchoCLR 300"),
+    Item("pretrain.optim.optimizer", "adam", "optimizer Adam"),
+    Item("pretrain.optim.learning_rate", 0.1, "Adam lr 0.1"),
+    Item("pretrain.optim.weight_decay", 0.0, "no weight decay"),
+    Item("pretrain.optim.schedule", "none", "no LR schedule"),
+    Item("pretrain.temperature", 0.05, "NT-Xent temperature 0.05"),
+    Item("pretrain.clip_len", 4, "pretraining clips of 4 frames"),
+    Item("pretrain.stride", 1, "consecutive frames (stride 1)"),
+    Item("pretrain.reorder_frames", 4, "EchoCLR: 4 frames permuted, 4! = 24 classes"),
+    Item("pretrain.nt_xent_weight", 1.0, "loss = NT-Xent + cross-entropy"),
+    Item("pretrain.reorder_weight", 1.0, "loss = NT-Xent + cross-entropy"),
+    Item("pretrain.exclude_same_study_negatives", False, "every other clip is a negative"),
     Item(
         "pretrain.view_forward",
         "separate",
         "the two views in separate forward calls (BatchNorm per view)",
-        sections=PRE,
     ),
-    Item("pretrain.augment.enabled", True, AUG, sections=PRE),
-    Item("pretrain.augment.pad", 8, AUG, sections=PRE),
-    Item("pretrain.augment.flip_p", 0.5, AUG, sections=PRE),
-    Item("pretrain.augment.rotate_p", 0.5, AUG, sections=PRE),
-    Item("pretrain.augment.max_degrees", 10, AUG, sections=PRE),
-    Item("finetune.batch_size", 88, "fine-tune batch 88 (1 GPU x 88), no drop_last", sections=FT),
-    Item("finetune.optim.optimizer", "adam", "optimizer Adam", sections=FT),
-    Item("finetune.optim.learning_rate", 1e-4, "Adam lr 1e-4", sections=FT),
-    Item("finetune.epochs", 30, "at most 30 epochs", sections=FT),
-    Item("finetune.patience", 5, "early-stopping patience 5", sections=FT),
+    Item("pretrain.augment.enabled", True, AUG),
+    Item("pretrain.augment.pad", 8, AUG),
+    Item("pretrain.augment.flip_p", 0.5, AUG),
+    Item("pretrain.augment.rotate_p", 0.5, AUG),
+    Item("pretrain.augment.max_degrees", 10, AUG),
+    Item("finetune.batch_size", 88, "fine-tune batch 88 (1 GPU x 88), no drop_last"),
+    Item("finetune.optim.optimizer", "adam", "optimizer Adam"),
+    Item("finetune.optim.learning_rate", 1e-4, "Adam lr 1e-4"),
+    Item("finetune.epochs", 30, "at most 30 epochs"),
+    Item("finetune.patience", 5, "early-stopping patience 5"),
     Item(
         "finetune.early_stop",
         "published",
         "stop after patience + 1 epochs without improvement of the per-video BCE",
-        sections=FT,
     ),
-    Item("finetune.dropout", 0.25, "dropout 0.25 (placement: see METHOD_NOTES)", sections=FT),
-    Item("finetune.label_smoothing", 0.0, "label smoothing parsed, never applied", sections=FT),
-    Item("finetune.pos_weight", "balanced", "class weights: balanced positive weight", sections=FT),
-    Item("finetune.clip_len", 16, "fine-tune clips of 16 frames", sections=FT),
-    Item("finetune.stride", 1, "consecutive frames (stride 1)", sections=FT),
-    Item("finetune.mode", "full", "full fine-tuning", sections=FT),
-    Item("finetune.augment.enabled", True, AUG, sections=FT),
-    Item("finetune.augment.pad", 8, AUG, sections=FT),
-    Item("finetune.augment.flip_p", 0.5, AUG, sections=FT),
-    Item("finetune.augment.rotate_p", 0.5, AUG, sections=FT),
-    Item("finetune.augment.max_degrees", 10, AUG, sections=FT),
-    Item("sweep.lrs", [1e-4], "LR 1e-4 above 10% labels", sections=FT),
-    Item("sweep.low_ratio_lrs", [1e-5, 1e-4, 5e-4], "LR grid at <= 10% labels", sections=FT),
-    Item("sweep.low_ratio", 0.1, "LR grid at <= 10% labels", sections=FT),
-    Item("sweep.ratios", [0.01, 0.05, 0.1, 0.25, 0.5, 1.0], "label fractions", sections=FT),
-    Item("evaluate.clips_per_video", 4, "4 clips per evaluated video", sections=FT),
-    Item("evaluate.bootstrap", 1000, "1,000 bootstrap resamples", sections=FT),
+    Item("finetune.dropout", 0.25, "dropout 0.25 (placement: see METHOD_NOTES)"),
+    Item("finetune.label_smoothing", 0.0, "label smoothing parsed, never applied"),
+    Item("finetune.pos_weight", "balanced", "class weights: balanced positive weight"),
+    Item("finetune.clip_len", 16, "fine-tune clips of 16 frames"),
+    Item("finetune.stride", 1, "consecutive frames (stride 1)"),
+    Item("finetune.mode", "full", "full fine-tuning"),
+    Item("finetune.augment.enabled", True, AUG),
+    Item("finetune.augment.pad", 8, AUG),
+    Item("finetune.augment.flip_p", 0.5, AUG),
+    Item("finetune.augment.rotate_p", 0.5, AUG),
+    Item("finetune.augment.max_degrees", 10, AUG),
+    Item("sweep.lrs", [1e-4], "LR 1e-4 above 10% labels"),
+    Item("sweep.low_ratio_lrs", [1e-5, 1e-4, 5e-4], "LR grid at <= 10% labels"),
+    Item("sweep.low_ratio", 0.1, "LR grid at <= 10% labels"),
+    Item("sweep.ratios", [0.01, 0.05, 0.1, 0.25, 0.5, 1.0], "label fractions"),
+    Item("evaluate.clips_per_video", 4, "4 clips per evaluated video"),
+    Item("evaluate.bootstrap", 1000, "1,000 bootstrap resamples"),
     Item(
         "evaluate.ci",
         0.90,
         "bootstrap interval (published: 5th-95th percentiles)",
         why="a true 95% interval (2.5-97.5 percentiles); the published 5-95 is a 90% interval",
         ours=0.95,
-        sections=FT,
     ),
     Item("preprocess.size", 112, "frames resized to 112 x 112"),
     Item(
@@ -134,14 +134,12 @@ RECIPE: tuple[Item, ...] = (
         "evaluate.clip_starts",
         "published",
         "clip starts arange(0, T-L, (T-L)//4)[:4]",
-        sections=FT,
         owner="evalprep",
     ),
     Item(
         "evaluate.scaling",
         "video",
         "min-max over all clips of a video together",
-        sections=FT,
         owner="evalprep",
     ),
     Item(
@@ -150,7 +148,6 @@ RECIPE: tuple[Item, ...] = (
         "video-level CIs resampled videos as if independent",
         why="a study's videos are correlated: resampling studies gives honest video-level CIs",
         ours="study",
-        sections=FT,
         owner="evalprep",
     ),
 )

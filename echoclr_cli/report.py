@@ -182,14 +182,17 @@ class Renderer:
     def _where(self, run: str | None) -> str:
         return f"{self.description} {run}" if run else self.description
 
+    def _count(
+        self, run: str | None, what: str, done: int, total: int | None, info: str = ""
+    ) -> None:
+        """The bar at ``done`` of ``total`` (a batch, a file), described as ``<command> <what>``."""
+        self._bar(description=f"{self._where(run)} {what}", completed=done, total=total, info=info)
+
     def __call__(self, event: events.Event) -> None:
         e = event
         if isinstance(e, events.Step):
-            self._bar(
-                description=f"{self._where(e.run)} epoch {e.epoch}/{e.epochs}",
-                completed=e.batch,
-                total=e.batches,
-                info=f"loss {e.loss:.4f}",
+            self._count(
+                e.run, f"epoch {e.epoch}/{e.epochs}", e.batch, e.batches, f"loss {e.loss:.4f}"
             )
         elif isinstance(e, events.Epoch):
             summary = epoch_summary(e.row)
@@ -198,19 +201,9 @@ class Renderer:
             else:
                 self._line(f"epoch {e.row.get('epoch', e.epoch)}/{e.epochs}: {summary}")
         elif isinstance(e, events.EvalBatch):
-            self._bar(
-                description=f"{self._where(e.run)} evaluating",
-                completed=e.batch,
-                total=e.batches,
-                info="",
-            )
+            self._count(e.run, "evaluating", e.batch, e.batches)
         elif isinstance(e, events.Count):
-            self._bar(
-                description=f"{self._where(e.run)} {e.stage}",
-                completed=e.done,
-                total=e.total,
-                info="",
-            )
+            self._count(e.run, e.stage, e.done, e.total)
             if not self.bar_visible and e.total and e.done == e.total:  # logs: one line
                 self._line(f"{e.stage}: {e.done}/{e.total} done")
         elif isinstance(e, events.Status):

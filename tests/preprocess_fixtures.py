@@ -127,6 +127,18 @@ def save(ds, path: Path) -> Path:
     return path
 
 
+def dicom_tree(root: Path, n: int, *, frames: int, seed: int, study: str) -> Path:
+    """``n`` patients with one study of one fan-video DICOM each, at ``root/PAT{i}/file{i}``
+    (patient ``PAT{i}``, study ``{study}.{i}``, ``frames`` frames of 96x120, seed ``seed + i``)."""
+    for i in range(n):
+        video, _ = fan_video(frames, 96, 120, seed=seed + i)
+        save(
+            dicom_dataset(video, patient=f"PAT{i}", study=f"{study}.{i}"),
+            root / f"PAT{i}" / f"file{i}",
+        )
+    return root
+
+
 def jpeg_baseline(ds, frames: np.ndarray) -> None:
     """Encapsulate per-frame JPEG baseline (4:2:2, cv2) as YBR_FULL_422 like vendors do."""
     from pydicom.encaps import encapsulate

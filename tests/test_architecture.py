@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "echoclr_cli"
 # Keep in step with docs/ARCHITECTURE.md, "Layers". A name covers its submodules
 # (``data`` = every module of echoclr_cli/data/ except the ones named more precisely).
 LAYERS: dict[int, tuple[str, ...]] = {
-    7: ("cli", "cli_app", "cli_options", "cli_data", "cli_train", "cli_results", "cli_runs",
-        "cli_inspect", "__main__"),
+    7: ("cli", "cli_app", "cli_options", "cli_params", "cli_data", "cli_train", "cli_results",
+        "cli_runs", "cli_inspect", "__main__"),
     6: ("demo", "sweep", "report_html", "report_sections", "report_sweep", "report_tripod"),
     5: ("pretrain", "finetune", "evaluate", "predict", "embed", "explain", "export", "check",
         "preprocess", "multiclass", "multiclass_train", "finetune_fit", "recipe",

@@ -45,6 +45,16 @@ def reference_clip(
     return out
 
 
+def assert_matches_reference(clips: np.ndarray, params: AugmentParams, pad: int) -> None:
+    """``apply_params`` on the batch equals ``reference_clip`` of every sample, over the whole
+    frame, up to float32 rounding."""
+    got = apply_params(torch.tensor(clips, dtype=torch.float32), params, pad).numpy()
+    for i in range(len(clips)):
+        oy, ox = int(params.offset_y[i]), int(params.offset_x[i])
+        ref = reference_clip(clips[i], oy, ox, bool(params.flip[i]), float(params.angle[i]), pad)
+        np.testing.assert_allclose(got[i], ref, atol=2e-3)
+
+
 def random_clips(b=6, c=1, t=3, h=24, w=28, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (b, c, t, h, w)).astype(np.float64)
 
@@ -59,17 +69,7 @@ def test_batched_equals_reference_without_rotation(c):
         flip=torch.tensor([False, True, True, False, True, False]),
         angle=torch.zeros(6),
     )
-    got = apply_params(torch.tensor(clips, dtype=torch.float32), params, pad).numpy()
-    for i in range(6):
-        ref = reference_clip(
-            clips[i],
-            int(params.offset_y[i]),
-            int(params.offset_x[i]),
-            bool(params.flip[i]),
-            0.0,
-            pad,
-        )
-        np.testing.assert_allclose(got[i], ref, atol=2e-3)  # exact up to float rounding, everywhere
+    assert_matches_reference(clips, params, pad)
 
 
 def test_batched_equals_reference_with_rotation():
@@ -81,17 +81,7 @@ def test_batched_equals_reference_with_rotation():
         flip=torch.tensor([False, True, False, True, False]),
         angle=torch.tensor([10.0, -7.0, 3.0, -10.0, 0.0]),
     )
-    got = apply_params(torch.tensor(clips, dtype=torch.float32), params, pad).numpy()
-    for i in range(5):
-        ref = reference_clip(
-            clips[i],
-            int(params.offset_y[i]),
-            int(params.offset_x[i]),
-            bool(params.flip[i]),
-            float(params.angle[i]),
-            pad,
-        )
-        np.testing.assert_allclose(got[i], ref, atol=2e-3)  # whole frame, float32 rounding
+    assert_matches_reference(clips, params, pad)
 
 
 def test_same_transform_for_all_frames():

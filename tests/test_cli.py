@@ -228,6 +228,38 @@ def test_training_options_bundle_the_training_block_as_training():
         training_options(lambda x=1: x)
 
 
+def test_command_options_bundle_a_commands_own_options_as_opts():
+    import inspect
+
+    import pytest
+
+    from echoclr_cli.cli_options import Common, command_options, common_options
+    from echoclr_cli.cli_params import EvaluateOptions, SweepOptions
+
+    @common_options()
+    @command_options(SweepOptions)
+    def cmd(*, opts: SweepOptions, common: Common):
+        return opts, common
+
+    params = inspect.signature(cmd).parameters
+    assert list(params)[:4] == ["data", "out", "ratios", "inits"]
+    assert list(params)[-7:] == ["workers", "config", "set_", "profile", "device", "verbose",
+                                 "quiet"]  # fmt: skip
+    given = {"ratios": "0.01,1.0", "pretrain_missing": True, "slurm_gpus": 2, "quiet": True}
+    opts, common = cmd(**{n: p.default for n, p in params.items()} | given)
+    assert common == Common(quiet=True)
+    flags = opts.flags()
+    assert flags["sweep.ratios"] == [0.01, 1.0] and flags["sweep.pretrain_missing"] is True
+    assert flags["sweep.slurm.gpus"] == 2 and flags["sweep.seeds"] is None
+    assert flags["sweep.launcher"] is None and flags["paths.data"] is None
+
+    evaluate = command_options(EvaluateOptions)(lambda *, opts: opts)
+    run = inspect.signature(evaluate).parameters["run"]
+    assert run.default is inspect.Parameter.empty  # a field without default: required argument
+    with pytest.raises(TypeError, match="opts"):
+        command_options(EvaluateOptions)(lambda x=1: x)
+
+
 def test_common_resolve_applies_flags_then_set(monkeypatch):
     from echoclr_cli.cli_options import Common
 

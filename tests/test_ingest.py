@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from preprocess_fixtures import (
     dicom_dataset,
+    dicom_tree,
     fan_video,
     id_map,
     jpeg_baseline,
@@ -212,13 +213,7 @@ def test_echonet_layout(tmp_path):
 
 
 def test_plain_tree_with_label_csv_keyed_by_study(tmp_path):
-    root = tmp_path / "raw"
-    for i in range(4):
-        frames, _ = fan_video(10, 96, 120, seed=20 + i)
-        save(
-            dicom_dataset(frames, patient=f"PAT{i}", study=f"1.2.3.{i}"),
-            root / f"PAT{i}" / f"file{i}",
-        )
+    root = dicom_tree(tmp_path / "raw", 4, frames=10, seed=20, study="1.2.3")
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"StudyInstanceUID": [f"1.2.3.{i}" for i in range(4)],
                   "severity": ["severe", "mild", "severe", "moderate"]}).to_csv(labels, index=False)  # fmt: skip

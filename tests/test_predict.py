@@ -75,16 +75,10 @@ def test_predict_refuses_a_pretrain_checkpoint(runs, tmp_path):
 
 
 def test_predict_raw_files_preprocesses_into_a_sibling_dir(runs, tmp_path):
-    from preprocess_fixtures import dicom_dataset, fan_video, save
+    from preprocess_fixtures import dicom_tree
 
     _, run_a, _ = runs
-    raw = tmp_path / "raw"
-    for i in range(3):
-        frames, _ = fan_video(12, 96, 120, seed=40 + i)
-        save(
-            dicom_dataset(frames, patient=f"PAT{i}", study=f"1.2.9.{i}"),
-            raw / f"PAT{i}" / f"file{i}",
-        )
+    raw = dicom_tree(tmp_path / "raw", 3, frames=12, seed=40, study="1.2.9")
     cfg = tiny_cfg(preprocess={"min_frames": 8, "workers": 1, "max_skipped_frac": 1.0})
     out = tmp_path / "pred" / "raw.csv"
     res = predict(cfg, run_a, raw, out)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -523,31 +524,15 @@ def test_pretrain_missing_runs_pretraining_first(cfg, data_dir, tmp_path):
         calls.append((pcfg.pretrain.method, Path(out_dir), resume))
         make_pretrain_runs(Path(out_dir).parent, (pcfg.pretrain.method,))
 
-    with pytest.raises(UserError, match="shard"):
-        run_sweep(
-            cfg=cfg,
-            data_dir=data_dir,
-            out_dir=tmp_path / "sweep",
-            shard=(0, 2),
-            finetune_fn=FakeFinetune(),
-            pretrain_fn=fake_pretrain,
-        )
-    dry = run_sweep(
-        cfg=cfg,
-        data_dir=data_dir,
-        out_dir=tmp_path / "sweep",
-        dry_run=True,
-        pretrain_fn=fake_pretrain,
+    sweep = partial(
+        run_sweep, cfg=cfg, data_dir=data_dir, out_dir=tmp_path / "sweep", pretrain_fn=fake_pretrain
     )
+    with pytest.raises(UserError, match="shard"):
+        sweep(shard=(0, 2), finetune_fn=FakeFinetune())
+    dry = sweep(dry_run=True)
     assert [p.method for p in dry.plan.pretrain] == ["mi-simclr"] and calls == []
     fake = FakeFinetune()
-    res = run_sweep(
-        cfg=cfg,
-        data_dir=data_dir,
-        out_dir=tmp_path / "sweep",
-        finetune_fn=fake,
-        pretrain_fn=fake_pretrain,
-    )
+    res = sweep(finetune_fn=fake)
     root = (tmp_path / "pretrain").resolve()
     assert calls == [("mi-simclr", root / "mi-simclr", False)]
     assert res.pretrained == [str(root / "mi-simclr")]

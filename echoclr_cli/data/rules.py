@@ -22,7 +22,9 @@ user's column names.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -189,19 +191,19 @@ class _Parser:
             self.fail("expected 'and', 'or' or the end of the rule")
         return node
 
-    def expr(self):
-        items = [self.and_expr()]
-        while self.tok.kind == "or":
+    def _chain(self, op: str, operand: Callable[[], Any]):
+        """``operand (op operand)*``: one operand, or a ``BoolOp`` of all of them."""
+        items = [operand()]
+        while self.tok.kind == op:
             self.i += 1
-            items.append(self.and_expr())
-        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+            items.append(operand())
+        return items[0] if len(items) == 1 else BoolOp(op, tuple(items))
+
+    def expr(self):
+        return self._chain("or", self.and_expr)
 
     def and_expr(self):
-        items = [self.not_expr()]
-        while self.tok.kind == "and":
-            self.i += 1
-            items.append(self.not_expr())
-        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+        return self._chain("and", self.not_expr)
 
     def not_expr(self):
         self.depth += 1
