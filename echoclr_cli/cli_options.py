@@ -131,6 +131,13 @@ LowRatioLrsOpt = Annotated[
     ),
 ]
 SeedsOpt = Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")]
+LowRatioSeedsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--low-ratio-seeds",
+        help="Seeds at ratio <= sweep.low_ratio (sweep.low_ratio_seeds; default: --seeds).",
+    ),
+]
 PretrainDirOpt = Annotated[
     Path | None,
     typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain)."),

@@ -27,6 +27,7 @@ from echoclr_cli.cli_options import (
     JobsOpt,
     LauncherOpt,
     LowRatioLrsOpt,
+    LowRatioSeedsOpt,
     LrsOpt,
     OverwriteOpt,
     PretrainDirOpt,
@@ -473,6 +474,7 @@ class SweepOptions(Options):
     lrs: LrsOpt = None
     low_ratio_lrs: LowRatioLrsOpt = None
     seeds: SeedsOpt = None
+    low_ratio_seeds: LowRatioSeedsOpt = None
     pretrain_dir: PretrainDirOpt = None
     pretrain_missing: PretrainMissingOpt = False
     shard: ShardOpt = None
@@ -494,6 +496,7 @@ class SweepOptions(Options):
             "sweep.lrs": csv_list(self.lrs, float, "--lrs"),
             "sweep.low_ratio_lrs": csv_list(self.low_ratio_lrs, float, "--low-ratio-lrs"),
             "sweep.seeds": csv_list(self.seeds, int, "--seeds"),
+            "sweep.low_ratio_seeds": csv_list(self.low_ratio_seeds, int, "--low-ratio-seeds"),
             "sweep.pretrain_dir": path_str(self.pretrain_dir),
             "sweep.pretrain_missing": True if self.pretrain_missing else None,
             "sweep.launcher": self.launcher,

@@ -444,6 +444,11 @@ class SweepConfig(Section):
     )
     low_ratio: float = 0.10
     seeds: list[int] = Field(default_factory=lambda: [0])
+    low_ratio_seeds: list[int] | None = Field(
+        None,
+        description="seeds at ratio <= low_ratio, where seed-to-seed spread is largest "
+        "(None = sweep.seeds)",
+    )
     pretrain_dir: Path | None = Field(None, description="where SSL runs live (paths.runs/pretrain)")
     pretrain_missing: bool = False
     splits: list[str] = Field(default_factory=lambda: ["test", "ext_test"])

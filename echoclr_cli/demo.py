@@ -1,6 +1,6 @@
 """`echoclr demo`: the whole pipeline on synthetic data, resumable stage by stage.
 
-synth -> preprocess -> pretrain (EchoCLR, MI-SimCLR) -> sweep (random vs the SSL inits). Every
+synth -> preprocess -> pretrain (SimCLR, MI-SimCLR, EchoCLR) -> sweep (random vs the SSL inits). Every
 stage is skipped when its output is already complete, so re-running the demo only redoes what is
 missing (and an interrupted demo continues where it stopped).
 """
@@ -18,7 +18,7 @@ from echoclr_cli.config import Config, pretrain_epochs
 from echoclr_cli.events import Progress, counter
 from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
 
-DEMO_METHODS = ("echoclr", "mi-simclr")
+DEMO_METHODS = ("simclr", "mi-simclr", "echoclr")  # the paper's three, in its order
 
 
 @dataclass

@@ -107,7 +107,7 @@ def sweep_sections(
     # recipe: grid and selection
     doc.section("recipe", "Recipe (sweep grid)")
     grid = {k: sw.get(k) for k in ("tasks", "inits", "ratios", "lrs", "low_ratio_lrs",
-                                   "low_ratio", "seeds", "select_metric", "splits")}  # fmt: skip
+                                   "low_ratio", "seeds", "low_ratio_seeds", "select_metric", "splits")}  # fmt: skip
     doc.table(pd.DataFrame([{"setting": k, "value": str(v)} for k, v in grid.items()]))
     doc.para(f"One learning rate per (task, init, ratio, seed) is selected on study-level val "
              f"{sw.get('select_metric', 'val_auroc')}; test splits never take part.")  # fmt: skip

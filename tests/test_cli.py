@@ -245,13 +245,15 @@ def test_command_options_bundle_a_commands_own_options_as_opts():
     assert list(params)[:4] == ["data", "out", "ratios", "inits"]
     assert list(params)[-7:] == ["workers", "config", "set_", "profile", "device", "verbose",
                                  "quiet"]  # fmt: skip
-    given = {"ratios": "0.01,1.0", "pretrain_missing": True, "slurm_gpus": 2, "quiet": True}
+    given = {"ratios": "0.01,1.0", "pretrain_missing": True, "slurm_gpus": 2, "quiet": True,
+             "low_ratio_seeds": "0,1,2"}  # fmt: skip
     opts, common = cmd(**{n: p.default for n, p in params.items()} | given)
     assert common == Common(quiet=True)
     flags = opts.flags()
     assert flags["sweep.ratios"] == [0.01, 1.0] and flags["sweep.pretrain_missing"] is True
     assert flags["sweep.slurm.gpus"] == 2 and flags["sweep.seeds"] is None
     assert flags["sweep.launcher"] is None and flags["paths.data"] is None
+    assert flags["sweep.low_ratio_seeds"] == [0, 1, 2]
 
     evaluate = command_options(EvaluateOptions)(lambda *, opts: opts)
     run = inspect.signature(evaluate).parameters["run"]

@@ -60,15 +60,20 @@ def test_demo_runs_each_stage_then_skips_finished_ones(tmp_path, monkeypatch):
     fake_stages(monkeypatch, calls)
     cfg = load_config(profile="demo")
     res = run_demo(cfg=cfg, root=tmp_path / "demo")
-    assert [c[0] for c in calls] == ["synth", "preprocess", "pretrain", "pretrain", "sweep"]
-    assert calls[2][1:] == ("echoclr", False) and calls[3][1:] == ("mi-simclr", False)
-    assert calls[4][1] == ("random", "echoclr", "mi-simclr")
-    assert calls[4][2] == tmp_path / "demo/runs/sweep"
+    assert [c[0] for c in calls] == ["synth", "preprocess", *["pretrain"] * 3, "sweep"]
+    assert [c[1:] for c in calls[2:5]] == [(m, False) for m in ("simclr", "mi-simclr", "echoclr")]
+    assert calls[5][1] == ("random", "simclr", "mi-simclr", "echoclr")
+    assert calls[5][2] == tmp_path / "demo/runs/sweep"
     assert res.stages_skipped == []
     calls.clear()
     res = run_demo(cfg=cfg, root=tmp_path / "demo")
     assert [c[0] for c in calls] == ["preprocess", "sweep"]  # both idempotent by themselves
-    assert res.stages_skipped == ["synth", "pretrain echoclr", "pretrain mi-simclr"]
+    assert res.stages_skipped == [
+        "synth",
+        "pretrain simclr",
+        "pretrain mi-simclr",
+        "pretrain echoclr",
+    ]
 
 
 def test_demo_resumes_an_interrupted_pretraining(tmp_path, monkeypatch):

@@ -217,6 +217,23 @@ def test_plan_grid_names_and_overrides(cfg, data_dir, tmp_path):
     assert not (tmp_path / "sweep").exists()  # planning writes nothing
 
 
+def test_low_ratio_seeds_apply_at_low_ratios_only(cfg, data_dir, tmp_path):
+    cfg.sweep.tasks = ["as"]
+    cfg.sweep.inits = ["random"]
+    cfg.sweep.seeds = [0]
+    cfg.sweep.low_ratio_seeds = [0, 1, 2]
+    plan = plan_sweep(cfg, data_dir, tmp_path / "sweep")
+    seeds = {r.ratio: sorted({x.seed for x in plan.runs if x.ratio == r.ratio}) for r in plan.runs}
+    assert seeds == {0.05: [0, 1, 2], 0.1: [0, 1, 2], 0.5: [0], 1.0: [0]}
+    # 2 low ratios x 3 lrs x 3 seeds + 2 ratios x 1 lr x 1 seed
+    assert len(plan.runs) == 2 * 3 * 3 + 2
+    cfg.sweep.low_ratio_seeds = None  # unset: every ratio uses sweep.seeds
+    assert {x.seed for x in plan_sweep(cfg, data_dir, tmp_path / "sweep").runs} == {0}
+    cfg.sweep.low_ratio_seeds = []
+    with pytest.raises(UserError, match="low_ratio_seeds"):
+        plan_sweep(cfg, data_dir, tmp_path / "sweep")
+
+
 def test_names_are_stable_and_safe():
     assert (
         fmt_number(1e-4) == "0.0001" and fmt_number(1e-5) == "1e-05" and fmt_number(0.01) == "0.01"

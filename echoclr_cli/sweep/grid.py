@@ -48,6 +48,13 @@ def lr_grid(cfg: Config, ratio: float) -> list[float]:
     return sorted(set(float(x) for x in grid))
 
 
+def seed_grid(cfg: Config, ratio: float) -> list[int]:
+    """``low_ratio_seeds`` (when set) at ratios <= ``low_ratio``, else ``seeds``."""
+    sw = cfg.sweep
+    low = sw.low_ratio_seeds is not None and ratio <= sw.low_ratio + 1e-12
+    return sorted(set(sw.low_ratio_seeds if low else sw.seeds))
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n`` (for the CLI's ``--shard``)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
@@ -64,6 +71,11 @@ def check_grid(cfg: Config) -> None:
     for key in ("ratios", "inits", "tasks", "lrs", "low_ratio_lrs", "seeds", "splits"):
         if not getattr(sw, key):
             raise UserError(f"sweep.{key} is empty", fix=f"give at least one value for sweep.{key}")
+    if sw.low_ratio_seeds is not None and not sw.low_ratio_seeds:
+        raise UserError(
+            "sweep.low_ratio_seeds is empty",
+            fix="give at least one seed, or leave it unset to use sweep.seeds",
+        )
     bad = [r for r in sw.ratios if not 0 < r <= 1]
     if bad:
         raise UserError(

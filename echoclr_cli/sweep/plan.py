@@ -23,7 +23,7 @@ from echoclr_cli.config_load import config_to_dict, deep_merge
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import fmt_duration
 from echoclr_cli.schema import PLAN_COLUMNS
-from echoclr_cli.sweep.grid import check_grid, lr_grid, run_dir_name
+from echoclr_cli.sweep.grid import check_grid, lr_grid, run_dir_name, seed_grid
 from echoclr_cli.sweep.inits import PretrainSpec, resolve_inits
 from echoclr_cli.sweep.state import read_history, run_seconds, run_status
 
@@ -233,7 +233,7 @@ def plan_sweep(cfg: Config, data_dir: Path, out_dir: Path) -> SweepPlan:
         for init, source in inits:
             for ratio in sorted(set(float(r) for r in sw.ratios)):
                 for lr in lr_grid(cfg, ratio):
-                    for seed in sorted(set(sw.seeds)):
+                    for seed in seed_grid(cfg, ratio):
                         specs.append((task, init, source, ratio, lr, seed))
 
     states = [run_status(out_dir / run_dir_name(t, i, r, lr, s)) for t, i, _, r, lr, s in specs]
