@@ -251,6 +251,17 @@ def plot_history(history_csv: Path | str, path: Path | str) -> Path:
 
 
 # --------------------------------------------------------------------------- label efficiency
+def band_label(n_seeds: pd.Series) -> str:
+    """What a label-efficiency line's band shows, from its points' seed counts (a sweep may run
+    more seeds at low ratios: ``sweep.low_ratio_seeds``)."""
+    many = n_seeds > 1
+    if many.all():
+        return "mean +/- sd over seeds"
+    if not many.any():
+        return "bootstrap CI"
+    return "mean +/- sd where several seeds, else bootstrap CI"
+
+
 def label_efficiency_table(
     results_df: pd.DataFrame, task: str, split: str, level: str = "study", metric: str = "auroc"
 ) -> pd.DataFrame:
@@ -323,8 +334,7 @@ def plot_label_efficiency(
     fig, (ax,) = _figure(width=6.5, height=4.5)
     for i, init in enumerate(o for o in order if o in set(table["init"])):
         g = table[table["init"] == init].sort_values("n_studies")
-        seeds = int(g["n_seeds"].max())
-        band = "mean +/- sd over seeds" if seeds > 1 else "bootstrap CI"
+        band = band_label(g["n_seeds"])
         ax.plot(g["n_studies"], g["value"], "o-", color=f"C{i}", label=f"{init} ({band})")
         ok = g["low"].notna() & g["high"].notna()
         if ok.any():

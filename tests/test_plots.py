@@ -11,6 +11,7 @@ from echoclr_cli.errors import UserError
 from echoclr_cli.plots import (
     GRID,
     _curves,
+    band_label,
     label_efficiency_table,
     plot_calibration,
     plot_confusion,
@@ -122,6 +123,12 @@ def test_label_efficiency_table_bands():
     assert row["n_seeds"] == 3 and row["value"] == pytest.approx(0.9 + 0.01)
     assert row["high"] - row["value"] == pytest.approx(0.01)  # sd of 0.90, 0.91, 0.92
     assert label_efficiency_table(_results(), "as", "ext_test").empty  # NaN values dropped
+
+
+def test_band_label_names_what_the_band_shows():
+    assert band_label(pd.Series([3, 3])) == "mean +/- sd over seeds"
+    assert band_label(pd.Series([1, 1])) == "bootstrap CI"
+    assert band_label(pd.Series([3, 1, 1])).startswith("mean +/- sd where several seeds")
 
 
 def test_label_efficiency_plot(tmp_path):
