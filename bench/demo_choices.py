@@ -155,8 +155,12 @@ class Choices:
     def preprocess(self) -> None:
         name = "preprocess.resize=whole_frame"
         data = self.out / name / "data"
+        # an explicit --input is a user archive, which gets the paper's 112 px unless --size is
+        # given: pass the demo dataset's own size so only the resize rule changes
+        size = json.loads((self.data / "dataset.json").read_text())["size"]
         _run(["preprocess", "--profile", "demo", "--input", str(self.root / "raw"),
-              "--output", str(data), "--set", "preprocess.resize=whole_frame"])  # fmt: skip
+              "--output", str(data), "--size", str(size),
+              "--set", "preprocess.resize=whole_frame"])  # fmt: skip
         root = self.pretrain_all(name, data, [])
         self.lowest_sweep(name, data, root, [])
         m = pd.read_csv(self.data / "manifest.csv")

@@ -144,3 +144,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def png_grid(tiles: list, cols: int, separators: bool = False) -> bytes | None:
+    """RGB uint8 tiles ``(H, W, 3)`` of one size -> PNG bytes of a grid ``cols`` wide, filled row
+    by row (None when encoding fails). ``separators``: a white column at each tile's left edge."""
+    import math
+
+    import cv2
+    import numpy as np
+
+    rows = math.ceil(len(tiles) / cols)
+    th, tw = tiles[0].shape[:2]
+    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
+    for j, tile in enumerate(tiles):
+        r, c = divmod(j, cols)
+        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
+        if separators:
+            grid[r * th : (r + 1) * th, c * tw] = 255
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return buf.tobytes() if ok else None

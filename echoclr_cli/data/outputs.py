@@ -9,7 +9,6 @@ inputs.json.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -20,7 +19,7 @@ from echoclr_cli.data import privacy, readers, sector
 from echoclr_cli.data.labels import label_issue
 from echoclr_cli.data.manifest import SPLITS
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv
+from echoclr_cli.io import atomic_write, atomic_write_csv, png_grid
 
 PREVIEW_TILE = 160
 FORMAT = 2  # dataset dir format: 2 = private/ folder, secret salt, status in dataset.json
@@ -51,16 +50,7 @@ def preview_tiles(frames: np.ndarray, crop: sector.SectorCrop, stored: np.ndarra
 
 
 def _montage(tiles: list[np.ndarray]) -> bytes | None:
-    cols = 2
-    rows = math.ceil(len(tiles) / cols)
-    th, tw = tiles[0].shape[:2]
-    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
-    for j, tile in enumerate(tiles):
-        r, c = divmod(j, cols)
-        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
-        grid[r * th : (r + 1) * th, c * tw] = 255  # separators
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return buf.tobytes() if ok else None
+    return png_grid(tiles, cols=2, separators=True)
 
 
 def write_previews(out: Path, tiles: list[np.ndarray]) -> dict[str, Path]:

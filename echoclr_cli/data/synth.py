@@ -51,7 +51,7 @@ import pandas as pd
 
 from echoclr_cli.config import Config, SynthConfig
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, png_grid
 
 GENERATOR = "echoclr-synth"
 VERSION = 1
@@ -1218,13 +1218,8 @@ def write_preview(out_dir: Path, png_path: Path, n: int = 8) -> Path:
         cv2.putText(tile, text, (3, tile.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35 * tile.shape[0] / 300, (255, 80, 80), 1, cv2.LINE_AA)  # fmt: skip
         tiles.append(tile)
-    cols = min(4, len(tiles))
-    rows_n = math.ceil(len(tiles) / cols)
-    h, w = tiles[0].shape[:2]
-    grid = np.zeros((rows_n * h, cols * w, 3), np.uint8)
-    for j, tile in enumerate(tiles):
-        r, c = divmod(j, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    atomic_write(Path(png_path), lambda f: f.write(buf.tobytes()))
+    png = png_grid(tiles, cols=min(4, len(tiles)))
+    if png is None:
+        raise UserError(f"could not encode the preview {png_path}", fix="check OpenCV's PNG codec")
+    atomic_write(Path(png_path), lambda f: f.write(png))
     return Path(png_path)
