@@ -129,10 +129,14 @@ def tiny_finetune_config(epochs: int = 2, **sections):
     are nested overrides merged on top."""
     from echoclr_cli.config_load import deep_merge, load_config
 
+    # early stopping on finetune.monitor, per-clip scaling and linspace clip starts: the rules
+    # these tests compute their references with (the demo profile keeps the published ones)
     base = {
         "model": {"width": TINY_WIDTH},
         "runtime": {"device": "cpu", "workers": 0},
-        "finetune": {"epochs": epochs, "batch_size": 4, "clip_len": 4, "patience": 0},
-        "evaluate": {"bootstrap": 20, "plots": False, "clips_per_video": 2},
-    }
+        "finetune": {"epochs": epochs, "batch_size": 4, "clip_len": 4, "patience": 0,
+                     "early_stop": "ours"},
+        "evaluate": {"bootstrap": 20, "plots": False, "clips_per_video": 2,
+                     "clip_starts": "linspace", "scaling": "clip"},
+    }  # fmt: skip
     return load_config(profile="demo", overrides=deep_merge(base, sections))
