@@ -57,7 +57,10 @@ def check(*, opts: CheckOptions, common: Common) -> None:
 @common_options()
 @command_options(DemoOptions)
 def demo(*, opts: DemoOptions, common: Common) -> None:
-    """The whole pipeline on synthetic data: synth, preprocess, pretrain x2, label-efficiency sweep."""
+    """The whole pipeline on synthetic data: synth, preprocess, pretrain x3, label-efficiency sweep.
+
+    Pretrains SimCLR, MI-SimCLR and EchoCLR, then compares them with random init.
+    """
     cfg = common.resolve(section="demo", flags=opts.flags())
     from echoclr_cli.demo import run_demo
 
