@@ -74,8 +74,8 @@ class Choices:
         self.data = self.root / "data"
         self.sweep = self.root / "runs" / "sweep"
         self.out = self.root / "choices"
-        cfg = yaml.safe_load((self.sweep / "sweep.yaml").read_text())
-        grid = cfg.get("sweep", cfg)
+        self.cfg = yaml.safe_load((self.sweep / "sweep.yaml").read_text())
+        grid = self.cfg.get("sweep", self.cfg)
         self.ratio = min(float(r) for r in grid["ratios"])
         seeds = grid.get("low_ratio_seeds") or grid["seeds"]
         self.seeds = ",".join(str(s) for s in seeds)
@@ -164,8 +164,7 @@ class Choices:
         root = self.pretrain_all(name, data, [])
         self.lowest_sweep(name, data, root, [])
         m = pd.read_csv(self.data / "manifest.csv")
-        ft = yaml.safe_load((self.sweep / "sweep.yaml").read_text()).get("finetune", {})
-        clip = int(ft.get("clip_len", 4))
+        clip = int(self.cfg.get("finetune", {}).get("clip_len", 4))
         short = int((m["n_frames"] < clip).sum())
         print(json.dumps({"variant": "preprocess.short_videos", "videos_shorter_than_clip":
                           short, "clip_len": clip, "videos": len(m)}), flush=True)  # fmt: skip

@@ -41,17 +41,22 @@ def run_dir_name(task: str, init: str, ratio: float, lr: float, seed: int) -> st
     return f"runs/{task}/{init}/r{fmt_number(ratio)}_lr{fmt_number(lr)}_s{seed}"
 
 
+def is_low_ratio(cfg: Config, ratio: float) -> bool:
+    """The paper's low-label regime (1/5/10%): ratio <= ``sweep.low_ratio``."""
+    return ratio <= cfg.sweep.low_ratio + 1e-12
+
+
 def lr_grid(cfg: Config, ratio: float) -> list[float]:
-    """``low_ratio_lrs`` at ratios <= ``low_ratio`` (the paper's 1/5/10%), else ``lrs``."""
+    """``low_ratio_lrs`` at low ratios (:func:`is_low_ratio`), else ``lrs``."""
     sw = cfg.sweep
-    grid = sw.low_ratio_lrs if ratio <= sw.low_ratio + 1e-12 else sw.lrs
+    grid = sw.low_ratio_lrs if is_low_ratio(cfg, ratio) else sw.lrs
     return sorted(set(float(x) for x in grid))
 
 
 def seed_grid(cfg: Config, ratio: float) -> list[int]:
-    """``low_ratio_seeds`` (when set) at ratios <= ``low_ratio``, else ``seeds``."""
+    """``low_ratio_seeds`` (when set) at low ratios (:func:`is_low_ratio`), else ``seeds``."""
     sw = cfg.sweep
-    low = sw.low_ratio_seeds is not None and ratio <= sw.low_ratio + 1e-12
+    low = sw.low_ratio_seeds is not None and is_low_ratio(cfg, ratio)
     return sorted(set(sw.low_ratio_seeds if low else sw.seeds))
 
 
