@@ -3,7 +3,7 @@
     python bench/frame_order.py oracle --data DATA [--strides 1,2,4,6,8]
     python bench/frame_order.py train  --data DATA [--stride 1] [--k 4] [--steps 300] [--lr 1e-3]
                                        [--no-augment] [--init CHECKPOINT]
-    python bench/frame_order.py square [--steps 150]
+    python bench/frame_order.py square [--steps 150] [--speed 4]
 
 - ``oracle``: no learning. For random K=4 clips of training videos, put the frames in a random
   order, then pick the order with the smallest summed absolute difference between neighbouring
@@ -14,9 +14,9 @@
   (``--batch``),
   Adam. Prints the accuracy over each 50 steps (chance 1/K!). ``--init`` starts the backbone
   from an SSL checkpoint (e.g. a MI-SimCLR run's last.pt).
-- ``square``: the same model and loss on a control whose motion is large: a bright 8x8 square
-  moving in a straight line (up to 4 px per frame). Reversal is indistinguishable, so the
-  ceiling is 0.5.
+- ``square``: the same model and loss on a control whose motion is clear: a bright 8x8 square
+  moving in a straight line (up to ``--speed`` px per frame along each axis, 4 by default).
+  Reversal is indistinguishable, so the ceiling is 0.5.
 """
 
 from __future__ import annotations
@@ -119,19 +119,27 @@ def train(
     _fit(model, batches, steps, lr, label)
 
 
-def square(steps: int, batch: int = 32) -> None:
-    cfg = load_config(profile="demo")
+def square_clips(rng: np.random.Generator, n: int, speed: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 clips (n, 1, 4, 64, 64) of a bright 8x8 square moving in a straight line,
+    at most ``speed`` px per frame along each axis, with its frames put in a random order; and
+    the permutation indices (n,)."""
     perms = [list(p) for p in itertools.permutations(range(4))]
+    x = np.zeros((n, 1, 4, 64, 64), np.uint8)
+    y = rng.integers(24, size=n)
+    for i in range(n):
+        p0, v = rng.uniform(16, 48, 2), rng.uniform(-speed, speed, 2)
+        for t in range(4):
+            cy, cx = (p0 + v * (perms[y[i]][t] - 1.5)).astype(int)
+            x[i, 0, t, max(cy - 4, 0) : cy + 4, max(cx - 4, 0) : cx + 4] = 200
+    return x, y
+
+
+def square(steps: int, batch: int = 32, speed: float = 4.0) -> None:
+    cfg = load_config(profile="demo")
     rng = np.random.default_rng(0)
 
-    def batches(_step: int, n: int = batch):
-        x = np.zeros((n, 1, 4, 64, 64), np.uint8)
-        y = rng.integers(24, size=n)
-        for i in range(n):
-            p0, v = rng.uniform(16, 48, 2), rng.uniform(-4, 4, 2)
-            for t in range(4):
-                cy, cx = (p0 + v * (perms[y[i]][t] - 1.5)).astype(int)
-                x[i, 0, t, max(cy - 4, 0) : cy + 4, max(cx - 4, 0) : cx + 4] = 200
+    def batches(_step: int):
+        x, y = square_clips(rng, batch, speed)
         return prepare_clips(torch.from_numpy(x), None, None), torch.from_numpy(y)
 
     torch.manual_seed(0)
@@ -141,7 +149,7 @@ def square(steps: int, batch: int = 32) -> None:
         batches,
         steps,
         1e-3,
-        {"bench": "frame_order_square", "chance": 0.042, "ceiling": 0.5},
+        {"bench": "frame_order_square", "speed": speed, "chance": 0.042, "ceiling": 0.5},
     )
 
 
@@ -163,6 +171,7 @@ def main() -> None:
     s = sub.add_parser("square")
     s.add_argument("--steps", type=int, default=150)
     s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--speed", type=float, default=4.0)
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.cmd == "oracle":
@@ -170,7 +179,7 @@ def main() -> None:
     elif a.cmd == "train":
         train(a.data, a.stride, a.k, a.steps, a.lr, not a.no_augment, a.init, a.batch)
     else:
-        square(a.steps, a.batch)
+        square(a.steps, a.batch, a.speed)
 
 
 if __name__ == "__main__":

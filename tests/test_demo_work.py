@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -58,6 +59,25 @@ def test_cli_prints_one_line_per_demo_and_the_ratio(tmp_path):
     assert [r.get("root") for r in rows[:2]] == ["a", "b"]
     first, second = rows[0]["forward_equivalents"], rows[1]["forward_equivalents"]
     assert rows[2] == {"ratio_to_first": [1.0, round(second / first, 3)]} and second < first
+
+
+@pytest.mark.parametrize("speed", [1.0, 4.0])
+def test_square_control_moves_at_most_speed_px_per_frame(speed):
+    """bench/frame_order.py square --speed: the square's centre moves at most ``speed`` px per
+    frame along each axis (+1 for rounding to pixels), and the faster control moves further."""
+    import itertools
+
+    from frame_order import square_clips
+
+    x, y = square_clips(np.random.default_rng(0), 64, speed)
+    perms = list(itertools.permutations(range(4)))
+    steps = []
+    for clip, target in zip(x[:, 0], y, strict=True):
+        order = np.argsort(perms[target])  # shown frame index of true time 0, 1, 2, 3
+        centres = np.array([np.argwhere(clip[t]).mean(0) for t in order])  # (4, 2)
+        steps.append(np.abs(np.diff(centres, axis=0)).max())
+    assert max(steps) <= speed + 1
+    assert (max(steps) > 2) == (speed > 2)
 
 
 @pytest.mark.slow
