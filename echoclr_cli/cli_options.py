@@ -33,7 +33,7 @@ from echoclr_cli.config_load import (
     parse_set,
     resolve_profile,
 )
-from echoclr_cli.errors import Preempted, UserError
+from echoclr_cli.errors import Interrupted, Preempted, UserError
 
 ConfigOpt = Annotated[
     list[Path] | None,
@@ -360,13 +360,17 @@ def command_options(cls: type) -> Callable[[Callable], Callable]:
 
 @contextlib.contextmanager
 def handle_errors(verbose: bool):
-    """User errors -> one line + fix, exit 1; preemption -> exit 143; no traceback unless -v."""
+    """User errors -> one line + fix, exit 1; preemption -> exit 143; Ctrl-C -> exit 130 (one
+    line: the checkpoint saved and --resume); no traceback unless -v."""
     try:
         yield
     except UserError as e:
         if verbose:
             traceback.print_exc()
         report.error(e.message, e.fix)
+        raise typer.Exit(code=e.code) from None
+    except Interrupted as e:  # Ctrl-C during training: the engine saved last.pt
+        report.warn(str(e))
         raise typer.Exit(code=e.code) from None
     except Preempted as e:
         report.warn(f"preempted ({e}); checkpoint saved, continue with --resume")

@@ -2,15 +2,16 @@
 
 A *task* turns a batch into a loss; the engine does everything else: device and precision,
 DDP (when launched by torchrun), the step loop, non-finite checks, history.csv, atomic
-checkpoints, best-checkpoint tracking, early stopping, SIGTERM (checkpoint, exit 143) and exact
-resume. Device, precision and distributed helpers live in ``runtime.py``; the checkpoint dict,
+checkpoints, best-checkpoint tracking, early stopping, SIGTERM (checkpoint, exit 143), Ctrl-C
+(checkpoint, exit 130) and exact resume. Device, precision and distributed helpers live in ``runtime.py``; the checkpoint dict,
 safe loading and the resume state in ``checkpoint.py``.
 
 Exact resume: all randomness is either derived from ``(seed, epoch, index)`` (datasets and
 samplers) or held in state that the checkpoint stores (model, optimizer, scheduler, AMP scaler,
 torch/CUDA/numpy/python RNGs, the device augmentation generator, the partial-epoch sums). A run
 resumed from an epoch boundary on CPU therefore ends with bitwise the same weights as an
-uninterrupted one; a run resumed mid-epoch (after SIGTERM) skips the batches it already did.
+uninterrupted one; a run resumed mid-epoch (after SIGTERM or Ctrl-C) skips the batches it already
+did.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from echoclr_cli.checkpoint import (
 )
 from echoclr_cli.config import Config
 from echoclr_cli.config_load import config_to_dict, save_config
-from echoclr_cli.errors import Preempted, UserError
+from echoclr_cli.errors import Interrupted, Preempted, UserError
 from echoclr_cli.events import Epoch, Event, Step
 from echoclr_cli.io import atomic_write_csv
 from echoclr_cli.runtime import dist_env, resolve_device, resolve_dtype, seed_everything, unwrap
@@ -118,8 +119,15 @@ class Engine:
         # additions are exactly those of per-step host floats).
         self._window: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
         self._dev_sums: dict[str, torch.Tensor] = {}
-        self._sigterm = False
+        # SIGTERM or the first Ctrl-C: finish the step, save last.pt, stop (see _on_signal).
+        self._stop_signal: int | None = None
+        self._saving = False  # a checkpoint write is in progress: a second Ctrl-C waits for it
+        self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last last.pt
         self._pending_rng: dict | None = None
+        if rt.tensorboard:  # the optional package, before any work
+            from echoclr_cli import tb
+
+            tb.require()
         if self.is_main:
             prepare_run_dir(self.run_dir, resume, overwrite)
             if resume:
@@ -209,7 +217,15 @@ class Engine:
                 f"refusing to write {path}: model holds non-finite values at step {self.state.step}",
                 fix="lower the learning rate or check the data; earlier checkpoints are intact",
             )
-        return save_checkpoint(path, self.checkpoint_dict(model, optimizer, scheduler))
+        self._saving = True
+        try:
+            save_checkpoint(path, self.checkpoint_dict(model, optimizer, scheduler))
+        finally:
+            self._saving = False
+        if name == rundir.LAST:
+            s = self.state
+            self._saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
+        return path
 
     def load_resume(self, model: nn.Module, optimizer, scheduler) -> None:
         path = self.ckpt_dir / rundir.LAST
@@ -233,6 +249,8 @@ class Engine:
         if not ck["batch_in_epoch"]:
             self._restore_rng()
         self.state = state_from_checkpoint(ck)
+        s = self.state
+        self._saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
 
     def _restore_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None
@@ -240,20 +258,60 @@ class Engine:
             restore_rng(rng, self.generator)
 
     # ----------------------------------------------------------------- signals
-    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
-        self._sigterm = True
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        """SIGTERM (preemption) and the first Ctrl-C only set a flag: the loop finishes the step,
+        writes last.pt and stops. A second Ctrl-C stops at once, except while a checkpoint is
+        being written: that write completes first (it is atomic either way, io.atomic_write).
+        DataLoader workers forked inside ``fit`` inherit this handler, so Ctrl-C in a terminal
+        (sent to the whole process group) does not kill them mid-batch."""
+        if signum == signal.SIGINT and self._stop_signal == signal.SIGINT and not self._saving:
+            raise KeyboardInterrupt
+        if self._stop_signal is None:
+            self._stop_signal = signum
+
+    def _stop_error(self, epoch: int) -> Preempted:
+        """What the loop raises after the flagged signal, once last.pt is written."""
+        if self._stop_signal == signal.SIGINT:
+            return Interrupted(
+                f"interrupted: checkpoint saved at epoch {epoch} step {self.state.step}; "
+                "re-run with --resume"
+            )
+        s = self.state
+        if s.batch_in_epoch:
+            return Preempted(f"SIGTERM at epoch {epoch} batch {s.batch_in_epoch}")
+        return Preempted(f"SIGTERM after epoch {epoch}")
+
+    def _hard_stop(self) -> Interrupted:
+        """A second Ctrl-C before the checkpoint of this step was written."""
+        if self._saved_at is None:
+            return Interrupted(
+                "interrupted before the first checkpoint was written; nothing to resume "
+                "(re-run without --resume)"
+            )
+        epoch, step = self._saved_at
+        return Interrupted(
+            f"interrupted: stopped at once (second Ctrl-C); the checkpoint of epoch {epoch} "
+            f"step {step} is intact; re-run with --resume"
+        )
 
     @contextlib.contextmanager
     def _signals(self):
         try:
-            old = signal.signal(signal.SIGTERM, self._on_sigterm)
+            old = {
+                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+            }
         except ValueError:  # not the main thread
             yield
             return
         try:
             yield
+        except KeyboardInterrupt:
+            if self._stop_signal != signal.SIGINT:  # not ours (e.g. raised by a task)
+                raise
+            raise self._hard_stop() from None
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     # ----------------------------------------------------------------- the loop
     def fit(
@@ -306,7 +364,8 @@ class Engine:
                     batch_idx += 1
                     s.batch_in_epoch = batch_idx
                     last = batch_idx == steps_per_epoch
-                    if self._sigterm or last or self._unsynced >= self.sync_every:
+                    stop = self._stop_signal is not None
+                    if stop or last or self._unsynced >= self.sync_every:
                         self.sync_steps()  # raises at the first non-finite step of the window
                         self._emit(
                             Step(
@@ -317,10 +376,10 @@ class Engine:
                                 loss=s.sums.get("loss", 0.0) / max(s.sums.get("_count", 1), 1),
                             )
                         )
-                    if self._sigterm:
+                    if stop:
                         self.save(rundir.LAST, model, optimizer, scheduler)
                         self.barrier()
-                        raise Preempted(f"SIGTERM at epoch {epoch + 1} batch {batch_idx}")
+                        raise self._stop_error(epoch + 1)
                 if batch_idx == 0:
                     raise UserError(
                         f"epoch {epoch + 1} ran zero training steps",
@@ -355,8 +414,8 @@ class Engine:
                     self.save(f"epoch_{s.epoch}.pt", model, optimizer, scheduler)
                 self._emit(Epoch(epoch=s.epoch, epochs=epochs, row=row))
                 self.barrier()
-                if self._sigterm:
-                    raise Preempted(f"SIGTERM after epoch {s.epoch}")
+                if self._stop_signal is not None:
+                    raise self._stop_error(s.epoch)
         return FitResult(
             run_dir=self.run_dir,
             epochs_run=s.epoch,

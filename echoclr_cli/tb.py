@@ -14,21 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoclr_cli.errors import UserError
+from echoclr_cli.errors import require_extra
 
 EVENTS_GLOB = "events.out.tfevents.*"
 TIMING = ("epoch", "seconds")
 
 
+def require():
+    """``torch.utils.tensorboard``, or the one-line error naming the extra (checked before work)."""
+    return require_extra(
+        "torch.utils.tensorboard",
+        "runtime.tensorboard",
+        package="tensorboard",
+        alternative="--set runtime.tensorboard=false",
+    )
+
+
 def _writer(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "runtime.tensorboard is on but the tensorboard package is not installed",
-            fix="pip install tensorboard (or 'echoclr[explain]'), or --set runtime.tensorboard=false",
-        ) from None
-    return SummaryWriter(log_dir=str(log_dir))
+    return require().SummaryWriter(log_dir=str(log_dir))
 
 
 def _clear(log_dir: Path) -> None:

@@ -1,11 +1,15 @@
+import os
+import signal
+
 import pandas as pd
 import pytest
 import torch
 
 from echoclr_cli.checkpoint import load_checkpoint
 from echoclr_cli.engine import history_without_timing
-from echoclr_cli.errors import Preempted, UserError
-from tests.engine_toy import run_toy, toy_config
+from echoclr_cli.errors import Interrupted, Preempted, UserError
+from tests import engine_toy
+from tests.engine_toy import ToyTask, run_toy, toy_config
 
 
 def weights(path):
@@ -196,3 +200,116 @@ def test_step_events_every_sync(tmp_path):
     engine.fit(task, loader, opt, epochs=2, sampler=sampler)
     steps = [(e.epoch, e.batch) for e in events if isinstance(e, Step)]
     assert steps == [(1, 4), (1, 6), (2, 4), (2, 6)]  # every 4 steps and at the epoch end
+
+
+# --------------------------------------------------------------------------- Ctrl-C (SIGINT)
+class SigintTask(ToyTask):
+    """The toy task sending itself ``times`` SIGINTs (Ctrl-C) during global step ``at``."""
+
+    at, times = 9, 1  # step 9 = epoch 2, batch 3 (6 batches per epoch)
+
+    def train_step(self, batch, engine):
+        out = super().train_step(batch, engine)
+        if engine.state.step + 1 == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+
+@pytest.fixture
+def sigint_task(monkeypatch):
+    """A fresh subclass per test (tests set ``at`` / ``times``), used by ``run_toy``."""
+    task = type("Task", (SigintTask,), {})
+    monkeypatch.setattr(engine_toy, "ToyTask", task)
+    return task
+
+
+def test_ctrl_c_mid_epoch_saves_like_sigterm_and_resume_matches(tmp_path, sigint_task):
+    sigint_task.at = -1
+    run_toy(tmp_path / "full", epochs=3)
+    sigint_task.at = 9
+    with pytest.raises(Interrupted) as e:
+        run_toy(tmp_path / "cut", epochs=3)
+    assert str(e.value) == "interrupted: checkpoint saved at epoch 2 step 9; re-run with --resume"
+    assert e.value.code == 130
+    ck = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")
+    assert ck["epoch"] == 1 and ck["batch_in_epoch"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    sigint_task.at = -1  # the resumed run is not interrupted
+    run_toy(tmp_path / "cut", epochs=3, resume=True)
+    assert_bitwise_equal(
+        weights(tmp_path / "full/checkpoints/last.pt"),
+        weights(tmp_path / "cut/checkpoints/last.pt"),
+    )
+
+
+def test_second_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path, sigint_task, monkeypatch):
+    """The write the first Ctrl-C asked for completes (a second Ctrl-C arrives inside it)."""
+    import echoclr_cli.engine as engine_mod
+
+    real = engine_mod.save_checkpoint
+    writes = []
+
+    def ctrl_c_inside(path, obj):
+        writes.append(path.name)
+        if obj["batch_in_epoch"]:  # the interrupt's own write (epoch ends write at batch 0)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(path, obj)
+
+    monkeypatch.setattr(engine_mod, "save_checkpoint", ctrl_c_inside)
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2 step 9"):
+        run_toy(tmp_path / "cut", epochs=3)
+    ck = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")  # complete, the new one
+    assert ck["epoch"] == 1 and ck["batch_in_epoch"] == 3 and ck["step"] == 9
+    assert [p.name for p in (tmp_path / "cut/checkpoints").iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_second_ctrl_c_before_the_write_stops_at_once_keeping_the_last_checkpoint(
+    tmp_path, sigint_task
+):
+    sigint_task.times = 2
+    with pytest.raises(Interrupted) as e:
+        run_toy(tmp_path / "cut", epochs=3)
+    assert str(e.value) == (
+        "interrupted: stopped at once (second Ctrl-C); the checkpoint of epoch 1 step 6 is "
+        "intact; re-run with --resume"
+    )
+    ck = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")
+    assert ck["epoch"] == 1 and ck["batch_in_epoch"] == 0
+    sigint_task.at = -1
+    run_toy(tmp_path / "cut", epochs=3, resume=True)
+    assert load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["epoch"] == 3
+
+
+def test_ctrl_c_in_the_cli_exits_130_with_one_line_and_resume_continues(tmp_path, monkeypatch):
+    """A real ``echoclr pretrain`` in process: Ctrl-C at step 2 -> last.pt, one line, exit 130."""
+    from typer.testing import CliRunner
+
+    from echoclr_cli.cli import app
+    from echoclr_cli.engine import Engine
+    from tests.helpers import make_dataset
+
+    data = make_dataset(tmp_path, n_studies=8)
+    real = Engine._train_one
+
+    def step(self, *args):
+        n = real(self, *args)
+        if self.state.step == 2 and not self.resume:
+            os.kill(os.getpid(), signal.SIGINT)
+        return n
+
+    monkeypatch.setattr(Engine, "_train_one", step)
+    args = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2",
+            "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
+            "--set", "runtime.workers=0", "--batch-size", "4", "--set", "pretrain.method=simclr"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130, res.output
+    lines = [ln for ln in res.output.splitlines() if "interrupted" in ln]
+    assert lines == [
+        "warning: interrupted: checkpoint saved at epoch 1 step 2; re-run with --resume"
+    ]
+    assert "Traceback" not in res.output
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["step"] == 2
+    res = CliRunner().invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["epoch"] == 2
