@@ -40,7 +40,6 @@ def preprocess(*, opts: PreprocessOptions, common: Common) -> None:
         return
     cfg = common.resolve(section="preprocess", flags=opts.flags())
     from echoclr_cli.data.view_filter import preprocess_with_view_filter
-    from echoclr_cli.preprocess import size_set
 
     with report.progress("preprocess") as on_event:
         res, vf = preprocess_with_view_filter(  # = preprocess when no --view-model
@@ -48,7 +47,6 @@ def preprocess(*, opts: PreprocessOptions, common: Common) -> None:
             cfg.preprocess.input,
             cfg.paths.data,
             progress=counter(on_event, "preprocess"),
-            size_explicit=size_set(opts.size, common.set_, common.config),
         )
     report.show_preprocess(res)
     if vf is not None:

@@ -14,7 +14,7 @@ from echoclr_cli.cli_params import EmbedOptions, ExplainOptions, ExportOptions
 @command_options(EmbedOptions)
 def embed(*, opts: EmbedOptions, common: Common) -> None:
     """Frozen backbone embeddings of runs/inits: .npy + index CSV, 2-D map, summary, label probe."""
-    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    cfg = common.resolve(section="evaluate", flags=opts.flags(), data=True)
     from echoclr_cli.embed import run_embed
 
     all_splits = [x.strip() for x in opts.split.split(",") if x.strip()]
@@ -68,7 +68,7 @@ def embed(*, opts: EmbedOptions, common: Common) -> None:
 @command_options(ExplainOptions)
 def explain(*, opts: ExplainOptions, common: Common) -> None:
     """3-D Grad-CAM of the predicted class over whole videos: MP4, GIF and a PNG strip per video."""
-    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    cfg = common.resolve(section="evaluate", flags=opts.flags(), data=True, run=opts.run)
     from echoclr_cli.explain import run_explain
 
     with report.progress("explain") as progress:
@@ -101,7 +101,7 @@ def explain(*, opts: ExplainOptions, common: Common) -> None:
 @command_options(ExportOptions)
 def export(*, opts: ExportOptions, common: Common) -> None:
     """Export a run as TorchScript or ONNX (dynamic batch) with its preprocessing contract (JSON)."""
-    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    cfg = common.resolve(section="evaluate", flags=opts.flags(), run=opts.run)
     from echoclr_cli.export import SUFFIX, export_run
 
     out = opts.out

@@ -31,6 +31,7 @@ from echoclr_cli.config_load import (
     deep_merge,
     load_config,
     parse_set,
+    read_yaml,
     resolve_profile,
 )
 from echoclr_cli.errors import Interrupted, Preempted, UserError
@@ -217,6 +218,93 @@ def _put(d: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _dotted(tree: dict, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for k, v in tree.items():
+        keys.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys.extend(_dotted(v, f"{prefix}{k}."))
+    return keys
+
+
+def user_set_keys(config: list[Path] | None, overrides: dict) -> frozenset[str]:
+    """The dotted config keys the user chose: in a ``--config`` file, or by a flag or ``--set``
+    (``overrides``, nested). A profile's values are not the user's choice, so settings that
+    follow the data (frame size, a user archive's split, the model of an init) may replace them.
+    """
+    layers = [read_yaml(f) for f in config or []] + [overrides]
+    return frozenset(k for layer in layers for k in _dotted(layer))
+
+
+def _with_frame_size(cfg: Config, size: int) -> Config:
+    return cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"size": size})})
+
+
+def frames_from_data(
+    cfg: Config, explicit: frozenset[str], data: Path | None, run: Path | None
+) -> tuple[Config, str | None]:
+    """``cfg`` at the frame size of what the command reads, and where it came from: the dataset
+    ``data`` (dataset.json), else the fine-tuned run ``run`` (the size it was trained at). A
+    ``preprocess.size`` the user set (``explicit``) that differs is refused, naming both; the
+    profile's never is. Nothing to read yet (no dataset.json, not a run dir): ``cfg`` as is."""
+    from echoclr_cli.data.manifest import check_frame_size, dataset_frame_size
+
+    user_size = "preprocess.size" in explicit
+    if data is not None and (size := dataset_frame_size(data)) is not None:
+        if user_size:
+            check_frame_size(data, cfg)
+        return _with_frame_size(cfg, size), "dataset"
+    if run is None:
+        return cfg, None
+    from echoclr_cli import rundir
+
+    try:
+        size = rundir.run_frame_size(run)
+    except UserError:  # unreadable run files: the command names them when it reads the run
+        return cfg, None
+    if size is None:
+        return cfg, None
+    if user_size and size != cfg.preprocess.size:
+        raise UserError(
+            f"run {run} was trained on {size} px frames but preprocess.size is set to "
+            f"{cfg.preprocess.size} px",
+            fix="drop the preprocess.size setting (commands take the frame size from the run)",
+        )
+    return _with_frame_size(cfg, size), "run"
+
+
+def follow_data(
+    cfg: Config,
+    section: str,
+    explicit: frozenset[str],
+    data: Path | None = None,
+    run: Path | None = None,
+) -> tuple[Config, str | None, list[str]]:
+    """The settings that follow what a command reads rather than the profile, except the keys
+    the user set (``explicit``): the frame size of the dataset or run it reads; for
+    ``preprocess`` of a user archive, the published size and split; for ``finetune`` the model
+    of its init (an SSL run's arch and width, Kinetics-400's width 1.0), for ``sweep`` the
+    width a named Kinetics init needs. Returns the config, where the frame size came from (for
+    the first line) and one line per change."""
+    notes: list[str] = []
+    frames: str | None = None
+    if section == "preprocess":
+        from echoclr_cli.preprocess import user_archive_settings
+
+        cfg, notes = user_archive_settings(cfg, explicit)
+        if cfg.preprocess.input is not None and "preprocess.size" not in explicit:
+            frames = "paper, user archive"
+    else:
+        cfg, frames = frames_from_data(cfg, explicit, data, run)
+    init = {"finetune": cfg.finetune.init, "sweep": "kinetics"}.get(section)
+    if init is not None and (section != "sweep" or "kinetics" in cfg.sweep.inits):
+        from echoclr_cli.finetune import follow_init_model
+
+        cfg, line = follow_init_model(cfg, explicit, init=init)
+        notes += [line] if line else []
+    return cfg, frames, notes
+
+
 def build_config(
     *,
     section: str,
@@ -227,9 +315,14 @@ def build_config(
     quiet: bool,
     device: str | None = None,
     flags: dict[str, Any] | None = None,
+    data: Path | bool | None = None,
+    run: Path | None = None,
 ) -> Config:
-    """Resolve the config: defaults < profile < --config YAML < flags < --set; then print the
-    command's first line (profile and the settings that shape data and model)."""
+    """Resolve the config: defaults < profile < --config YAML < flags < --set; then the settings
+    that follow the data (:func:`follow_data`: ``data`` = the dataset dir the command reads,
+    True = ``paths.data``; ``run`` = the fine-tuned run it reads); then print the command's
+    first line (profile and the settings that shape data and model) and what followed the data.
+    """
     # Under torchrun only rank 0 talks (the engine also writes outputs from rank 0 only).
     report.set_quiet(quiet or int(os.environ.get("RANK", "0")) > 0)
     overrides: dict = {}
@@ -242,7 +335,13 @@ def build_config(
     dev = (overrides.get("runtime") or {}).get("device", "auto")
     prefer = section if section != "demo" else "sweep"
     cfg = load_config(config, overrides, resolve_profile(profile, dev), prefer=prefer)
-    report.show_settings(cfg, section, requested_profile=profile)
+    data_dir = cfg.paths.data if data is True else data or None
+    cfg, frames, notes = follow_data(
+        cfg, section, user_set_keys(config, overrides), data=data_dir, run=run
+    )
+    report.show_settings(cfg, section, requested_profile=profile, frames_from=frames)
+    for note in notes:
+        report.info(note)
     if verbose:
         report.print_config(config_to_dict(cfg))
     return cfg
@@ -260,10 +359,20 @@ class Common:
     verbose: VerboseOpt = False
     quiet: QuietOpt = False
 
-    def resolve(self, *, section: str, flags: dict[str, Any] | None = None) -> Config:
-        """``build_config`` with these options and the command's own ``flags``."""
+    def resolve(
+        self,
+        *,
+        section: str,
+        flags: dict[str, Any] | None = None,
+        data: Path | bool | None = None,
+        run: Path | None = None,
+    ) -> Config:
+        """``build_config`` with these options, the command's own ``flags`` and what it reads
+        (``data``: its dataset dir, True = ``paths.data``; ``run``: a fine-tuned run dir)."""
         options = dataclasses.asdict(self)
-        return build_config(section=section, sets=options.pop("set_"), flags=flags, **options)
+        return build_config(
+            section=section, sets=options.pop("set_"), flags=flags, data=data, run=run, **options
+        )
 
 
 def bundle_params(cls: type) -> tuple[tuple[str, Any, Any], ...]:

@@ -14,7 +14,7 @@ from echoclr_cli.cli_params import EvaluateOptions, PredictOptions
 @command_options(EvaluateOptions)
 def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
-    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    cfg = common.resolve(section="evaluate", flags=opts.flags(), data=opts.data, run=opts.run)
     from echoclr_cli.evaluate import evaluate_run
 
     split = opts.split
@@ -44,7 +44,7 @@ def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
 @command_options(PredictOptions)
 def predict(*, opts: PredictOptions, common: Common) -> None:
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
-    cfg = common.resolve(section="evaluate", flags=opts.flags())
+    cfg = common.resolve(section="evaluate", flags=opts.flags(), run=opts.run)
     from echoclr_cli.predict import predict as run_predict
 
     with report.progress("predict") as progress:

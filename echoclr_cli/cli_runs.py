@@ -17,7 +17,7 @@ from echoclr_cli.errors import UserError
 @command_options(SweepOptions)
 def sweep(*, opts: SweepOptions, common: Common) -> None:
     """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
-    cfg = common.resolve(section="sweep", flags=opts.flags())
+    cfg = common.resolve(section="sweep", flags=opts.flags(), data=True)
     from echoclr_cli.sweep import parse_shard, run_sweep
 
     with report.progress("sweep") as on_event:
@@ -42,7 +42,7 @@ def sweep(*, opts: SweepOptions, common: Common) -> None:
 @command_options(CheckOptions)
 def check(*, opts: CheckOptions, common: Common) -> None:
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
-    cfg = common.resolve(section="check", flags=opts.flags())
+    cfg = common.resolve(section="check", flags=opts.flags(), data=True)
     from echoclr_cli.check import run_check
 
     section = opts.for_.value if opts.for_ else None

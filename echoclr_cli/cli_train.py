@@ -36,7 +36,9 @@ def pretrain(
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
-    cfg = common.resolve(section="pretrain", flags=training.flags("pretrain") | opts.flags())
+    cfg = common.resolve(
+        section="pretrain", flags=training.flags("pretrain") | opts.flags(), data=True
+    )
     if print_recipe:
         _print_recipe(cfg, "pretrain")
         return
@@ -66,12 +68,12 @@ def finetune(
     print_recipe: PrintRecipeOpt = False,
 ) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
-    cfg = common.resolve(section="finetune", flags=training.flags("finetune") | opts.flags())
-    from echoclr_cli.finetune import follow_init_model, run_finetune, user_model_keys
+    # the model follows its init (arch and width of an SSL run, width 1.0 for Kinetics-400)
+    cfg = common.resolve(
+        section="finetune", flags=training.flags("finetune") | opts.flags(), data=True
+    )
+    from echoclr_cli.finetune import run_finetune
 
-    cfg, followed = follow_init_model(cfg, user_model_keys(common.config, common.set_))
-    if followed:
-        report.info(followed)
     if print_recipe:
         _print_recipe(cfg, "finetune")
         return

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -227,14 +228,22 @@ PUBLISHED_MODEL = {"arch": "r3d_18", "width": 1.0}  # the published EchoCLR chec
 
 
 def init_model(init: str) -> tuple[dict[str, Any], str] | None:
-    """``({arch, width}, where it was read)`` of the model ``finetune.init`` was trained with.
+    """``({arch, width} or the part it fixes, where it was read)`` of the model ``finetune.init``
+    needs.
 
     Our run dir: its ``config.yaml``; our checkpoint file: the config it records; a published
-    EchoCLR checkpoint: r3d_18 at full width. None for random / kinetics and for state dicts
-    that do not say (their tensors are checked against the configured model when loading).
+    EchoCLR checkpoint: r3d_18 at full width; Kinetics-400: the width torchvision's weights have
+    (any arch with Kinetics weights). None for random and for state dicts that do not say (their
+    tensors are checked against the configured model when loading).
     """
-    if init in ("random", "kinetics"):
+    if init == "random":
         return None
+    if init == "kinetics":
+        from echoclr_cli.weights import KINETICS_WIDTH
+
+        return {"width": KINETICS_WIDTH}, (
+            f"torchvision's Kinetics-400 weights, which exist at width {KINETICS_WIDTH} only"
+        )
     path = Path(init).expanduser()
     if path.is_dir() and (path / rundir.CONFIG).is_file():
         model = rundir.read_run_config(path).model
@@ -250,25 +259,20 @@ def init_model(init: str) -> tuple[dict[str, Any], str] | None:
     return None
 
 
-def user_model_keys(config_files: list[Path] | None, sets: list[str] | None) -> set[str]:
-    """``model.arch`` / ``model.width`` when a ``--config`` file or ``--set`` gives them."""
-    from echoclr_cli.config_load import parse_set, read_yaml
-
-    layers = [read_yaml(f) for f in config_files or []] + [parse_set(sets or [])]
-    return {f"model.{k}" for layer in layers for k in MODEL_KEYS if k in (layer.get("model") or {})}
-
-
 def follow_init_model(
-    cfg: Config, explicit: set[str] | frozenset[str] = frozenset()
+    cfg: Config, explicit: Collection[str] = frozenset(), init: str | None = None
 ) -> tuple[Config, str | None]:
-    """``cfg`` with the arch and width its init was trained with (keys in ``explicit``, set by
-    the user, are kept); returns the new config and one line saying so (None: nothing to follow).
+    """``cfg`` with the arch and width its init (``init``, default ``finetune.init``) was trained
+    with or needs (keys in ``explicit``, dotted config keys the user set, are kept); returns the
+    new config and one line saying so (None: nothing to follow).
     """
-    found = init_model(cfg.finetune.init)
-    follow = [k for k in MODEL_KEYS if f"model.{k}" not in explicit]
-    if found is None or not follow:
+    found = init_model(cfg.finetune.init if init is None else init)
+    if found is None:
         return cfg, None
     model, source = found
+    follow = [k for k in MODEL_KEYS if k in model and f"model.{k}" not in explicit]
+    if not follow:
+        return cfg, None
     update = {k: model[k] for k in follow}
     new = cfg.model_copy(update={"model": cfg.model.model_copy(update=update)})
     said = ", ".join(f"model.{k}={model[k]}" for k in follow)

@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,23 +257,40 @@ def order_key(ids: dict[tuple[str, str], str], kind: str, hashed: str) -> str:
     return hash_id(ORDER_SALT, kind, original) if original is not None else hashed
 
 
-PAPER_SIZE = 112  # the published frame size; a user archive gets it unless a size is set
+# What a user archive takes from the published settings (the code defaults) whatever the profile:
+# a profile's frame size and split are for the embedded demo archive only.
+ARCHIVE_KEYS = {"size": "--size", "split": "--set preprocess.split=..."}  # key -> how to set it
 
 
-def size_set(size: int | None, sets: list[str] | None, config_files: list[Path] | None) -> bool:
-    """Whether the user chose a frame size (--size, --set preprocess.size=, or a --config YAML
-    with preprocess.size); a profile's size does not count."""
-    from echoclr_cli.config_load import read_yaml
+def _shown(key: str, value: object) -> str:
+    if key == "split":
+        return "split " + "/".join(f"{100 * float(v):g}" for v in value)  # type: ignore[union-attr]
+    return f"frame size {value} px"
 
-    if size is not None:
-        return True
-    if any(s.split("=", 1)[0].strip() == "preprocess.size" for s in sets or []):
-        return True
-    for f in config_files or []:
-        pre = read_yaml(f).get("preprocess")
-        if isinstance(pre, dict) and "size" in pre:
-            return True
-    return False
+
+def user_archive_settings(cfg: Config, explicit: Collection[str]) -> tuple[Config, list[str]]:
+    """``cfg`` with the published frame size and split (the code defaults) for a user archive
+    (``preprocess.input`` set), except the keys the user set (``explicit``: dotted config keys
+    given by a flag, ``--set`` or a ``--config`` file). The profile's values apply only to the
+    embedded demo archive. Returns the config and one line saying what changed (none: [])."""
+    pc = cfg.preprocess
+    if pc.input is None:
+        return cfg, []
+    paper = type(pc)()
+    update = {
+        k: getattr(paper, k)
+        for k in ARCHIVE_KEYS
+        if f"preprocess.{k}" not in explicit and getattr(pc, k) != getattr(paper, k)
+    }
+    if not update:
+        return cfg, []
+    said = ", ".join(_shown(k, v) for k, v in update.items())
+    was = ", ".join(_shown(k, getattr(pc, k)) for k in update)
+    verb = "applies" if len(update) == 1 else "apply"
+    how = " or ".join(ARCHIVE_KEYS[k] for k in update)
+    note = (f"{said} (paper) for this archive: the {cfg.profile} profile's {was} {verb} only "
+            f"to the embedded demo archive ({how} to choose)")  # fmt: skip
+    return cfg.model_copy(update={"preprocess": pc.model_copy(update=update)}), [note]
 
 
 def preprocess(
@@ -281,14 +298,13 @@ def preprocess(
     input_dir: Path | None,
     output_dir: Path,
     progress: Callable[[int, int], None] | None = None,
-    size_explicit: bool = True,
 ) -> PreprocessResult:
     """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
 
     ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
-    ``paths.raw`` (generated there first when missing). ``size_explicit`` False (the CLI, when
-    the user set no size): a user archive is written at the paper's 112 px whatever the profile;
-    only the embedded demo archive takes the profile's size. Raises UserError for unusable input
+    ``paths.raw`` (generated there first when missing). Frame size and split are ``cfg``'s as
+    given (the CLI gives a user archive the published ones first: :func:`user_archive_settings`).
+    Raises UserError for unusable input
     (before any write: missing decoders, an input with no file to decode; after the outputs are
     written, with dataset.json marked ``failed``: no usable video, too many failures, label
     issues without ``allow_label_issues``, leakage in given splits).
@@ -297,12 +313,6 @@ def preprocess(
     pc = cfg.preprocess
     root = resolve_input(cfg, input_dir, progress)
     notes: list[str] = []
-    user_input = input_dir is not None or pc.input is not None
-    if not size_explicit and user_input and pc.size != PAPER_SIZE:
-        notes.append(f"frame size {PAPER_SIZE} px (paper) for this archive: the {cfg.profile} "
-                     f"profile's {pc.size} px applies only to the embedded demo archive "
-                     "(--size sets it)")  # fmt: skip
-        pc = pc.model_copy(update={"size": PAPER_SIZE})
     out = Path(output_dir)
     _check_output(out, pc.overwrite)
     refuse_legacy(out)

@@ -101,12 +101,15 @@ def show(renderable: Any) -> None:
 
 
 # --------------------------------------------------------------------------- settings line
-def settings_line(cfg: Any, section: str, requested_profile: str | None = None) -> str:
+def settings_line(
+    cfg: Any, section: str, requested_profile: str | None = None, frames_from: str | None = None
+) -> str:
     """The first line of every command: the profile and the settings that shape data and model.
 
     ``section`` is the command's config section (synth, preprocess, pretrain, finetune,
     evaluate, sweep, check, demo); ``requested_profile`` = ``--profile`` (``auto`` says what it
-    resolved to and why).
+    resolved to and why); ``frames_from`` = where the frame size came from when not from the
+    profile (``dataset``, ``run``, ``paper, user archive``).
     """
     profile = cfg.profile
     if requested_profile == "auto":
@@ -117,7 +120,7 @@ def settings_line(cfg: Any, section: str, requested_profile: str | None = None) 
         sy = cfg.synth
         parts += [f"{sy.studies} studies", f"raw frames {sy.height}x{sy.width}", sy.format]
     else:
-        parts.append(f"frames {size}x{size}")
+        parts.append(f"frames {size}x{size}" + (f" ({frames_from})" if frames_from else ""))
     pt, ft = cfg.pretrain, cfg.finetune
     if section == "pretrain":
         parts += [f"method {pt.method}", f"clip {pt.clip_len}", f"width {cfg.model.width:g}",
@@ -135,8 +138,10 @@ def settings_line(cfg: Any, section: str, requested_profile: str | None = None) 
     return " | ".join(parts)
 
 
-def show_settings(cfg: Any, section: str, requested_profile: str | None = None) -> None:
-    info(settings_line(cfg, section, requested_profile))
+def show_settings(
+    cfg: Any, section: str, requested_profile: str | None = None, frames_from: str | None = None
+) -> None:
+    info(settings_line(cfg, section, requested_profile, frames_from))
 
 
 # --------------------------------------------------------------------------- progress

@@ -139,6 +139,17 @@ def read_finetune_facts(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def run_frame_size(run_dir: Path) -> int | None:
+    """The frame size a run was trained at: ``finetune.json`` ``frame_size`` (the dataset's),
+    else its ``config.yaml`` ``preprocess.size``; None when the dir holds neither."""
+    size = read_finetune_facts(run_dir).get("frame_size")
+    if size:
+        return int(size)
+    if not (Path(run_dir) / CONFIG).is_file():
+        return None
+    return int(read_run_config(run_dir).preprocess.size)
+
+
 # --------------------------------------------------------------------------- dataset fingerprint
 def manifest_fingerprint(data_dir: Path) -> str:
     """sha256 (hex) of a dataset's ``manifest.csv``: checkpoints record it, and a resume on a

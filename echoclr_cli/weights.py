@@ -5,7 +5,8 @@
 - ``random``: torchvision's initialisation (nothing is loaded);
 - ``kinetics``: torchvision's Kinetics-400 weights for ``model.arch``, read from the local torch
   hub cache (``torch.hub.get_dir()/checkpoints/<file name of the torchvision weight URL>``) or
-  from ``finetune.weights``. Never downloaded: the tool runs offline. Needs ``model.width 1.0``;
+  from ``finetune.weights``. Never downloaded: the tool runs offline. Needs ``model.width 1.0``
+  (the CLI's model follows a Kinetics init there unless the user set a width);
 - a run dir of ours (``checkpoints/best.pt`` when it exists, i.e. a fine-tune run, else
   ``checkpoints/last.pt``, i.e. a pretrain run) or one of our checkpoint files
   (``{"format": "echoclr-checkpoint", "model": state}`` with ``backbone.`` keys);
@@ -76,6 +77,7 @@ class InitReport:
 
 # --------------------------------------------------------------------------- file locations
 # model.arch -> the name of its torchvision weights enum (whose KINETICS400_V1 entry we use).
+KINETICS_WIDTH = 1.0  # torchvision's Kinetics-400 weights exist for the full-width models only
 KINETICS_WEIGHTS = {
     "r3d_18": "R3D_18_Weights",
     "mc3_18": "MC3_18_Weights",
@@ -136,11 +138,13 @@ def init_available(init: str, cfg: Config) -> InitCheck:
                 )
         except UserError as e:  # an architecture without Kinetics weights
             return InitCheck(False, e.message, e.fix or "")
-        if cfg.model.width != 1.0:
+        if cfg.model.width != KINETICS_WIDTH:
             return InitCheck(
                 False,
-                f"Kinetics-400 weights need model.width 1.0 (this run uses {cfg.model.width})",
-                "pass --set model.width=1.0 (or --profile paper)",
+                f"Kinetics-400 weights need model.width {KINETICS_WIDTH} (this run uses "
+                f"{cfg.model.width})",
+                f"drop the model.width setting (the model then follows the Kinetics init: width "
+                f"{KINETICS_WIDTH}), or set model.width={KINETICS_WIDTH}",
             )
         return InitCheck(True, f"found {path}")
     try:

@@ -418,13 +418,17 @@ def test_init_model_reads_what_the_init_was_trained_with(tmp_path):
     plain = tmp_path / "plain.pth"  # a bare state dict does not say
     torch.save(build_backbone("r3d_18", 0.25).state_dict(), plain)
     assert init_model(str(plain)) is None
-    assert init_model("random") is None and init_model("kinetics") is None
+    assert init_model("random") is None
+    model, source = init_model("kinetics")  # Kinetics-400 fixes the width only, any arch
+    assert model == {"width": 1.0} and "Kinetics-400" in source
     with pytest.raises(UserError, match="not 'random', 'kinetics'"):
         init_model(str(tmp_path / "missing.pt"))
 
 
 def test_follow_init_model_keeps_what_the_user_set(tmp_path):
-    from echoclr_cli.finetune import follow_init_model, user_model_keys
+    from echoclr_cli.cli_options import user_set_keys
+    from echoclr_cli.config_load import parse_set
+    from echoclr_cli.finetune import follow_init_model
 
     published = tmp_path / "pub.pt"
     torch.save({"weights": {"encoder.stem.0.weight": torch.zeros(2)}}, published)
@@ -439,11 +443,9 @@ def test_follow_init_model_keeps_what_the_user_set(tmp_path):
     assert follow_init_model(tiny_cfg())[1] is None  # random init: nothing to follow
     yml = tmp_path / "my.yaml"
     yml.write_text("model:\n  arch: r3d_18\nfinetune:\n  epochs: 1\n")
-    assert user_model_keys([yml], ["model.width=0.5", "finetune.frac=0.1"]) == {
-        "model.arch",
-        "model.width",
-    }
-    assert user_model_keys(None, ["finetune.frac=0.1"]) == set()
+    keys = user_set_keys([yml], parse_set(["model.width=0.5", "finetune.frac=0.1"]))
+    assert {"model.arch", "model.width", "finetune.epochs", "finetune.frac"} <= keys
+    assert not {k for k in user_set_keys(None, parse_set(["finetune.frac=0.1"])) if "model" in k}
 
 
 # --------------------------------------------------------------------------- every video, every epoch

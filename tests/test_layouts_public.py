@@ -83,7 +83,7 @@ def test_mimic_preprocess_with_structured_measurements_as_preset(tmp_path):
     meas = structured_measurements(tmp_path / "structured-measurement.csv")
     cfg = small_cfg(labels=meas, label_presets=[
         "as:vmax=av_pk_vel,mean_gradient=av_mean_grad,ava=av_area_continuity"])  # fmt: skip
-    res = preprocess(cfg, root, tmp_path / "data", size_explicit=True)
+    res = preprocess(cfg, root, tmp_path / "data")
     out = tmp_path / "data"
     man = pd.read_csv(out / "manifest.csv", dtype={"study_year": "Int64"})
     ids = id_map(out)
@@ -150,7 +150,7 @@ def test_echonet_lvh_layout_splits_rules_and_skips(tmp_path):
 def test_echonet_lvh_preprocess_end_to_end_and_without_rules(tmp_path):
     root = lvh_archive(tmp_path / "lvh")
     cfg = small_cfg(label_rules=["lvh=IVSd > 1.1 or LVPWd > 1.1"])
-    res = preprocess(cfg, root, tmp_path / "d", size_explicit=True)
+    res = preprocess(cfg, root, tmp_path / "d")
     man = pd.read_csv(tmp_path / "d" / "manifest.csv")
     assert res.layout == "echonet-lvh" and len(man) == 4
     assert sorted(man["split"]) == ["test", "train", "train", "val"]

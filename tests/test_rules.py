@@ -291,7 +291,7 @@ def test_preprocess_with_long_table_and_preset(tmp_path):
         columns=["study_id", "Calc", "CalcValue"],
     ).to_csv(meas, index=False)  # fmt: skip
     cfg = small_cfg(labels=meas, label_presets=["as:vmax=AV_Vmax,ava=AVA"])
-    res = preprocess(cfg, raw, tmp_path / "data", size_explicit=True)
+    res = preprocess(cfg, raw, tmp_path / "data")
     man = pd.read_csv(tmp_path / "data" / "manifest.csv")
     assert sorted(man["as"].fillna(-1).tolist()) == [-1, 0, 1, 1]
     rep = json.loads((tmp_path / "data" / "labels_report.json").read_text())
@@ -325,5 +325,5 @@ def test_rules_without_a_table_refused(tmp_path):
     raw = tmp_path / "raw"
     _tree(raw)
     with pytest.raises(UserError, match="label rules need a measurement table"):
-        preprocess(small_cfg(label_rules=["y=a>1"]), raw, tmp_path / "d", size_explicit=True)
+        preprocess(small_cfg(label_rules=["y=a>1"]), raw, tmp_path / "d")
     assert not (tmp_path / "d").exists()

@@ -107,17 +107,27 @@ def check_dataset_status(data_dir: Path, allow_failed: bool | None = None) -> No
         )
 
 
-def check_frame_size(data_dir: Path, cfg) -> None:
-    """Refuse a dataset whose frame size (dataset.json ``size``) differs from the config's
-    ``preprocess.size``, naming both (the models are trained at one size)."""
+def dataset_frame_size(data_dir: Path) -> int | None:
+    """The frame size a dataset was written at (dataset.json ``size``); None when it does not
+    say (no dataset yet, or one made without the record)."""
     size = dataset_json(data_dir).get("size")
-    want = cfg.preprocess.size
-    if size is not None and int(size) != int(want):
+    try:
+        return int(size) if size is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def check_frame_size(data_dir: Path, cfg) -> None:
+    """Refuse a dataset whose frame size (dataset.json ``size``) differs from ``cfg``'s
+    ``preprocess.size``, naming both. The CLI gives every command the dataset's size and calls
+    this only for a size the user set (the models are trained and evaluated at one size)."""
+    size = dataset_frame_size(data_dir)
+    want = int(cfg.preprocess.size)
+    if size is not None and size != want:
         raise UserError(
-            f"dataset {data_dir} has {size} px frames but the config expects {want} px "
-            f"(profile {getattr(cfg, 'profile', '?')})",
-            fix=f"use --set preprocess.size={size} (or the profile that made it), or "
-            f"re-run `echoclr preprocess --size {want}` into another --output",
+            f"dataset {data_dir} has {size} px frames but preprocess.size is set to {want} px",
+            fix=f"drop the preprocess.size setting (commands take the frame size from the "
+            f"dataset), or re-run `echoclr preprocess --size {want}` into another --output",
         )
 
 

@@ -279,7 +279,7 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
     )  # fmt: skip
 
 
-def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None, size_explicit=True):
+def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None):
     """``preprocess`` then :func:`apply_view_filter` (the model is checked before decoding)."""
     from echoclr_cli.preprocess import preprocess
 
@@ -287,9 +287,9 @@ def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None, size_
     if pc.view_model is None:
         if pc.keep_view:
             raise UserError("--keep-view needs --view-model MODEL", fix="pass the view model")
-        return preprocess(cfg, input_dir, output_dir, progress, size_explicit), None
+        return preprocess(cfg, input_dir, output_dir, progress), None
     vm = load_view_model(cfg, pc.view_model, pc.keep_view)
-    res = preprocess(cfg, input_dir, output_dir, progress, size_explicit)
+    res = preprocess(cfg, input_dir, output_dir, progress)
     vf = apply_view_filter(cfg, Path(output_dir), vm, pc.keep_view, pc.keep_view_min)
     res.n_videos = vf.kept
     res.skipped_by_reason = dict(sorted({**res.skipped_by_reason,

@@ -190,11 +190,15 @@ def test_34_user_archive_gets_paper_size_unless_set(tmp_path):
             "--set", "preprocess.min_frames=8"]  # fmt: skip
     res = cli(*base, "--output", tmp_path / "a")
     assert res.exit_code == 0, res.output
-    assert "frame size 112 px (paper)" in res.output and "demo profile's 64 px" in res.output
+    assert "frame size 112 px, split 75/10/15 (paper)" in res.output
+    assert "demo profile's frame size 64 px, split 60/15/25" in res.output
+    assert "frames 112x112 (paper, user archive)" in res.output.splitlines()[0]
     assert json.loads((tmp_path / "a" / "dataset.json").read_text())["size"] == 112
     assert load_manifest(tmp_path / "a")["height"].tolist() == [112, 112]
     res = cli(*base, "--output", tmp_path / "b", "--set", "preprocess.size=48")
-    assert res.exit_code == 0 and "paper" not in res.output
+    assert res.exit_code == 0, res.output
+    assert "frame size" not in res.output and "(paper, user archive)" not in res.output
+    assert "split 75/10/15 (paper)" in res.output  # the split the user did not set
     assert json.loads((tmp_path / "b" / "dataset.json").read_text())["size"] == 48
 
 
@@ -202,9 +206,9 @@ def test_34_frame_size_differs_from_config_refused_naming_both(tmp_path):
     root = _tree(tmp_path / "raw", n=2)
     preprocess(small_cfg(), root, tmp_path / "out")  # 32 px
     cfg = Config()  # 112 px
-    with pytest.raises(UserError, match="has 32 px frames but the config expects 112 px"):
+    with pytest.raises(UserError, match="has 32 px frames but preprocess.size is set to 112 px"):
         check_frame_size(tmp_path / "out", cfg)
-    with pytest.raises(UserError, match="preprocess.size=32"):
+    with pytest.raises(UserError, match="drop the preprocess.size setting"):
         load_manifest(tmp_path / "out", cfg=cfg)
     cfg.preprocess.size = 32
     assert len(load_manifest(tmp_path / "out", cfg=cfg)) == 2
