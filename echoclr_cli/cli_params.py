@@ -363,9 +363,28 @@ class PredictOptions(Options):
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="Video-level CSV; the study-level CSV gets a _study suffix."
+            "--out",
+            "-o",
+            help="Video-level CSV; the study-level CSV gets a _study suffix, the private ids "
+            "(AccessionNumber, PatientID, original file; mode 0600) a .private suffix.",
         ),
     ] = Path("predictions.csv")
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold",
+            help="Adds y_pred (0/1): 'val' = the run's operating point chosen on validation "
+            "(Youden; the default when the run has one), or a probability, e.g. 0.5.",
+        ),
+    ] = None
+    keep_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--keep-data",
+            help="Raw input: preprocess it into this folder and keep it (default: a temporary "
+            "folder, removed afterwards).",
+        ),
+    ] = None
     overwrite: OverwriteOpt = False
     workers: WorkersOpt = None
 

@@ -49,10 +49,37 @@ def predict(*, opts: PredictOptions, common: Common) -> None:
 
     with report.progress("predict") as progress:
         res = run_predict(
-            cfg, opts.run, opts.input_path, opts.out, overwrite=opts.overwrite, progress=progress
+            cfg,
+            opts.run,
+            opts.input_path,
+            opts.out,
+            overwrite=opts.overwrite,
+            progress=progress,
+            keep_data=opts.keep_data,
+            threshold=opts.threshold,
         )
+    if res.skipped:
+        counts = ", ".join(f"{reason} {n}" for reason, n in res.skipped.items())
+        where = (
+            f"{res.data_dir}/skipped.csv" if res.data_dir else "--keep-data DIR keeps skipped.csv"
+        )
+        report.warn(f"skipped {sum(res.skipped.values())} input file(s): {counts} ({where})")
+    for note in res.notes:
+        report.warn(note)
     report.info(
         f"predicted {res.n_videos} videos / {res.n_studies} studies -> {res.video_csv}, {res.study_csv}"
     )
+    if res.thresholds is not None:
+        t = res.thresholds
+        why = (
+            "the run's operating point chosen on validation (Youden)"
+            if res.threshold_source == "val"
+            else "--threshold"
+        )
+        report.info(
+            f"y_pred = y_prob >= {t['video']:.4g} (videos), {t['study']:.4g} (studies): {why}"
+        )
     if res.original_ids_csv is not None:
-        report.info(f"original ids of these rows (private, owner-only): {res.original_ids_csv}")
+        report.info(
+            f"AccessionNumber/PatientID of these rows (private, owner-only): {res.original_ids_csv}"
+        )
