@@ -143,8 +143,14 @@ class PreprocessConfig(Section):
         "auto", "dicom", "video", "echoclr", "echonet", "synth", "mimic-echo", "echonet-lvh"
     ] = "auto"
     labels: Path | None = Field(None, description="label CSV for a plain DICOM/video tree")
-    label_key: Literal["auto", "study_id", "patient_id"] = Field(
-        "auto", description="which id the label CSV is keyed by"
+    label_key: Literal["auto", "accession", "patient_id", "study_uid", "study_id", "study_date"] = (
+        Field(
+            "auto",
+            description="which id the label CSV is keyed by, matched to a DICOM tag: accession "
+            "(AccessionNumber), patient_id (PatientID/MRN), study_uid / study_id "
+            "(StudyInstanceUID), study_date (StudyDate + PatientID); auto: found from the "
+            "column names",
+        )
     )
     label_map: dict[str, str] = Field(
         default_factory=dict,

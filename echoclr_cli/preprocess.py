@@ -30,7 +30,7 @@ import pandas as pd
 from echoclr_cli.config import Config
 from echoclr_cli.data import layouts, outputs, privacy, readers, worker
 from echoclr_cli.data.journal import Journal, fingerprint, run_key
-from echoclr_cli.data.labels import issue_lines, private_issue_rows
+from echoclr_cli.data.labels import issue_lines, match_labels, private_issue_rows
 from echoclr_cli.data.labels import issues_report as label_issues_report
 from echoclr_cli.data.layouts import Inventory, Item
 from echoclr_cli.data.manifest import (
@@ -402,7 +402,22 @@ def preprocess(
     if n_short:
         notes.insert(0, f"{n_short} video(s) shorter than {pc.min_frames} frames kept; their "
                         "clips are zero-padded at load (preprocess.short_videos=pad)")  # fmt: skip
-    issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids)
+    matched = set(df["_match"].dropna()) if "_match" in df else set()  # hashed label keys
+    issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids, matched)
+    key_error = None
+    if inv.label_key and "_match" in df:
+        found, key_error = match_labels(inv.label_key, inv.label_rows,
+                                        df[["study_id", "_match", "_match_shape"]],
+                                        seen_ids | inv.view_excluded)  # fmt: skip
+        issues += found
+        if key_error is not None and pc.allow_label_issues:
+            notes.insert(0, f"labels: {key_error.message} (accepted: --allow-label-issues)")
+            key_error = None
+    no_modality = df.get("_modality_missing", pd.Series(dtype=bool))
+    n_no_modality = int(no_modality.fillna(False).astype(bool).sum())
+    if n_no_modality:
+        notes.insert(0, f"{n_no_modality} DICOM file(s) without a Modality (0008,0060) "
+                        "accepted as ultrasound")  # fmt: skip
 
     files = {it.rel: it.file for it in inv.items}
     paths: dict[str, Path] = {}
@@ -433,10 +448,15 @@ def preprocess(
         notes = issue_lines(issues) + notes
     paths.update(outputs.write_previews(out, tiles))
 
-    failure = outputs.failure(manifest, n_fail, n_inputs, reasons, label_report, leak, pc, paths)
+    failure = outputs.failure(manifest, n_fail, n_inputs, reasons,
+                              None if key_error else label_report, leak, pc, paths)  # fmt: skip
+    if failure is None and key_error is not None:  # the label file matches nothing
+        failure = UserError(f"{key_error.message}; all outputs were written and the dataset is "
+                            "marked failed", fix=key_error.fix)  # fmt: skip
     meta.update(status="failed" if failure else "ok",
                 reason=failure.message if failure else None,
                 n_videos=len(manifest), n_inputs=n_inputs)  # fmt: skip
+    meta["modality_missing"] = n_no_modality  # stored DICOMs without Modality (accepted as US)
     paths["dataset"] = out / "dataset.json"
     result = PreprocessResult(
         output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
@@ -457,6 +477,7 @@ def preprocess(
     report.update(n_warnings=len(notes), sector_source=dict(sector_sources), n_short=n_short,
                   resize=pc.resize, short_videos=pc.short_videos,
                   failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
+    report["modality_missing"] = n_no_modality
     atomic_write_json(paths["report"], report)
     atomic_write_json(paths["dataset"], meta)
     if failure:
@@ -491,6 +512,8 @@ def _partition(inv: Inventory, journal: Journal | None, out: Path, overwrite: bo
     for index, it in enumerate(inv.items):
         fps_[index] = fp = fingerprint(it.file)
         res = None if journal is None or overwrite else journal.lookup(it, fp, out)
+        if res is not None and res["status"] != "skipped" and "_match" not in res["row"]:
+            res = None  # journaled before the Modality check and label keys: header read again
         if res is None:
             tasks.append((index, it))
         elif res["status"] == "skipped":
@@ -505,10 +528,10 @@ def _journaled(done: dict[int, dict], ctx: worker.WorkerContext, items: list[Ite
     for index, res in sorted(done.items()):
         if res["status"] == "reused":
             row = res["row"]
-            if row["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
+            if row["_match"] in ctx.view_excluded:  # the label key (_partition: always set)
                 res = worker.skip_result(items[index].rel, "view_filter",
                             "excluded by the view filter of the label file",
-                            (row["study_id"], row["patient_id"]))  # fmt: skip
+                            (row["study_id"], row["patient_id"], row["_match"]))  # fmt: skip
             else:
                 res = dict(res, row=dict(row))
         yield index, res
@@ -565,8 +588,8 @@ def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
     if df.empty:
         return df
     metas = []
-    for index, sid, pid in zip(df["_index"], df["study_id"], df["patient_id"], strict=True):
-        meta = dict(inv.table.get(sid if inv.key == "study" else pid, {})) if inv.table else {}
+    for index, key in zip(df["_index"], df["_match"], strict=True):  # the label key
+        meta = dict(inv.table.get(key, {})) if inv.table else {}
         meta.update(inv.items[index].meta)  # what the layout says wins (external dir -> ext_test)
         metas.append(meta)
     for col in inv.label_columns:

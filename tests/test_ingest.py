@@ -1,5 +1,6 @@
 """DICOM/video decoding to one uint8 convention, fps rules, label maps and dataset layouts."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,13 @@ def test_echoclr_layout(tmp_path):
     assert set(df["split"]) == {"train", "val", "ext_test"}
     assert by_split["as"].apply(list).to_dict()["train"] == [1, 1]
     assert by_split["as"].apply(list).to_dict()["val"] == [0, 0]
-    assert df.loc[df["split"] == "ext_test", "as"].isna().all()
+    # av_stenosis 'None' is no stenosis (0), never a silent NaN; the empty cell is unknown and
+    # counted (FAULTS 46)
+    ext = df.loc[df["split"] == "ext_test", "as"]
+    assert sorted(ext.fillna(-1).tolist()) == [-1, 0]
+    rep = json.loads((tmp_path / "out" / "labels_report.json").read_text())
+    assert rep["issues"]["empty_value"]["count"] == 3  # 1 av_stenosis + 2 rows of ACC2's LVH
+    assert not rep["issues"]["empty_value"]["error"] and rep["n_errors"] == 0
     assert sorted(df.groupby("split")["lvh"].max().fillna(-1).tolist()) == [-1, 0, 1]
 
     view = small_cfg(view_column="plax_prob", view_min=0.5)

@@ -238,7 +238,11 @@ def test_long_table_pivot_duplicates_mean_and_counts(tmp_path):
     assert any("rule as" in ln and "2 positive, 1 negative, 3 unknown" in ln for ln in lines)
     # the private rows hold the id and value; the public report never does
     priv = labels.private_issue_rows(lf.issues)
-    assert priv["original_id"].tolist() == ["S6"] and priv["value"].tolist() == ["high"]
+    bad = priv[priv["kind"] == "bad_value"]
+    assert bad["original_id"].tolist() == ["S6"] and bad["value"].tolist() == ["high"]
+    # S4, S5: unknown because a measurement is missing (empty): counted, not an error
+    assert priv.loc[priv["kind"] == "empty_value", "original_id"].tolist() == ["S4", "S5"]
+    assert rep["issues"]["empty_value"]["count"] == 2 and not rep["issues"]["empty_value"]["error"]
     assert "S6" not in json.dumps(rep) and "high" not in json.dumps(rep)
 
 

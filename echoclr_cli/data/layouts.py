@@ -22,12 +22,13 @@ from echoclr_cli.data.labels import (
     external_flags,
     label_issue,
     lvh_label,
+    read_binary,
     read_label_file,
     read_table,
     view_keep,
     years_column,
 )
-from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split, parse_labels
+from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.rules import build_rules
 from echoclr_cli.errors import UserError
@@ -63,7 +64,8 @@ class Item:
 class Inventory:
     """Everything discovered in an input dir before decoding.
 
-    table: with --labels, label rows keyed by hashed id (``key``: 'study' or 'patient'); items
+    table: with --labels, label rows keyed by hashed id (``key``, the hash kind: 'study',
+    'patient', 'accession' or 'date_patient'; labels.find_label_key); items
     look their meta up there after decoding. skipped: (file, reason, detail) found before
     decoding (missing, unlisted, not media, view filter); ``file`` is the original relative path
     (private). label_issues: labels.label_issue records; label_rows: label-file rows to match
@@ -82,6 +84,7 @@ class Inventory:
     known_ids: set[str] = field(default_factory=set)
     categorical_columns: list[str] = field(default_factory=list)  # string columns (e.g. view)
     aliases: tuple[str, dict[str, list[str]]] | None = None  # label-table id -> study ids
+    label_key: dict | None = None  # --labels: its key column, DICOM tag, counts, shapes (public)
 
 
 def detect_layout(root: Path) -> str:
@@ -259,6 +262,7 @@ def _add_label_file(inv: Inventory, cfg, path: Path, salt: str) -> None:
         )
     inv.label_columns += lf.label_columns
     inv.table, inv.key, inv.view_excluded = lf.table, lf.key, lf.view_excluded
+    inv.label_key = lf.key_info
     inv.label_issues += lf.issues
     inv.label_rows += lf.rows
 
@@ -283,7 +287,7 @@ def _discover_synth(cfg, root: Path, salt: str) -> Inventory:
                           ("study_id", vids, "videos.csv")):  # fmt: skip
         if col not in df.columns:
             raise UserError(f"{root / name}: no column '{col}'", fix="re-run `echoclr synth`")
-    default = {c: parse_labels(lab[c]) for c in ("as", "lvh") if c in lab.columns}
+    default = {c: read_binary(lab[c]) for c in ("as", "lvh") if c in lab.columns}
     lbl, issues = apply_label_map(lab, cfg.label_map, default, "labels.csv")
     lines = pd.Series(lab.index + 2, index=lab.index)
     issues += _duplicates(lab["study_id"], "labels.csv", "study", lines, salt)

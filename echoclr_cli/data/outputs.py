@@ -137,15 +137,19 @@ def public_note(note: str, refs: dict[str, str], root: Path) -> str:
     return privacy.scrub(note, str(root))
 
 
-def unmatched_labels(inv, manifest: pd.DataFrame, seen: set[str]) -> list[dict]:
-    """unmatched_id / no_videos issues for label rows whose id has no stored video."""
+def unmatched_labels(
+    inv, manifest: pd.DataFrame, seen: set[str], matched: set[str] = frozenset()
+) -> list[dict]:
+    """unmatched_id / no_videos issues for label rows whose id has no stored video.
+    ``matched``: the hashed label keys (``inv.key``) of the stored videos."""
     stored = {
         "study": set(manifest.get("study_id", [])),
         "patient": set(manifest.get("patient_id", [])),
     }
+    stored[inv.key] = stored.get(inv.key, set()) | set(matched)
     out = []
     for r in inv.label_rows:
-        if r.hashed in stored[r.key] or r.hashed in inv.view_excluded:
+        if r.hashed in stored.get(r.key, ()) or r.hashed in inv.view_excluded:
             continue  # stored, or excluded on purpose by the view filter
         kind = "no_videos" if r.hashed in seen else "unmatched_id"
         out.append(label_issue(kind, r.source, r.line, None, None, r.original,

@@ -1,8 +1,11 @@
 """Decode DICOM and video files into uint8 frames + metadata.
 
 Readers raise :class:`SkipVideo` with a reason code (the ``reason`` column of skipped.csv):
-``invalid_dicom, no_pixel_data, not_cine, frame_count_mismatch, no_decodable_frames,
-too_few_frames, low_fps, missing_decoder, decode_error, missing_file``.
+``invalid_dicom, no_pixel_data, not_ultrasound, not_cine, frame_count_mismatch,
+no_decodable_frames, too_few_frames, low_fps, missing_decoder, decode_error, missing_file``.
+A DICOM's Modality (0008,0060) is checked right after its header is parsed, before any frame is
+counted or decoded: anything but ``US`` is skipped as ``not_ultrasound``; a file without a
+Modality is accepted (and counted by preprocess: ``modality_missing``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class SkipVideo(Exception):
         self.reason = reason
         self.detail = detail
         self.ids: tuple[str | None, str | None] = (None, None)  # (study, patient) from a header
+        self.keys: dict = {}  # header_keys() of the file, when its header was read
 
 
 @dataclass
@@ -82,6 +86,8 @@ class RawVideo:
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fields: dict = field(default_factory=dict)  # de-identified DICOM fields (dicom_fields.FIELDS)
+    keys: dict = field(default_factory=dict)  # header_keys(): label-key tags, private
+    modality_missing: bool = False  # a DICOM without Modality (accepted, counted)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -263,6 +269,61 @@ def _header_ids(ds) -> tuple[str | None, str | None]:
     return (str(study).strip() if study else None), patient
 
 
+def header_keys(ds) -> dict:
+    """The tags a label file may be keyed by besides the study/patient ids (original values,
+    private: they never leave the worker's private results): AccessionNumber, StudyDate."""
+
+    def text(tag: str) -> str | None:
+        try:
+            v = ds.get(tag)
+        except Exception:  # a malformed element: as if absent
+            return None
+        return (str(v).strip() or None) if v is not None else None
+
+    return {"accession": text("AccessionNumber"), "study_date": text("StudyDate")}
+
+
+_MODALITY_CODE = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def check_modality(ds) -> bool:
+    """Raise ``not_ultrasound`` for a Modality other than US (the detail is the modality code,
+    e.g. ``MR``: a code, not an identifier; odd text is shown as ``other``). Returns whether
+    the Modality is missing (accepted)."""
+    value = str(ds.get("Modality", "") or "").strip().upper()
+    if not value:
+        return True
+    if value != "US":
+        code = value if _MODALITY_CODE.fullmatch(value) else "other"
+        raise SkipVideo("not_ultrasound", f"Modality {code}, not US")
+    return False
+
+
+@dataclass
+class Header:
+    """What a stored video's file says besides its pixels (a re-run re-reads only this)."""
+
+    study_id: str | None
+    patient_id: str | None
+    keys: dict
+    modality_missing: bool
+
+
+def read_header(path: Path) -> Header:
+    """Header only (no pixel data): ids, label-key tags, the Modality check (``SkipVideo``
+    ``not_ultrasound``). Other read errors propagate (the caller decodes the file instead)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    study, patient = _header_ids(ds)
+    try:
+        missing = check_modality(ds)
+    except SkipVideo as e:
+        e.ids, e.keys = (study, patient), header_keys(ds)
+        raise
+    return Header(study, patient, header_keys(ds), missing)
+
+
 def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset()) -> RawVideo:
     """Decode a cine DICOM (any transfer syntax pydicom + pylibjpeg decode) to uint8 frames.
 
@@ -289,6 +350,7 @@ def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset(
         return _decode_dicom(ds, opts, undecodable)
     except SkipVideo as e:  # the header was read: its ids tell which study the skip belongs to
         e.ids = _header_ids(ds)
+        e.keys = header_keys(ds)
         raise
 
 
@@ -308,6 +370,7 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
             raise SkipVideo("invalid_dicom", "header ends early (truncated file?)")
         what = ds.get("Modality", "") or sop or "object"
         raise SkipVideo("no_pixel_data", f"no pixel data ({what})")
+    modality_missing = check_modality(ds)  # a CT/MR image: skipped before any frame is decoded
     if meta is None or "TransferSyntaxUID" not in meta:
         raise SkipVideo("invalid_dicom", "no transfer syntax in the file meta")
     uid = str(meta.TransferSyntaxUID)
@@ -385,6 +448,8 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
         study_year=fields["study_year"],  # one definition of the year (dicom_fields)
         regions=_dicom_regions(ds),
         fields=fields,
+        keys=header_keys(ds),
+        modality_missing=modality_missing,
     )
 
 

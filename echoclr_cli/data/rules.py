@@ -11,8 +11,11 @@ Grammar (keywords case-insensitive)::
     operand    := IDENT | `any column name` | NUMBER | 'text' | "text"
 
 A comparison with a number is numeric (an empty cell is unknown, a cell that is not a number is
-unknown and reported); a comparison with a quoted text is a case-insensitive equality (== / !=
-only). ``or`` is true when any side is true and false only when all sides are known false;
+unknown and reported: ``None``, ``NA`` and ``null`` are text, not numbers); a comparison with a
+quoted text is an equality (== / != only) that ignores case, runs of spaces and the separator
+between two grades (``'Mild to Moderate' == 'mild-moderate'``: :func:`grade_text`); a
+not-available marker (:data:`NA_TOKENS`) in a text comparison is unknown and reported, never
+the opposite class. ``or`` is true when any side is true and false only when all sides are known false;
 ``and`` is false when any side is false and true only when all are known true; ``not`` keeps
 unknown. So a missing measurement never makes a negative label unless the rule is decided
 without it. Presets (:data:`PRESETS`) expand guideline definitions into such rules with the
@@ -35,7 +38,17 @@ MAX_RULE_CHARS = 1000
 MAX_DEPTH = 20
 OPS = (">=", "<=", "==", "!=", ">", "<")
 KEYWORDS = {"and", "or", "not"}
-MISSING = {"", "nan", "none", "na", "n/a", "null"}
+# Only an empty cell is missing: "None" (no disease), "NA", "null" are text values (FAULTS 46).
+MISSING = frozenset({""})
+# Text that says "not available": never a class in a text comparison; unknown and reported.
+NA_TOKENS = frozenset({"na", "n/a", "#n/a", "null", "nan", "unknown", "not available"})
+# Aortic stenosis grades (case-, space- and separator-insensitive, :func:`grade_text`): the `as`
+# preset's ``grade`` column and the EchoCLR layout's ``av_stenosis``. "moderate-severe" is in
+# neither list on purpose: it is not "severe" by the guideline, so it is counted as a bad value
+# unless the user maps it (preset parameter ``severe=`` or ``not_severe=``).
+AS_SEVERE = ("severe", "critical", "very severe")
+AS_NOT_SEVERE = ("none", "no", "normal", "absent", "trace", "trivial", "mild", "mild-moderate",
+                 "moderate", "non-severe", "non severe", "nonsevere")  # fmt: skip
 _LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -44,6 +57,14 @@ RULE_FIX = (
     "(columns, numbers, 'text', >= > <= < == !=, and, or, not, parentheses; "
     "`quote odd column names` in backquotes)"
 )
+
+
+def grade_text(value) -> str:
+    """Text as compared by rules and grade maps: lower case, ``_`` as a space, runs of spaces as
+    one, ``-`` / ``/`` / ``to`` between words as ``-`` (``'Mild to Moderate'`` ->
+    ``'mild-moderate'``)."""
+    s = " ".join(str(value).replace("_", " ").lower().split())
+    return re.sub(r"\s*(?:-|/|\bto\b)\s*", "-", s)
 
 
 def _show(text: str) -> str:
@@ -252,8 +273,9 @@ class _Parser:
 # --------------------------------------------------------------------------- rules
 @dataclass
 class Rule:
-    """``label = expr``; ``guard``: column -> accepted values (lower case); a row whose value is
-    another one gets an unknown label (presets: sex must be one of the two given values)."""
+    """``label = expr``; ``guard``: column -> accepted values (compared as :func:`grade_text`); a
+    row whose value is another non-empty one gets an unknown label and is reported (presets:
+    sex must be one of the two given values, an AS grade one of the known grades)."""
 
     label: str
     expr: object
@@ -316,10 +338,14 @@ class Preset:
 PRESETS = {
     "as": Preset(
         "severe aortic stenosis (ACC/AHA, ESC/EACTS): Vmax >= 4 m/s or mean gradient >= 40 "
-        "mmHg or AVA <= 1.0 cm2; columns vmax, mean_gradient, ava (at least one); thresholds "
-        "vmax_min, mean_gradient_min, ava_max (give them in your columns' units)",
-        ("vmax", "mean_gradient", "ava"), (), ("vmax", "mean_gradient", "ava"),
-        {"vmax_min": 4.0, "mean_gradient_min": 40.0, "ava_max": 1.0},
+        "mmHg or AVA <= 1.0 cm2, or a grade column; columns vmax, mean_gradient, ava, grade (at "
+        "least one); thresholds vmax_min, mean_gradient_min, ava_max (in your columns' units); "
+        "grade: severe/critical -> 1, none/no/normal/trace/trivial/mild/mild-moderate/moderate/"
+        "non-severe -> 0, any other text (e.g. moderate-severe) unknown and counted unless "
+        "listed in severe=A|B or not_severe=C|D",
+        ("vmax", "mean_gradient", "ava", "grade"), (), ("vmax", "mean_gradient", "ava", "grade"),
+        {"vmax_min": 4.0, "mean_gradient_min": 40.0, "ava_max": 1.0, "severe": "",
+         "not_severe": ""},
     ),
     "lvh": Preset(
         "left ventricular hypertrophy by LV mass index (ASE/EACVI 2015): > 95 g/m2 women, "
@@ -371,13 +397,20 @@ def expand_preset(spec: str) -> Rule:
         parts = [f"{_col(params[c])} {op} {val[t]:g}" for c, op, t in (
             ("vmax", ">=", "vmax_min"), ("mean_gradient", ">=", "mean_gradient_min"),
             ("ava", "<=", "ava_max")) if c in params]  # fmt: skip
+        if "grade" in params:
+            more = {k: [grade_text(x.replace("'", "")) for x in str(val[k]).split("|") if x.strip()]
+                    for k in ("severe", "not_severe")}  # fmt: skip
+            pos = list(dict.fromkeys([*AS_SEVERE, *more["severe"]]))
+            parts = [f"{_col(params['grade'])} == '{g}'" for g in pos] + parts
+            # a grade outside the known ones is unknown (and counted), never "not severe"
+            guard[params["grade"]] = {*pos, *AS_NOT_SEVERE, *more["not_severe"]}
         expr = " or ".join(parts)
     else:
         sex, lvmi = _col(params["sex"]), _col(params["lvmi"])
         f, m = (str(val[k]).replace("'", "") for k in ("female", "male"))
         expr = (f"({sex} == '{f}' and {lvmi} > {val['female_gt']:g}) or "
                 f"({sex} == '{m}' and {lvmi} > {val['male_gt']:g})")  # fmt: skip
-        guard[params["sex"]] = {f.lower(), m.lower()}
+        guard[params["sex"]] = {grade_text(f), grade_text(m)}
     rule = parse_rule(f"{label}={expr}")
     rule.source, rule.guard = f"preset {spec}", guard
     return rule
@@ -414,7 +447,16 @@ def _missing(s: pd.Series) -> np.ndarray:
     return (t.isna() | t.isin(MISSING)).to_numpy(dtype=bool)
 
 
+def is_na_token(s: pd.Series) -> np.ndarray:
+    """Cells that say "not available" (:data:`NA_TOKENS`, any case)."""
+    t = s.astype("string").str.strip().str.lower()
+    return t.isin(NA_TOKENS).fillna(False).to_numpy(dtype=bool)
+
+
 class _Eval:
+    """``bad``: column -> rows whose value was read but gives no answer (not a number in a
+    numeric comparison, a not-available marker in a text one); reported as bad values."""
+
     def __init__(self, df: pd.DataFrame):
         self.df, self.num, self.bad = df, {}, {}
 
@@ -430,13 +472,16 @@ class _Eval:
         if t.kind == "ident":
             if numeric:
                 return self.numeric(t.value)
-            s = self.df[t.value].astype("string").str.strip().str.lower()
-            return s.where(~pd.Series(_missing(self.df[t.value]), index=s.index)).to_numpy(
-                dtype=object, na_value=None
-            )
+            raw = self.df[t.value]
+            na = is_na_token(raw)
+            prev = self.bad.get(t.value, np.zeros(len(raw), dtype=bool))
+            self.bad[t.value] = prev | na
+            text = raw.astype("string").map(grade_text, na_action="ignore")
+            unknown = pd.Series(_missing(raw) | na, index=raw.index)
+            return text.where(~unknown).to_numpy(dtype=object, na_value=None)
         if t.kind == "number":
             return np.full(len(self.df), float(t.value))
-        return np.full(len(self.df), str(t.value).strip().lower(), dtype=object)
+        return np.full(len(self.df), grade_text(t.value), dtype=object)
 
     def __call__(self, node) -> Truth:
         if isinstance(node, Not):
@@ -482,7 +527,8 @@ def check_columns(rules: list[Rule], columns, source: str) -> None:
 @dataclass
 class RuleResult:
     values: pd.Series  # 0/1/NaN
-    bad: pd.Series  # a named column's value is not a number (row-wise; reported)
+    bad: pd.Series  # a named column's value gives no answer: not a number, not available,
+    # outside a guard's values (row-wise; reported)
     bad_columns: dict  # row index -> first bad column
     report: dict
 
@@ -491,15 +537,21 @@ def evaluate(rule: Rule, df: pd.DataFrame) -> RuleResult:
     """Labels of one rule over a table (columns checked before: :func:`check_columns`)."""
     ev = _Eval(df)
     t = ev(rule.expr)
+    # A guarded column's value outside the accepted ones makes the label unknown and is a bad
+    # value; an empty or not-available one is left to the three-valued logic.
     unknown_guard = np.zeros(len(df), dtype=bool)
+    guard_bad: dict[str, np.ndarray] = {}
     for col, allowed in rule.guard.items():
-        s = df[col].astype("string").str.strip().str.lower()
-        unknown_guard |= (~s.isin(allowed)).fillna(True).to_numpy(dtype=bool)
+        s = df[col].astype("string").map(grade_text, na_action="ignore")
+        out = (~s.isin({grade_text(a) for a in allowed})).fillna(False).to_numpy(dtype=bool)
+        out = out & ~_missing(df[col]) & ~is_na_token(df[col])
+        guard_bad[col] = out
+        unknown_guard |= out
     true, false = t.true & ~unknown_guard, t.false & ~unknown_guard
     values = pd.Series(np.where(true, 1.0, np.where(false, 0.0, np.nan)), index=df.index)
     bad = np.zeros(len(df), dtype=bool)
     first_bad: dict = {}
-    for col, b in ev.bad.items():
+    for col, b in [*ev.bad.items(), *guard_bad.items()]:
         for i in np.flatnonzero(b & ~bad):
             first_bad[df.index[i]] = col
         bad |= b
@@ -512,8 +564,12 @@ def evaluate(rule: Rule, df: pd.DataFrame) -> RuleResult:
         "label": rule.label, "rule": rule.text(), "source": rule.source,
         "rows": len(df), "positive": int(true.sum()), "negative": int(false.sum()),
         "unknown": int((~true & ~false).sum()), "clauses": clauses,
-        "missing_values": missing, "not_numeric": {c: int(b.sum()) for c, b in ev.bad.items()},
+        "missing_values": missing,
+        "not_numeric": {c: int(b.sum()) for c, b in ev.bad.items() if c in ev.num},
     }  # fmt: skip
+    text_na = {c: int(b.sum()) for c, b in ev.bad.items() if c not in ev.num and b.any()}
+    if text_na:
+        report["not_available"] = text_na
     if rule.guard:
         report["guard_unknown"] = int((unknown_guard & (t.true | t.false)).sum())
     return RuleResult(values, pd.Series(bad, index=df.index), first_bad, report)

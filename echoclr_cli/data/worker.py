@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from echoclr_cli.data import layouts, outputs, readers, sector
+from echoclr_cli.data import labels, layouts, outputs, readers, sector
 from echoclr_cli.data.dicom_fields import frame_rate_band
 from echoclr_cli.data.layouts import Item
 from echoclr_cli.data.manifest import OPTIONAL_COLUMNS
@@ -71,16 +71,62 @@ def run_indexed(task: tuple[int, Item]) -> tuple[int, dict]:
 
 
 def skip_result(rel: str, reason: str, detail: str, ids: tuple = ()) -> dict:
-    """A skipped file; ``ids``: its hashed (study, patient) ids when they were read."""
+    """A skipped file; ``ids``: its hashed (study, patient, label key) ids when they were read."""
     return {"status": "skipped", "file": rel, "reason": reason, "detail": detail,
             "ids": [i for i in ids if i]}  # fmt: skip
+
+
+def _originals(item: Item, header_study: str | None, header_patient: str | None) -> tuple:
+    """(study, patient) original ids: the layout's, else the header's, else the folders'."""
+    path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(item.rel)
+    return (item.study_id or header_study or path_study,
+            item.patient_id or header_patient or path_patient)  # fmt: skip
+
+
+def _match(ctx: WorkerContext, item: Item, study: str, patient: str, keys: dict) -> tuple:
+    """(hashed label key, shape of its value) of a video: what a ``--labels`` row is matched
+    on (labels.video_key; the manifest's study/patient id for those keys). The shape (e.g.
+    ``A + 7 digits``) names no value; it explains a label file that matches nothing."""
+    value = labels.video_key(ctx.key, study, patient, keys, item.study_id)
+    shape = labels.video_key_shape(ctx.key, study, patient, keys, item.study_id)
+    return (hash_id(ctx.salt, ctx.key, value) if value else None), shape
+
+
+def _header_facts(match: str | None, shape: str, modality_missing: bool) -> dict:
+    """Row fields that never reach the manifest (``_``-prefixed): the label key and whether the
+    DICOM had no Modality (counted in report.json / dataset.json)."""
+    return {"_match": match, "_match_shape": shape, "_modality_missing": bool(modality_missing)}
+
+
+def _reuse(item: Item, prev: dict, ctx: WorkerContext) -> dict | None:
+    """An earlier run's row for an unchanged file: only its header is read again (Modality,
+    label-key tags); None when that fails (the file is decoded again)."""
+    header = None
+    if item.kind == "dicom":
+        try:
+            header = readers.read_header(item.file)
+        except SkipVideo as e:  # not_ultrasound: an earlier version stored it
+            study, patient = _originals(item, *e.ids)
+            match, _ = _match(ctx, item, study, patient, e.keys)
+            return skip_result(item.rel, e.reason, e.detail,
+                               (prev["study_id"], prev["patient_id"], match))  # fmt: skip
+        except Exception:
+            return None
+    study, patient = _originals(item, header.study_id if header else None,
+                                header.patient_id if header else None)  # fmt: skip
+    match, shape = _match(ctx, item, study, patient, header.keys if header else {})
+    if match in ctx.view_excluded:
+        return skip_result(item.rel, "view_filter", "excluded by the view filter of the label file")
+    row = {**prev, **_header_facts(match, shape, header.modality_missing if header else False)}
+    return {"status": "reused", "row": row, "ids": None, "warnings": [], "preview": None}
 
 
 def process_item(item: Item, ctx: WorkerContext) -> dict:
     """Read one file, mask/crop/resize its sector, write ``videos/<video_id>.npy``.
 
-    Returns a small dict: status ok|reused|skipped, the manifest row (hashed ids), the original
-    ids (for id_map.csv), warnings and optional preview tiles. Never raises for bad input.
+    Returns a small dict: status ok|reused|skipped, the manifest row (hashed ids; ``_`` fields
+    stay out of the manifest), the original ids (for id_map.csv), warnings and optional preview
+    tiles. Never raises for bad input.
     """
     rel = item.rel
     video_id = hash_id(ctx.salt, "video", rel)
@@ -92,31 +138,32 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     npy = Path(ctx.out_dir) / npy_rel
     prev = ctx.previous.get(video_id)
     if prev and not ctx.overwrite and prev.get("source_hash") == source_hash and npy.exists():
-        if prev["study_id" if ctx.key == "study" else "patient_id"] in ctx.view_excluded:
-            return skip_result(rel, "view_filter", "excluded by the view filter of the label file")
-        return {"status": "reused", "row": dict(prev), "ids": None, "warnings": [], "preview": None}
-    study_id = patient_id = None
+        reused = _reuse(item, prev, ctx)
+        if reused is not None:
+            return reused
+    study_id = patient_id = match = None
     try:
         if item.kind == "video":
             raw = readers.read_video(item.file, ctx.opts)
         else:
             raw = readers.read_dicom(item.file, ctx.opts, ctx.undecodable)
-        path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
-        study = item.study_id or raw.study_id or path_study
-        patient = item.patient_id or raw.patient_id or path_patient
+        study, patient = _originals(item, raw.study_id, raw.patient_id)
         study_id = hash_id(ctx.salt, "study", study)
         patient_id = hash_id(ctx.salt, "patient", patient)
-        if (study_id if ctx.key == "study" else patient_id) in ctx.view_excluded:
+        match, shape = _match(ctx, item, study, patient, raw.keys)
+        if match in ctx.view_excluded:
             raise SkipVideo("view_filter", "excluded by the view filter of the label file")
         stored, crop, channels = _mask_and_crop(raw, ctx, item.native)
     except SkipVideo as e:
         if study_id is None and any(e.ids):  # skipped after its header was read
-            path_study, path_patient = item.meta.get("path_ids") or layouts.path_ids(rel)
-            study_id = hash_id(ctx.salt, "study", item.study_id or e.ids[0] or path_study)
-            patient_id = hash_id(ctx.salt, "patient", item.patient_id or e.ids[1] or path_patient)
-        return skip_result(rel, e.reason, e.detail, (study_id, patient_id))
+            study, patient = _originals(item, *e.ids)
+            study_id = hash_id(ctx.salt, "study", study)
+            patient_id = hash_id(ctx.salt, "patient", patient)
+            match, _ = _match(ctx, item, study, patient, e.keys)
+        return skip_result(rel, e.reason, e.detail, (study_id, patient_id, match))
     except Exception as e:  # a bad file never stops the run; the reason names the error
-        return skip_result(rel, "decode_error", f"{type(e).__name__}: {e}", (study_id, patient_id))
+        return skip_result(rel, "decode_error", f"{type(e).__name__}: {e}",
+                           (study_id, patient_id, match))  # fmt: skip
     # Outside the per-file guard: a failing *output* write (disk full -> UserError, permissions)
     # is not the input file's fault and stops the run instead of skipping every later file.
     save_video(npy, stored)
@@ -128,6 +175,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "study_year": raw.study_year, "source_hash": source_hash,
     }  # fmt: skip
     row.update(_optional_fields(raw))
+    row.update(_header_facts(match, shape, raw.modality_missing))
     preview = outputs.preview_tiles(raw.frames, crop, stored) if rel in ctx.preview else None
     notes = [f"{rel}: {w}" for w in raw.warnings]
     if item.native and raw.frames.shape[1:3] != (ctx.size, ctx.size):
