@@ -113,7 +113,12 @@ class PreprocessOptions(Options):
         Path | None, typer.Option("--output", "-o", help="Dataset dir to write (paths.data).")
     ] = None
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="Label CSV keyed by study or patient id.")
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Label CSV keyed by Accession Number, MRN/PatientID, StudyInstanceUID or Study "
+            "Date + MRN (found from the column names; preprocess.label_key chooses).",
+        ),
     ] = None
     layout: Annotated[
         str | None,
@@ -160,7 +165,9 @@ class PreprocessOptions(Options):
     allow_label_issues: Annotated[
         bool,
         typer.Option(
-            "--allow-label-issues", help="Accept bad label values, duplicated or unmatched ids."
+            "--allow-label-issues",
+            help="Accept label values that map to neither class (e.g. NA), duplicated or "
+            "unmatched ids, a label file that matches no video.",
         ),
     ] = False
     migrate: Annotated[
