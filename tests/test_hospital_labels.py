@@ -156,9 +156,13 @@ def test_no_match_error_names_column_tag_counts_and_shapes_never_values(hospital
 
 def test_partial_match_counts_unmatched_rows_and_unlabelled_studies(hospital, tmp_path):
     root, _, _, _ = hospital
-    rows = [(acc, g) for _, acc, _, g in STUDIES[:3]] + [("9999999", "Severe")]
+    rows = [(acc, g) for _, acc, _, g in STUDIES[:3]] + [("9999999", "Severe"), (" 00123", "")]
     lab = _labels(tmp_path / "part.csv", rows)
-    with pytest.raises(UserError, match=r"label problems: 1 unmatched_id \(part.csv line 5"):
+    with pytest.raises(
+        UserError,
+        match=r"label problems: 1 duplicate_id \(part.csv line 6 "
+        r"column 'Accession Number'\); 1 unmatched_id \(part.csv line 5\)",
+    ):
         preprocess(small_cfg(labels=lab, label_presets=PRESET), root, tmp_path / "d")
     rep = json.loads((tmp_path / "d" / "labels_report.json").read_text())
     assert rep["issues"]["unmatched_id"]["count"] == 1

@@ -709,8 +709,8 @@ def read_label_file(
                                           f"no usable {lkey.describe()} value"))  # fmt: skip
             continue
         if hid in out.table:
-            out.issues.append(label_issue("duplicate_id", path.name, line, key_col, None, original,
-                                          f"same id as line {first[hid]}", hid))  # fmt: skip
+            out.issues.append(label_issue("duplicate_id", path.name, line, lkey.column, None,
+                                          original, f"same id as line {first[hid]}", hid))  # fmt: skip
             continue
         first[hid] = line
         meta = {c: float(lbl[c].iloc[i]) for c in lbl.columns}

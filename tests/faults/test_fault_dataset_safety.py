@@ -117,7 +117,8 @@ def test_31_label_problems_counted_shown_error_unless_allowed(tmp_path):
     assert info["status"] == "failed" and "label problems" in info["reason"]
     rep = json.loads((tmp_path / "out" / "labels_report.json").read_text())
     assert {k: v["count"] for k, v in rep["issues"].items()} == {
-        "bad_value": 2, "duplicate_id": 1, "unmatched_id": 1, "dropped_column": 1}  # fmt: skip
+        "bad_value": 2, "empty_value": 1, "duplicate_id": 1, "unmatched_id": 1,
+        "unlabelled_study": 1, "dropped_column": 1}  # fmt: skip
     assert rep["dropped_columns"][0]["column"] == "comment"
     assert "NOPE" not in json.dumps(rep) and "yes" not in json.dumps(rep)
     priv = pd.read_csv(tmp_path / "out" / "private" / "label_issues.csv", dtype=str)
