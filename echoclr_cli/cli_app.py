@@ -14,7 +14,7 @@ app = typer.Typer(
     help="EchoCLR for echocardiography: raw DICOM -> dataset -> self-supervised pretraining -> "
     "label-efficient classifiers -> AUROC/AUPR tables with confidence intervals.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )

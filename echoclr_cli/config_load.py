@@ -78,11 +78,22 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path | str) -> dict:
+    """A ``--config`` file: a path, or a config shipped with the package named by its place in
+    ``echoclr_cli/configs/`` (``sweep/paper``, ``sweep/paper.yaml``, ``configs/sweep/paper.yaml``),
+    so the README's names work after ``pip install``. A real path wins when it exists."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file not found: {path}", fix="check the --config path")
-    return _parse_yaml(path.read_text(), str(path))
+    if path.is_file():
+        return _parse_yaml(path.read_text(), str(path))
+    if path.exists():
+        raise UserError(f"--config {path} is not a file", fix="pass a YAML file")
+    name = packaged_config_name(str(path))
+    if name is None:
+        raise UserError(
+            f"config file not found: {path} (neither a file nor a packaged config)",
+            fix=f"check the path, or name a packaged config: {', '.join(packaged_configs())}",
+        )
+    return _parse_yaml(config_resource(f"{name}.yaml").read_text(), f"{name}.yaml (package)")
 
 
 def _parse_yaml(text: str, source: str) -> dict:
@@ -121,6 +132,29 @@ def parse_set(items: list[str]) -> dict:
 def config_resource(relative: str) -> Traversable:
     """A shipped config file (``demo.yaml``, ``sweep/paper.yaml``), from the installed package."""
     return resources.files(CONFIG_PACKAGE).joinpath(CONFIG_SUBDIR, *relative.split("/"))
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configs shipped in ``echoclr_cli/configs/``: ``demo``, ``sweep/paper``, ..."""
+
+    def walk(node: Traversable, prefix: str) -> list[str]:
+        names = []
+        for child in node.iterdir():
+            if child.is_dir():
+                names += walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".yaml"):
+                names.append(prefix + child.name.removesuffix(".yaml"))
+        return names
+
+    return sorted(walk(resources.files(CONFIG_PACKAGE).joinpath(CONFIG_SUBDIR), ""))
+
+
+def packaged_config_name(text: str) -> str | None:
+    """``sweep/paper`` for ``sweep/paper``, ``sweep/paper.yaml`` or ``configs/sweep/paper.yaml``;
+    None when no shipped config has that name (only listed names, so never a path outside)."""
+    name = text.replace("\\", "/").removeprefix("./").removeprefix(f"{CONFIG_SUBDIR}/")
+    name = name.removesuffix(".yaml")
+    return name if name in packaged_configs() else None
 
 
 def read_profile(name: str) -> dict:

@@ -45,7 +45,7 @@ from echoclr_cli import inference, metrics, models, rundir, runtime, weights
 from echoclr_cli.config import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.manifest import SPLITS, label_columns, load_manifest
-from echoclr_cli.errors import UserError
+from echoclr_cli.errors import UserError, find_extra, require_extra
 from echoclr_cli.events import EvalBatch, Progress, Status
 from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
 
@@ -173,20 +173,16 @@ def map_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarr
     if method not in MAP_METHODS:
         raise UserError(f"unknown map method '{method}'", fix=f"use {', '.join(MAP_METHODS)}")
     z = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    if method in ("auto", "umap") and len(x) >= 5:
-        try:
-            import umap  # noqa: F401  (umap-learn; optional, slow to import)
-        except ImportError:
-            if method == "umap":
-                raise UserError(
-                    "--map umap needs umap-learn, which is not installed",
-                    fix="pip install 'echoclr[explain]' or use --map pca",
-                ) from None
-        else:
-            reducer = umap.UMAP(
-                n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1, init="random"
-            )
-            return reducer.fit_transform(z).astype(np.float32), "umap"
+    umap = None  # umap-learn: optional and slow to import
+    if method == "umap":
+        umap = require_extra("umap", "embed --map umap", alternative="use --map pca")
+    elif method == "auto" and len(x) >= 5:
+        umap = find_extra("umap")
+    if umap is not None and len(x) >= 5:
+        reducer = umap.UMAP(
+            n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1, init="random"
+        )
+        return reducer.fit_transform(z).astype(np.float32), "umap"
     from sklearn.decomposition import PCA
 
     k = min(2, *z.shape)
@@ -366,6 +362,12 @@ def run_embed(
         raise UserError("nothing to embed", fix="pass a run dir and/or --init random|kinetics")
     if map_method not in MAP_METHODS:
         raise UserError(f"unknown map method '{map_method}'", fix=f"use {', '.join(MAP_METHODS)}")
+    if map_method == "umap":  # the optional packages, before any work
+        require_extra("umap", "embed --map umap", alternative="use --map pca")
+    if cfg.runtime.tensorboard:
+        from echoclr_cli import tb
+
+        tb.require()
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise UserError(f"unknown split(s) {bad}", fix=f"use {', '.join(SPLITS)}")

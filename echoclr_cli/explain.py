@@ -39,7 +39,7 @@ from echoclr_cli.data.datasets import clip_starts, read_clip
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.embed import device_and_autocast
-from echoclr_cli.errors import UserError
+from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.export import load_classifier
 from echoclr_cli.io import atomic_write, atomic_write_csv
@@ -75,7 +75,7 @@ def attribute(
     ``model`` is a :class:`echoclr_cli.models.Classifier` (``model.backbone.<layer>`` is the
     Grad-CAM layer); ``target`` 1 explains the positive class, 0 the negative one.
     """
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    captum = require_extra("captum.attr", "echoclr explain")
 
     if method not in METHODS:
         raise UserError(f"unknown explain method '{method}'", fix=f"use {', '.join(METHODS)}")
@@ -85,11 +85,11 @@ def attribute(
     wrapped = TwoClass(model)
     with torch.enable_grad():
         if method == "gradcam":
-            cam = LayerGradCam(wrapped, getattr(model.backbone, layer))
+            cam = captum.LayerGradCam(wrapped, getattr(model.backbone, layer))
             attr = cam.attribute(clips, target=target, relu_attributions=True)  # (n, 1, t, h, w)
-            up = LayerAttribution.interpolate(attr, tuple(clips.shape[2:]), "trilinear")
+            up = captum.LayerAttribution.interpolate(attr, tuple(clips.shape[2:]), "trilinear")
             return up[:, 0].detach().clamp_min(0)  # (n, T, H, W)
-        ig = IntegratedGradients(wrapped)
+        ig = captum.IntegratedGradients(wrapped)
         attr = ig.attribute(
             clips.clone().requires_grad_(True),
             baselines=torch.zeros_like(clips),
@@ -307,6 +307,11 @@ def run_explain(
             f"unknown --method '{method}' or --layer '{layer}'",
             fix=f"methods: {', '.join(METHODS)}; layers: {', '.join(LAYERS)}",
         )
+    require_extra("captum.attr", "echoclr explain")  # before any work
+    if cfg.runtime.tensorboard:
+        from echoclr_cli import tb
+
+        tb.require()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     device, autocast = device_and_autocast(cfg)
     run = load_classifier(Path(run_dir), device)  # refuses runs without a classifier head

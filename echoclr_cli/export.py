@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from echoclr_cli import __version__, rundir, weights
 from echoclr_cli.config import Config
 from echoclr_cli.config_load import config_to_dict
-from echoclr_cli.errors import UserError
+from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.evaluate import LoadedRun
 from echoclr_cli.io import atomic_write, atomic_write_json, sha256_file
 
@@ -149,6 +149,9 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'", fix=f"use {' or '.join(FORMATS)}")
+    if fmt == "onnx":  # writing needs onnx, the parity check onnxruntime: both before any work
+        for module in ("onnx", "onnxruntime"):
+            require_extra(module, "export --format onnx", alternative="--format torchscript")
     out = Path(out)
     cpath = contract_path(out)
     for p in (out, cpath):
@@ -245,12 +248,7 @@ def export_run(
 
 
 def _export_onnx(model: nn.Module, example: Tensor, out: Path) -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "--format onnx needs the onnx package", fix="pip install 'echoclr[explain]'"
-        ) from None
+    require_extra("onnx", "export --format onnx", alternative="--format torchscript")
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated upstream
@@ -294,13 +292,7 @@ def _load(path: Path, fmt: str):
                 return ts(x)
 
         return run_ts, ts
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError(
-            f"{path} is an ONNX model and onnxruntime is not installed",
-            fix="pip install 'echoclr[explain]'",
-        ) from None
+    ort = require_extra("onnxruntime", f"the ONNX model {path}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

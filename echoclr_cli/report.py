@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -56,9 +57,10 @@ def warn(msg: str) -> None:
 
 
 def error(msg: str, fix: str | None = None) -> None:
-    line = f"[bold red]error:[/bold red] {msg}"
+    # escaped: messages carry user text and install hints (pip install 'echoclr[explain]')
+    line = f"[bold red]error:[/bold red] {escape(msg)}"
     if fix:
-        line += f"\n  [bold]fix:[/bold] {fix}"
+        line += f"\n  [bold]fix:[/bold] {escape(fix)}"
     err_console.print(line, soft_wrap=True)
 
 

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from echoclr_cli.config import Config
-from echoclr_cli.errors import UserError
+from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.events import Note, Progress, RunFailed
 from echoclr_cli.sweep.plan import RunSpec, SweepPlan
 
 LOG_DIR = "submitit"
-EXTRA_HINT = "pip install 'echoclr[cluster]'  (or: pip install submitit)"
 
 
 @dataclass
@@ -38,14 +37,7 @@ class LaunchOutcome:
 
 
 def require_submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise UserError(
-            "sweep --launcher local|slurm needs the optional extra [cluster] (submitit)",
-            fix=EXTRA_HINT,
-        ) from None
-    return submitit
+    return require_extra("submitit", "sweep --launcher local|slurm")
 
 
 def split_jobs(todo: list[RunSpec], jobs: int) -> list[list[RunSpec]]:

@@ -223,6 +223,10 @@ def run_sweep(
             "(every shard or job would pretrain)",
             fix=f"pretrain first ({cmds}), then launch the shards",
         )
+    if (launcher or cfg.sweep.launcher) != "inline":  # its optional extra, before any write
+        from echoclr_cli.sweep.launch import require_submitit
+
+        require_submitit()
     preflight_sweep(cfg, data_dir, plan)
     for line in plan.summary(mine):  # what is about to happen, before hours of training
         _emit(progress, Note(line))
