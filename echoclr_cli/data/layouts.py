@@ -39,6 +39,12 @@ IGNORED_EXTS = {
     ".csv", ".tsv", ".json", ".txt", ".md", ".yaml", ".yml", ".xml", ".html", ".pdf", ".log",
     ".py", ".npy", ".npz", ".xlsx", ".xls", ".zip", ".gz", ".tar", ".ini", ".cfg",
 }  # fmt: skip
+# Files every export or desktop leaves beside the images, recognised by name and never opened:
+# the export's DICOMDIR index (a media directory, not an image) and OS thumbnail/folder files.
+# They are listed as not_media, so a hospital export's DICOMDIR is not counted as a failed file.
+SYSTEM_FILES = {"dicomdir": "DICOMDIR (the export's index, not an image)",
+                "thumbs.db": "system file", "ehthumbs.db": "system file",
+                "desktop.ini": "system file"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- inventory
@@ -140,6 +146,8 @@ def _not_media(path: Path) -> str | None:
     """Why ``path`` is not read as media (hidden, or an extension that is never media)."""
     if path.name.startswith("."):
         return "hidden file"
+    if path.name.lower() in SYSTEM_FILES:
+        return f"{SYSTEM_FILES[path.name.lower()]} ({path.name})"
     if path.suffix.lower() in IGNORED_EXTS:
         return f"not a media file ({path.suffix.lower()})"
     return None

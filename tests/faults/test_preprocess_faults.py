@@ -68,7 +68,7 @@ def faulty(tmp_path_factory):
     dd.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
     dd.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dd.DirectoryRecordSequence = []
-    save(dd, root / "dcm" / "not" / "DICOMDIR")
+    save(dd, root / "dcm" / "not" / "dir_index")  # a DICOMDIR object under another name
     good = (root / "good" / "ok_rgb.dcm").read_bytes()
     (root / "dcm" / "not" / "cut_header").write_bytes(good[:200])
     # 5. no pixel data (structured report)
@@ -106,7 +106,7 @@ def faulty(tmp_path_factory):
 REASONS = {
     "too_few_frames": ["avi/trunc_short.avi"],  # 1
     "no_decodable_frames": ["avi/empty.avi", "avi/noise.avi"],  # 2
-    "invalid_dicom": ["dcm/not/image.dcm", "dcm/not/DICOMDIR", "dcm/not/cut_header"],  # 4
+    "invalid_dicom": ["dcm/not/image.dcm", "dcm/not/dir_index", "dcm/not/cut_header"],  # 4
     "no_pixel_data": ["dcm/sr.dcm"],  # 5
     "not_cine": ["dcm/still_a", "dcm/still_b"],  # 7
     "frame_count_mismatch": ["dcm/nf_more.dcm", "dcm/nf_missing.dcm", "dcm/cut_pixels.dcm"],  # 8
