@@ -269,7 +269,9 @@ def test_keep_data_with_a_dataset_input_is_refused(runs, tmp_path):
 def test_predict_raw_input_counts_skipped_files(runs, tmp_path):
     _, run_a, _ = runs
     raw = hospital_tree(tmp_path / "raw", n=2)
-    (raw / "MRN0" / "Thumbs.db").write_bytes(b"not dicom")
+    good = raw / "MRN0" / "20190305_ACC0" / "SE0001" / "IM00001"
+    data = good.read_bytes()
+    (good.parent / "IM00002").write_bytes(data[: len(data) * 6 // 10])  # truncated pixel data
     res = predict(raw_cfg(), run_a, raw, tmp_path / "p.csv")
     assert sum(res.skipped.values()) >= 1 and res.n_studies == 2
     assert res.data_dir is None  # temporary: removed
