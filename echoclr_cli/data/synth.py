@@ -17,8 +17,20 @@ What it models (so that self-supervised pretraining has something real to find):
 
 How it stays fast: the heart is rendered once per study on a coarse canonical grid (1 mm/pixel)
 for ``N_PHASES`` phases of the cardiac cycle; each video only precomputes its pixel -> anatomy
-map, sector mask, gain and noise banks, and a frame is one ``cv2.remap`` plus a few
-multiply/add/LUT operations.
+map (as bilinear gather indices and weights), sector mask, gain and noise banks, and a frame is
+one bilinear gather of the fan pixels plus a few multiply/add/LUT operations.
+
+Why the fan is drawn with numpy, not OpenCV: pixel references in the tests (and the demo's
+published numbers) must not move when OpenCV does. ``cv2.remap`` quantises the sampling position
+to 1/32 pixel in OpenCV 4.x and not in 5.x (fan pixels differ by up to 4 grey levels), and
+``cv2.addWeighted`` rounds differently in 4.x (1 float32 ulp). The numpy code below computes
+exactly what OpenCV 5.0 computed (fused multiply-adds, see ``_fma32``): archives made with
+OpenCV 5.0 are reproduced bit for bit, and their fans now come out the same under every OpenCV
+version (measured 4.11, 4.14, 5.0, 5.1). What stays OpenCV: the screen text
+(``cv2.putText``, outside the fan, which masking removes; its glyphs differ between OpenCV 4.x,
+5.0 and 5.1, and a font rasteriser is not cheap to reproduce) and calls measured identical from
+4.11 to 5.1 (the speckle bank's ``GaussianBlur``, the ECG ``polylines``, ``rectangle``,
+``dilate``, the DICOM writer's colour conversions).
 
 Output layout (docs/ARCHITECTURE.md, "Raw synthetic archive"):
 ``synth.json``, ``labels.csv`` (one row per study), ``videos.csv`` (one row per written file with
@@ -539,8 +551,100 @@ def _speckle_bank(seed: int, h: int, w: int) -> np.ndarray:
     return ray
 
 
+def _fma32(c: np.ndarray, a: np.ndarray, b: np.ndarray | np.float32) -> np.ndarray:
+    """float32 ``c + a * b`` rounded once (a fused multiply-add), elementwise; shapes broadcast.
+
+    OpenCV 5's SIMD kernels of ``remap`` and ``addWeighted`` use FMA instructions, so this is how
+    the archives made with OpenCV 5.0 were computed (measured bit-identical on every remap and
+    addWeighted call of the test archives). numpy has no FMA: the product of two float32 is
+    exact in float64 and the sum is rounded to float64 and then to float32. That double rounding
+    differs from one rounding only when the float64 sum lies exactly halfway between two float32
+    values (or is below float32's normal range); those few elements are redone with the exact
+    error of the float64 sum (TwoSum).
+    """
+    s64 = np.multiply(a, b, dtype=np.float64)  # exact: 24 + 24 bits < 53
+    s64 += c
+    out = s64.astype(np.float32)
+    bits = s64.view(np.uint64)
+    halfway = (bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000)  # the bits float32 drops
+    tiny = (bits & np.uint64(0x7FF0000000000000)) < np.uint64(897 << 52)  # |s| < 2**-126
+    cand = np.flatnonzero(halfway | tiny)
+    if cand.size:  # rare: the exact sum decides between the two float32 neighbours
+        shape = s64.shape
+        c_ = np.broadcast_to(np.asarray(c, np.float64), shape).ravel()[cand]
+        p = np.multiply(
+            np.broadcast_to(a, shape).ravel()[cand],
+            np.broadcast_to(b, shape).ravel()[cand],
+            dtype=np.float64,
+        )
+        s = s64.ravel()[cand]
+        bb = s - c_
+        err = (c_ - (s - bb)) + (p - bb)  # exact: c + p == s + err
+        r = out.ravel()[cand]
+        other = np.nextafter(r, np.where(s > r, np.float32(np.inf), np.float32(-np.inf)))
+        mid = (s != r) & ((r.astype(np.float64) + other.astype(np.float64)) * 0.5 == s)
+        fix = mid & (err != 0)
+        nearest = np.where(err > 0, np.maximum(r, other), np.minimum(r, other))
+        out.reshape(-1)[cand[fix]] = nearest[fix]
+    return out
+
+
+@dataclass(frozen=True)
+class _Bilinear:
+    """Bilinear sampling of a video's canonical cycle at its fan pixels, precomputed per video;
+    the same arithmetic as ``cv2.remap(INTER_LINEAR, BORDER_CONSTANT, borderValue=0.02)`` in
+    OpenCV 5.0 (exact sampling positions, FMA). Outside the fan the old remap output was
+    multiplied by 0, so only fan pixels are sampled. Only the canonical pixels that some fan pixel
+    reads are kept (``cycle``), so a frame costs O(fan pixels), not O(canonical grid)."""
+
+    pixels: np.ndarray  # (n,) flat output indices of the fan pixels
+    cycle: np.ndarray  # (P, m) float32 canonical values read by the fan (border cells: 0.02)
+    border: np.ndarray  # (m,) bool: border cells (constant, not interpolated between phases)
+    corners: np.ndarray  # (4, n) indices into cycle's columns of neighbours 00, 01, 10, 11
+    fx: np.ndarray  # (n,) float32 column fraction
+    fy: np.ndarray  # (n,) float32 row fraction
+
+
+def _bilinear(
+    heart: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, mask: np.ndarray
+) -> _Bilinear:
+    """Gather indices and weights of the fan pixels into ``heart`` (P, Hc, Wc). The canonical
+    grid is padded by one cell of the border value, so a neighbour outside the grid reads the
+    border; a pixel with no neighbour inside reads the padded corner four times, which gives
+    exactly the border value (b + f * (b - b) == b), as OpenCV's constant border does."""
+    n_phases, hc, wc = heart.shape
+    pixels = np.flatnonzero(mask)
+    mx, my = map_x.ravel()[pixels], map_y.ravel()[pixels]  # (n,) float32
+    ix, iy = np.floor(mx), np.floor(my)
+    fx, fy = (mx - ix).astype(np.float32), (my - iy).astype(np.float32)
+    ix, iy = ix.astype(np.int64) + 1, iy.astype(np.int64) + 1  # in the padded grid
+    far = (ix < 0) | (ix > wc) | (iy < 0) | (iy > hc)  # no neighbour inside: border only
+    ix, iy = np.where(far, 0, ix), np.where(far, 0, iy)
+    x1, y1 = np.where(far, 0, ix + 1), np.where(far, 0, iy + 1)
+    wp = wc + 2
+    flat = np.stack([iy * wp + ix, iy * wp + x1, y1 * wp + ix, y1 * wp + x1])  # (4, n)
+    read = np.zeros((hc + 2) * wp, bool)
+    read[flat] = True
+    used = np.flatnonzero(read)  # (m,) padded cells some fan pixel reads, ascending
+    column = np.empty(read.size, np.int64)
+    column[used] = np.arange(used.size)
+    corners = column[flat]  # (4, n) into used
+    uy, ux = used // wp - 1, used % wp - 1  # in the unpadded grid; -1 or hc / wc: border
+    border = (uy < 0) | (uy >= hc) | (ux < 0) | (ux >= wc)
+    cycle = np.full((n_phases, used.size), 0.02, np.float32)  # (P, m)
+    cycle[:, ~border] = heart.reshape(n_phases, -1)[:, uy[~border] * wc + ux[~border]]
+    return _Bilinear(
+        pixels=pixels,
+        cycle=cycle,
+        border=border,
+        corners=corners,
+        fx=fx,
+        fy=fy,
+    )
+
+
 def _video_maps(acq: Acquisition, h: int, w: int, rng: np.random.Generator, seed: int) -> tuple:
-    """Per-video precomputed maps, so that a frame is one remap plus a few cheap ops:
+    """Per-video precomputed maps, so that a frame is one bilinear gather plus a few cheap ops:
     map_x, map_y (H,W) float32 canonical column/row per pixel; mult (N_NOISE,H,W) gain *
     attenuation * speckle (0 outside the fan); add (N_NOISE,H,W) near field + noise (>= a floor
     inside the fan); lut (256,) uint8 compression curve; mask (H,W) bool."""
@@ -683,6 +787,7 @@ def render_video(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``(T, H, W, 3)`` uint8 RGB of one video and its sector mask ``(H, W)``."""
     map_x, map_y, mult, add, lut, mask = _video_maps(acq, h, w, rng, seed)
+    sampler = _bilinear(heart, map_x, map_y, mask)
     hr = plan.anatomy.heart_rate * acq.hr_jitter
     overlay, ecg = _overlay(acq, plan, mask, h, w, hr)
     t = np.arange(acq.n_frames) / acq.fps  # seconds
@@ -693,24 +798,35 @@ def render_video(
     frac = (pos - np.floor(pos)).astype(np.float32)
     i_mult = rng.integers(0, N_NOISE, acq.n_frames)
     i_add = rng.integers(0, N_NOISE, acq.n_frames)
-    out = np.empty((acq.n_frames, h, w, 3), np.uint8)
-    canon = np.empty(heart.shape[1:], np.float32)
+    cycle, border = sampler.cycle, sampler.border
+    mult = mult.reshape(N_NOISE, -1)[:, sampler.pixels]  # (N, n) fan pixels only
+    add = add.reshape(N_NOISE, -1)[:, sampler.pixels]
+    gray = np.empty((acq.n_frames, sampler.pixels.size), np.uint8)  # (T, n) the fan's pixels
     for i in range(acq.n_frames):
-        # canon = (1-f) * heart[k0] + f * heart[k1]
-        cv2.addWeighted(
-            heart[k0[i]], float(1 - frac[i]), heart[k1[i]], float(frac[i]), 0.0, dst=canon
-        )
-        img = cv2.remap(
-            canon, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.02
-        )
+        # canonical frame between two phases, (1-f) * heart[k0] + f * heart[k1], as
+        # cv2.addWeighted computes it (alpha and beta in float32, one FMA); border cells stay
+        alpha, beta = np.float32(1 - frac[i]), np.float32(frac[i])
+        canon = _fma32(cycle[k1[i]] * beta, cycle[k0[i]], alpha)  # (m,)
+        canon[border] = np.float32(0.02)
+        p00, p01, p10, p11 = canon[sampler.corners]  # (n,) each
+        top = _fma32(p00, sampler.fx, p01 - p00)
+        bottom = _fma32(p10, sampler.fx, p11 - p10)
+        img = _fma32(top, sampler.fy, bottom - top)  # (n,) float32
         img *= mult[i_mult[i]]
         img += add[i_add[i]]
-        gray = cv2.LUT(cv2.convertScaleAbs(img, alpha=255.0), lut)  # (H,W) uint8
-        frame = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)  # (H,W,3)
-        ov = overlay.copy()
-        cx = ecg.x0 + int(((ecg.t0 + t[i]) % ecg.sweep_s) / ecg.sweep_s * (ecg.x1 - ecg.x0 - 1))
-        ov[ecg.y0 : ecg.y1, cx] = ecg.cursor
-        cv2.add(frame, ov, dst=out[i])
+        # cv2.convertScaleAbs: |x * 255| rounded half to even, saturated; then the LUT
+        gray[i] = lut[np.clip(np.rint(np.abs(img * np.float32(255.0))), 0, 255).astype(np.uint8)]
+    # frames = grey image + screen overlay (was a saturating cv2.add): the grey image is black
+    # outside the fan (mult and add are 0 there) and the overlay is black on the fan (cleared
+    # there, the ECG strip lies below it), so the sum is the overlay with the fan pasted in
+    assert not overlay.reshape(-1, 3)[sampler.pixels].any() and not mask[ecg.y0 : ecg.y1].any()
+    out = np.empty((acq.n_frames, h, w, 3), np.uint8)
+    out[:] = overlay
+    cx = ecg.x0 + (((ecg.t0 + t) % ecg.sweep_s) / ecg.sweep_s * (ecg.x1 - ecg.x0 - 1)).astype(int)
+    out[np.arange(acq.n_frames)[:, None], np.arange(ecg.y0, ecg.y1)[None, :], cx[:, None]] = (
+        ecg.cursor
+    )  # (T, rows) cursor pixels, one column per frame
+    out.reshape(acq.n_frames, h * w, 3)[:, sampler.pixels] = gray[:, :, None]
     return out, mask
 
 
