@@ -126,7 +126,7 @@ def test_every_study_keeps_its_label(hospital):
     severe = sum(GRADES[i % len(GRADES)] == "Severe" for i in range(N_PATIENTS))
     assert (per_study == "1").sum() == severe and (per_study == "0").sum() == N_PATIENTS - severe
     report = json.loads((work / "data/labels_report.json").read_text())
-    assert [k["tag"] for k in report["keys"]] == ["AccessionNumber"]
+    assert [k["tag"] for k in report["keys"]] == ["AccessionNumber (0008,0050)"]
     assert report["n_errors"] == 0
 
 
@@ -150,7 +150,8 @@ def test_the_cpu_defaults_follow_the_data(hospital):
 
 def test_nothing_is_written_outside_the_named_outputs(hospital):
     work, inputs, _ = hospital
-    named = ("data", "runs", "predictions.csv", "predictions.private.csv", "report.html",
+    named = ("data", "runs", "predictions.csv", "predictions_study.csv", "predictions.private.csv",
+             "report.html",
              "report.md", "report_files", "report.model_card.json")  # fmt: skip
     new = listing(work) - inputs
     outside = sorted(p for p in new if Path(p).parts[0] not in named)
