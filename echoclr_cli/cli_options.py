@@ -159,7 +159,7 @@ LauncherOpt = Annotated[
     typer.Option(
         "--launcher",
         help="inline (default): train here; local: submitit jobs on this machine; slurm: a job "
-        "array (needs the [cluster] extra; sweep.launcher).",
+        "array (needs the \\[cluster] extra; sweep.launcher).",
     ),
 ]
 JobsOpt = Annotated[
