@@ -362,7 +362,19 @@ class FinetuneConfig(Section):
         "finetune.monitor, stop after patience epochs without improvement",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="cap on training steps per epoch of a binary task (None = every batch); a "
+        "multi-class task (--task view) uses multiclass_max_steps_per_epoch instead",
+    )
+    multiclass_max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="cap on training steps per epoch of a multi-class task (finetune --task "
+        "view; None = every batch). Separate from max_steps_per_epoch, whose demo value (4) "
+        "starved a view model",
+    )
     nonfinite_tolerance: int = Field(0, ge=0)
 
     @field_validator("pos_weight")

@@ -15,6 +15,8 @@ modes full / linear / lp-ft, best.pt on the monitor), with:
   anything else trains unweighted;
 - label fraction: ``int(frac * N)`` training studies, a prefix of one random study order per
   ``frac_seed`` (nested across fractions), at least one;
+- steps per epoch: every batch unless ``finetune.multiclass_max_steps_per_epoch`` is set;
+  ``finetune.max_steps_per_epoch`` (the demo's 4) caps binary tasks only;
 - monitor: ``val_loss`` (mean clip cross-entropy) or ``val_auroc`` = macro one-vs-rest AUROC of
   the validation videos;
 - outputs: ``metrics.json`` (``metrics_multiclass``: accuracy, balanced accuracy, macro and

@@ -123,6 +123,16 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun):
     if absent:
         notes.append(f"class(es) {absent} have no training video in this subset")
     batch_size = capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
+    # The binary tasks' step cap (the demo's 4 steps keep its sweep in budget) left a 4-view
+    # model at PLAX recall 0.67-0.92; a multi-class task has its own cap, unset in every profile
+    # (docs/BENCHMARKS.md, "A view model with the defaults").
+    step_cap = ft.multiclass_max_steps_per_epoch
+    if ft.max_steps_per_epoch is not None and step_cap != ft.max_steps_per_epoch:
+        notes.append(
+            f"finetune.max_steps_per_epoch ({ft.max_steps_per_epoch}) caps binary tasks only; "
+            f"this multi-class task trains {f'{step_cap} steps' if step_cap else 'every batch'} "
+            "per epoch (finetune.multiclass_max_steps_per_epoch)"
+        )
 
     seed_everything(cfg.runtime.seed)
     model = build_multiclassifier(cfg, len(classes))
@@ -147,7 +157,7 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun):
                      sampler=sampler, checkpoint_every=0, monitor=ft.monitor,
                      monitor_mode="min" if ft.monitor == "val_loss" else "max",
                      patience=ft.patience, nonfinite_tolerance=ft.nonfinite_tolerance,
-                     max_steps_per_epoch=ft.max_steps_per_epoch)  # fmt: skip
+                     max_steps_per_epoch=step_cap)  # fmt: skip
 
     ckpt = rundir.run_checkpoint(out_dir)
     base = unwrap(prepared)
@@ -177,8 +187,9 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun):
             "classes": classes, "frame_size": _frame_size(df, data_dir), "frac": ft.frac,
             "frac_seed": ft.frac_seed, "n_train_studies": len(studies),
             "n_train_videos": len(sub_df), "class_weight": None if weight is None else weight.tolist(),
-            "batch_size": batch_size, "best_epoch": fit.best_epoch, "best_metric": fit.best_metric,
-            "monitor": ft.monitor, "epochs_run": fit.epochs_run, "stopped_early": fit.stopped_early,
+            "batch_size": batch_size, "max_steps_per_epoch": step_cap,
+            "best_epoch": fit.best_epoch, "best_metric": fit.best_metric, "monitor": ft.monitor,
+            "epochs_run": fit.epochs_run, "stopped_early": fit.stopped_early,
             "checkpoint_tested": ckpt.name, "splits": splits, "notes": notes,
         }  # fmt: skip
         atomic_write_json(out_dir / rundir.FINETUNE_FACTS, facts)
