@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from echoclr_cli.checkpoint import load_checkpoint
-from echoclr_cli.config_load import load_config
+from echoclr_cli.config.load import load_config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import PairDataset
-from echoclr_cli.models import SSLModel, build_backbone
+from echoclr_cli.models.backbones import SSLModel, build_backbone
+from echoclr_cli.models.checkpoint import load_checkpoint
 
 
 def _train_videos(data: Path) -> pd.DataFrame:

@@ -153,7 +153,7 @@ def case_versions(ctx: Ctx, res: dict) -> None:
 # --------------------------------------------------------------------------- conv3d bf16
 def conv_shapes(arch: str, width: float, frames: int, size: int) -> list[dict]:
     """Every distinct Conv3d of ``arch`` with its real input shape (C, T, H, W)."""
-    from echoclr_cli.models import build_backbone
+    from echoclr_cli.models.backbones import build_backbone
 
     model = build_backbone(arch, width).eval()
     seen: dict[tuple, dict] = {}
@@ -362,7 +362,7 @@ def dataset(ctx: Ctx) -> Path:
 
 
 def _pretrain_cfg(ctx: Ctx, workers: int, batch: int):
-    from echoclr_cli.config_load import load_config
+    from echoclr_cli.config.load import load_config
 
     return load_config(
         profile="paper",
@@ -390,7 +390,7 @@ def case_loader(ctx: Ctx, res: dict) -> None:
     each moved to the device and augmented there (prepare_clips), as in training."""
     from echoclr_cli.data.augment import prepare_clips
     from echoclr_cli.data.manifest import load_manifest
-    from echoclr_cli.pretrain import make_loader, plan_pretrain
+    from echoclr_cli.pretrain.run import make_loader, plan_pretrain
 
     s, dev = ctx.sizes, ctx.device
     data = dataset(ctx)
@@ -460,8 +460,8 @@ class TimedLoader:
 
 
 def _engine(ctx: Ctx, cfg, name: str, events: list):
-    from echoclr_cli.engine import Engine
     from echoclr_cli.events import Step
+    from echoclr_cli.training.engine import Engine
 
     # a Step event (and its timestamp) every step: one host sync per step, as a timed loop needs
     cfg.runtime.sync_every = 1
@@ -479,8 +479,8 @@ def case_e2e(ctx: Ctx, res: dict) -> None:
     (the prefetched queue, start-up) are not timed; over the timed steps: clips/s and the share
     of wall time spent waiting for the next batch ("GPU idle": the engine syncs every step)."""
     from echoclr_cli.data.manifest import load_manifest
-    from echoclr_cli.optim import build_optimizer
-    from echoclr_cli.pretrain import PretrainTask, build_model, make_loader, plan_pretrain
+    from echoclr_cli.pretrain.run import PretrainTask, build_model, make_loader, plan_pretrain
+    from echoclr_cli.training.optim import build_optimizer
 
     s, dev = ctx.sizes, ctx.device
     data = dataset(ctx)
@@ -530,10 +530,10 @@ def case_eval(ctx: Ctx, res: dict) -> None:
     """Evaluation throughput (inference.eval_loader + predict_videos, all clips of each
     video, fine-tune classifier, our default precision) at two block sizes: clips/s and peak
     memory (bounded by the block, not the video length)."""
-    from echoclr_cli.config_load import load_config
+    from echoclr_cli.config.load import load_config
     from echoclr_cli.data.manifest import load_manifest
-    from echoclr_cli.inference import eval_loader, predict_videos
-    from echoclr_cli.models import Classifier, build_backbone
+    from echoclr_cli.inference.loader import eval_loader, predict_videos
+    from echoclr_cli.models.backbones import Classifier, build_backbone
 
     s, dev = ctx.sizes, ctx.device
     data = dataset(ctx)
@@ -576,8 +576,8 @@ def case_engine_overhead(ctx: Ctx, res: dict) -> None:
     """The product's step (Engine.fit over one pre-made device batch, repeated) vs a bare
     step (task.train_step + backward + optimizer step in a plain loop, one sync at the end),
     same model, task and batch: seconds per step of each and their ratio."""
-    from echoclr_cli.optim import build_optimizer
-    from echoclr_cli.pretrain import PretrainTask, build_model
+    from echoclr_cli.pretrain.run import PretrainTask, build_model
+    from echoclr_cli.training.optim import build_optimizer
 
     s, dev = ctx.sizes, ctx.device
     b, t, sz = s["pretrain_batches"][0], s["pretrain_frames"], s["size"]

@@ -14,7 +14,7 @@
 # One failing case never stops the rest; if the process dies inside a case (native crash) it
 # is re-launched with --continue (3 launches at most) and that case is recorded as crashed.
 #
-# The lent GPU image has no pydantic (needed by echoclr_cli.config): when it is missing and
+# The lent GPU image has no pydantic (needed by echoclr_cli.config.schema): when it is missing and
 # bench/.gpuwheels/*.whl exist (built here by `bash bench/gpu_wheels.sh`, carried with
 # carry: ["bench/.gpuwheels"]), they are installed offline into a private folder first.
 # Exit status: 0 when every case was run or recorded (failed cases are in the JSON), 124 when

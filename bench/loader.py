@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_loader import ReferencePairDataset, seed_worker, write_avis  # noqa: E402
 
-from echoclr_cli.config import AugmentConfig  # noqa: E402
+from echoclr_cli.config.schema import AugmentConfig  # noqa: E402
 from echoclr_cli.data.augment import prepare_clips  # noqa: E402
 from echoclr_cli.data.datasets import EpochSampler, PairDataset  # noqa: E402
 

@@ -25,12 +25,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from echoclr_cli.config_load import load_config
+from echoclr_cli.config.load import load_config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.manifest import load_manifest
-from echoclr_cli.losses import nt_xent, order_loss
-from echoclr_cli.optim import build_optimizer
-from echoclr_cli.pretrain import PretrainTask, build_model, make_loader, plan_pretrain
+from echoclr_cli.pretrain.losses import nt_xent, order_loss
+from echoclr_cli.pretrain.run import PretrainTask, build_model, make_loader, plan_pretrain
+from echoclr_cli.training.optim import build_optimizer
 
 
 def _sync(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 Generates its own input: small echo-like AVIs (fan of speckle, burned-in text, ECG cursor),
 ``--distinct`` different clips hard-linked under many names (decoding work is the same per
-name). Each measurement runs ``echoclr_cli.preprocess.preprocess`` in a fresh subprocess and
+name). Each measurement runs ``echoclr_cli.preprocess.run.preprocess`` in a fresh subprocess and
 reads ``ru_maxrss`` of that process and the peak RSS (``VmHWM`` in /proc, sampled every 50 ms)
 of its worker processes. Prints one JSON line per
 result. Usage: ``python bench/preprocess.py [--small 100] [--large 1000] [--tmp DIR]``.
@@ -124,8 +124,8 @@ class PeakSampler(threading.Thread):
 
 
 def child(args: argparse.Namespace) -> None:
-    from echoclr_cli.config import Config
-    from echoclr_cli.preprocess import preprocess
+    from echoclr_cli.config.schema import Config
+    from echoclr_cli.preprocess.run import preprocess
 
     cfg = Config()
     cfg.preprocess.workers = args.workers
@@ -164,7 +164,7 @@ def run_child(inp: Path, out: Path, workers: int, fresh: bool = True, env=None) 
 
 def resume(args: argparse.Namespace, tmp: Path) -> None:
     """Full run vs re-run after a kill -9 at ~50% vs no-op re-run, same archive and workers."""
-    from echoclr_cli.data.journal import KILL_AFTER_ENV
+    from echoclr_cli.preprocess.journal import KILL_AFTER_ENV
 
     n = args.resume
     arch = tmp / "resume"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoclr_cli.config import Config, SynthConfig
-from echoclr_cli.config_load import deep_merge, load_config
-from echoclr_cli.data import synth
-from echoclr_cli.data.view_filter import preprocess_with_view_filter
-from echoclr_cli.finetune import run_finetune
+from echoclr_cli.config.load import deep_merge, load_config
+from echoclr_cli.config.schema import Config, SynthConfig
+from echoclr_cli.finetune.run import run_finetune
+from echoclr_cli.preprocess.view_filter import preprocess_with_view_filter
+from echoclr_cli.synth import archive as synth
 
 root = Path(sys.argv[1])
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 30

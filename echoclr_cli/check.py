@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.data.manifest import SPLITS, label_columns, load_manifest
 from echoclr_cli.errors import UserError
 
@@ -162,7 +162,7 @@ def _pretrain_findings(
 ) -> None:
     """The rules of ``pretrain.plan_pretrain`` (split selection, then the batch rule), as
     findings: an error where pretraining would refuse, a warning where it lowers the batch."""
-    from echoclr_cli.pretrain import pair_dataset, pretrain_batch, select_splits
+    from echoclr_cli.pretrain.run import pair_dataset, pretrain_batch, select_splits
 
     pc = cfg.pretrain
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from echoclr_cli.config import Config, pretrain_epochs
+from echoclr_cli.config.schema import Config, pretrain_epochs
 from echoclr_cli.events import Progress, counter
 from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
 
@@ -53,10 +53,10 @@ def run_demo(
 ) -> DemoResult:
     """Run (or finish) the demo under ``root``. ``progress(description)`` is a context manager
     giving each stage's event callback (``report.progress``); ``say`` prints a stage line."""
-    from echoclr_cli.data.synth import synthesize
-    from echoclr_cli.preprocess import preprocess
-    from echoclr_cli.pretrain import run_pretrain
+    from echoclr_cli.preprocess.run import preprocess
+    from echoclr_cli.pretrain.run import run_pretrain
     from echoclr_cli.sweep import run_sweep
+    from echoclr_cli.synth.archive import synthesize
 
     cfg = demo_config(cfg, Path(root))
     skipped: list[str] = []

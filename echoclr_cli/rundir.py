@@ -32,7 +32,7 @@ import yaml
 from echoclr_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
 # --------------------------------------------------------------------------- layout (names)
 CONFIG = "config.yaml"
@@ -108,7 +108,7 @@ def read_run_config(run_dir: Path) -> Config:
     import yaml
     from pydantic import ValidationError
 
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
     path = Path(run_dir) / CONFIG
     if not path.is_file():
@@ -233,7 +233,7 @@ def run_progress(run_dir: Path, section: str = "pretrain") -> RunProgress:
     try:
         sec = yaml.safe_load((run_dir / CONFIG).read_text())[section]
         if sec.get("epochs") is None and section == "pretrain":  # the method's published count
-            from echoclr_cli.config import PUBLISHED_EPOCHS
+            from echoclr_cli.config.schema import PUBLISHED_EPOCHS
 
             sec["epochs"] = PUBLISHED_EPOCHS[sec.get("method", "echoclr")]
         planned = int(sec["epochs"])

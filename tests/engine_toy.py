@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from echoclr_cli.config import Config
-from echoclr_cli.engine import Engine
+from echoclr_cli.config.schema import Config
+from echoclr_cli.training.engine import Engine
 
 
 class ToyData(Dataset):

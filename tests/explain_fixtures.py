@@ -7,8 +7,8 @@ from pathlib import Path
 
 from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import deep_merge, load_config
+from echoclr_cli.config.load import deep_merge, load_config
+from echoclr_cli.config.schema import Config
 
 
 @dataclass
@@ -30,8 +30,8 @@ def tiny_pretrain_config(**sections) -> Config:
 
 def make_runs(root: Path, task: str = "lvh") -> TinyRuns:
     """A 12-study dataset, a 2-epoch fine-tuned classifier on ``task`` and a 1-epoch pretrain."""
-    from echoclr_cli.finetune import run_finetune
-    from echoclr_cli.pretrain import run_pretrain
+    from echoclr_cli.finetune.run import run_finetune
+    from echoclr_cli.pretrain.run import run_pretrain
 
     data = make_dataset(root, n_studies=12)
     cfg = tiny_finetune_config(epochs=2, finetune={"task": task})

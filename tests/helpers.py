@@ -127,7 +127,7 @@ TINY_WIDTH = 0.125
 def tiny_finetune_config(epochs: int = 2, **sections):
     """A 32x32, width-0.125, 4-frame fine-tune config (seconds on one CPU thread); ``sections``
     are nested overrides merged on top."""
-    from echoclr_cli.config_load import deep_merge, load_config
+    from echoclr_cli.config.load import deep_merge, load_config
 
     # early stopping on finetune.monitor, per-clip scaling and linspace clip starts: the rules
     # these tests compute their references with (the demo profile keeps the published ones)

@@ -172,7 +172,7 @@ def write_avi(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
 def small_cfg(**pre):
     """Config with test-sized preprocess settings (32 px output, 8-frame minimum, 1 worker) and
     a fixed salt, so hashed ids (and the manifest order) are the same in every run."""
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
     cfg = Config()
     cfg.preprocess.salt = "echoclr"

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from echoclr_cli.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig
+from echoclr_cli.config.schema import KINETICS_MEAN, KINETICS_STD, AugmentConfig
 from echoclr_cli.data.augment import (
     AugmentParams,
     _crop_flip_gather,

@@ -20,14 +20,9 @@ import pytest
 import torch
 from helpers import make_dataset, tiny_finetune_config
 
-from echoclr_cli.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    safe_load,
-)
-from echoclr_cli.config_load import save_config
+from echoclr_cli.config.load import save_config
 from echoclr_cli.errors import UserError
+from echoclr_cli.models.checkpoint import capture_rng, load_checkpoint, restore_rng, safe_load
 from tests.engine_toy import run_toy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +142,7 @@ def data(tmp_path_factory):
 
 
 def test_finetune_init_refuses_payload(data, tmp_path):
-    from echoclr_cli.finetune import run_finetune
+    from echoclr_cli.finetune.run import run_finetune
 
     marker = tmp_path / "ran"
     evil = write_evil(tmp_path / "ssl/checkpoints/last.pt", marker)
@@ -159,8 +154,8 @@ def test_finetune_init_refuses_payload(data, tmp_path):
 
 
 def test_finetune_best_reload_refuses_payload(data, tmp_path, monkeypatch):
-    from echoclr_cli import engine as engine_mod
-    from echoclr_cli.finetune import run_finetune
+    from echoclr_cli.finetune.run import run_finetune
+    from echoclr_cli.training import engine as engine_mod
 
     marker = tmp_path / "ran"
     fit = engine_mod.Engine.fit

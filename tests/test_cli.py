@@ -59,7 +59,7 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
 
         return R()
 
-    import echoclr_cli.pretrain as pre
+    import echoclr_cli.pretrain.run as pre
 
     monkeypatch.setattr(pre, "run_pretrain", fake)
     y = tmp_path / "c.yaml"
@@ -108,7 +108,7 @@ def test_pretrain_flags_reach_core(tmp_path, monkeypatch):
 
 
 def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
-    import echoclr_cli.pretrain as pre
+    import echoclr_cli.pretrain.run as pre
     from echoclr_cli.errors import UserError
 
     def boom(*a, **k):
@@ -125,7 +125,7 @@ def test_user_error_exit_code_and_verbose_traceback(monkeypatch):
 
 
 def test_preempted_exits_143(monkeypatch):
-    import echoclr_cli.pretrain as pre
+    import echoclr_cli.pretrain.run as pre
     from echoclr_cli.errors import Preempted
 
     def pre_empt(*a, **k):
@@ -180,7 +180,7 @@ def test_common_options_adds_the_tail_and_passes_it_as_common():
 
     import pytest
 
-    from echoclr_cli.cli_options import Common, common_options
+    from echoclr_cli.cli.common import Common, common_options
 
     @common_options(device=False)
     def cmd(x: int = 1, *, common: Common, last: bool = False):
@@ -201,7 +201,7 @@ def test_training_options_bundle_the_training_block_as_training():
 
     import pytest
 
-    from echoclr_cli.cli_options import Common, Training, common_options, training_options
+    from echoclr_cli.cli.common import Common, Training, common_options, training_options
 
     @common_options(device=False)
     @training_options
@@ -233,8 +233,8 @@ def test_command_options_bundle_a_commands_own_options_as_opts():
 
     import pytest
 
-    from echoclr_cli.cli_options import Common, command_options, common_options
-    from echoclr_cli.cli_params import EvaluateOptions, SweepOptions
+    from echoclr_cli.cli.common import Common, command_options, common_options
+    from echoclr_cli.cli.params import EvaluateOptions, SweepOptions
 
     @common_options()
     @command_options(SweepOptions)
@@ -263,7 +263,7 @@ def test_command_options_bundle_a_commands_own_options_as_opts():
 
 
 def test_common_resolve_applies_flags_then_set(monkeypatch):
-    from echoclr_cli.cli_options import Common
+    from echoclr_cli.cli.common import Common
 
     common = Common(set_=["runtime.seed=7"], profile="demo", device="cpu", quiet=True)
     cfg = common.resolve(section="pretrain", flags={"runtime.seed": 3, "runtime.workers": 0})

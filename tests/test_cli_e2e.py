@@ -93,8 +93,8 @@ def test_finetune_model_follows_a_checkpoint_init(tmp_path):
     import yaml
     from helpers import tiny_finetune_config
 
-    from echoclr_cli.engine import Engine
-    from echoclr_cli.models import SSLModel, build_backbone
+    from echoclr_cli.models.backbones import SSLModel, build_backbone
+    from echoclr_cli.training.engine import Engine
 
     data = make_dataset(tmp_path, n_studies=16)
     # a pretrain checkpoint at width 0.125; the demo profile builds width 0.25

@@ -19,12 +19,12 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, confusion_matrix
 
-from echoclr_cli import clinical as c
-from echoclr_cli.clinical_subgroups import frame_rate_band
-from echoclr_cli.clinical_sweep import holm, paired_pvalues, sweep_clinical_columns
-from echoclr_cli.compare import delong_test
-from echoclr_cli.config import Config
+from echoclr_cli.clinical import core as c
+from echoclr_cli.clinical.subgroups import frame_rate_band
+from echoclr_cli.clinical.sweep import holm, paired_pvalues, sweep_clinical_columns
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.metrics.compare import delong_test
 
 
 def scores(n: int, seed: int = 0, shift: float = 1.2, ties: bool = False):
@@ -72,7 +72,7 @@ def test_perfectly_calibrated_probabilities_give_slope_1_intercept_0():
 
 
 def test_batched_slope_ci_uses_the_resamples_of_bootstrap_distribution():
-    from echoclr_cli.metrics import bootstrap_distribution, percentile_interval
+    from echoclr_cli.metrics.core import bootstrap_distribution, percentile_interval
 
     y, p = scores(150, seed=4, ties=True)
     opts = c.ClinicalOptions(n_boot=60, seed=9)
@@ -299,8 +299,8 @@ def test_frame_rate_band():
 # --------------------------------------------------------------------------- sweep helpers
 def fake_sweep(root, inits=("random", "echoclr"), ratios=(0.5, 1.0), seed: int = 0):
     """A sweep dir with selection.csv, results.csv and per-run prediction CSVs (no training)."""
-    from echoclr_cli.aggregate import aggregate_levels
-    from echoclr_cli.metrics import evaluate_predictions
+    from echoclr_cli.metrics.aggregate import aggregate_levels
+    from echoclr_cli.metrics.core import evaluate_predictions
 
     man = fake_manifest(160)
     rng = np.random.default_rng(seed)
@@ -432,7 +432,7 @@ def test_finetune_and_evaluate_write_the_clinical_key(tmp_path):
     from typer.testing import CliRunner
 
     from echoclr_cli.cli import app
-    from echoclr_cli.finetune import run_finetune
+    from echoclr_cli.finetune.run import run_finetune
     from tests.helpers import make_dataset, tiny_finetune_config
 
     data = make_dataset(tmp_path, n_studies=16, videos_per_study=(1, 2), frames=(8, 10), size=16)

@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import (
+from echoclr_cli.config.load import (
     all_keys,
     diff_configs,
     load_config,
@@ -12,6 +11,7 @@ from echoclr_cli.config_load import (
     resolve_profile,
     suggest_key,
 )
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from echoclr_cli.losses import nt_xent
+from echoclr_cli.pretrain.losses import nt_xent
 
 B_GLOBAL, DIM_IN, DIM_OUT, TEMP, WORLD = 6, 5, 4, 0.1, 2
 

@@ -5,12 +5,12 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-import echoclr_cli.data.synth as synth_mod
-import echoclr_cli.preprocess as pre_mod
-import echoclr_cli.pretrain as pt_mod
+import echoclr_cli.preprocess.run as pre_mod
+import echoclr_cli.pretrain.run as pt_mod
 import echoclr_cli.sweep as sweep_mod
+import echoclr_cli.synth.archive as synth_mod
 from echoclr_cli.cli import app
-from echoclr_cli.config_load import load_config
+from echoclr_cli.config.load import load_config
 from echoclr_cli.demo import run_demo
 
 

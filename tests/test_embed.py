@@ -12,9 +12,9 @@ from explain_fixtures import make_runs
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli import embed as em
+from echoclr_cli.analysis import embed as em
 from echoclr_cli.errors import UserError
-from echoclr_cli.models import build_backbone
+from echoclr_cli.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_tensorboard_projector_and_history(runs, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from echoclr_cli import tb
+    from echoclr_cli.training import tb
 
     cfg = runs.cfg.model_copy(deep=True)
     cfg.runtime.tensorboard = True
@@ -191,7 +191,7 @@ def test_engine_writes_tensorboard_when_asked(tmp_path):
     from explain_fixtures import tiny_pretrain_config
     from helpers import make_dataset
 
-    from echoclr_cli.pretrain import run_pretrain
+    from echoclr_cli.pretrain.run import run_pretrain
 
     data = make_dataset(tmp_path, n_studies=6, size=16, frames=(6, 10))
     run_pretrain(tiny_pretrain_config(runtime={"tensorboard": True}), data, tmp_path / "on")

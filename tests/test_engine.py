@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from echoclr_cli.checkpoint import load_checkpoint
-from echoclr_cli.engine import history_without_timing
 from echoclr_cli.errors import Interrupted, Preempted, UserError
+from echoclr_cli.models.checkpoint import load_checkpoint
+from echoclr_cli.training.engine import history_without_timing
 from tests import engine_toy
 from tests.engine_toy import ToyTask, run_toy, toy_config
 
@@ -90,7 +90,7 @@ def test_nonfinite_loss_stops_naming_step_and_keeps_finite_checkpoints(tmp_path,
 def test_nonfinite_tolerance_skips(tmp_path):
     from torch.utils.data import DataLoader
 
-    from echoclr_cli.engine import Engine
+    from echoclr_cli.training.engine import Engine
     from tests.engine_toy import ToyData, ToySampler, ToyTask
 
     engine = Engine(toy_config(), tmp_path / "r", section="pretrain")
@@ -110,7 +110,7 @@ def test_existing_run_dir_refused_never_deleted(tmp_path):
     (run / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="already exists"):
         run_toy(run, epochs=1)
-    from echoclr_cli.checkpoint import prepare_run_dir
+    from echoclr_cli.models.checkpoint import prepare_run_dir
 
     prepare_run_dir(run, resume=False, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine"
@@ -134,7 +134,7 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    from echoclr_cli.engine import Engine
+    from echoclr_cli.training.engine import Engine
 
     run = tmp_path / "run"
     engine, task, _ = run_toy(run, epochs=1)
@@ -185,8 +185,8 @@ def test_sigterm_mid_window_resume_matches(tmp_path):
 def test_step_events_every_sync(tmp_path):
     from torch.utils.data import DataLoader
 
-    from echoclr_cli.engine import Engine
     from echoclr_cli.events import Step
+    from echoclr_cli.training.engine import Engine
     from tests.engine_toy import ToyData, ToySampler, ToyTask
 
     events = []
@@ -245,7 +245,7 @@ def test_ctrl_c_mid_epoch_saves_like_sigterm_and_resume_matches(tmp_path, sigint
 
 def test_second_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path, sigint_task, monkeypatch):
     """The write the first Ctrl-C asked for completes (a second Ctrl-C arrives inside it)."""
-    import echoclr_cli.engine as engine_mod
+    import echoclr_cli.training.engine as engine_mod
 
     real = engine_mod.save_checkpoint
     writes = []
@@ -286,7 +286,7 @@ def test_ctrl_c_in_the_cli_exits_130_with_one_line_and_resume_continues(tmp_path
     from typer.testing import CliRunner
 
     from echoclr_cli.cli import app
-    from echoclr_cli.engine import Engine
+    from echoclr_cli.training.engine import Engine
     from tests.helpers import make_dataset
 
     data = make_dataset(tmp_path, n_studies=8)

@@ -14,10 +14,10 @@ from helpers import make_dataset, tiny_finetune_config
 from sklearn.metrics import roc_auc_score
 
 from echoclr_cli import rundir
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.evaluate import eval_name, evaluate_run
-from echoclr_cli.finetune import run_finetune
+from echoclr_cli.finetune.run import run_finetune
+from echoclr_cli.inference.evaluate import eval_name, evaluate_run
 
 
 def tiny_cfg(**sections) -> Config:
@@ -177,7 +177,7 @@ def test_nothing_is_written_before_every_argument_is_checked(runs, tmp_path):
 
 
 def test_a_failure_while_writing_keeps_the_previous_folder(runs, tmp_path, monkeypatch):
-    from echoclr_cli import evaluate as ev_mod
+    from echoclr_cli.inference import evaluate as ev_mod
 
     data, run_a, _ = runs
     first = evaluate_run(tiny_cfg(), run_a, data, ["test"], out_dir=tmp_path / "ev")

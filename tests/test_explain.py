@@ -13,9 +13,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli import explain as ex
+from echoclr_cli.analysis import explain as ex
 from echoclr_cli.errors import UserError
-from echoclr_cli.models import ARCHS, Classifier, build_backbone
+from echoclr_cli.models.backbones import ARCHS, Classifier, build_backbone
 
 pytest.importorskip("captum")
 
@@ -162,7 +162,7 @@ def test_run_explain_video_writes_mp4_gif_strip(runs, tmp_path):
     else:
         assert res.notes
     # the probability shown is the evaluation probability of the run
-    from echoclr_cli.predict import predict
+    from echoclr_cli.inference.predict import predict
 
     pred = predict(runs.cfg, runs.finetune, runs.data, tmp_path / "p" / "p.csv").video
     assert abs(pred.set_index("video_id").at[vid, "y_prob"] - row.y_prob) < 1e-6

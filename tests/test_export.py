@@ -20,8 +20,8 @@ from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import read_clip
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.export import contract_path, export_run, load_classifier, load_exported
-from echoclr_cli.weights import input_normalization
+from echoclr_cli.inference.export import contract_path, export_run, load_classifier, load_exported
+from echoclr_cli.models.weights import input_normalization
 
 pytest.importorskip("onnxruntime")
 TOL = 1e-4
@@ -142,7 +142,7 @@ def test_onnx_runs_in_onnxruntime_without_torch(runs, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_predict_accepts_the_exported_file(runs, tmp_path, fmt):
-    from echoclr_cli.predict import predict
+    from echoclr_cli.inference.predict import predict
 
     out = tmp_path / f"model.{fmt}"
     export_run(runs.cfg, run_dir=runs.finetune, fmt=fmt, out=out)
@@ -167,7 +167,7 @@ def test_export_encoder_of_a_pretrain_run(runs, tmp_path):
     x = real_clips(runs, 2).float().expand(-1, 3, -1, -1, -1)
     assert model(x).shape == (2, contract["output"]["shape"][1])
     with pytest.raises(UserError, match="encoder"):  # predict needs a classifier
-        from echoclr_cli.export import exported_run
+        from echoclr_cli.inference.export import exported_run
 
         exported_run(tmp_path / "enc.onnx", runs.cfg)
 

@@ -67,7 +67,7 @@ def test_require_extra_finds_a_hidden_package_even_when_the_module_was_imported(
 
 
 def test_error_lines_print_brackets_and_user_text_literally(capsys):
-    from echoclr_cli import report
+    from echoclr_cli import console as report
 
     report.error("label '[bold]x[/bold]' unknown", "pip install 'echoclr[explain]'")
     err = capsys.readouterr().err
@@ -95,7 +95,7 @@ def test_export_onnx_without_onnx_or_onnxruntime(runs, tmp_path, monkeypatch, mo
 
 
 def test_predict_with_an_onnx_model_without_onnxruntime(runs, tmp_path, monkeypatch):
-    from echoclr_cli.export import export_run
+    from echoclr_cli.inference.export import export_run
 
     model = tmp_path / "m.onnx"
     export_run(runs.cfg, run_dir=runs.finetune, fmt="onnx", out=model)
@@ -117,7 +117,7 @@ def test_embed_map_umap_without_umap_learn(runs, tmp_path, monkeypatch):
 def test_embed_map_auto_without_umap_learn_uses_pca(monkeypatch):
     import numpy as np
 
-    from echoclr_cli.embed import map_2d
+    from echoclr_cli.analysis.embed import map_2d
 
     hide(monkeypatch, "umap")
     coords, used = map_2d(np.random.default_rng(0).normal(size=(8, 4)), "auto")
@@ -172,7 +172,7 @@ def test_missing_lossless_dicom_decoder_hint_keeps_its_brackets(tmp_path, monkey
 # --------------------------------------------------------------------------- --config names
 @pytest.mark.parametrize("name", ["sweep/paper", "sweep/paper.yaml", "configs/sweep/paper.yaml"])
 def test_packaged_config_by_name(name, tmp_path, monkeypatch):
-    from echoclr_cli.config_load import load_config, read_yaml
+    from echoclr_cli.config.load import load_config, read_yaml
 
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: the installed package's file
     assert read_yaml(name) == read_yaml(cli_configs() / "sweep" / "paper.yaml")
@@ -189,7 +189,7 @@ def cli_configs():
 
 
 def test_packaged_names_cover_pretrain_and_finetune(tmp_path, monkeypatch):
-    from echoclr_cli.config_load import load_config, packaged_configs
+    from echoclr_cli.config.load import load_config, packaged_configs
 
     monkeypatch.chdir(tmp_path)
     assert {"sweep/paper", "pretrain/echoclr", "finetune/as"} <= set(packaged_configs())
@@ -198,7 +198,7 @@ def test_packaged_names_cover_pretrain_and_finetune(tmp_path, monkeypatch):
 
 
 def test_a_real_path_wins_over_a_packaged_name(tmp_path, monkeypatch):
-    from echoclr_cli.config_load import read_yaml
+    from echoclr_cli.config.load import read_yaml
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sweep").mkdir()
@@ -213,7 +213,7 @@ def test_unknown_config_name_lists_the_packaged_ones(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "config file not found: sweep/papr" in res.output
     assert "sweep/paper" in res.output and "pretrain/echoclr" in res.output
-    from echoclr_cli.config_load import packaged_config_name
+    from echoclr_cli.config.load import packaged_config_name
 
     assert packaged_config_name("../../etc/passwd") is None  # only listed names
 

@@ -12,11 +12,11 @@ import torch
 from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 from sklearn.metrics import roc_auc_score
 
-from echoclr_cli import finetune as ft_mod
-from echoclr_cli.config import KINETICS_MEAN, Config
+from echoclr_cli.config.schema import KINETICS_MEAN, Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.finetune import FinetuneTask, build_classifier, run_finetune
-from echoclr_cli.losses import classification_loss, pos_weight_value, smooth_targets
+from echoclr_cli.finetune import run as ft_mod
+from echoclr_cli.finetune.run import FinetuneTask, build_classifier, run_finetune
+from echoclr_cli.pretrain.losses import classification_loss, pos_weight_value, smooth_targets
 
 WIDTH = TINY_WIDTH
 
@@ -157,7 +157,7 @@ def test_test_metrics_use_the_best_checkpoint(data, tmp_path, monkeypatch):
     best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=False)
     assert best["epoch"] == 1
     # predictions of the reloaded best model == the run's test predictions
-    from echoclr_cli.evaluate import evaluate_run
+    from echoclr_cli.inference.evaluate import evaluate_run
 
     ev = evaluate_run(tiny_cfg(), tmp_path / "run", data, ["test"], out_dir=tmp_path / "ev")
     a = pd.read_csv(tmp_path / "run/predictions_test_video.csv")
@@ -249,8 +249,8 @@ def test_kinetics_normalization_reaches_the_inputs(data, tmp_path, monkeypatch):
 
 
 def _ssl_checkpoint(tmp_path) -> tuple:
-    from echoclr_cli.engine import Engine
-    from echoclr_cli.models import SSLModel, build_backbone
+    from echoclr_cli.models.backbones import SSLModel, build_backbone
+    from echoclr_cli.training.engine import Engine
 
     cfg = tiny_cfg()
     engine = Engine(cfg, tmp_path / "ssl", section="pretrain")
@@ -307,7 +307,7 @@ def test_monitor_val_auroc_selects_the_highest(data, tmp_path):
 
 
 def test_wrong_checkpoint_refused_before_training(data, tmp_path):
-    from echoclr_cli.models import build_backbone
+    from echoclr_cli.models.backbones import build_backbone
 
     path = tmp_path / "wide.pth"
     torch.save(build_backbone("r3d_18", 0.25).state_dict(), path)
@@ -402,8 +402,8 @@ def test_two_process_finetune_agrees_and_rank0_writes(data, tmp_path):
 
 # --------------------------------------------------------------------------- the model follows its init
 def test_init_model_reads_what_the_init_was_trained_with(tmp_path):
-    from echoclr_cli.finetune import init_model
-    from echoclr_cli.models import build_backbone
+    from echoclr_cli.finetune.run import init_model
+    from echoclr_cli.models.backbones import build_backbone
 
     ssl_dir, _ = _ssl_checkpoint(tmp_path)  # our pretrain run, width TINY_WIDTH
     model, source = init_model(str(ssl_dir))
@@ -426,9 +426,9 @@ def test_init_model_reads_what_the_init_was_trained_with(tmp_path):
 
 
 def test_follow_init_model_keeps_what_the_user_set(tmp_path):
-    from echoclr_cli.cli_options import user_set_keys
-    from echoclr_cli.config_load import parse_set
-    from echoclr_cli.finetune import follow_init_model
+    from echoclr_cli.cli.common import user_set_keys
+    from echoclr_cli.config.load import parse_set
+    from echoclr_cli.finetune.run import follow_init_model
 
     published = tmp_path / "pub.pt"
     torch.save({"weights": {"encoder.stem.0.weight": torch.zeros(2)}}, published)
@@ -488,7 +488,7 @@ def test_every_training_video_every_epoch_and_a_batch_of_one_keeps_bn_stats(tmp_
 
 
 def test_bn_frozen_stats_restores_momentum():
-    from echoclr_cli.finetune import bn_frozen_stats
+    from echoclr_cli.finetune.run import bn_frozen_stats
 
     model = build_classifier(tiny_cfg())
     bn = next(x for x in model.modules() if isinstance(x, torch.nn.BatchNorm3d))
@@ -507,7 +507,7 @@ def test_bn_frozen_stats_restores_momentum():
 
 
 def test_early_stop_published_and_ours():
-    from echoclr_cli.finetune import early_stopping, video_bce
+    from echoclr_cli.finetune.run import early_stopping, video_bce
 
     ft = tiny_cfg(finetune={"patience": 5}).finetune
     assert early_stopping(ft.model_copy(update={"early_stop": "published"})) == (

@@ -12,7 +12,7 @@ from preprocess_fixtures import dicom_dataset, fan_video, id_map, save, skipped_
 
 from echoclr_cli.data import labels
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
 
 # (patient id, accession number, study date, AS grade in the label file); one study each.
 STUDIES = [
@@ -217,7 +217,7 @@ def test_label_key_setting_chooses_and_refuses(tmp_path):
     mixed = pd.DataFrame({"MRN": ["1", "2"], "Study Date": ["13/01/2020", "01/13/2020"]})
     with pytest.raises(UserError, match="both DD/MM/YYYY and MM/DD/YYYY"):
         labels.find_label_key(mixed, "auto", Path("l.csv"))
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
     with pytest.raises(ValueError):
         Config.model_validate({"preprocess": {"label_key": "mrn"}})

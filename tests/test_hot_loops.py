@@ -4,9 +4,9 @@ loader that is reused every epoch."""
 import pytest
 from helpers import make_dataset
 
-import echoclr_cli.inference as inf
-from echoclr_cli.config import Config
-from echoclr_cli.inference import eval_loader
+import echoclr_cli.inference.loader as inf
+from echoclr_cli.config.schema import Config
+from echoclr_cli.inference.loader import eval_loader
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,12 @@ from preprocess_fixtures import (
     write_avi,
 )
 
-from echoclr_cli.data import labels, layouts, readers
+from echoclr_cli.data import labels, readers
+from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
 
 OPTS = readers.ReadOptions(max_frames=100, min_frames=8, min_fps=25, fallback_fps=30)
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from preprocess_fixtures import dicom_dataset, fan_video, id_map, save, small_cfg, write_avi
 
-from echoclr_cli.data import layouts
+from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
 
 # subject, study, acquisition year, measurement_id (structured measurements)
 MIMIC = [("10002221", "94106955", 2180, "m1"), ("10002221", "94106956", 2182, "m2"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from echoclr_cli.losses import nt_xent, order_accuracy, order_loss
+from echoclr_cli.pretrain.losses import nt_xent, order_accuracy, order_loss
 
 
 def reference_nt_xent(z1: np.ndarray, z2: np.ndarray, t: float, groups=None) -> float:
@@ -134,7 +134,7 @@ class _MatmulDtypes:
 def test_losses_run_in_fp32_under_cpu_autocast():
     """Inside a bf16 autocast (the engine's on the GPU) the similarity matmul of NT-Xent must
     run in float32; a bare ``anchors @ cands.T`` there runs in bf16 (the control)."""
-    from echoclr_cli import losses
+    from echoclr_cli.pretrain import losses
 
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from echoclr_cli.aggregate import aggregate, aggregate_levels
-from echoclr_cli.compare import compare_runs, delong_covariance, delong_test
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.metrics import (
+from echoclr_cli.metrics.aggregate import aggregate, aggregate_levels
+from echoclr_cli.metrics.compare import compare_runs, delong_covariance, delong_test
+from echoclr_cli.metrics.core import (
     auroc_rank,
     batch_metrics,
     bootstrap_ci,
@@ -233,7 +233,7 @@ def test_bootstrap_stratified_keeps_counts_and_callables_agree():
 
 
 def test_bootstrap_chunking_matches_single_block(monkeypatch):
-    import echoclr_cli.metrics as m
+    import echoclr_cli.metrics.core as m
 
     y, p = _data(120, 3)
     whole = bootstrap_distribution(y, p, ["auroc", "ap", "f1"], n=40, seed=1)

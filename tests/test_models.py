@@ -7,7 +7,7 @@ import torch
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
 from echoclr_cli.errors import UserError
-from echoclr_cli.models import (
+from echoclr_cli.models.backbones import (
     Classifier,
     SSLModel,
     build_backbone,

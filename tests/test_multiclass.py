@@ -16,8 +16,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from echoclr_cli import metrics_multiclass as mm
 from echoclr_cli.errors import UserError
+from echoclr_cli.metrics import multiclass as mm
 
 CLASSES = ["a2c", "a4c", "plax", "psax"]
 
@@ -99,9 +99,9 @@ def _view_dataset(tmp_path, views=("a4c", "plax", "psax")):
 
 
 def test_finetune_evaluate_predict_view(tmp_path):
-    from echoclr_cli.evaluate import evaluate_run
-    from echoclr_cli.finetune import run_finetune
-    from echoclr_cli.predict import predict
+    from echoclr_cli.finetune.run import run_finetune
+    from echoclr_cli.inference.evaluate import evaluate_run
+    from echoclr_cli.inference.predict import predict
     from echoclr_cli.sweep.state import val_auroc
 
     data = _view_dataset(tmp_path)
@@ -143,7 +143,7 @@ def test_finetune_evaluate_predict_view(tmp_path):
 
     # an exported multi-class file is for `preprocess --view-model`; predict refuses it plainly
     from echoclr_cli.errors import UserError
-    from echoclr_cli.export import export_run
+    from echoclr_cli.inference.export import export_run
 
     exported = tmp_path / "view.pt"
     export_run(cfg, run_dir=run, fmt="torchscript", out=exported)
@@ -153,7 +153,7 @@ def test_finetune_evaluate_predict_view(tmp_path):
 
 
 def test_categorical_task_errors(tmp_path):
-    from echoclr_cli.multiclass import load_categorical
+    from echoclr_cli.finetune.multiclass import load_categorical
 
     data = _view_dataset(tmp_path, views=("plax",))
     with pytest.raises(UserError, match="at least 2"):
@@ -169,7 +169,7 @@ def test_categorical_task_errors(tmp_path):
 def test_view_task_has_its_own_step_cap_unset_binary_task_keeps_the_demo_cap():
     """Issue 21.8: the demo's cap of 4 steps per epoch (for the binary LVH demo, whose numbers are
     published) starved a view model; a multi-class task has its own cap, unset in every profile."""
-    from echoclr_cli.config_load import load_config, parse_set
+    from echoclr_cli.config.load import load_config, parse_set
 
     demo = load_config(profile="demo").finetune
     assert demo.max_steps_per_epoch == 4 and demo.epochs == 15  # the binary demo, unchanged
@@ -192,8 +192,9 @@ def test_cli_defaults_view_task_every_batch_binary_task_capped(tmp_path, monkeyp
     the training loop receives for the view task and for a binary task of the same dataset."""
     from typer.testing import CliRunner
 
-    from echoclr_cli import cli, config_load
-    from echoclr_cli.engine import Engine
+    from echoclr_cli import cli
+    from echoclr_cli.config import load as config_load
+    from echoclr_cli.training.engine import Engine
 
     seen: list[dict] = []
 
@@ -228,7 +229,8 @@ def test_view_model_with_the_defaults_finds_plax(tmp_path, monkeypatch):
     >= 0.90 (docs/BENCHMARKS.md, "A view model with the defaults"; about 4 min of CPU)."""
     from typer.testing import CliRunner
 
-    from echoclr_cli import cli, config_load
+    from echoclr_cli import cli
+    from echoclr_cli.config import load as config_load
 
     monkeypatch.setattr(config_load, "cuda_available", lambda: False)  # the CPU defaults
     raw, data, run = tmp_path / "raw", tmp_path / "data", tmp_path / "view"

@@ -3,11 +3,11 @@
 import pytest
 from helpers import make_dataset
 
-import echoclr_cli.finetune as ft_mod
-import echoclr_cli.finetune_fit as fit_mod
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import deep_merge, load_config
-from echoclr_cli.finetune import run_finetune
+import echoclr_cli.finetune.fit as fit_mod
+import echoclr_cli.finetune.run as ft_mod
+from echoclr_cli.config.load import deep_merge, load_config
+from echoclr_cli.config.schema import Config
+from echoclr_cli.finetune.run import run_finetune
 from echoclr_cli.sweep import run_config
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from echoclr_cli.config_load import config_resource, load_config
+from echoclr_cli.config.load import config_resource, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "echoclr_cli"
@@ -32,7 +32,7 @@ def test_package_data_pattern_matches_every_shipped_data_file():
     shipped = {p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "configs").rglob("*.yaml")}
     assert "configs/demo.yaml" in shipped and "configs/sweep/paper.yaml" in shipped
     shipped |= {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.csv")}
-    assert "tripod_ai.csv" in shipped  # the TRIPOD+AI checklist of `echoclr report`
+    assert "report/tripod_ai.csv" in shipped  # the TRIPOD+AI checklist of `echoclr report`
     assert shipped <= matched, f"not in the wheel: {sorted(shipped - matched)}"
 
 
@@ -67,7 +67,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_another_folder(tmp_path)
     (wheel,) = wheels.glob("echoclr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "echoclr_cli/configs/demo.yaml" in names and "echoclr_cli/sweep/__init__.py" in names
-    assert "echoclr_cli/tripod_ai.csv" in names
+    assert "echoclr_cli/report/tripod_ai.csv" in names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], **run)
@@ -87,9 +87,9 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_another_folder(tmp_path)
     code = (
         "import echoclr_cli, pathlib\n"
         f"assert pathlib.Path(echoclr_cli.__file__).is_relative_to({str(venv)!r}), echoclr_cli\n"
-        "from echoclr_cli.config_load import config_resource, load_config\n"
+        "from echoclr_cli.config.load import config_resource, load_config\n"
         "assert load_config(profile='demo').model.width == 0.25\n"
-        "from echoclr_cli.report_tripod import TRIPOD_AI\n"
+        "from echoclr_cli.report.tripod import TRIPOD_AI\n"
         "assert len(TRIPOD_AI) == 52\n"
         "files = ['sweep/paper.yaml', 'finetune/as.yaml', 'pretrain/echoclr.yaml']\n"
         "import tempfile, os\n"

@@ -13,16 +13,19 @@ import torch
 from preprocess_fixtures import fan_video, small_cfg, write_avi
 from scipy.stats import norm
 
-from echoclr_cli import aggregate, metrics, metrics_cluster
-from echoclr_cli.compare import compare_runs
-from echoclr_cli.data import readers, sector
+from echoclr_cli.data import readers
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video, save_video
-from echoclr_cli.data.worker import WorkerContext, _mask_and_crop
-from echoclr_cli.inference import predict_videos
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.inference.loader import predict_videos
+from echoclr_cli.metrics import aggregate
+from echoclr_cli.metrics import bootstrap as metrics_cluster
+from echoclr_cli.metrics import core as metrics
+from echoclr_cli.metrics.compare import compare_runs
+from echoclr_cli.preprocess import sector
+from echoclr_cli.preprocess.run import preprocess
+from echoclr_cli.preprocess.worker import WorkerContext, _mask_and_crop
 
 
 # --------------------------------------------------------------------------- preprocess.resize
@@ -293,7 +296,7 @@ def test_cluster_bootstrap_coverage_sanity():
 
 
 def test_evaluate_predictions_uses_the_configured_unit():
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
     cfg = Config()
     cfg.evaluate.bootstrap = 100

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from echoclr_cli.errors import UserError
-from echoclr_cli.plots import (
+from echoclr_cli.metrics.plots import (
     GRID,
     _curves,
     band_label,
@@ -146,7 +146,7 @@ def test_label_efficiency_plot(tmp_path):
 
 
 def test_plot_evaluation_bundle(tmp_path):
-    from echoclr_cli.aggregate import aggregate_levels
+    from echoclr_cli.metrics.aggregate import aggregate_levels
 
     def videos(seed, one_class=False):
         df = _preds(30, seed, one_class)

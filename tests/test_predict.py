@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import TINY_WIDTH, make_dataset, tiny_finetune_config
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.finetune import run_finetune
-from echoclr_cli.predict import (
+from echoclr_cli.finetune.run import run_finetune
+from echoclr_cli.inference.predict import (
     original_ids_path,
     predict,
     resolve_threshold,
@@ -136,8 +136,8 @@ def test_multiclass_run_refuses_a_numeric_threshold():
 
 
 def test_predict_refuses_a_pretrain_checkpoint(runs, tmp_path):
-    from echoclr_cli.engine import Engine
-    from echoclr_cli.models import SSLModel, build_backbone
+    from echoclr_cli.models.backbones import SSLModel, build_backbone
+    from echoclr_cli.training.engine import Engine
 
     data, _, _ = runs
     engine = Engine(tiny_cfg(), tmp_path / "ssl", section="pretrain")

@@ -17,13 +17,15 @@ from preprocess_fixtures import (
     write_avi,
 )
 
-from echoclr_cli.data import layouts, privacy, readers, sector
+from echoclr_cli.data import privacy, readers
+from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
-from echoclr_cli.data.synth import sector_mask, synthesize
-from echoclr_cli.data.worker import WorkerContext, _mask_and_crop
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess import sector
+from echoclr_cli.preprocess.run import preprocess
+from echoclr_cli.preprocess.worker import WorkerContext, _mask_and_crop
+from echoclr_cli.synth.archive import sector_mask, synthesize
 
 
 def _synth_cfg(fmt="dicom", studies=8):

@@ -13,17 +13,17 @@ import pydicom
 import pytest
 from preprocess_fixtures import small_cfg
 
-from echoclr_cli.data import journal as jr
 from echoclr_cli.data.manifest import OPTIONAL_COLUMNS, label_columns, load_manifest
-from echoclr_cli.data.synth import synthesize
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess, resolve_workers
+from echoclr_cli.preprocess import journal as jr
+from echoclr_cli.preprocess.run import preprocess, resolve_workers
+from echoclr_cli.synth.archive import synthesize
 
 RUN = """
 import sys
 from pathlib import Path
-from echoclr_cli.config import Config
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.config.schema import Config
+from echoclr_cli.preprocess.run import preprocess
 cfg = Config()
 cfg.preprocess.salt = "echoclr"
 cfg.preprocess.size = 32
@@ -176,13 +176,13 @@ def test_workers_auto(monkeypatch):
     assert resolve_workers(3) == 3
     with pytest.raises(UserError, match="workers"):
         resolve_workers(0)
-    from echoclr_cli.config import Config
+    from echoclr_cli.config.schema import Config
 
     assert Config().preprocess.workers == "auto"
 
 
 def test_workers_option_values():
-    from echoclr_cli.cli_options import build_config
+    from echoclr_cli.cli.common import build_config
 
     def workers(value):
         cfg = build_config(section="preprocess", config=None, sets=None, profile="demo",

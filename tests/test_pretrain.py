@@ -13,11 +13,10 @@ import pytest
 import torch
 from helpers import make_dataset
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Note
-from echoclr_cli.optim import build_optimizer, build_scheduler, lr_factor
-from echoclr_cli.pretrain import (
+from echoclr_cli.pretrain.run import (
     PretrainTask,
     build_model,
     build_probe,
@@ -25,6 +24,7 @@ from echoclr_cli.pretrain import (
     probe_auroc,
     run_pretrain,
 )
+from echoclr_cli.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def tiny_cfg(method="echoclr", **pretrain) -> Config:
@@ -237,7 +237,7 @@ def test_pretrain_on_several_splits(data):
 def test_view_forward_separate_normalises_each_view_with_its_own_statistics():
     """pretrain.view_forward: separate (paper) = one backbone call per view (BatchNorm batch
     statistics per view) inside one model call; joint = one 2B call (shared statistics)."""
-    from echoclr_cli.models import SSLModel, build_backbone
+    from echoclr_cli.models.backbones import SSLModel, build_backbone
 
     torch.manual_seed(0)
     model = SSLModel(build_backbone("r3d_18", 0.125), 16, 8).train()

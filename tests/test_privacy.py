@@ -20,7 +20,7 @@ import pytest
 from preprocess_fixtures import dicom_dataset, fan_video, save, small_cfg
 
 from echoclr_cli.data.privacy import hash_id
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
 
 H, W = 96, 120
 PATIENTS = [  # (name, id, birth date, accession, study uid)
@@ -261,8 +261,8 @@ def test_splits_and_row_order_do_not_depend_on_the_salt(tmp_path):
 def test_synthetic_archive_keeps_reproducible_ids(tmp_path):
     """`echoclr synth` archives hold no patient: without --salt they use the fixed salt, so the
     demo's dataset (and results) are the same in every run."""
-    from echoclr_cli.config import Config
-    from echoclr_cli.data.synth import synthesize
+    from echoclr_cli.config.schema import Config
+    from echoclr_cli.synth.archive import synthesize
 
     cfg = Config()
     cfg.synth.studies, cfg.synth.height, cfg.synth.width, cfg.synth.max_frames = 2, 80, 96, 20

@@ -12,10 +12,10 @@ from helpers import make_dataset
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli.config import Config, pretrain_epochs, with_pretrain_epochs
-from echoclr_cli.config_load import load_config
-from echoclr_cli.engine import Engine
-from echoclr_cli.recipe import RECIPE, format_recipe, get, published_value, recipe_rows
+from echoclr_cli.config.load import load_config
+from echoclr_cli.config.recipe import RECIPE, format_recipe, get, published_value, recipe_rows
+from echoclr_cli.config.schema import Config, pretrain_epochs, with_pretrain_epochs
+from echoclr_cli.training.engine import Engine
 
 runner = CliRunner()
 
@@ -140,7 +140,7 @@ def test_evalprep_keys_when_present(paper):
 
 
 def _missing():
-    from echoclr_cli import recipe
+    from echoclr_cli.config import recipe
 
     return recipe._MISSING
 
@@ -198,7 +198,7 @@ def test_cli_pretrain_simclr_trains_520_by_default(data, tmp_path, fit_epochs):
 
 def test_sweep_paths_train_simclr_520(data, tmp_path, fit_epochs):
     """`sweep --pretrain-missing` and the command the sweep suggests both train SimCLR 520."""
-    from echoclr_cli.pretrain import run_pretrain
+    from echoclr_cli.pretrain.run import run_pretrain
     from echoclr_cli.sweep.inits import pretrain_command
     from echoclr_cli.sweep.run import _pretrain_missing
 

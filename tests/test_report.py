@@ -7,8 +7,9 @@ import io
 import pytest
 from rich.console import Console
 
-from echoclr_cli import events, report
-from echoclr_cli.config_load import load_config
+from echoclr_cli import console as report
+from echoclr_cli import events
+from echoclr_cli.config.load import load_config
 
 
 class FakeBar:

@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from echoclr_cli.aggregate import aggregate_levels
-from echoclr_cli.clinical import write_clinical
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import save_config
+from echoclr_cli.clinical.core import write_clinical
+from echoclr_cli.config.load import save_config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.metrics import evaluate_predictions
-from echoclr_cli.report_html import build_report, detect_kind, output_paths
-from echoclr_cli.report_tripod import TRIPOD_AI
+from echoclr_cli.metrics.aggregate import aggregate_levels
+from echoclr_cli.metrics.core import evaluate_predictions
+from echoclr_cli.report.html import build_report, detect_kind, output_paths
+from echoclr_cli.report.tripod import TRIPOD_AI
 from tests.test_clinical import fake_manifest, fake_sweep, predictions
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from echoclr_cli import cli
 from echoclr_cli.data import labels, rules
 from echoclr_cli.errors import UserError
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
 
 
 def _labels(rule: str, **cols) -> list:

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 from preprocess_fixtures import fan_mask, fan_video
 
-from echoclr_cli.data import sector
+from echoclr_cli.preprocess import sector
 
 
 def _outside_ok(

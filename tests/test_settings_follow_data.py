@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from preprocess_fixtures import dicom_dataset, fan_video, save  # noqa: E402
 
 from echoclr_cli.cli import app  # noqa: E402
-from echoclr_cli.cli_options import user_set_keys  # noqa: E402
-from echoclr_cli.config_load import config_to_dict, load_config, parse_set  # noqa: E402
-from echoclr_cli.preprocess import user_archive_settings  # noqa: E402
+from echoclr_cli.cli.common import user_set_keys  # noqa: E402
+from echoclr_cli.config.load import config_to_dict, load_config, parse_set  # noqa: E402
+from echoclr_cli.preprocess.run import user_archive_settings  # noqa: E402
 
 N_PATIENTS = 20  # enough for a 75/10/15 split with every split non-empty
 
@@ -129,8 +129,8 @@ def _fake_run(run: Path, size: int) -> Path:
 
 
 def test_evaluate_and_predict_say_the_size_of_the_run(tmp_path, monkeypatch):
-    import echoclr_cli.evaluate as evaluate_mod
-    import echoclr_cli.predict as predict_mod
+    import echoclr_cli.inference.evaluate as evaluate_mod
+    import echoclr_cli.inference.predict as predict_mod
 
     seen = {}
 
@@ -157,8 +157,8 @@ def test_evaluate_and_predict_say_the_size_of_the_run(tmp_path, monkeypatch):
 @pytest.fixture
 def kinetics_file(tmp_path, monkeypatch):
     """A fake Kinetics-400 weight file in a private torch hub cache (never downloaded)."""
-    from echoclr_cli.models import build_backbone
-    from echoclr_cli.weights import kinetics_weight_path
+    from echoclr_cli.models.backbones import build_backbone
+    from echoclr_cli.models.weights import kinetics_weight_path
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     path = kinetics_weight_path("r3d_18")

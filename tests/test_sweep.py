@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from echoclr_cli.checkpoint import prepare_run_dir
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import config_to_dict, diff_configs, load_config, save_config
+from echoclr_cli.config.load import config_to_dict, diff_configs, load_config, save_config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Eta, Note, RunStart
 from echoclr_cli.io import atomic_write_json
+from echoclr_cli.models.checkpoint import prepare_run_dir
 from echoclr_cli.schema import RESULT_COLUMNS
 from echoclr_cli.sweep import (
     aggregate,
@@ -689,7 +689,7 @@ def test_results_table_ci_best_and_seeds():
 
 @pytest.mark.slow
 def test_real_finetune_sweep_end_to_end(tmp_path):
-    pytest.importorskip("echoclr_cli.finetune")
+    pytest.importorskip("echoclr_cli.finetune.run")
     data = make_dataset(tmp_path, n_studies=12, videos_per_study=(1, 2), frames=(20, 24), size=32)
     c = Config()
     c.runtime.workers = 0

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from helpers import free_port
 from torch import nn
 
-from echoclr_cli.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
+from echoclr_cli.models.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
 
 
 def _model() -> nn.Module:

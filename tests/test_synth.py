@@ -14,9 +14,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from echoclr_cli.config import Config, SynthConfig
-from echoclr_cli.data import synth
+from echoclr_cli.config.schema import Config, SynthConfig
 from echoclr_cli.errors import UserError
+from echoclr_cli.synth import archive as synth
 
 TINY = dict(height=64, width=80, min_frames=5, max_frames=8, min_videos=2, max_videos=3, workers=1)
 

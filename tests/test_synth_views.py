@@ -18,10 +18,11 @@ from preprocess_fixtures import id_map, small_cfg
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli.config import Config, SynthConfig
-from echoclr_cli.data import synth, synth_views
+from echoclr_cli.config.schema import Config, SynthConfig
 from echoclr_cli.data.manifest import categorical_columns, label_columns, load_manifest
-from echoclr_cli.preprocess import preprocess
+from echoclr_cli.preprocess.run import preprocess
+from echoclr_cli.synth import archive as synth
+from echoclr_cli.synth import views as synth_views
 
 TINY = dict(height=64, width=80, min_frames=5, max_frames=8, min_videos=2, max_videos=3, workers=1)
 FOUR = ["plax", "psax", "a4c", "a2c"]

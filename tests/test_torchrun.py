@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import free_port, make_dataset
 
-from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.models.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

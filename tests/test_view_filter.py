@@ -18,12 +18,13 @@ from helpers import tiny_finetune_config
 from preprocess_fixtures import small_cfg
 from torch import nn
 
-from echoclr_cli.config import SynthConfig
-from echoclr_cli.data import readers, synth
-from echoclr_cli.data import view_filter as vfm
+from echoclr_cli.config.schema import SynthConfig
+from echoclr_cli.data import readers
 from echoclr_cli.data.datasets import PairDataset, pair_view_column
 from echoclr_cli.data.manifest import categorical_columns, load_manifest
 from echoclr_cli.errors import UserError
+from echoclr_cli.preprocess import view_filter as vfm
+from echoclr_cli.synth import archive as synth
 
 FOUR = ["plax", "psax", "a4c", "a2c"]
 
@@ -141,14 +142,14 @@ def test_run_dir_view_model_and_cli(archive, tmp_path):
     from typer.testing import CliRunner
 
     from echoclr_cli import cli
-    from echoclr_cli.finetune import run_finetune
+    from echoclr_cli.finetune.run import run_finetune
 
     raw, full = archive / "raw", tmp_path / "full"
     vfm.preprocess_with_view_filter(_cfg(), raw, full)
     cfg = tiny_finetune_config(epochs=1, finetune={"task": "view"}, preprocess={"size": 32})
     run = tmp_path / "run"
     run_finetune(cfg, full, run)
-    from echoclr_cli.predict import predict
+    from echoclr_cli.inference.predict import predict
 
     predict(cfg, run, full, tmp_path / "p.csv")  # the run's own top classes (2 clips per video)
     top = pd.read_csv(tmp_path / "p.csv").set_index("video_id")["y_pred"]
@@ -207,8 +208,8 @@ def test_pairs_within_study_and_view(tmp_path):
 
 
 def test_pretrain_uses_pair_within(tmp_path):
-    from echoclr_cli.config import Config
-    from echoclr_cli.pretrain import pair_dataset
+    from echoclr_cli.config.schema import Config
+    from echoclr_cli.pretrain.run import pair_dataset
 
     cfg = Config()
     assert cfg.pretrain.pair_within == "study_view"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoclr_cli.config import KINETICS_MEAN, Config
-from echoclr_cli.config_load import load_config
+from echoclr_cli.config.load import load_config
+from echoclr_cli.config.schema import KINETICS_MEAN, Config
 from echoclr_cli.errors import UserError
-from echoclr_cli.models import SSLModel, build_backbone
-from echoclr_cli.weights import (
+from echoclr_cli.models.backbones import SSLModel, build_backbone
+from echoclr_cli.models.weights import (
     init_backbone,
     input_normalization,
     kinetics_weight_path,
@@ -54,7 +54,7 @@ def load_into_fresh(cfg: Config):
 
 # --------------------------------------------------------------------------- formats
 def test_our_ssl_run_dir_and_checkpoint_file(tmp_path):
-    from echoclr_cli.engine import Engine
+    from echoclr_cli.training.engine import Engine
 
     cfg = load_config(
         profile="demo", overrides={"model": {"width": WIDTH}, "runtime": {"device": "cpu"}}
@@ -73,7 +73,7 @@ def test_our_ssl_run_dir_and_checkpoint_file(tmp_path):
 
 
 def test_our_checkpoint_with_other_width_is_refused_naming_it(tmp_path):
-    from echoclr_cli.engine import Engine
+    from echoclr_cli.training.engine import Engine
 
     cfg = load_config(
         profile="demo", overrides={"model": {"width": 0.25}, "runtime": {"device": "cpu"}}
@@ -280,7 +280,7 @@ def test_load_backbone_weights_direct():
 
 # --------------------------------------------------------------------------- init availability
 def test_init_available_is_the_rule_init_backbone_applies(tmp_path, monkeypatch):
-    from echoclr_cli.weights import init_available, kinetics_url
+    from echoclr_cli.models.weights import init_available, kinetics_url
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert init_available("random", cfg_with("random")).ok

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from echoclr_cli.config import AugmentConfig
+from echoclr_cli.config.schema import AugmentConfig
 
 MINMAX_EPS = 1e-6
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 
 SSL_METHODS = ("simclr", "mi-simclr", "echoclr")

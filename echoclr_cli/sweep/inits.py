@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.rundir import last_checkpoint, run_progress
 from echoclr_cli.rundir import pretrain_root as default_pretrain_root
@@ -57,7 +57,7 @@ def _model_mismatch(run_dir: Path, cfg: Config) -> str | None:
 def kinetics_unavailable(cfg: Config) -> str | None:
     """Why ``finetune.init kinetics`` cannot load into the sweep's model, or None when it can
     (``weights.init_available``, the one definition)."""
-    from echoclr_cli.weights import init_available
+    from echoclr_cli.models.weights import init_available
 
     check = init_available("kinetics", cfg)
     return None if check.ok else check.reason
@@ -115,7 +115,7 @@ def resolve_inits(
             out.append((name, "random"))
             notes[name] = "torchvision initialisation"
         elif name == "kinetics":
-            from echoclr_cli.weights import init_available
+            from echoclr_cli.models.weights import init_available
 
             check = init_available("kinetics", cfg)
             if not check.ok:

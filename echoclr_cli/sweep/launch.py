@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.events import Note, Progress, RunFailed
 from echoclr_cli.sweep.plan import RunSpec, SweepPlan

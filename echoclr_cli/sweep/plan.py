@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import config_to_dict, deep_merge
+from echoclr_cli.config.load import config_to_dict, deep_merge
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import fmt_duration
 from echoclr_cli.schema import PLAN_COLUMNS

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write_csv
-from echoclr_cli.plots import label_efficiency_table, plot_label_efficiency
+from echoclr_cli.metrics.plots import label_efficiency_table, plot_label_efficiency
 from echoclr_cli.schema import RESULT_COLUMNS, SELECTION_COLUMNS
 from echoclr_cli.sweep.grid import INIT_ORDER
 from echoclr_cli.sweep.state import (
@@ -136,7 +136,7 @@ def select_models(plan_df: pd.DataFrame, out_dir: Path, cfg: Config) -> pd.DataF
 
 def collect_results(selection: pd.DataFrame, out_dir: Path, splits: Sequence[str]) -> pd.DataFrame:
     """Long results table of the selected runs on ``splits`` (``schema.RESULT_COLUMNS``)."""
-    from echoclr_cli.metrics import metrics_to_frame
+    from echoclr_cli.metrics.core import metrics_to_frame
 
     frames = []
     for row in selection[selection["run_dir"] != ""].itertuples():
@@ -244,8 +244,8 @@ def aggregate_all(
         inits = sorted(plan_frame["init"].unique(), key=lambda x: (rank.get(x, len(rank)), x))
     splits = [s for s in dict.fromkeys(cfg.sweep.splits)]
     selection = select_models(plan_frame, out_dir, cfg)
-    from echoclr_cli.clinical import ClinicalOptions
-    from echoclr_cli.clinical_sweep import paired_pvalues, sweep_clinical_columns
+    from echoclr_cli.clinical.core import ClinicalOptions
+    from echoclr_cli.clinical.sweep import paired_pvalues, sweep_clinical_columns
 
     results = collect_results(selection, out_dir, splits)
     opts = ClinicalOptions.from_config(cfg)

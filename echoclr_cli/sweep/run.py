@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import config_to_dict
+from echoclr_cli.config.load import config_to_dict
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Eta, Note, Progress, RunFailed, RunStart, in_run
 from echoclr_cli.io import atomic_write_csv, atomic_write_text
@@ -77,7 +77,7 @@ def _pretrain_missing(
     pretrain_fn: PretrainFn | None,
 ) -> list[str]:
     if pretrain_fn is None:
-        from echoclr_cli.pretrain import run_pretrain as pretrain_fn
+        from echoclr_cli.pretrain.run import run_pretrain as pretrain_fn
     done = []
     for spec in plan.pretrain:
         _emit(progress, Note(f"pretraining {spec.method} -> {spec.run_dir} ({spec.status})"))
@@ -148,7 +148,7 @@ def train_runs(
     done runs are skipped, partial ones resumed, leftovers overwritten; a UserError is written
     to the run's sweep_error.txt and the next run goes on. Returns (trained, failed)."""
     if finetune_fn is None:
-        from echoclr_cli.finetune import run_finetune as finetune_fn
+        from echoclr_cli.finetune.run import run_finetune as finetune_fn
     trained: list[str] = []
     failed: list[tuple[str, str]] = []
     for k, spec in enumerate(todo, 1):

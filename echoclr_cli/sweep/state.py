@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from echoclr_cli.config import Config
-from echoclr_cli.config_load import config_to_dict, diff_configs
+from echoclr_cli.config.load import config_to_dict, diff_configs
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 
 SELECT_LEVEL = "study"
@@ -26,7 +26,7 @@ def sweep_mutable_keys() -> tuple[str, ...]:
     """Config keys (dotted prefixes) a sweep may change between invocations without invalidating
     finished runs: the grid itself, where things live, how many workers, and the keys set per
     run: the resume rule (``checkpoint.RESUME_MUTABLE_KEYS``) plus the grid's keys."""
-    from echoclr_cli.checkpoint import RESUME_MUTABLE_KEYS
+    from echoclr_cli.models.checkpoint import RESUME_MUTABLE_KEYS
 
     return (
         *RESUME_MUTABLE_KEYS,

@@ -86,7 +86,7 @@ def hospital(tmp_path_factory):
     work = tmp_path_factory.mktemp("hospital")
     archive = hospital_export(work / "export", range(N_PATIENTS))
     misfiled(archive)
-    worklist = hospital_export(work / "worklist", range(N_PATIENTS, N_PATIENTS + 2))
+    hospital_export(work / "worklist", range(N_PATIENTS, N_PATIENTS + 2))
     labels = pd.DataFrame(
         {
             "Accession Number": [accession(i) for i in range(N_PATIENTS)],

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from typer.testing import CliRunner
 
-from echoclr_cli.checkpoint import load_checkpoint
-from echoclr_cli.engine import history_without_timing
+from echoclr_cli.models.checkpoint import load_checkpoint
+from echoclr_cli.training.engine import history_without_timing
 
 ROOT = Path(__file__).resolve().parents[2]
 

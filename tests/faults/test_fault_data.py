@@ -66,7 +66,7 @@ def test_fault_12_patient_in_two_splits_refused_naming_it(data, tmp_path):
 def test_fault_13_bad_labels_excluded_never_reach_the_loss(data, tmp_path, monkeypatch):
     """Non-numeric, out-of-range and empty labels: the rows are excluded (bad_label named by
     `check`), training runs on the rest and every target the loss sees is 0 or 1."""
-    import echoclr_cli.finetune as ft
+    import echoclr_cli.finetune.run as ft
 
     train_studies = sorted(
         pd.read_csv(data / "manifest.csv").query("split == 'train'").study_id.unique()

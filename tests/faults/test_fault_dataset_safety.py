@@ -29,10 +29,10 @@ from preprocess_fixtures import (  # noqa: E402
     write_avi,
 )
 
-from echoclr_cli.config import Config  # noqa: E402
+from echoclr_cli.config.schema import Config  # noqa: E402
 from echoclr_cli.data.manifest import check_frame_size, load_manifest  # noqa: E402
 from echoclr_cli.errors import UserError  # noqa: E402
-from echoclr_cli.preprocess import preprocess  # noqa: E402
+from echoclr_cli.preprocess.run import preprocess  # noqa: E402
 
 H, W = 64, 80
 

@@ -26,7 +26,7 @@ from faultkit import (
     weights,
 )
 
-from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.models.checkpoint import load_checkpoint
 from tests.helpers import make_dataset
 
 EPOCHS = 5
@@ -108,7 +108,7 @@ def test_fault_22_sigterm_checkpoints_exits_143_and_resumes(data, tmp_path):
 # --------------------------------------------------------------------------- 21
 KILL_MID_WRITE = """
 import os, signal, sys
-import echoclr_cli.checkpoint as checkpoint
+import echoclr_cli.models.checkpoint as checkpoint
 
 real, saves = checkpoint.atomic_write, []
 

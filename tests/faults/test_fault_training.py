@@ -15,7 +15,7 @@ import pytest
 import torch
 from faultkit import assert_one_line_error, cli, pretrain_args
 
-from echoclr_cli.checkpoint import load_checkpoint
+from echoclr_cli.models.checkpoint import load_checkpoint
 from tests.helpers import make_dataset
 
 
@@ -54,7 +54,7 @@ def test_fault_19_resume_with_changed_config_or_data_refused(data, tmp_path):
 @pytest.fixture
 def nan_at_step_2(monkeypatch):
     """The contrastive loss of the 2nd step is NaN (a poisoned batch)."""
-    import echoclr_cli.pretrain as pretrain
+    import echoclr_cli.pretrain.run as pretrain
 
     real, calls = pretrain.nt_xent, []
 
@@ -91,7 +91,7 @@ def test_fault_24_nonfinite_tolerance_skips_the_step(data, tmp_path, nan_at_step
 def test_fault_24_checkpoints_never_hold_nonfinite_weights(data, tmp_path, monkeypatch):
     """A finite loss but weights that blow up to inf (lr far too high): the epoch's checkpoint
     is refused, the previous last.pt stays finite and loads."""
-    import echoclr_cli.pretrain as pretrain
+    import echoclr_cli.pretrain.run as pretrain
 
     real = pretrain.build_optimizer
 
@@ -140,8 +140,8 @@ def test_fault_25_worker_dies_on_bad_sample_names_the_file(data, tmp_path, corru
 def test_fault_27_disk_full_clear_error_earlier_outputs_intact(data, tmp_path, monkeypatch):
     """ENOSPC in the middle of writing the 2nd epoch's last.pt (real io.atomic_write, a writer
     that fails after half the bytes)."""
-    import echoclr_cli.checkpoint as checkpoint
     import echoclr_cli.io as io
+    import echoclr_cli.models.checkpoint as checkpoint
 
     saves: list[Path] = []
 

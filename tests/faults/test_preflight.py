@@ -14,7 +14,7 @@ import pytest
 from faultkit import assert_one_line_error, cli, finetune_args, pretrain_args
 
 from echoclr_cli.check import run_check
-from echoclr_cli.config import Config
+from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from tests.helpers import make_dataset
 
@@ -22,8 +22,8 @@ from tests.helpers import make_dataset
 @pytest.fixture
 def no_model(monkeypatch):
     """Building a model fails loudly: anything reaching it ran before/without the preflight."""
-    import echoclr_cli.models as models
-    import echoclr_cli.pretrain as pretrain
+    import echoclr_cli.models.backbones as models
+    import echoclr_cli.pretrain.run as pretrain
 
     def boom(*a, **k):
         raise AssertionError("a model was built before the preflight passed")

@@ -27,7 +27,7 @@ from echoclr_cli.data import privacy, readers  # noqa: E402
 from echoclr_cli.data.manifest import load_manifest  # noqa: E402
 from echoclr_cli.data.store import load_video  # noqa: E402
 from echoclr_cli.errors import UserError  # noqa: E402
-from echoclr_cli.preprocess import preprocess  # noqa: E402
+from echoclr_cli.preprocess.run import preprocess  # noqa: E402
 
 H, W = 96, 120
 

@@ -1,0 +1,1 @@
+"""What a model learned: embeddings and saliency."""

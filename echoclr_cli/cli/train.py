@@ -1,0 +1,96 @@
+"""`echoclr pretrain` and `echoclr finetune`."""
+
+from __future__ import annotations
+
+import typer
+
+from echoclr_cli import console as report
+from echoclr_cli import rundir
+from echoclr_cli.cli.app import app
+from echoclr_cli.cli.common import (
+    Common,
+    Training,
+    command_options,
+    common_options,
+    training_options,
+)
+from echoclr_cli.cli.params import FinetuneOptions, PretrainOptions, PrintRecipeOpt
+
+
+def _print_recipe(cfg, section: str) -> None:
+    from echoclr_cli.config.recipe import format_recipe, recipe_rows
+
+    typer.echo(f"recipe of `echoclr {section}` (profile {cfg.profile}):")
+    typer.echo(format_recipe(recipe_rows(cfg, section)))
+
+
+# --------------------------------------------------------------------------- pretrain
+@app.command()
+@common_options()
+@training_options
+@command_options(PretrainOptions)
+def pretrain(
+    *,
+    opts: PretrainOptions,
+    training: Training,
+    common: Common,
+    print_recipe: PrintRecipeOpt = False,
+) -> None:
+    """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
+    cfg = common.resolve(
+        section="pretrain", flags=training.flags("pretrain") | opts.flags(), data=True
+    )
+    if print_recipe:
+        _print_recipe(cfg, "pretrain")
+        return
+    from echoclr_cli.pretrain.run import run_pretrain
+
+    with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
+        res = run_pretrain(
+            cfg,
+            cfg.paths.data,
+            opts.out or rundir.pretrain_run_dir(cfg),
+            **training.run_kwargs(),
+            progress=on_event,
+        )
+    report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
+
+
+# --------------------------------------------------------------------------- finetune
+@app.command()
+@common_options()
+@training_options
+@command_options(FinetuneOptions)
+def finetune(
+    *,
+    opts: FinetuneOptions,
+    training: Training,
+    common: Common,
+    print_recipe: PrintRecipeOpt = False,
+) -> None:
+    """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
+    # the model follows its init (arch and width of an SSL run, width 1.0 for Kinetics-400)
+    cfg = common.resolve(
+        section="finetune", flags=training.flags("finetune") | opts.flags(), data=True
+    )
+    from echoclr_cli.finetune.run import run_finetune
+
+    if print_recipe:
+        _print_recipe(cfg, "finetune")
+        return
+    run_dir = opts.out or rundir.finetune_run_dir(cfg)
+    with report.progress(f"finetune {cfg.finetune.task}") as progress:
+        res = run_finetune(
+            cfg,
+            cfg.paths.data,
+            run_dir,
+            **training.run_kwargs(),
+            progress=progress,
+        )
+    from echoclr_cli.metrics.core import metrics_to_frame
+
+    report.info(
+        f"fine-tuned on {res.n_train_studies} studies ({res.n_train_positive_studies} positive), "
+        f"best epoch {res.best_epoch}; run dir {res.run_dir}"
+    )
+    report.show_metrics(metrics_to_frame(res.metrics), f"{res.task}: metrics (95% CI)")

@@ -1,0 +1,1 @@
+"""Clinical operating points, calibration, subgroups and their figures."""

@@ -1,0 +1,1 @@
+"""The typed config tree, its YAML/--set layering and the published recipe."""

@@ -1,0 +1,1 @@
+"""Archive layouts: which files, which ids."""

@@ -1,0 +1,1 @@
+"""`echoclr finetune`: the binary and multi-class classification tasks."""

@@ -1,0 +1,441 @@
+"""``echoclr evaluate``: a fine-tuned run on splits of a dataset, optionally compared with another.
+
+The model is rebuilt from the run (:func:`load_run`: ``config.yaml`` + best.pt else last.pt) and
+run over the dataset with ``inference.predict_videos``; the maths over predictions (metrics,
+bootstrap CIs, thresholds chosen on val, DeLong) is ``echoclr_cli.metrics.core``. The fine-tune uses
+:func:`write_evaluation` for its own final evaluation, so both write the same files.
+
+Nothing is written before every argument is checked (run dirs, ``--compare`` run, dataset,
+splits, output folder). The outputs go to one folder per evaluation, ``RUN/eval/<name>/`` (or
+``--out``), replaced as a whole (built next to it, then renamed): the fine-tune's own
+``metrics.json`` and predictions in the run dir are never touched, so the sweep's per-run result
+file stays what the fine-tune wrote, and an evaluation on fewer splits never clobbers a wider one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from echoclr_cli import rundir, runtime
+from echoclr_cli.clinical.core import write_clinical
+from echoclr_cli.config.schema import Config
+from echoclr_cli.data.manifest import SPLITS, load_manifest
+from echoclr_cli.errors import UserError
+from echoclr_cli.events import Progress, Status
+from echoclr_cli.inference.loader import eval_loader, predict_videos
+from echoclr_cli.io import atomic_write_csv, atomic_write_json
+from echoclr_cli.metrics import core as ev
+from echoclr_cli.metrics.aggregate import aggregate_levels
+from echoclr_cli.metrics.compare import compare_runs
+from echoclr_cli.models.checkpoint import load_checkpoint
+from echoclr_cli.models.weights import input_normalization
+
+
+# --------------------------------------------------------------------------- writing results
+def write_predictions(
+    levels_by_split: dict[str, dict[str, pd.DataFrame]], out_dir: Path
+) -> list[Path]:
+    """``predictions_{split}_{level}.csv`` for every split and level; returns the paths."""
+    paths = []
+    for split, levels in levels_by_split.items():
+        for level, df in levels.items():
+            path = rundir.predictions_csv(out_dir, split, level)
+            atomic_write_csv(path, df)
+            paths.append(path)
+    return paths
+
+
+def write_evaluation(
+    cfg: Config,
+    video_by_split: dict[str, pd.DataFrame],
+    out_dir: Path,
+    history_csv: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, pd.DataFrame]], list[Path]]:
+    """Metrics, prediction CSVs and plots of per-video predictions of several splits.
+
+    Thresholds are chosen on ``val`` (when in ``video_by_split``) and applied to the others.
+    Writes ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and ``plots/*.png``
+    (ROC/PR with CI bands, confusion matrices, calibration, and learning curves when
+    ``history_csv`` exists). Returns ``(metrics, levels_by_split, paths written)``.
+    """
+    out_dir = Path(out_dir)
+    cb = (lambda msg: progress(Status(msg))) if progress else None
+    metrics = ev.evaluate_predictions(video_by_split, cfg, progress=cb)
+    levels_by_split = {split: aggregate_levels(df) for split, df in video_by_split.items()}
+    paths = write_predictions(levels_by_split, out_dir)
+    atomic_write_json(out_dir / rundir.METRICS, metrics)
+    paths.append(out_dir / rundir.METRICS)
+    if cfg.evaluate.plots:
+        from echoclr_cli.metrics import plots
+
+        plot_dir = out_dir / rundir.PLOTS
+        e = cfg.evaluate
+        paths += plots.plot_evaluation(
+            levels_by_split,
+            plot_dir,
+            metrics.get("thresholds"),
+            n_boot=e.bootstrap,
+            seed=e.bootstrap_seed,
+            ci=e.ci,
+        )
+        if history_csv is not None and Path(history_csv).exists():
+            paths.append(plots.plot_history(history_csv, plot_dir / "history.png"))
+    return metrics, levels_by_split, paths
+
+
+# --------------------------------------------------------------------------- trained runs
+@dataclass
+class LoadedRun:
+    """A fine-tune run rebuilt from its dir: resolved config, model, checkpoint used."""
+
+    run_dir: Path
+    cfg: Config
+    model: nn.Module
+    checkpoint: Path
+    epoch: int | None
+
+
+def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
+    """Rebuild a fine-tuned classifier from ``config.yaml`` + ``checkpoints/best.pt`` (or last.pt)."""
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run dir {run_dir} does not exist", fix="pass a fine-tune run dir")
+    run_cfg = rundir.read_run_config(run_dir)
+    path = rundir.run_checkpoint(run_dir)
+    ck = load_checkpoint(path, map_location="cpu")
+    if ck.get("section") not in (None, "finetune"):
+        raise UserError(
+            f"{path} is a {ck.get('section')} checkpoint, not a fine-tuned classifier",
+            fix="evaluate/predict need a run of `echoclr finetune`",
+        )
+    from echoclr_cli.finetune.multiclass import run_model
+
+    model = run_model(run_dir, run_cfg)  # K outputs for a multi-class run (classes.json)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise UserError(
+            f"{path} does not match the model of {run_dir}/config.yaml ({str(e).splitlines()[0]})",
+            fix="re-run the fine-tune",
+        ) from None
+    return LoadedRun(Path(run_dir), run_cfg, model.to(device), path, ck.get("epoch"))
+
+
+def device_and_autocast(cfg: Config) -> tuple[torch.device, Callable[[], Any]]:
+    """Device and autocast factory of ``cfg.runtime`` (for evaluation outside the engine)."""
+    return runtime.device_and_autocast(cfg.runtime.device, cfg.runtime.precision)
+
+
+def predict_split_videos(
+    run: LoadedRun,
+    cfg: Config,
+    df: pd.DataFrame,
+    data_dir: Path,
+    task: str | None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Per-video predictions of a loaded run on manifest rows ``df`` (eval settings of ``cfg``)."""
+    device, autocast = device_and_autocast(cfg)
+    ft = run.cfg.finetune
+    loader = eval_loader(df, data_dir, task, cfg, ft.clip_len, ft.stride)
+    preds = predict_videos(
+        run.model,
+        loader,
+        device,
+        cfg.evaluate.block_size,
+        input_normalization(run.cfg),
+        autocast=autocast,
+        progress=progress,
+    )
+    return preds.video
+
+
+def run_data_dir(run_dir: Path, data_dir: Path | None) -> Path:
+    """``data_dir``, else the dataset the run was trained on (``finetune.json``)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = rundir.read_finetune_facts(run_dir).get("data_dir")
+    if recorded:
+        return Path(recorded)
+    raise UserError(
+        f"no dataset given and {run_dir}/{rundir.FINETUNE_FACTS} does not name one",
+        fix="pass --data DATA",
+    )
+
+
+# --------------------------------------------------------------------------- evaluate
+@dataclass
+class EvaluateResult:
+    """What ``echoclr evaluate`` computed and wrote."""
+
+    run_dir: Path
+    out_dir: Path
+    name: str
+    checkpoint: Path
+    task: str
+    splits: list[str]
+    metrics: dict[str, Any]
+    table: pd.DataFrame  # split, level, metric, value, ci_low, ci_high, n
+    predictions: dict[str, dict[str, pd.DataFrame]]  # split -> level -> frame
+    comparison: dict[str, Any] | None = None  # split -> level -> compare_runs dict
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def eval_name(
+    splits: Sequence[str], data_name: str | None = None, compare_name: str | None = None
+) -> str:
+    """Default folder name of an evaluation: ``<splits joined by +>[_<dataset>][_vs-<run B>]``."""
+    name = "+".join(splits)
+    if data_name:
+        name += f"_{data_name}"
+    if compare_name:
+        name += f"_vs-{compare_name}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """An evaluation folder is replaced as a whole: refuse anything else that is there."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder", fix="pass another --out / --name")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / rundir.EVAL_INFO).is_file():
+        raise UserError(
+            f"{out_dir} is not empty and is not an earlier `echoclr evaluate` output "
+            f"(no {rundir.EVAL_INFO}): it would be replaced",
+            fix="pass another --out (an empty or new folder) or --name",
+        )
+
+
+def _replace_folder(dest: Path, fill: Callable[[Path], list[Path]]) -> list[Path]:
+    """Build ``dest`` in a hidden sibling with ``fill(tmp)``, then swap it in (two renames).
+
+    A failure while filling leaves the previous ``dest`` as it was. Returns the written paths
+    under ``dest``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        written = fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return [dest / Path(p).relative_to(tmp) for p in written]
+
+
+def _resolve_splits(
+    requested: Sequence[str] | None, cfg: Config, present: set[str], data_dir: Path, task: str
+) -> tuple[list[str], list[str]]:
+    """``(splits to evaluate, notes)``: explicit splits must exist; ``evaluate.splits`` (the
+    default) skips absent ones with a note. ``val`` is always evaluated when present."""
+    explicit = requested is not None
+    wanted = list(dict.fromkeys(requested if explicit else cfg.evaluate.splits))
+    unknown = [s for s in wanted if s not in SPLITS]
+    if unknown:
+        source = "--split" if explicit else "evaluate.splits"
+        raise UserError(f"{source}: unknown split(s) {unknown}", fix=f"use {', '.join(SPLITS)}")
+    absent = [s for s in wanted if s not in present]
+    notes = []
+    if absent and explicit:
+        raise UserError(
+            f"{data_dir / 'manifest.csv'} has no labelled '{task}' videos in split(s) {absent} "
+            f"(present: {sorted(present)})",
+            fix="pick --split among the present ones",
+        )
+    if absent:
+        notes.append(f"evaluate.splits {absent} have no labelled '{task}' videos: skipped")
+    chosen = [s for s in wanted if s in present]
+    todo = (["val"] if "val" in present and "val" not in chosen else []) + chosen
+    if not todo:
+        raise UserError(
+            f"none of evaluate.splits {wanted} (nor val) has labelled '{task}' videos in "
+            f"{data_dir / 'manifest.csv'}",
+            fix="pass --split with a present split",
+        )
+    return todo, notes
+
+
+def evaluate_run(
+    cfg: Config,
+    run_dir: Path,
+    data_dir: Path | None = None,
+    splits: Sequence[str] | None = None,
+    *,
+    compare: Path | None = None,
+    out_dir: Path | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> EvaluateResult:
+    """Evaluate a fine-tuned run on ``splits`` of a dataset (and compare it with another run).
+
+    ``splits`` None = ``cfg.evaluate.splits`` (absent ones are skipped with a note; explicit
+    absent splits are refused). ``val`` is always evaluated too when the dataset has it, because
+    the thresholds reported for the other splits are chosen on it. ``data_dir`` None = the
+    dataset the run was trained on. Evaluation settings (clips per video, block size, bootstrap,
+    CI, plots) and runtime come from ``cfg``; the model from the run.
+
+    Files (``eval.json``, ``metrics.json``, predictions CSVs, plots, ``comparison.json``) go to
+    ``out_dir``, default ``RUN/eval/<name>/`` with ``name`` default :func:`eval_name`; the folder
+    is replaced as a whole, and only when everything was computed.
+    ``compare``: another fine-tune run on the same task; both are evaluated with the same
+    settings on the same items and compared per split and level with ``compare.compare_runs``
+    (paired stratified bootstrap of the AUROC difference A - B, and DeLong's test).
+    """
+    # ---- every argument is checked before anything is computed or written
+    run_dir = Path(run_dir)
+    device, _ = device_and_autocast(cfg)
+    run = load_run(run_dir, device)
+    task = run.cfg.finetune.task
+    given_data = data_dir
+    data_dir = run_data_dir(run_dir, data_dir)
+    from echoclr_cli.finetune.multiclass import is_multiclass_run, read_classes
+
+    multi = is_multiclass_run(run_dir)
+    if multi:  # categorical task: class-index labels, multi-class metrics
+        from echoclr_cli.finetune.multiclass_fit import multiclass_splits
+
+        present = multiclass_splits(data_dir, task, read_classes(run_dir))
+    else:
+        df = load_manifest(data_dir, task=task)
+        present = set(df["split"])
+    todo, notes = _resolve_splits(splits, cfg, present, data_dir, task)
+    other = None
+    if compare is not None and multi:
+        raise UserError("--compare is not supported for multi-class runs", fix="drop --compare")
+    if compare is not None:
+        other = load_run(Path(compare), device)
+        if other.cfg.finetune.task != task:
+            raise UserError(
+                f"cannot compare runs of different tasks: {run_dir} ({task}) vs "
+                f"{compare} ({other.cfg.finetune.task})",
+                fix="compare two runs of the same --task",
+            )
+    if name is not None and not _NAME_OK.match(name):
+        raise UserError(
+            f"--name '{name}' is not a plain folder name",
+            fix="use letters, digits and . _ + - (no slashes)",
+        )
+    if out_dir is None:
+        recorded = rundir.read_finetune_facts(run_dir).get("data_dir")
+        other_data = given_data is not None and (
+            not recorded or Path(recorded).resolve() != Path(given_data).resolve()
+        )
+        named = [s for s in todo if s != "val"] or todo
+        name = name or eval_name(
+            named,
+            Path(given_data).resolve().name if other_data else None,
+            Path(compare).resolve().name if compare is not None else None,
+        )
+        out_dir = rundir.eval_dir(run_dir, name)
+    out_dir = Path(out_dir)
+    name = name or out_dir.name
+    _check_out_dir(out_dir)
+
+    # ---- predictions (nothing written yet)
+    video_by_split, video_b = {}, {}
+    for split in todo if not multi else ():
+        _emit(progress, f"predicting {split}")
+        part = df[df["split"] == split]
+        video_by_split[split] = predict_split_videos(run, cfg, part, data_dir, task, progress)
+        if other is not None:
+            _emit(progress, f"predicting {split} with {compare}")
+            video_b[split] = predict_split_videos(other, cfg, part, data_dir, task, progress)
+
+    # ---- one folder, swapped in when complete
+    box: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> list[Path]:
+        hist = run_dir / rundir.HISTORY
+        if multi:
+            from echoclr_cli.finetune.multiclass_fit import evaluate_multiclass_run
+
+            got = evaluate_multiclass_run(cfg, run, data_dir, todo, tmp, notes, progress)
+            metrics, levels, files = got["metrics"], got["levels"], got["files"]
+        else:
+            metrics, levels, files = write_evaluation(cfg, video_by_split, tmp, hist, progress)
+            files += write_clinical(cfg, video_by_split, tmp, manifest=df, metrics=metrics)
+        box.update(metrics=metrics, levels=levels)
+        if other is not None:
+            box["comparison"] = _compare(cfg, run, other, levels, video_b)
+            atomic_write_json(tmp / rundir.COMPARISON, box["comparison"])
+            files.append(tmp / rundir.COMPARISON)
+        info = {
+            "run_dir": str(run_dir),
+            "checkpoint": run.checkpoint.name,
+            "epoch": run.epoch,
+            "task": task,
+            "data_dir": str(Path(data_dir).resolve()),
+            "splits": todo,
+            "compare": str(compare) if compare is not None else None,
+            "notes": notes,
+            "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        atomic_write_json(tmp / rundir.EVAL_INFO, info)
+        return [tmp / rundir.EVAL_INFO, *files]
+
+    files = _replace_folder(out_dir, fill)
+    return EvaluateResult(
+        run_dir=run_dir,
+        out_dir=out_dir,
+        name=name,
+        checkpoint=run.checkpoint,
+        task=task,
+        splits=todo,
+        metrics=box["metrics"],
+        table=ev.metrics_to_frame(box["metrics"]),
+        predictions=box["levels"],
+        comparison=box.get("comparison"),
+        notes=notes,
+        files=files,
+    )
+
+
+def _compare(
+    cfg: Config,
+    run: LoadedRun,
+    other: LoadedRun,
+    levels: dict[str, dict[str, pd.DataFrame]],
+    video_b: dict[str, pd.DataFrame],
+) -> dict[str, Any]:
+    e = cfg.evaluate
+    out: dict[str, Any] = {"run_a": str(run.run_dir), "run_b": str(other.run_dir), "splits": {}}
+    for split, by_level in levels.items():
+        levels_b = aggregate_levels(video_b[split])
+        out["splits"][split] = {
+            level: compare_runs(
+                by_level[level],
+                levels_b[level],
+                n=e.bootstrap,
+                seed=e.bootstrap_seed,
+                ci=e.ci,
+                on="study_id" if level == "study" else "video_id",
+                unit=e.bootstrap_unit,
+            )
+            for level in by_level
+        }
+    return out
+
+
+def _emit(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(Status(message))

@@ -1,0 +1,1 @@
+"""Metrics over predictions: AUROC/AUPR, bootstrap CIs, DeLong, aggregation."""

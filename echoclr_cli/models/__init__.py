@@ -1,0 +1,1 @@
+"""Architectures, weight loading, checkpoints, SyncBatchNorm."""

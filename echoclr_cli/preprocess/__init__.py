@@ -1,0 +1,1 @@
+"""`echoclr preprocess`: raw archive -> de-identified dataset dir."""

@@ -1,0 +1,626 @@
+"""``echoclr preprocess``: raw archive -> dataset dir (layouts/readers -> sector -> store -> manifest).
+
+Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
+small row; the parent streams rows (never videos), so memory is flat in the number of videos.
+Every finished file is appended to a private journal (data/journal.py) as it completes: a re-run,
+after a kill -9 or not, reuses the files whose fingerprint (size, mtime, inode, device) is
+unchanged without opening them, hashes only new or changed files (reused when their content is
+the same) and decodes the rest; ``overwrite`` redoes them all. Nothing the user owns is deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
+``manifest.csv, dataset.json, skipped.csv, report.json, id_map.csv, videos/*.npy, preview.png``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from echoclr_cli.config.schema import Config
+from echoclr_cli.data import privacy, readers
+from echoclr_cli.data.labels import issue_lines, match_labels, private_issue_rows
+from echoclr_cli.data.labels import issues_report as label_issues_report
+from echoclr_cli.data.layouts import discover as layouts
+from echoclr_cli.data.layouts.discover import Inventory, Item
+from echoclr_cli.data.manifest import (
+    MANIFEST_COLUMNS,
+    OPTIONAL_COLUMNS,
+    SPLITS,
+    assign_splits,
+    check_leakage,
+    dataset_json,
+)
+from echoclr_cli.data.privacy import hash_id
+from echoclr_cli.data.readers import ReadOptions
+from echoclr_cli.errors import UserError
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error
+from echoclr_cli.preprocess import outputs, worker
+from echoclr_cli.preprocess.journal import Journal, fingerprint, run_key
+from echoclr_cli.preprocess.migrate import refuse_legacy
+
+PREVIEW_VIDEOS = 8
+MAX_WARNINGS = 200
+STRATA_MAX = 3  # label columns used for stratification (combinations explode beyond)
+
+
+@dataclass
+class PreprocessResult:
+    """Summary of a preprocess run (also written to ``report.json``).
+
+    skipped_by_reason: count per reason code (filters and failures); failures: files that should
+    have worked (counted against ``max_skipped_frac``); split_sizes: split -> videos / studies /
+    patients; prevalence: split -> label -> {positive, known, rate}; frames / fps: min, median,
+    mean, max over stored videos.
+    """
+
+    output_dir: Path
+    input_dir: Path
+    layout: str
+    n_inputs: int
+    n_videos: int
+    n_reused: int
+    n_skipped: int
+    n_failures: int
+    skipped_by_reason: dict[str, int]
+    split_sizes: dict[str, dict[str, int]]
+    prevalence: dict[str, dict[str, dict]]
+    label_columns: list[str]
+    frames: dict[str, float]
+    fps: dict[str, float]
+    fps_source: dict[str, int]
+    channels: dict[str, int]
+    warnings: list[str]
+    paths: dict[str, Path] = field(default_factory=dict)
+    n_decoded: int = 0  # files sent to the workers (the others came from the journal)
+    seconds: float = 0.0
+    status: str = "ok"
+    reason: str | None = None
+    label_report: dict | None = None
+
+    def to_dict(self) -> dict:
+        """Public form (report.json): no input path, no private file."""
+        d = asdict(self)
+        d.pop("input_dir")
+        d["output_dir"] = str(self.output_dir)
+        d["paths"] = {
+            k: str(v) for k, v in self.paths.items() if privacy.PRIVATE not in Path(v).parts
+        }
+        return d
+
+
+# --------------------------------------------------------------------------- orchestration
+def resolve_input(cfg: Config, input_dir: Path | None, progress=None) -> Path:
+    """``input_dir``, else ``preprocess.input``, else ``paths.raw`` (synthesised when absent)."""
+    if input_dir is None:
+        input_dir = cfg.preprocess.input
+    if input_dir is not None:
+        input_dir = Path(input_dir)
+        if not input_dir.is_dir():
+            raise UserError(f"input dir not found: {input_dir}", fix="check --input")
+        return input_dir
+    raw = Path(cfg.paths.raw)
+    meta = raw / "synth.json"
+    incomplete = meta.exists() and not json.loads(meta.read_text() or "{}").get("complete")
+    if not raw.exists() or incomplete or (raw.is_dir() and not any(raw.iterdir())):
+        from echoclr_cli.synth.archive import synthesize
+
+        synthesize(cfg, raw, progress=progress)
+    return raw
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory", fix="choose another --output")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "dataset.json").exists() or (out / "manifest.csv").exists()
+        if not ours and not overwrite:
+            raise UserError(
+                f"{out} is not empty and is not an echoclr dataset dir",
+                fix="choose an empty or new --output (or --overwrite to write into it; nothing "
+                "is deleted)",
+            )
+
+
+VIDEO_SETTINGS = (
+    "size", "color", "skip_color_doppler", "use_dicom_regions", "max_frames", "min_frames",
+    "min_fps", "fallback_fps", "resize", "short_videos",
+)  # fmt: skip
+# Datasets written before these settings existed were made with these values.
+LEGACY_SETTINGS = {"resize": "sector_crop", "short_videos": "skip"}
+# short_videos=pad: only single-frame files are skipped (the published rule)
+PAD_MIN_FRAMES = 2
+
+
+def video_settings(pc) -> dict:
+    """The preprocess settings that change a stored video or its row (re-use needs them equal)."""
+    return {k: getattr(pc, k) for k in VIDEO_SETTINGS}
+
+
+def read_min_frames(pc) -> int:
+    """Fewest frames a decoded file may have: ``min_frames`` with ``short_videos=skip``, else
+    2 (only single-frame files are skipped; shorter videos are zero-padded at load)."""
+    return pc.min_frames if pc.short_videos == "skip" else min(pc.min_frames, PAD_MIN_FRAMES)
+
+
+def _previous(out: Path, settings: dict) -> dict[str, dict]:
+    """Rows of an earlier run in ``out`` made with the same video settings, by video_id
+    (for idempotent re-runs); empty when the settings changed (everything is redone)."""
+    path = out / "manifest.csv"
+    try:
+        old = json.loads((out / "dataset.json").read_text()).get("video_settings")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if isinstance(old, dict):
+        old = {**LEGACY_SETTINGS, **old}
+    if not path.exists() or old != settings:
+        return {}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return {}
+    cols = list(MANIFEST_COLUMNS) + list(OPTIONAL_COLUMNS)
+    if not set(cols) <= set(df.columns):
+        return {}  # an older manifest without the DICOM fields: redone once
+    out_rows = {}
+    for rec in df[cols].to_dict("records"):
+        for k in ("n_frames", "height", "width", "channels"):
+            rec[k] = int(rec[k])
+        rec["fps"] = float(rec["fps"])
+        rec["study_year"] = int(rec["study_year"]) if rec["study_year"] else None
+        rec.update({c: rec[c] or None for c in OPTIONAL_COLUMNS})
+        out_rows[rec["video_id"]] = rec
+    return out_rows
+
+
+def _results(
+    tasks: list[tuple[int, Item]], ctx: worker.WorkerContext, workers: int
+) -> Iterator[tuple[int, dict]]:
+    """Stream (index, result) of ``(index, item)`` tasks with at most ``4 * workers`` in flight."""
+    if workers <= 1 or len(tasks) <= 1:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
+        try:
+            for i, it in tasks:
+                yield i, worker.process_item(it, ctx)
+        finally:
+            cv2.setNumThreads(threads)
+        return
+    # fork starts workers instantly (they inherit the imports); after torch is imported (threads,
+    # CUDA) a fresh forkserver is the safe choice.
+    methods = mp.get_all_start_methods()
+    method = "fork" if "fork" in methods and "torch" not in sys.modules else "forkserver"
+    method = method if method in methods else "spawn"
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context(method),
+        initializer=worker.init_worker, initargs=(ctx,),
+    ) as ex:  # fmt: skip
+        todo = iter(tasks)
+        pending: set[cf.Future] = set()
+        for task in todo:
+            pending.add(ex.submit(worker.run_indexed, task))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.add(ex.submit(worker.run_indexed, nxt))
+
+
+def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
+    """Split per video: layout/label-file splits kept; external rule -> ext_test (whole patient);
+    the rest split by patient, stratified by the labels."""
+    split = df["_split"].copy()
+    free = split.eq("")
+    ext_patients = set(df.loc[free & df["_external"], "patient_id"])
+    split[free & df["patient_id"].isin(ext_patients)] = "ext_test"
+    free = split.eq("")
+    if free.any():
+        strata = labels[:STRATA_MAX]
+        pats = (
+            df.loc[free].groupby("patient_id")[strata].max()
+            if strata
+            else (
+                pd.DataFrame(
+                    index=pd.Index(sorted(df.loc[free, "patient_id"].unique()), name="patient_id")
+                )
+            )
+        )
+        # Order by a salt-independent key of the original id: the same archive gets the same
+        # splits whatever its (secret) salt.
+        order = df.drop_duplicates("patient_id").set_index("patient_id")["_pkey"]
+        pats = pats.loc[sorted(pats.index, key=lambda p: order[p])]
+        by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)
+        split[free] = df.loc[free, "patient_id"].map(by_patient)
+    return split
+
+
+ORDER_SALT = "echoclr"  # public: orders rows and splits, never written (ids use the secret salt)
+SYNTH_SALT = "echoclr"  # archives made by `echoclr synth` hold no patient: reproducible demo ids
+
+
+def order_key(ids: dict[tuple[str, str], str], kind: str, hashed: str) -> str:
+    """Sort key of a hashed id that does not depend on the dataset's salt (the previous
+    format's id): rows and splits come out the same for every salt."""
+    original = ids.get((kind, hashed))
+    return hash_id(ORDER_SALT, kind, original) if original is not None else hashed
+
+
+# What a user archive takes from the published settings (the code defaults) whatever the profile:
+# a profile's frame size and split are for the embedded demo archive only.
+ARCHIVE_KEYS = {"size": "--size", "split": "--set preprocess.split=..."}  # key -> how to set it
+
+
+def _shown(key: str, value: object) -> str:
+    if key == "split":
+        return "split " + "/".join(f"{100 * float(v):g}" for v in value)  # type: ignore[union-attr]
+    return f"frame size {value} px"
+
+
+def user_archive_settings(cfg: Config, explicit: Collection[str]) -> tuple[Config, list[str]]:
+    """``cfg`` with the published frame size and split (the code defaults) for a user archive
+    (``preprocess.input`` set), except the keys the user set (``explicit``: dotted config keys
+    given by a flag, ``--set`` or a ``--config`` file). The profile's values apply only to the
+    embedded demo archive. Returns the config and one line saying what changed (none: [])."""
+    pc = cfg.preprocess
+    if pc.input is None:
+        return cfg, []
+    paper = type(pc)()
+    update = {
+        k: getattr(paper, k)
+        for k in ARCHIVE_KEYS
+        if f"preprocess.{k}" not in explicit and getattr(pc, k) != getattr(paper, k)
+    }
+    if not update:
+        return cfg, []
+    said = ", ".join(_shown(k, v) for k, v in update.items())
+    was = ", ".join(_shown(k, getattr(pc, k)) for k in update)
+    verb = "applies" if len(update) == 1 else "apply"
+    how = " or ".join(ARCHIVE_KEYS[k] for k in update)
+    note = (f"{said} (paper) for this archive: the {cfg.profile} profile's {was} {verb} only "
+            f"to the embedded demo archive ({how} to choose)")  # fmt: skip
+    return cfg.model_copy(update={"preprocess": pc.model_copy(update=update)}), [note]
+
+
+def preprocess(
+    cfg: Config,
+    input_dir: Path | None,
+    output_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> PreprocessResult:
+    """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
+
+    ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
+    ``paths.raw`` (generated there first when missing). Frame size and split are ``cfg``'s as
+    given (the CLI gives a user archive the published ones first: :func:`user_archive_settings`).
+    Raises UserError for unusable input
+    (before any write: missing decoders, an input with no file to decode; after the outputs are
+    written, with dataset.json marked ``failed``: no usable video, too many failures, label
+    issues without ``allow_label_issues``, leakage in given splits).
+    """
+    t0 = datetime.now(UTC)
+    pc = cfg.preprocess
+    root = resolve_input(cfg, input_dir, progress)
+    notes: list[str] = []
+    out = Path(output_dir)
+    _check_output(out, pc.overwrite)
+    refuse_legacy(out)
+    given = pc.salt
+    if given is None and (root / "synth.json").exists() and pc.layout in ("auto", "synth"):
+        given = SYNTH_SALT  # synthetic archive (no patient): the demo's results stay reproducible
+    salt, salt_source = privacy.resolve_salt(out, given)
+    inv = layouts.discover(pc, root, pc.layout, pc.labels, exclude=[out],
+                           external_root=pc.external_input, salt=salt)  # fmt: skip
+    if not inv.items:
+        why = Counter(r["reason"] for r in inv.skipped)
+        raise UserError(
+            f"no file to decode in {root} ({len(inv.skipped)} other file(s): {dict(why)}); "
+            "nothing was written",
+            fix="point --input at the archive (DICOM/video files, or a known layout)",
+        )
+    settings = video_settings(pc)
+    journal = Journal(out, run_key(salt, settings, inv.key)) if out.is_dir() else None
+    done, tasks, fps_ = _partition(inv, journal, out, pc.overwrite)
+    dicoms = [it.file for _, it in tasks if it.kind == "dicom"]
+    _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
+
+    try:
+        (out / "videos").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
+    if journal is None:
+        journal = Journal(out, run_key(salt, settings, inv.key))
+    previous = _previous(out, settings) if not journal.entries else {}
+    for _, it in tasks:  # only the rows of files to check are sent to the workers
+        row = journal.previous_row(it)
+        if row is not None:
+            previous[row["video_id"]] = row
+    wanted = {hash_id(salt, "video", it.rel) for _, it in tasks}
+    previous = {k: v for k, v in previous.items() if k in wanted}
+    rng = np.random.default_rng(pc.split_seed)
+    pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
+    ctx = worker.WorkerContext(
+        out_dir=str(out), salt=salt,
+        opts=ReadOptions(pc.max_frames, read_min_frames(pc), pc.min_fps, pc.fallback_fps),
+        size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
+        use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
+        previous=previous,
+        undecodable=undecodable, view_excluded=inv.view_excluded, key=inv.key,
+        preview={inv.items[i].rel for i in pick}, resize=pc.resize,
+    )  # fmt: skip
+    privacy.store_salt(out, salt, salt_source)
+    privacy.write_private_json(out, privacy.RUN_FILE, {
+        "input": str(root), "labels": str(pc.labels) if pc.labels else None,
+        "external_input": str(pc.external_input) if pc.external_input else None,
+    })  # fmt: skip
+    meta = {"format": outputs.FORMAT, "status": "running", "reason": "preprocess did not finish",
+            "label_columns": list(inv.label_columns), "size": pc.size,
+            "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
+            "video_settings": settings, "config": outputs.public_config(pc),
+            "decoders": dict(readers.REFERENCE_DECODERS)}  # fmt: skip
+    if inv.categorical_columns:
+        meta["categorical_columns"] = list(inv.categorical_columns)
+    before = dataset_json(out)
+    atomic_write_json(out / "dataset.json", meta)
+    journal.open()
+    try:
+        rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = _process(
+            inv, ctx, resolve_workers(pc.workers), out, notes, progress, done, tasks, fps_, journal
+        )
+        journal.close(keep={it.rel for it in inv.items})
+    except BaseException:
+        with contextlib.suppress(Exception):
+            journal.close()
+        # The earlier dataset is still whole (its manifest is rewritten only at the end, and its
+        # videos were rewritten with the same settings): give it its status back.
+        if before.get("video_settings") == settings:
+            with contextlib.suppress(Exception):
+                atomic_write_json(out / "dataset.json", before)
+        raise
+    total = len(inv.items)
+
+    df = _join(pd.DataFrame(rows), inv, pc)
+    labels = list(inv.label_columns)
+    if not df.empty:
+        for col, kind in (("_pkey", "patient"), ("_skey", "study")):
+            df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
+        df["split"] = _assign(df, labels, pc)
+        df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
+    manifest = _manifest_frame(df, labels, inv.categorical_columns)
+    n_short = int((manifest["n_frames"] < pc.min_frames).sum()) if len(manifest) else 0
+    if n_short:
+        notes.insert(0, f"{n_short} video(s) shorter than {pc.min_frames} frames kept; their "
+                        "clips are zero-padded at load (preprocess.short_videos=pad)")  # fmt: skip
+    matched = set(df["_match"].dropna()) if "_match" in df else set()  # hashed label keys
+    issues = inv.label_issues + outputs.unmatched_labels(inv, manifest, seen_ids, matched)
+    key_error = None
+    if inv.label_key and "_match" in df:
+        found, key_error = match_labels(inv.label_key, inv.label_rows,
+                                        df[["study_id", "_match", "_match_shape"]],
+                                        seen_ids | inv.view_excluded)  # fmt: skip
+        issues += found
+        if key_error is not None and pc.allow_label_issues:
+            notes.insert(0, f"labels: {key_error.message} (accepted: --allow-label-issues)")
+            key_error = None
+    no_modality = df.get("_modality_missing", pd.Series(dtype=bool))
+    n_no_modality = int(no_modality.fillna(False).astype(bool).sum())
+    if n_no_modality:
+        notes.insert(0, f"{n_no_modality} DICOM file(s) without a Modality (0008,0060) "
+                        "accepted as ultrasound")  # fmt: skip
+
+    files = {it.rel: it.file for it in inv.items}
+    paths: dict[str, Path] = {}
+    paths["skipped"], skipped_df = outputs.write_skipped(out, skipped, salt, root, files)
+    refs = {it.rel: privacy.file_ref(salt, it.rel) for it in inv.items}
+    notes = [outputs.public_note(n, refs, root) for n in notes]
+    reasons = Counter(skipped_df["reason"])
+    n_fail = sum(n for r, n in reasons.items() if r in readers.FAILURE_REASONS)
+    n_inputs = total + len(inv.skipped)
+    leak = None
+    if not manifest.empty:
+        try:
+            check_leakage(manifest, source=f"splits for {out}")
+        except UserError as e:
+            leak = e
+    if not manifest.empty and leak is None:
+        paths["manifest"] = out / "manifest.csv"
+        atomic_write_csv(paths["manifest"], manifest)
+    paths["id_map"] = privacy.write_private_csv(
+        out, privacy.ID_MAP, outputs.id_map_frame(ids, manifest)
+    )
+    label_report = None
+    if issues or inv.label_rows or labels:
+        label_report = label_issues_report(issues, pc.allow_label_issues)
+        paths["labels_report"] = out / "labels_report.json"
+        atomic_write_json(paths["labels_report"], label_report)
+        privacy.write_private_csv(out, privacy.LABEL_ROWS, private_issue_rows(issues))
+        notes = issue_lines(issues) + notes
+    paths.update(outputs.write_previews(out, tiles))
+
+    failure = outputs.failure(manifest, n_fail, n_inputs, reasons,
+                              None if key_error else label_report, leak, pc, paths)  # fmt: skip
+    if failure is None and key_error is not None:  # the label file matches nothing
+        failure = UserError(f"{key_error.message}; all outputs were written and the dataset is "
+                            "marked failed", fix=key_error.fix)  # fmt: skip
+    meta.update(status="failed" if failure else "ok",
+                reason=failure.message if failure else None,
+                n_videos=len(manifest), n_inputs=n_inputs)  # fmt: skip
+    meta["modality_missing"] = n_no_modality  # stored DICOMs without Modality (accepted as US)
+    paths["dataset"] = out / "dataset.json"
+    result = PreprocessResult(
+        output_dir=out, input_dir=root, layout=inv.layout, n_inputs=n_inputs,
+        n_videos=len(manifest), n_reused=n_reused,
+        n_skipped=int(sum(reasons.values())),
+        n_failures=int(n_fail), skipped_by_reason=dict(sorted(reasons.items())),
+        split_sizes=outputs.split_sizes(manifest), prevalence=outputs.prevalence(manifest, labels),
+        n_decoded=len(tasks), label_columns=labels, frames=outputs.stats(manifest.get("n_frames", pd.Series(dtype=float))),
+        fps=outputs.stats(manifest.get("fps", pd.Series(dtype=float))),
+        fps_source=dict(Counter(manifest.get("fps_source", []))),
+        channels={str(k): int(v) for k, v in Counter(manifest.get("channels", [])).items()},
+        warnings=notes[:MAX_WARNINGS], paths=paths,
+        seconds=round((datetime.now(UTC) - t0).total_seconds(), 2),
+        status=meta["status"], reason=meta["reason"], label_report=label_report,
+    )  # fmt: skip
+    paths["report"] = out / "report.json"
+    report = result.to_dict()
+    report.update(n_warnings=len(notes), sector_source=dict(sector_sources), n_short=n_short,
+                  resize=pc.resize, short_videos=pc.short_videos,
+                  failure_frac=n_fail / max(1, n_inputs), max_skipped_frac=pc.max_skipped_frac)  # fmt: skip
+    report["modality_missing"] = n_no_modality
+    atomic_write_json(paths["report"], report)
+    atomic_write_json(paths["dataset"], meta)
+    if failure:
+        raise failure
+    return result
+
+
+def resolve_workers(workers: int | str) -> int:
+    """``auto``: all cores this process may use but one (at least 1); else the number given."""
+    if workers == "auto":
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        return max(1, n - 1)
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"preprocess.workers must be a number >= 1 or auto, got {workers!r}",
+                        fix="use --workers auto or --workers N")  # fmt: skip
+    return n
+
+
+def _partition(inv: Inventory, journal: Journal | None, out: Path, overwrite: bool) -> tuple:
+    """Split the items into journaled results still valid (index -> result, shown as reused)
+    and ``(index, item)`` tasks for the workers; also each item's fingerprint by index."""
+    done: dict[int, dict] = {}
+    tasks: list[tuple[int, Item]] = []
+    fps_: dict[int, list[int] | None] = {}
+    for index, it in enumerate(inv.items):
+        fps_[index] = fp = fingerprint(it.file)
+        res = None if journal is None or overwrite else journal.lookup(it, fp, out)
+        if res is not None and res["status"] != "skipped" and "_match" not in res["row"]:
+            res = None  # journaled before the Modality check and label keys: header read again
+        if res is None:
+            tasks.append((index, it))
+        elif res["status"] == "skipped":
+            done[index] = res
+        else:
+            done[index] = dict(res, status="reused", preview=None)
+    return done, tasks, fps_
+
+
+def _journaled(done: dict[int, dict], ctx: worker.WorkerContext, items: list[Item]) -> Iterator:
+    """Journaled (index, result), with the label file's view filter applied again."""
+    for index, res in sorted(done.items()):
+        if res["status"] == "reused":
+            row = res["row"]
+            if row["_match"] in ctx.view_excluded:  # the label key (_partition: always set)
+                res = worker.skip_result(items[index].rel, "view_filter",
+                            "excluded by the view filter of the label file",
+                            (row["study_id"], row["patient_id"], row["_match"]))  # fmt: skip
+            else:
+                res = dict(res, row=dict(row))
+        yield index, res
+
+
+def _process(inv: Inventory, ctx: worker.WorkerContext, workers: int, out: Path, notes: list[str],
+             progress, done: dict, tasks: list, fps_: dict, journal: Journal) -> tuple:  # fmt: skip
+    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids.
+    Results already journaled come first; every new one is journaled as it arrives."""
+    rows, skipped, tiles = [], list(inv.skipped), []
+    worker_skips: list[tuple[int, dict]] = []
+    ids = outputs.previous_ids(out)
+    seen_ids = set(inv.known_ids)
+    sector_sources: Counter = Counter()
+    n_reused = 0
+    total = len(inv.items)
+
+    def stream() -> Iterator[tuple[int, dict]]:
+        yield from _journaled(done, ctx, inv.items)
+        for index, res in _results(tasks, ctx, workers):
+            journal.add(inv.items[index], fps_[index], res)
+            yield index, res
+
+    for n_done, (index, res) in enumerate(stream(), start=1):
+        if res["status"] == "skipped":
+            worker_skips.append((index, {k: res[k] for k in ("file", "reason", "detail")}))
+            seen_ids.update(res["ids"])
+        else:
+            row = res["row"]
+            row["_index"] = index
+            rows.append(row)
+            n_reused += res["status"] == "reused"
+            if res["ids"]:
+                for kind, (orig, hashed) in res["ids"].items():
+                    ids[(kind, hashed)] = orig
+                sector_sources[res["sector"]] += 1
+            notes.extend(res["warnings"])
+            if res["preview"] is not None and len(tiles) < PREVIEW_VIDEOS:
+                tiles.append(res["preview"])
+        if progress is not None:
+            progress(n_done, total)
+    skipped += [rec for _, rec in sorted(worker_skips, key=lambda t: t[0])]  # archive order
+    return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
+
+
+def _split_order(col: pd.Series) -> pd.Series:
+    if col.name == "split":
+        return col.map({s: i for i, s in enumerate(SPLITS)})
+    return col
+
+
+def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
+    """Attach layout/label-file meta (labels, split, year, external) to the worker rows."""
+    if df.empty:
+        return df
+    metas = []
+    for index, key in zip(df["_index"], df["_match"], strict=True):  # the label key
+        meta = dict(inv.table.get(key, {})) if inv.table else {}
+        meta.update(inv.items[index].meta)  # what the layout says wins (external dir -> ext_test)
+        metas.append(meta)
+    for col in inv.label_columns:
+        df[col] = [m.get(col, np.nan) for m in metas]
+    for col in inv.categorical_columns:  # strings (e.g. view), not binary
+        df[col] = [m.get(col, "") for m in metas]
+    years = [m.get("study_year") for m in metas]
+    df["study_year"] = [
+        y if y is not None else r for y, r in zip(years, df["study_year"], strict=True)
+    ]
+    df["study_year"] = pd.to_numeric(df["study_year"], errors="coerce").astype("Int64")
+    df["_split"] = [m.get("split") or "" for m in metas]
+    ext = pd.Series([bool(m.get("external", False)) for m in metas], index=df.index)
+    if pc.external_after is not None:
+        ext |= (df["study_year"] > pc.external_after).fillna(False).astype(bool)
+    df["_external"] = ext
+    return df
+
+
+def _manifest_frame(df: pd.DataFrame, labels: list[str], categorical=()) -> pd.DataFrame:
+    optional = [c for c in OPTIONAL_COLUMNS if c not in labels]
+    cols = list(MANIFEST_COLUMNS) + optional + labels + list(categorical)
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    for c in optional:
+        if c not in df.columns:
+            df[c] = None
+    out = df[cols].reset_index(drop=True)
+    for col in labels:
+        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+    out["study_year"] = out["study_year"].astype("Int64")
+    return out

@@ -1,0 +1,1 @@
+"""`echoclr pretrain`: the SSL methods, their losses and the pretraining task."""

@@ -1,0 +1,1 @@
+"""`echoclr report`: the HTML/Markdown report and the TRIPOD+AI checklist."""

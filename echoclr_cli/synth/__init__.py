@@ -1,0 +1,1 @@
+"""The synthetic echo archive (`echoclr synth`)."""
