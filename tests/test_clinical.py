@@ -72,7 +72,7 @@ def test_perfectly_calibrated_probabilities_give_slope_1_intercept_0():
 
 
 def test_batched_slope_ci_uses_the_resamples_of_bootstrap_distribution():
-    from echoclr_cli.metrics.core import bootstrap_distribution, percentile_interval
+    from echoclr_cli.metrics.bootstrap import bootstrap_distribution, percentile_interval
 
     y, p = scores(150, seed=4, ties=True)
     opts = c.ClinicalOptions(n_boot=60, seed=9)
@@ -300,7 +300,7 @@ def test_frame_rate_band():
 def fake_sweep(root, inits=("random", "echoclr"), ratios=(0.5, 1.0), seed: int = 0):
     """A sweep dir with selection.csv, results.csv and per-run prediction CSVs (no training)."""
     from echoclr_cli.metrics.aggregate import aggregate_levels
-    from echoclr_cli.metrics.core import evaluate_predictions
+    from echoclr_cli.metrics.splits import evaluate_predictions
 
     man = fake_manifest(160)
     rng = np.random.default_rng(seed)

@@ -13,18 +13,15 @@ from sklearn import metrics as skm
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.aggregate import aggregate, aggregate_levels
+from echoclr_cli.metrics.bootstrap import batch_metrics, bootstrap_ci, bootstrap_distribution
 from echoclr_cli.metrics.compare import compare_runs, delong_covariance, delong_test
 from echoclr_cli.metrics.core import (
     auroc_rank,
-    batch_metrics,
-    bootstrap_ci,
-    bootstrap_distribution,
     choose_thresholds,
     compute_metrics,
     compute_metrics_with_reasons,
-    evaluate_predictions,
-    metrics_to_frame,
 )
+from echoclr_cli.metrics.splits import evaluate_predictions, metrics_to_frame
 
 
 def _data(n: int, seed: int, ties: bool = True, prevalence: float = 0.3):
@@ -233,7 +230,7 @@ def test_bootstrap_stratified_keeps_counts_and_callables_agree():
 
 
 def test_bootstrap_chunking_matches_single_block(monkeypatch):
-    import echoclr_cli.metrics.core as m
+    import echoclr_cli.metrics.bootstrap as m
 
     y, p = _data(120, 3)
     whole = bootstrap_distribution(y, p, ["auroc", "ap", "f1"], n=40, seed=1)

@@ -19,8 +19,7 @@ from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video, save_video
 from echoclr_cli.inference.loader import predict_videos
-from echoclr_cli.metrics import aggregate
-from echoclr_cli.metrics import bootstrap as metrics_cluster
+from echoclr_cli.metrics import aggregate, bootstrap, splits
 from echoclr_cli.metrics import core as metrics
 from echoclr_cli.metrics.compare import compare_runs
 from echoclr_cli.preprocess import sector
@@ -234,7 +233,7 @@ def test_weighted_metrics_equal_the_expanded_sample():
     y, p = y[order], p[order]
     w = rng.integers(0, 3, (6, n))
     names = ["auroc", "ap", "aupr_trapz", "f1", "mcc", "sensitivity@youden", "n", "prevalence"]
-    got = metrics_cluster.weighted_metrics(y, p, w, names, {"youden": 0.45})
+    got = bootstrap.weighted_metrics(y, p, w, names, {"youden": 0.45})
     for b in range(6):
         idx = np.repeat(np.arange(n), w[b])
         ref = metrics.compute_metrics(y[idx], p[idx], {"youden": 0.45})
@@ -256,9 +255,9 @@ def test_study_cluster_ci_matches_study_level_and_is_wider_than_naive():
     video = aggregate.aggregate(_duplicated(), "video")
     study = aggregate.aggregate(video, "study")
     names = ["auroc", "ap", "f1"]
-    cl, _ = metrics.evaluate_frame(video, None, 300, 0.95, 7, unit="study")
-    naive, _ = metrics.evaluate_frame(video, None, 300, 0.95, 7, unit="item")
-    st, _ = metrics.evaluate_frame(study, None, 300, 0.95, 7)
+    cl, _ = splits.evaluate_frame(video, None, 300, 0.95, 7, unit="study")
+    naive, _ = splits.evaluate_frame(video, None, 300, 0.95, 7, unit="item")
+    st, _ = splits.evaluate_frame(study, None, 300, 0.95, 7)
     for k in names:
         assert cl[k]["ci_low"] == pytest.approx(st[k]["ci_low"], abs=1e-12)
         assert cl[k]["ci_high"] == pytest.approx(st[k]["ci_high"], abs=1e-12)
@@ -282,7 +281,7 @@ def test_cluster_bootstrap_coverage_sanity():
         p = s[studies] + rng.normal(0, noise, len(studies))
         y = ys[studies]
         for unit in hit:
-            ci = metrics.bootstrap_ci(
+            ci = bootstrap.bootstrap_ci(
                 y,
                 p,
                 ["auroc"],
@@ -300,11 +299,11 @@ def test_evaluate_predictions_uses_the_configured_unit():
 
     cfg = Config()
     cfg.evaluate.bootstrap = 100
-    out = metrics.evaluate_predictions({"test": _duplicated()}, cfg)
+    out = splits.evaluate_predictions({"test": _duplicated()}, cfg)
     assert out["test"]["video"]["auroc"]["ci_unit"] == "study"
     assert out["test"]["study"]["auroc"]["ci_unit"] == "study"
     cfg.evaluate.bootstrap_unit = "item"
-    out2 = metrics.evaluate_predictions({"test": _duplicated()}, cfg)
+    out2 = splits.evaluate_predictions({"test": _duplicated()}, cfg)
     assert out2["test"]["video"]["auroc"]["ci_unit"] == "video"
     assert out2["test"]["study"]["auroc"] == out["test"]["study"]["auroc"]  # study level as is
     assert out2["test"]["video"]["auroc"]["ci_low"] > out["test"]["video"]["auroc"]["ci_low"]

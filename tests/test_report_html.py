@@ -22,7 +22,7 @@ from echoclr_cli.config.load import save_config
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.aggregate import aggregate_levels
-from echoclr_cli.metrics.core import evaluate_predictions
+from echoclr_cli.metrics.splits import evaluate_predictions
 from echoclr_cli.report.html import build_report, detect_kind, output_paths
 from echoclr_cli.report.tripod import TRIPOD_AI
 from tests.test_clinical import fake_manifest, fake_sweep, predictions

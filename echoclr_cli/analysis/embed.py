@@ -20,7 +20,7 @@ Written per source under ``OUT/<source>/``:
   never vote for it);
 - with ``probe``: a logistic-regression probe (standardised features) fitted on the train
   videos, applied to val/test/ext_test; video and study (mean of video probabilities) AUROC/AP
-  with stratified bootstrap CIs from ``echoclr_cli.metrics.core`` (``evaluate.bootstrap``,
+  with stratified bootstrap CIs from ``echoclr_cli.metrics.bootstrap`` (``evaluate.bootstrap``,
   ``evaluate.ci``), in ``probe.json``.
 
 ``OUT/probe.csv`` and ``OUT/summary.csv`` gather all sources in one table, so inits are compared
@@ -50,6 +50,7 @@ from echoclr_cli.events import EvalBatch, Progress, Status
 from echoclr_cli.inference import loader as inference
 from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
 from echoclr_cli.metrics import core as metrics
+from echoclr_cli.metrics import splits
 from echoclr_cli.models import backbones as models
 from echoclr_cli.models import weights
 
@@ -323,8 +324,8 @@ def probe(
             f"--probe {label}: no labelled videos in {', '.join(PROBE_SPLITS)} to evaluate",
             fix="embed val/test too (--split train,val,test)",
         )
-    result = metrics.evaluate_predictions(by_split, cfg)
-    table = metrics.metrics_to_frame(result)
+    result = splits.evaluate_predictions(by_split, cfg)
+    table = splits.metrics_to_frame(result)
     table = table[table["metric"].isin(["auroc", "ap", "n", "n_pos"])].reset_index(drop=True)
     return table, result
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from echoclr_cli import console as report
@@ -9,12 +13,23 @@ from echoclr_cli import rundir
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     Common,
+    DataOpt,
+    Options,
     Training,
     command_options,
     common_options,
+    key_option,
     training_options,
 )
-from echoclr_cli.cli.params import FinetuneOptions, PretrainOptions, PrintRecipeOpt
+
+PrintRecipeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-recipe",
+        help="Print the resolved recipe against the published one (each difference named, "
+        "with why) and exit without training.",
+    ),
+]
 
 
 def _print_recipe(cfg, section: str) -> None:
@@ -25,6 +40,22 @@ def _print_recipe(cfg, section: str) -> None:
 
 
 # --------------------------------------------------------------------------- pretrain
+@dataclass(frozen=True)
+class PretrainOptions(Options):
+    """``echoclr pretrain`` (with the training block and ``--print-recipe``)."""
+
+    method: Annotated[
+        str | None,
+        key_option(
+            "pretrain.method", "--method", "-m", help="simclr | mi-simclr | echoclr ({key})."
+        ),
+    ] = None
+    data: DataOpt = None
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
+    ] = None
+
+
 @app.command()
 @common_options()
 @training_options
@@ -57,6 +88,73 @@ def pretrain(
 
 
 # --------------------------------------------------------------------------- finetune
+@dataclass(frozen=True)
+class FinetuneOptions(Options):
+    """``echoclr finetune`` (with the training block and ``--print-recipe``)."""
+
+    data: DataOpt = None
+    task: Annotated[
+        str | None,
+        key_option(
+            "finetune.task",
+            "--task",
+            "-t",
+            help="Binary label column: as, lvh or any other ({key}).",
+        ),
+    ] = None
+    init: Annotated[
+        str | None,
+        key_option(
+            "finetune.init",
+            "--init",
+            help="random | kinetics | an SSL run dir | a checkpoint file "
+            "(ours, published EchoCLR, torchvision) ({key}).",
+        ),
+    ] = None
+    frac: Annotated[
+        float | None,
+        key_option(
+            "finetune.frac", "--frac", help="Fraction of labeled training studies, 0-1 ({key})."
+        ),
+    ] = None
+    frac_seed: Annotated[
+        int | None,
+        key_option(
+            "finetune.frac_seed",
+            "--frac-seed",
+            help="Seed of the nested study subsets ({key}).",
+        ),
+    ] = None
+    weights: Annotated[
+        Path | None,
+        key_option(
+            "finetune.weights",
+            "--weights",
+            help="Kinetics-400 weight file for --init kinetics ({key}).",
+        ),
+    ] = None
+    mode: Annotated[
+        str | None,
+        key_option(
+            "finetune.mode", "--mode", help="full | linear (frozen backbone) | lp-ft ({key})."
+        ),
+    ] = None
+    monitor: Annotated[
+        str | None,
+        key_option(
+            "finetune.monitor",
+            "--monitor",
+            help="Early stopping / best checkpoint: val_loss | val_auroc.",
+        ),
+    ] = None
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."
+        ),
+    ] = None
+
+
 @app.command()
 @common_options()
 @training_options
@@ -87,7 +185,7 @@ def finetune(
             **training.run_kwargs(),
             progress=progress,
         )
-    from echoclr_cli.metrics.core import metrics_to_frame
+    from echoclr_cli.metrics.splits import metrics_to_frame
 
     report.info(
         f"fine-tuned on {res.n_train_studies} studies ({res.n_train_positive_studies} positive), "

@@ -38,15 +38,17 @@ from scipy.special import expit
 
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.aggregate import aggregate_levels
-from echoclr_cli.metrics.core import (
+from echoclr_cli.metrics.bootstrap import (
     bootstrap_distribution,
+    percentile_interval,
+    resample_indices,
+)
+from echoclr_cli.metrics.core import (
     check_arrays,
     choose_thresholds,
     compute_metrics,
     one_class_reason,
     operating_points,
-    percentile_interval,
-    resample_indices,
 )
 
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit

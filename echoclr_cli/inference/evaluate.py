@@ -1,9 +1,10 @@
 """``echoclr evaluate``: a fine-tuned run on splits of a dataset, optionally compared with another.
 
-The model is rebuilt from the run (:func:`load_run`: ``config.yaml`` + best.pt else last.pt) and
-run over the dataset with ``inference.predict_videos``; the maths over predictions (metrics,
-bootstrap CIs, thresholds chosen on val, DeLong) is ``echoclr_cli.metrics.core``. The fine-tune uses
-:func:`write_evaluation` for its own final evaluation, so both write the same files.
+The model is rebuilt from the run (``inference.run.load_run``: ``config.yaml`` + best.pt else
+last.pt, and the run's Task) and run over the dataset; the maths over predictions (metrics,
+bootstrap CIs, thresholds chosen on val, DeLong) is ``echoclr_cli.metrics``. The files are
+written by ``inference.write.write_evaluation``, which the fine-tune uses for its own final
+evaluation, so both write the same files.
 
 Nothing is written before every argument is checked (run dirs, ``--compare`` run, dataset,
 splits, output folder). The outputs go to one folder per evaluation, ``RUN/eval/<name>/`` (or
@@ -24,141 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from torch import nn
 
-from echoclr_cli import rundir, runtime
-from echoclr_cli.clinical.core import write_clinical
+from echoclr_cli import rundir
 from echoclr_cli.config.schema import Config
-from echoclr_cli.data.manifest import SPLITS, load_manifest
+from echoclr_cli.data.manifest import SPLITS
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
-from echoclr_cli.inference.loader import eval_loader, predict_videos
-from echoclr_cli.io import atomic_write_csv, atomic_write_json
-from echoclr_cli.metrics import core as ev
+from echoclr_cli.inference.run import LoadedRun, device_and_autocast, load_run, predict_rows
+from echoclr_cli.inference.write import write_evaluation
+from echoclr_cli.io import atomic_write_json
+from echoclr_cli.metrics import splits as ev
 from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.compare import compare_runs
-from echoclr_cli.models.checkpoint import load_checkpoint
-from echoclr_cli.models.weights import input_normalization
-
-
-# --------------------------------------------------------------------------- writing results
-def write_predictions(
-    levels_by_split: dict[str, dict[str, pd.DataFrame]], out_dir: Path
-) -> list[Path]:
-    """``predictions_{split}_{level}.csv`` for every split and level; returns the paths."""
-    paths = []
-    for split, levels in levels_by_split.items():
-        for level, df in levels.items():
-            path = rundir.predictions_csv(out_dir, split, level)
-            atomic_write_csv(path, df)
-            paths.append(path)
-    return paths
-
-
-def write_evaluation(
-    cfg: Config,
-    video_by_split: dict[str, pd.DataFrame],
-    out_dir: Path,
-    history_csv: Path | None = None,
-    progress: Progress | None = None,
-) -> tuple[dict[str, Any], dict[str, dict[str, pd.DataFrame]], list[Path]]:
-    """Metrics, prediction CSVs and plots of per-video predictions of several splits.
-
-    Thresholds are chosen on ``val`` (when in ``video_by_split``) and applied to the others.
-    Writes ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and ``plots/*.png``
-    (ROC/PR with CI bands, confusion matrices, calibration, and learning curves when
-    ``history_csv`` exists). Returns ``(metrics, levels_by_split, paths written)``.
-    """
-    out_dir = Path(out_dir)
-    cb = (lambda msg: progress(Status(msg))) if progress else None
-    metrics = ev.evaluate_predictions(video_by_split, cfg, progress=cb)
-    levels_by_split = {split: aggregate_levels(df) for split, df in video_by_split.items()}
-    paths = write_predictions(levels_by_split, out_dir)
-    atomic_write_json(out_dir / rundir.METRICS, metrics)
-    paths.append(out_dir / rundir.METRICS)
-    if cfg.evaluate.plots:
-        from echoclr_cli.metrics import plots
-
-        plot_dir = out_dir / rundir.PLOTS
-        e = cfg.evaluate
-        paths += plots.plot_evaluation(
-            levels_by_split,
-            plot_dir,
-            metrics.get("thresholds"),
-            n_boot=e.bootstrap,
-            seed=e.bootstrap_seed,
-            ci=e.ci,
-        )
-        if history_csv is not None and Path(history_csv).exists():
-            paths.append(plots.plot_history(history_csv, plot_dir / "history.png"))
-    return metrics, levels_by_split, paths
-
-
-# --------------------------------------------------------------------------- trained runs
-@dataclass
-class LoadedRun:
-    """A fine-tune run rebuilt from its dir: resolved config, model, checkpoint used."""
-
-    run_dir: Path
-    cfg: Config
-    model: nn.Module
-    checkpoint: Path
-    epoch: int | None
-
-
-def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
-    """Rebuild a fine-tuned classifier from ``config.yaml`` + ``checkpoints/best.pt`` (or last.pt)."""
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run dir {run_dir} does not exist", fix="pass a fine-tune run dir")
-    run_cfg = rundir.read_run_config(run_dir)
-    path = rundir.run_checkpoint(run_dir)
-    ck = load_checkpoint(path, map_location="cpu")
-    if ck.get("section") not in (None, "finetune"):
-        raise UserError(
-            f"{path} is a {ck.get('section')} checkpoint, not a fine-tuned classifier",
-            fix="evaluate/predict need a run of `echoclr finetune`",
-        )
-    from echoclr_cli.finetune.multiclass import run_model
-
-    model = run_model(run_dir, run_cfg)  # K outputs for a multi-class run (classes.json)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise UserError(
-            f"{path} does not match the model of {run_dir}/config.yaml ({str(e).splitlines()[0]})",
-            fix="re-run the fine-tune",
-        ) from None
-    return LoadedRun(Path(run_dir), run_cfg, model.to(device), path, ck.get("epoch"))
-
-
-def device_and_autocast(cfg: Config) -> tuple[torch.device, Callable[[], Any]]:
-    """Device and autocast factory of ``cfg.runtime`` (for evaluation outside the engine)."""
-    return runtime.device_and_autocast(cfg.runtime.device, cfg.runtime.precision)
-
-
-def predict_split_videos(
-    run: LoadedRun,
-    cfg: Config,
-    df: pd.DataFrame,
-    data_dir: Path,
-    task: str | None,
-    progress: Progress | None = None,
-) -> pd.DataFrame:
-    """Per-video predictions of a loaded run on manifest rows ``df`` (eval settings of ``cfg``)."""
-    device, autocast = device_and_autocast(cfg)
-    ft = run.cfg.finetune
-    loader = eval_loader(df, data_dir, task, cfg, ft.clip_len, ft.stride)
-    preds = predict_videos(
-        run.model,
-        loader,
-        device,
-        cfg.evaluate.block_size,
-        input_normalization(run.cfg),
-        autocast=autocast,
-        progress=progress,
-    )
-    return preds.video
 
 
 def run_data_dir(run_dir: Path, data_dir: Path | None) -> Path:
@@ -305,29 +183,20 @@ def evaluate_run(
     run_dir = Path(run_dir)
     device, _ = device_and_autocast(cfg)
     run = load_run(run_dir, device)
-    task = run.cfg.finetune.task
+    task = run.task.column
     given_data = data_dir
     data_dir = run_data_dir(run_dir, data_dir)
-    from echoclr_cli.finetune.multiclass import is_multiclass_run, read_classes
-
-    multi = is_multiclass_run(run_dir)
-    if multi:  # categorical task: class-index labels, multi-class metrics
-        from echoclr_cli.finetune.multiclass_fit import multiclass_splits
-
-        present = multiclass_splits(data_dir, task, read_classes(run_dir))
-    else:
-        df = load_manifest(data_dir, task=task)
-        present = set(df["split"])
-    todo, notes = _resolve_splits(splits, cfg, present, data_dir, task)
+    df = run.task.load_rows(data_dir)  # labelled rows: 0/1, or class indices of a K-class run
+    todo, notes = _resolve_splits(splits, cfg, set(df["split"]), data_dir, task)
     other = None
-    if compare is not None and multi:
+    if compare is not None and run.task.is_multiclass:
         raise UserError("--compare is not supported for multi-class runs", fix="drop --compare")
     if compare is not None:
         other = load_run(Path(compare), device)
-        if other.cfg.finetune.task != task:
+        if other.task.column != task:
             raise UserError(
                 f"cannot compare runs of different tasks: {run_dir} ({task}) vs "
-                f"{compare} ({other.cfg.finetune.task})",
+                f"{compare} ({other.task.column})",
                 fix="compare two runs of the same --task",
             )
     if name is not None and not _NAME_OK.match(name):
@@ -353,27 +222,22 @@ def evaluate_run(
 
     # ---- predictions (nothing written yet)
     video_by_split, video_b = {}, {}
-    for split in todo if not multi else ():
+    for split in todo:
         _emit(progress, f"predicting {split}")
         part = df[df["split"] == split]
-        video_by_split[split] = predict_split_videos(run, cfg, part, data_dir, task, progress)
+        video_by_split[split] = predict_rows(run, cfg, part, data_dir, labelled=True,
+                                             progress=progress)  # fmt: skip
         if other is not None:
             _emit(progress, f"predicting {split} with {compare}")
-            video_b[split] = predict_split_videos(other, cfg, part, data_dir, task, progress)
+            video_b[split] = predict_rows(other, cfg, part, data_dir, labelled=True,
+                                          progress=progress)  # fmt: skip
 
     # ---- one folder, swapped in when complete
     box: dict[str, Any] = {}
 
     def fill(tmp: Path) -> list[Path]:
-        hist = run_dir / rundir.HISTORY
-        if multi:
-            from echoclr_cli.finetune.multiclass_fit import evaluate_multiclass_run
-
-            got = evaluate_multiclass_run(cfg, run, data_dir, todo, tmp, notes, progress)
-            metrics, levels, files = got["metrics"], got["levels"], got["files"]
-        else:
-            metrics, levels, files = write_evaluation(cfg, video_by_split, tmp, hist, progress)
-            files += write_clinical(cfg, video_by_split, tmp, manifest=df, metrics=metrics)
+        metrics, levels, files = write_evaluation(cfg, run.task, video_by_split, tmp,
+                                                  run_dir / rundir.HISTORY, df, progress)  # fmt: skip
         box.update(metrics=metrics, levels=levels)
         if other is not None:
             box["comparison"] = _compare(cfg, run, other, levels, video_b)

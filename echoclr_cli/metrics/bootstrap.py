@@ -1,31 +1,179 @@
-"""Cluster bootstrap: resample whole clusters (the studies of video-level predictions).
+"""Bootstrap CIs: stratified item resamples and cluster (study) resamples, vectorised.
 
-A study's videos are correlated, so resampling them as independent items gives too narrow an
-interval (``evaluate.bootstrap_unit``). A cluster resample is expressed as integer weights on
-the items (how often each item's cluster was drawn), so every resample has the same shape and
-the metrics stay vectorised: ``weighted_metrics`` equals the metrics of the sample that repeats
-each item as often as its weight (tests/test_paper_eval.py).
+Bootstrap CIs are percentile intervals over stratified resamples: positives and negatives are
+resampled separately, so every resample keeps the original class counts. Video-level CIs
+resample whole studies by default (``evaluate.bootstrap_unit=study``: a study's videos are
+correlated, so resampling them as independent items gives too narrow an interval), stratified
+by the study's label; ``item`` resamples videos as before. Study-level CIs resample studies.
+
+A cluster resample is expressed as integer weights on the items (how often each item's cluster
+was drawn), so every resample has the same shape and the metrics stay vectorised:
+``weighted_metrics`` equals the metrics of the sample that repeats each item as often as its
+weight (tests/test_paper_eval.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.core import (
-    _BOOT_CHUNK_ELEMENTS,
     COUNT_METRICS,
     DEFAULT_THRESHOLD,
     THRESHOLD_METRICS,
     _count_metrics,
     _nan_div,
+    auroc_rank,
     check_arrays,
-    resample_indices,
 )
+
+_BOOT_CHUNK_ELEMENTS = 2_000_000  # resamples x items per vectorised block (bounds memory)
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _ranking_sorted(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """AP and trapezoid AUPR of each row. ``y, p: (B, n)``, each row sorted by ``p`` descending."""
+    b, n = y.shape
+    yf = y.astype(np.float64)
+    tp = np.cumsum(yf, axis=1)  # (B, n)
+    fp = np.cumsum(1.0 - yf, axis=1)  # (B, n)
+    n_pos = tp[:, -1:]  # (B, 1)
+    ends = np.ones((b, n), dtype=bool)
+    ends[:, :-1] = p[:, 1:] != p[:, :-1]  # last index of each tie group
+    prec = tp / (tp + fp)  # (B, n), denominators >= 1
+    rec = _nan_div(tp, n_pos)  # (B, n)
+    col = np.arange(n)
+    # AP: every positive contributes the precision at the end of its tie group, / n_pos
+    next_end = np.minimum.accumulate(np.where(ends, col, n)[:, ::-1], axis=1)[:, ::-1]  # (B, n)
+    ap = _nan_div((yf * np.take_along_axis(prec, next_end, axis=1)).sum(axis=1), n_pos[:, 0])
+    # trapezoid between consecutive group ends, starting at (recall 0, precision 1)
+    prev_end = np.maximum.accumulate(np.where(ends, col, -1), axis=1)  # (B, n) last end <= i
+    prev_end = np.concatenate([np.full((b, 1), -1), prev_end[:, :-1]], axis=1)  # last end < i
+    safe = np.maximum(prev_end, 0)
+    rec_prev = np.where(prev_end >= 0, np.take_along_axis(rec, safe, axis=1), 0.0)
+    prec_prev = np.where(prev_end >= 0, np.take_along_axis(prec, safe, axis=1), 1.0)
+    area = np.where(ends, (rec - rec_prev) * (prec + prec_prev) / 2, 0.0).sum(axis=1)
+    trapz = np.where(n_pos[:, 0] > 0, area, np.nan)
+    return {"ap": ap, "aupr_trapz": trapz}
+
+
+def batch_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    names: Sequence[str],
+    thresholds: Mapping[str, float | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Metrics of each row of ``y: (B, n)``, ``p: (B, n)`` (rows sorted by ``p`` descending).
+
+    ``names`` are metric keys of ``compute_metrics`` (``auroc``, ``f1@youden``, ...). Returns
+    ``name -> (B,)``. Agrees with ``compute_metrics`` row by row.
+    """
+    thresholds = {"": DEFAULT_THRESHOLD, **(thresholds or {})}
+    y = np.asarray(y, dtype=bool)
+    out: dict[str, np.ndarray] = {}
+    if "auroc" in names:
+        out["auroc"] = auroc_rank(y, p)
+    if "ap" in names or "aupr_trapz" in names:
+        ranking = _ranking_sorted(y, p)
+        out.update({k: v for k, v in ranking.items() if k in names})
+    wanted: dict[str, list[str]] = {}
+    for name in names:
+        if name in out:
+            continue
+        base, _, tname = name.partition("@")
+        if base in COUNT_METRICS and not tname:
+            n_pos = y.sum(axis=1).astype(np.float64)
+            out[name] = {
+                "n": np.full(len(y), float(y.shape[1])),
+                "n_pos": n_pos,
+                "prevalence": n_pos / y.shape[1],
+            }[base]
+            continue
+        if base not in THRESHOLD_METRICS or tname not in thresholds:
+            raise ValueError(
+                f"unknown metric {name!r} (thresholds: {sorted(k for k in thresholds if k)})"
+            )
+        wanted.setdefault(tname, []).append(name)
+    for tname, keys in wanted.items():
+        t = thresholds[tname]
+        if t is None or not math.isfinite(t):
+            out.update({key: np.full(len(y), np.nan) for key in keys})
+            continue
+        pred = p >= t  # (B, n)
+        tp = (pred & y).sum(axis=1)
+        fp = (pred & ~y).sum(axis=1)
+        fn = (~pred & y).sum(axis=1)
+        tn = (~pred & ~y).sum(axis=1)
+        values = _count_metrics(tp, fp, fn, tn)
+        out.update({key: values[key.partition("@")[0]] for key in keys})
+    return out
+
+
+def resample_indices(
+    y: np.ndarray, n_resamples: int, stratified: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Bootstrap index matrix ``(n_resamples, n)`` into ``y``."""
+    n = len(y)
+    if not stratified:
+        return rng.integers(0, n, size=(n_resamples, n))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    parts = [rng.choice(idx, size=(n_resamples, len(idx))) for idx in (pos, neg) if len(idx)]
+    return np.concatenate(parts, axis=1)
+
+
+def bootstrap_distribution(
+    y_true: Any,
+    y_prob: Any,
+    metrics: Sequence[str] | Mapping[str, MetricFn],
+    n: int = 1000,
+    seed: int = 0,
+    stratified: bool = True,
+    thresholds: Mapping[str, float | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Metric values on ``n`` bootstrap resamples: ``name -> (n,)``.
+
+    ``metrics`` is a list of metric keys (computed vectorised, see ``batch_metrics``) or a mapping
+    ``name -> fn(y_true, y_prob) -> float`` (called once per resample). With ``stratified`` the
+    positives and negatives are resampled separately (class counts kept); otherwise all items are
+    resampled together and a resample may be one-class (its ranking metrics are NaN).
+    """
+    y, p = check_arrays(y_true, y_prob)
+    rng = np.random.default_rng(seed)
+    # Pre-sort once by score (descending, stable): sorting a resample's index row then sorts it
+    # by score, and equal scores stay contiguous for the tie-group logic.
+    order = np.argsort(-p, kind="stable")
+    y, p = y[order], p[order]
+    idx = resample_indices(y, n, stratified, rng)  # (n, len(y))
+    if isinstance(metrics, Mapping):
+        return {
+            name: np.array([fn(y[row], p[row]) for row in idx], dtype=np.float64)
+            for name, fn in metrics.items()
+        }
+    names = list(metrics)
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, len(y)))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for start in range(0, n, chunk):
+        block = np.sort(idx[start : start + chunk], axis=1)  # (b, len(y)) sorted by score
+        values = batch_metrics(y[block], p[block], names, thresholds)
+        for k in names:
+            parts[k].append(values[k])
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
+
+
+def percentile_interval(values: np.ndarray, ci: float = 0.95) -> tuple[float, float]:
+    """Percentile interval ``(ci)`` of ``values: (B,)``, ignoring NaN resamples; NaN if all are NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    alpha = (1 - ci) / 2
+    low, high = np.percentile(values, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
 
 
 def cluster_weights(
@@ -154,3 +302,38 @@ def cluster_bootstrap_distribution(
         for k_ in names:
             parts[k_].append(values[k_])
     return {k_: np.concatenate(v) if v else np.empty(0) for k_, v in parts.items()}
+
+
+def bootstrap_ci(
+    y_true: Any,
+    y_prob: Any,
+    metrics: Sequence[str] | Mapping[str, MetricFn] = ("auroc", "ap"),
+    n: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    stratified: bool = True,
+    thresholds: Mapping[str, float | None] | None = None,
+    clusters: Any = None,
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap percentile confidence intervals: ``metric -> (low, high)``.
+
+    ``clusters`` (n,) ids: resample whole clusters (``cluster_bootstrap_distribution``, e.g. the
+    studies of video-level predictions) instead of items; metric keys only.
+
+    ``ci=0.95`` takes the 2.5th and 97.5th percentiles of ``n`` resamples (seeded by ``seed``).
+    DIFFERS: the EchoCLR group's related code labelled the 5th-95th percentiles a 95% CI; that is
+    a 90% interval (``ci=0.90`` here). Resampling is stratified by class by default (see
+    ``bootstrap_distribution``). A one-class ``y_true`` gives NaN intervals for metrics that need
+    both classes; NaN resamples are ignored when taking percentiles.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if clusters is not None:
+        if isinstance(metrics, Mapping) or not stratified:
+            raise ValueError("a cluster bootstrap takes metric keys and is always stratified")
+        dist = cluster_bootstrap_distribution(
+            y_true, y_prob, clusters, metrics, n, seed, thresholds
+        )
+    else:
+        dist = bootstrap_distribution(y_true, y_prob, metrics, n, seed, stratified, thresholds)
+    return {k: percentile_interval(v, ci) for k, v in dist.items()}

@@ -22,14 +22,14 @@ from scipy.stats import rankdata
 
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.aggregate import require_columns
-from echoclr_cli.metrics.bootstrap import cluster_weights, weighted_metrics
-from echoclr_cli.metrics.core import (
+from echoclr_cli.metrics.bootstrap import (
     _BOOT_CHUNK_ELEMENTS,
-    auroc_rank,
-    one_class_reason,
+    cluster_weights,
     percentile_interval,
     resample_indices,
+    weighted_metrics,
 )
+from echoclr_cli.metrics.core import auroc_rank, one_class_reason
 
 
 # --------------------------------------------------------------------------- comparing two runs

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.io import atomic_write_csv
-from echoclr_cli.metrics.core import _clean, auroc_rank, percentile_interval
+from echoclr_cli.metrics.bootstrap import percentile_interval
+from echoclr_cli.metrics.core import _clean, auroc_rank
 
 SUMMARY = ("accuracy", "balanced_accuracy", "auroc")
 

@@ -22,14 +22,12 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write
+from echoclr_cli.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
 from echoclr_cli.metrics.core import (
-    bootstrap_ci,
     check_arrays,
     compute_metrics,
     one_class_reason,
     operating_points,
-    percentile_interval,
-    resample_indices,
 )
 from echoclr_cli.schema import RESULT_KEY_COLUMNS
 

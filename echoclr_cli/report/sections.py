@@ -372,7 +372,7 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
     from echoclr_cli.clinical.core import apply_recalibration
     from echoclr_cli.clinical.plots import plot_decision_curve, plot_reliability
     from echoclr_cli.metrics import plots
-    from echoclr_cli.metrics.core import metrics_to_frame
+    from echoclr_cli.metrics.splits import metrics_to_frame
 
     clin = facts.clinical
     summary = summarize(clin)

@@ -136,7 +136,7 @@ def select_models(plan_df: pd.DataFrame, out_dir: Path, cfg: Config) -> pd.DataF
 
 def collect_results(selection: pd.DataFrame, out_dir: Path, splits: Sequence[str]) -> pd.DataFrame:
     """Long results table of the selected runs on ``splits`` (``schema.RESULT_COLUMNS``)."""
-    from echoclr_cli.metrics.core import metrics_to_frame
+    from echoclr_cli.metrics.splits import metrics_to_frame
 
     frames = []
     for row in selection[selection["run_dir"] != ""].itertuples():
