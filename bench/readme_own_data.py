@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHORT = {
     "pretrain": ["--epochs", "1", "--batch-size", "8"],
     "finetune": ["--epochs", "2", "--batch-size", "4"],
-    "sweep": ["--dry-run"],
-}  # fmt: skip  (the paper grid: its plan, not 100+ CPU runs)
+}
 
 
 def readme_block() -> list[str]:
