@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, confusion_matrix
 
 from echoclr_cli.clinical import core as c
+from echoclr_cli.clinical import write
 from echoclr_cli.clinical.subgroups import frame_rate_band
 from echoclr_cli.clinical.sweep import holm, paired_pvalues, sweep_clinical_columns
 from echoclr_cli.config.schema import Config
@@ -224,7 +225,7 @@ def test_clinical_metrics_structure_subgroups_and_val_only_choice():
     man = fake_manifest()
     preds = predictions(man)
     opts = c.ClinicalOptions(calibrate="both", at_threshold=0.5, n_boot=50, subgroup_min_n=20)
-    out = c.clinical_metrics({s: preds[s] for s in ("val", "test", "ext_test")}, opts, man)
+    out = write.clinical_metrics({s: preds[s] for s in ("val", "test", "ext_test")}, opts, man)
     study = out["levels"]["study"]
     assert set(study["thresholds"]) == {"sens90", "sens95", "youden", "fixed"}
     assert set(study["recalibration"]) == {"temperature", "platt"}
@@ -235,7 +236,7 @@ def test_clinical_metrics_structure_subgroups_and_val_only_choice():
     assert cell["ci_low"] <= cell["value"] <= cell["ci_high"]
     # thresholds depend on val only: other test predictions leave them unchanged
     preds2 = dict(preds, test=preds["test"].assign(y_prob=0.5))
-    out2 = c.clinical_metrics({s: preds2[s] for s in ("val", "test")}, opts, man)
+    out2 = write.clinical_metrics({s: preds2[s] for s in ("val", "test")}, opts, man)
     assert out2["levels"]["study"]["thresholds"] == study["thresholds"]
     # subgroups: study-constant columns at study level, fps varies within study -> video level
     sub = out["subgroups"]["test"]
@@ -247,7 +248,7 @@ def test_clinical_metrics_structure_subgroups_and_val_only_choice():
     assert sum(g["n"] for g in groups.values()) == preds["test"]["study_id"].nunique()
     small = [g for g in sub["manufacturer"]["groups"] if g["n"] < 20]
     assert small and all("< 20" in g["warning"] for g in small)
-    summary = c.summarize(out)
+    summary = write.summarize(out)
     assert {"split", "variant", "metric"} <= set(summary.calibration.columns)
     assert set(summary.operating["metric"]) == {"sensitivity", "specificity", "ppv", "npv"}
     assert not summary.subgroups.empty
@@ -257,15 +258,15 @@ def test_requested_subgroup_column_must_exist():
     man = fake_manifest(40)
     opts = c.ClinicalOptions(subgroups=["vendor"], n_boot=0)
     with pytest.raises(UserError, match="vendor"):
-        c.clinical_metrics(predictions(man), opts, man)
+        write.clinical_metrics(predictions(man), opts, man)
     opts = c.ClinicalOptions(subgroups=["manufacturer"], n_boot=0)
-    out = c.clinical_metrics(predictions(man), opts, man)
+    out = write.clinical_metrics(predictions(man), opts, man)
     assert set(out["subgroups"]["test"]) == {"manifest" and "manufacturer"}
 
 
 def test_no_val_split_gives_a_reason_and_no_operating_points():
     man = fake_manifest(40)
-    out = c.clinical_metrics({"test": predictions(man)["test"]}, c.ClinicalOptions(n_boot=0))
+    out = write.clinical_metrics({"test": predictions(man)["test"]}, c.ClinicalOptions(n_boot=0))
     study = out["levels"]["study"]
     assert "no val split" in study["reasons"]["thresholds"]
     assert study["splits"]["test"]["operating_points"] == {}
@@ -280,14 +281,14 @@ def test_write_clinical_adds_key_and_figures_without_touching_the_callers_dict(t
     metrics = {"test": {"study": {}}, "thresholds": {}, "reasons": {}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     preds = {s: df for s, df in predictions(man).items() if s in ("val", "test")}
-    paths = c.write_clinical(cfg, preds, tmp_path, manifest=man, metrics=metrics)
+    paths = write.write_clinical(cfg, preds, tmp_path, manifest=man, metrics=metrics)
     assert "clinical" not in metrics
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["clinical"]["options"]["calibrate"] == "temperature"
     names = {p.name for p in paths}
     assert {"test_study_reliability.png", "test_study_decision_curve.png"} <= names
     cfg.evaluate.plots = False
-    assert [p.name for p in c.write_clinical(cfg, preds, tmp_path)] == ["metrics.json"]
+    assert [p.name for p in write.write_clinical(cfg, preds, tmp_path)] == ["metrics.json"]
 
 
 def test_frame_rate_band():

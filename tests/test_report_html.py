@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from echoclr_cli.clinical.core import write_clinical
+from echoclr_cli.clinical.write import write_clinical
 from echoclr_cli.config.load import save_config
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError

@@ -1,8 +1,8 @@
 """Clinical evaluation over predictions: calibration, operating points, subgroups.
 
 Pure functions of ``y_true`` / ``y_prob`` arrays and aggregated prediction frames (no model code),
-used after every evaluation (``write_clinical`` adds a ``"clinical"`` key to ``metrics.json``)
-and by ``echoclr report``.
+used after every evaluation (``clinical.write.write_clinical`` adds a ``"clinical"`` key to
+``metrics.json``) and by ``echoclr report``.
 
 Conventions (in addition to those of ``echoclr_cli.metrics.core``):
 
@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,6 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
 from echoclr_cli.errors import UserError
-from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.bootstrap import (
     bootstrap_distribution,
     percentile_interval,
@@ -201,17 +199,6 @@ def calibration_slope_intercept(y_true: Any, y_prob: Any) -> tuple[float, float]
     _, slope = _logistic_fit(x, y.astype(np.float64), offset=False)
     intercept, _ = _logistic_fit(x, y.astype(np.float64), offset=True)
     return slope, intercept
-
-
-def calibration_values(y_true: Any, y_prob: Any, n_bins: int = 10) -> dict[str, float]:
-    """``brier, ece, calibration_slope, calibration_intercept`` of one prediction set."""
-    slope, intercept = calibration_slope_intercept(y_true, y_prob)
-    return {
-        "brier": brier_score(y_true, y_prob),
-        "ece": expected_calibration_error(y_true, y_prob, n_bins),
-        "calibration_slope": slope,
-        "calibration_intercept": intercept,
-    }
 
 
 def fit_temperature(y_true: Any, y_prob: Any) -> float:
@@ -500,134 +487,3 @@ def evaluate_level(
         "splits": splits,
         "reasons": reasons,
     }
-
-
-# --------------------------------------------------------------------------- whole evaluation
-def clinical_metrics(
-    pred_by_split: Mapping[str, pd.DataFrame],
-    opts: ClinicalOptions,
-    manifest: pd.DataFrame | None = None,
-) -> dict[str, Any]:
-    """Calibration, operating points and subgroups of every split (the ``"clinical"`` key).
-
-    ``pred_by_split``: split -> per-video (or per-clip) predictions (``video_id, study_id,
-    patient_id, y_true, y_prob``), as given to ``metrics.evaluate_predictions``. ``manifest``
-    (optional): the dataset's manifest rows; its columns define the subgroups. Returns
-    ``{"options", "levels": {level: evaluate_level(...)}, "subgroups": {split: {column: ...}},
-    "subgroups_skipped": {column: why}}``.
-    """
-    levels_by_split = {s: aggregate_levels(df) for s, df in pred_by_split.items()}
-    out: dict[str, Any] = {
-        "options": {
-            "at_sensitivity": opts.at_sensitivity,
-            "at_threshold": opts.at_threshold,
-            "calibrate": opts.calibrate,
-            "n_bins": opts.n_bins,
-            "bootstrap": opts.n_boot,
-            "ci": opts.ci,
-            "subgroup_min_n": opts.subgroup_min_n,
-        },
-        "levels": {},
-    }
-    for level in opts.levels:
-        by_split = {s: lv[level] for s, lv in levels_by_split.items()}
-        out["levels"][level] = evaluate_level(by_split.get("val"), by_split, opts)
-    if manifest is not None and len(manifest):
-        from echoclr_cli.clinical.subgroups import (
-            _label_columns,
-            subgroup_columns,
-            subgroup_metrics,
-            with_derived_columns,
-        )
-
-        man = with_derived_columns(manifest)
-        labels = _label_columns(manifest)
-        cols, skipped = subgroup_columns(man, opts.subgroups, labels if not opts.subgroups else ())
-        thr = out["levels"].get("study", {}).get("thresholds", {})
-        out["subgroups"] = {
-            split: subgroup_metrics(lv, man, cols, thr, opts)
-            for split, lv in levels_by_split.items()
-            if split != "val"
-        }
-        out["subgroups_skipped"] = skipped
-    return out
-
-
-def write_clinical(
-    cfg: Any,
-    video_by_split: Mapping[str, pd.DataFrame],
-    out_dir: Path | str,
-    manifest: pd.DataFrame | None = None,
-    metrics: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> list[Path]:
-    """The evaluation hook: ``clinical_metrics`` into ``metrics.json`` (key ``"clinical"``) and,
-    with ``cfg.evaluate.plots``, reliability and decision-curve figures into ``plots/``.
-
-    ``metrics`` (the dict the evaluation returned; default: ``metrics.json`` as on disk) is
-    copied, not changed: callers that tabulate it (``metrics_to_frame``) keep its split-only
-    shape. ``overrides`` replace options from ``cfg.evaluate`` (``at_sensitivity`` ...).
-    Returns the paths written.
-    """
-    import json
-
-    from echoclr_cli.io import atomic_write_json
-
-    out_dir = Path(out_dir)
-    opts = ClinicalOptions.from_config(cfg, **overrides)
-    result = clinical_metrics(video_by_split, opts, manifest)
-    path = out_dir / "metrics.json"
-    current = dict(metrics) if metrics is not None else json.loads(path.read_text())
-    current["clinical"] = result
-    atomic_write_json(path, current)
-    paths = [path]
-    if cfg.evaluate.plots:
-        from echoclr_cli.clinical.plots import plot_clinical
-
-        levels = {s: aggregate_levels(df) for s, df in video_by_split.items()}
-        paths += plot_clinical(levels, result, out_dir / "plots")
-    return paths
-
-
-@dataclass
-class ClinicalSummary:
-    """Flat rows of a ``"clinical"`` dict for tables (report, sweep)."""
-
-    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
-    operating: pd.DataFrame = field(default_factory=pd.DataFrame)
-    subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def summarize(clinical: Mapping[str, Any]) -> ClinicalSummary:
-    """Long tables: calibration (split, level, variant, metric, value, ci_low, ci_high, n),
-    operating points (split, level, point, threshold, metric, value, ci_low, ci_high, tp, fp,
-    fn, tn) and subgroups (split, column, level, value, n, n_pos, metric, value, ci...)."""
-    cal, ops, sub = [], [], []
-    for level, body in clinical.get("levels", {}).items():
-        for split, entry in body.get("splits", {}).items():
-            for variant, cells in entry.get("calibration", {}).items():
-                for metric, c in cells.items():
-                    cal.append({"split": split, "level": level, "variant": variant,
-                                "metric": metric, **c})  # fmt: skip
-            for point, cells in entry.get("operating_points", {}).items():
-                counts = {k: cells[k] for k in ("threshold", "tp", "fp", "fn", "tn")}
-                for metric in OPERATING_METRICS:
-                    ops.append({"split": split, "level": level, "point": point, **counts,
-                                "metric": metric, **cells[metric]})  # fmt: skip
-    for split, by_col in clinical.get("subgroups", {}).items():
-        for col, body in by_col.items():
-            for g in body["groups"]:
-                base = {"split": split, "column": col, "level": body["level"],
-                        "group": g["value"], "n": g["n"], "n_pos": g["n_pos"],
-                        "warning": g.get("warning", "")}  # fmt: skip
-                for metric in ("auroc", "ap", "brier"):
-                    sub.append({**base, "metric": metric, **_cell(g[metric])})
-                for metric in ("sensitivity", "specificity"):
-                    if "youden" in g:
-                        sub.append({**base, "metric": f"{metric}@youden",
-                                    **_cell(g["youden"][metric])})  # fmt: skip
-    return ClinicalSummary(pd.DataFrame(cal), pd.DataFrame(ops), pd.DataFrame(sub))
-
-
-def _cell(c: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: c.get(k) for k in ("value", "ci_low", "ci_high")}

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
-from echoclr_cli.clinical.core import write_clinical
+from echoclr_cli.clinical.write import write_clinical
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.fractions import training_subset

@@ -19,7 +19,8 @@ import pandas as pd
 import yaml
 
 from echoclr_cli import __version__
-from echoclr_cli.clinical.core import ClinicalOptions, clinical_metrics, summarize
+from echoclr_cli.clinical.core import ClinicalOptions
+from echoclr_cli.clinical.write import clinical_metrics, summarize
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import sha256_file
 
