@@ -16,6 +16,7 @@ import pytest
 
 from echoclr_cli.config.schema import Config, SynthConfig
 from echoclr_cli.errors import UserError
+from echoclr_cli.synth import anatomy
 from echoclr_cli.synth import archive as synth
 
 TINY = dict(height=64, width=80, min_frames=5, max_frames=8, min_videos=2, max_videos=3, workers=1)
@@ -254,7 +255,7 @@ def test_fan_is_drawn_without_opencv(monkeypatch):
     plan = synth.plan_studies(sc)[0]
     rng = np.random.default_rng(0)
     acq = synth._acquisition(rng, sc, plan.site, plan.anatomy)
-    frames, mask = synth.render_video(synth.render_heart(plan.anatomy), acq, plan, 64, 80, rng, 4)
+    frames, mask = synth.render_video(anatomy.render_heart(plan.anatomy), acq, plan, 64, 80, rng, 4)
     assert frames.shape == (3, 64, 80, 3) and (frames[:, mask] > 0).all()
 
 
@@ -299,31 +300,33 @@ def test_fma32_rounds_once():
 
 def test_heart_shows_disease():
     base = synth.plan_studies(SynthConfig(studies=1, seed=0))[0].anatomy
-    thin = synth._replace(base, wall_mm=9.0)
-    thick = synth._replace(base, wall_mm=15.0)
-    col = int((base.u_ao - 30.0 - synth.CANON_U[0]) / synth.CANON_RES)  # mid LV column
+    thin = anatomy._replace(base, wall_mm=9.0)
+    thick = anatomy._replace(base, wall_mm=15.0)
+    col = int((base.u_ao - 30.0 - anatomy.CANON_U[0]) / anatomy.CANON_RES)  # mid LV column
 
     def septum_mm(a):
-        profile = synth.render_heart(a, n_phases=4)[0, :, col]  # end-diastole depth profile
+        profile = anatomy.render_heart(a, n_phases=4)[0, :, col]  # end-diastole depth profile
         first = np.flatnonzero(profile > 0.4)
         first = first[first > int(a.rv_top + 6)]  # skip the RV free wall
         run = np.flatnonzero(profile[first[0] :] < 0.3)[0]
-        return run * synth.CANON_RES
+        return run * anatomy.CANON_RES
 
     assert septum_mm(thick) - septum_mm(thin) == pytest.approx(6.0, abs=1.5)
 
-    normal = synth._replace(base, leaflet_open=1.0, leaflet_calc=0.1)
-    severe = synth._replace(base, leaflet_open=0.2, leaflet_calc=0.1)  # same look, less motion
-    c0 = int((base.u_ao + 9.0 - synth.CANON_U[0]) / synth.CANON_RES)
+    normal = anatomy._replace(base, leaflet_open=1.0, leaflet_calc=0.1)
+    severe = anatomy._replace(base, leaflet_open=0.2, leaflet_calc=0.1)  # same look, less motion
+    c0 = int((base.u_ao + 9.0 - anatomy.CANON_U[0]) / anatomy.CANON_RES)
 
-    h_norm, h_sev = synth.render_heart(normal), synth.render_heart(severe)  # (P, Hc, Wc)
+    h_norm, h_sev = anatomy.render_heart(normal), anatomy.render_heart(severe)  # (P, Hc, Wc)
     np.testing.assert_array_equal(h_norm[0], h_sev[0])  # closed valve: identical frames
-    _, opening, _ = synth._contraction(np.arange(synth.N_PHASES) / synth.N_PHASES, base.heart_rate)
+    _, opening, _ = anatomy._contraction(
+        np.arange(anatomy.N_PHASES) / anatomy.N_PHASES, base.heart_rate
+    )
     differs = np.abs(h_norm - h_sev).max(axis=(1, 2)) > 0.1  # (P,)
     assert (differs == (opening > 0.05)).mean() > 0.9  # they differ exactly while it opens
-    calcified = synth._replace(base, leaflet_open=1.0, leaflet_calc=0.9)
+    calcified = anatomy._replace(base, leaflet_open=1.0, leaflet_calc=0.9)
     window = (slice(None), slice(20, 130), slice(c0, c0 + 25))
-    extra = synth.render_heart(calcified)[window] - h_norm[window]  # thicker, brighter leaflets
+    extra = anatomy.render_heart(calcified)[window] - h_norm[window]  # thicker, brighter leaflets
     assert extra.min() > -1e-6 and extra.max() > 0.3 and (extra > 0.1).sum() > 200
 
 

@@ -21,6 +21,7 @@ from echoclr_cli import cli
 from echoclr_cli.config.schema import Config, SynthConfig
 from echoclr_cli.data.manifest import categorical_columns, label_columns, load_manifest
 from echoclr_cli.preprocess.run import preprocess
+from echoclr_cli.synth import anatomy
 from echoclr_cli.synth import archive as synth
 from echoclr_cli.synth import views as synth_views
 
@@ -217,15 +218,15 @@ def test_views_differ_in_shape(size):
 @pytest.mark.parametrize("view", ["psax", "a4c", "a2c"])
 def test_lvh_and_motion_visible_in_every_view(view):
     base = synth.plan_studies(SynthConfig(studies=1, seed=0))[0].anatomy
-    thin = synth_views.RENDERERS[view](synth._replace(base, wall_mm=9.0))
-    thick = synth_views.RENDERERS[view](synth._replace(base, wall_mm=15.0))
-    assert thin.shape == thick.shape == (synth.N_PHASES, 210, 300)
+    thin = synth_views.RENDERERS[view](anatomy._replace(base, wall_mm=9.0))
+    thick = synth_views.RENDERERS[view](anatomy._replace(base, wall_mm=15.0))
+    assert thin.shape == thick.shape == (anatomy.N_PHASES, 210, 300)
     myo_thin = ((thin[0] > 0.4) & (thin[0] < 0.6)).sum()
     myo_thick = ((thick[0] > 0.4) & (thick[0] < 0.6)).sum()
     assert myo_thick > 1.3 * myo_thin  # thicker walls: more myocardium
     # contraction: end-systole differs from end-diastole, and the cycle closes
-    assert np.abs(thin[0] - thin[synth.N_PHASES // 4]).mean() > 0.01
-    assert np.abs(thin[0] - thin[-1]).mean() < np.abs(thin[0] - thin[synth.N_PHASES // 4]).mean()
+    assert np.abs(thin[0] - thin[anatomy.N_PHASES // 4]).mean() > 0.01
+    assert np.abs(thin[0] - thin[-1]).mean() < np.abs(thin[0] - thin[anatomy.N_PHASES // 4]).mean()
 
 
 def test_preprocess_carries_view(tmp_path):

@@ -1,6 +1,6 @@
 """Non-PLAX views of the synthetic heart (``echoclr synth --views``): PSAX, A4C and A2C.
 
-Each renderer returns the same canonical cycle as :func:`echoclr_cli.synth.archive.render_heart`
+Each renderer returns the same canonical cycle as :func:`echoclr_cli.synth.anatomy.render_heart`
 (float32 ``(n_phases, Hc, Wc)``, rows = depth v from the transducer, cols = lateral u, 1 mm per
 pixel), drawn from the same per-study :class:`Anatomy`, so every view of a study shows the same
 heart: the wall thickness (LVH), LV size, fractional shortening, atrial size and heart rate.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from echoclr_cli.synth.archive import (
+from echoclr_cli.synth.anatomy import (
     CANON_RES,
     CANON_U,
     CANON_V,
