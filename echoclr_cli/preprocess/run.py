@@ -32,7 +32,7 @@ from echoclr_cli.data import privacy, readers
 from echoclr_cli.data.labels import issue_lines, match_labels, private_issue_rows
 from echoclr_cli.data.labels import issues_report as label_issues_report
 from echoclr_cli.data.layouts import discover as layouts
-from echoclr_cli.data.layouts.discover import Inventory, Item
+from echoclr_cli.data.layouts.base import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
     OPTIONAL_COLUMNS,

@@ -18,7 +18,7 @@ import numpy as np
 from echoclr_cli.data import labels, readers
 from echoclr_cli.data.dicom_fields import frame_rate_band
 from echoclr_cli.data.layouts import discover as layouts
-from echoclr_cli.data.layouts.discover import Item
+from echoclr_cli.data.layouts.base import Item
 from echoclr_cli.data.manifest import OPTIONAL_COLUMNS
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.readers import ReadOptions, SkipVideo

@@ -20,7 +20,7 @@ from echoclr_cli.data.labels import (
     table_summary,
     view_keep,
 )
-from echoclr_cli.data.layouts.discover import VIDEO_EXTS, Inventory, Item, _not_media, _walk
+from echoclr_cli.data.layouts.base import VIDEO_EXTS, Inventory, Item, _not_media, _walk
 from echoclr_cli.data.manifest import normalise_split
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.rules import build_rules
