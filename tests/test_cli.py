@@ -163,7 +163,7 @@ def test_synth_preview_writes_png(tmp_path):
 
 def test_every_command_starts_with_the_settings_line(tmp_path, monkeypatch):
     """`--profile auto` says what it resolved to; the line comes before any other output."""
-    import echoclr_cli.check as check_mod
+    import echoclr_cli.training.preflight as check_mod
 
     def fake_check(cfg, data_dir, task=None, section=None):
         raise AssertionError(f"reached the core with section={section}")
@@ -234,7 +234,8 @@ def test_command_options_bundle_a_commands_own_options_as_opts():
     import pytest
 
     from echoclr_cli.cli.common import Common, command_options, common_options
-    from echoclr_cli.cli.params import EvaluateOptions, SweepOptions
+    from echoclr_cli.cli.results import EvaluateOptions
+    from echoclr_cli.cli.runs import SweepOptions
 
     @common_options()
     @command_options(SweepOptions)
@@ -268,3 +269,120 @@ def test_common_resolve_applies_flags_then_set(monkeypatch):
     common = Common(set_=["runtime.seed=7"], profile="demo", device="cpu", quiet=True)
     cfg = common.resolve(section="pretrain", flags={"runtime.seed": 3, "runtime.workers": 0})
     assert cfg.runtime.seed == 7 and cfg.runtime.workers == 0 and cfg.runtime.device == "cpu"
+
+
+def test_parse_list_is_the_one_list_parser():
+    import pytest
+
+    from echoclr_cli.cli.common import parse_list
+    from echoclr_cli.errors import UserError
+
+    assert parse_list("0.01, 0.1,1.0", float, "--ratios") == [0.01, 0.1, 1.0]
+    assert parse_list("as,lvh", str, "--tasks") == ["as", "lvh"]
+    with pytest.raises(UserError, match="--seeds"):
+        parse_list("0,x", int, "--seeds")
+    with pytest.raises(UserError, match="--split is empty"):
+        parse_list(" , ", str, "--split")
+
+
+def test_evaluate_and_embed_split_lists_reach_the_core_parsed(tmp_path, monkeypatch):
+    import echoclr_cli.analysis.embed as embed_mod
+    import echoclr_cli.inference.evaluate as evaluate_mod
+
+    seen = []
+
+    def fake(*args, splits, **kwargs):
+        seen.append(splits)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_run", fake)
+    monkeypatch.setattr(embed_mod, "run_embed", fake)
+    assert invoke("evaluate", str(tmp_path), "--split", " test, ext_test,").exit_code == 0
+    assert invoke("embed", str(tmp_path), "--splits", "val ,test").exit_code == 0
+    assert seen == [["test", "ext_test"], ["val", "test"]]
+    res = invoke("evaluate", str(tmp_path), "--split", ",")
+    assert res.exit_code == 1 and "--split is empty" in res.output and len(seen) == 2
+
+
+def _option_classes() -> list[type]:
+    """Every bundle of options: the common tail, the training block, each command's own."""
+    from echoclr_cli.cli.common import Common, Options, Training
+
+    return [Common, Training, *Options.__subclasses__()]
+
+
+def test_every_option_with_a_config_key_sets_exactly_that_key():
+    import dataclasses
+    import typing
+
+    from echoclr_cli.cli.common import Common, Training, config_flags, keyed_fields
+    from echoclr_cli.config.load import all_keys
+
+    valid = set(all_keys())
+    n_keyed = 0
+    for cls in _option_classes():
+        hints = typing.get_type_hints(cls, include_extras=True)
+        required = {f.name: Path("x") for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING}  # fmt: skip
+
+        def flags(opts, cls=cls):
+            if cls is Training:
+                return opts.flags("finetune")
+            return config_flags(opts) if cls is Common else opts.flags()
+
+        assert all(v is None for v in flags(cls(**required)).values()), cls.__name__
+        for name, option in keyed_fields(cls).items():
+            n_keyed += 1
+            key = option.key.replace("<section>", "finetune")
+            assert key in valid and option.key.replace("<section>", "pretrain") in valid, key
+            base = typing.get_args(hints[name])[0]
+            if option.items is not None:
+                value, want = "1, 2", [option.items("1"), option.items("2")]
+            elif base is bool:
+                value, want = True, True
+            elif Path in typing.get_args(base):
+                value, want = Path("some/dir"), "some/dir"
+            elif list[str] in typing.get_args(base):
+                value, want = ["a", "b"], ["a", "b"]
+            else:
+                value = want = object()  # passed on as it is
+            given = {
+                k: v for k, v in flags(cls(**required | {name: value})).items() if v is not None
+            }
+            assert given == {key: want}, f"{cls.__name__}.{name}"
+    assert n_keyed >= 50  # the test sees the options (not a vacuous pass)
+
+
+def test_no_config_key_is_written_twice_in_cli():
+    """A key an option sets is written once per option that sets it (key_option's first
+    argument; help texts say ``{key}``): no hand-written flags dict or help text repeats it."""
+    import ast
+    import re
+    from collections import Counter
+
+    from echoclr_cli.cli.common import keyed_fields
+
+    declared = Counter(
+        option.key
+        for option in {
+            id(o): o for c in _option_classes() for o in keyed_fields(c).values()
+        }.values()
+    )
+    written: Counter = Counter()
+    for path in Path(cli.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in docstrings:
+                    written.update(re.findall(r"<section>(?:\.\w+)+|\b[a-z_]+(?:\.[a-z_]+)+",
+                                              node.value))  # fmt: skip
+    twice = {k: (written[k], n) for k, n in declared.items() if written[k] != n}
+    assert declared and not twice, f"key: (times written, options setting it) {twice}"

@@ -29,7 +29,6 @@ from echoclr_cli.schema import RESULT_COLUMNS
 from echoclr_cli.sweep import (
     aggregate,
     fmt_number,
-    parse_list,
     parse_shard,
     plan_sweep,
     results_table,
@@ -240,10 +239,6 @@ def test_names_are_stable_and_safe():
     )
     assert run_dir_name("as", "mi-simclr", 0.25, 5e-4, 2) == "runs/as/mi-simclr/r0.25_lr0.0005_s2"
     assert parse_shard("1/4") == (1, 4)
-    assert parse_list("0.01, 0.1,1.0", float, "--ratios") == [0.01, 0.1, 1.0]
-    assert parse_list("as,lvh", str, "--tasks") == ["as", "lvh"]
-    with pytest.raises(UserError, match="--seeds"):
-        parse_list("0,x", int, "--seeds")
     for bad in ("4/4", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(UserError):
             parse_shard(bad)

@@ -1,4 +1,4 @@
-"""The Typer app and its root options; the commands register on it from the cli_* modules."""
+"""The Typer app and its root options; the commands register on it from the cli/ modules."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""What every `echoclr` command shares: option types (one definition each), small parsers,
-the options tail every command takes (``@common_options`` -> ``Common``), the training block
-(``@training_options`` -> ``Training``), the bundling of a command's own options
-(``@command_options``; the options themselves: cli_params.py), config resolution
+"""What every `echoclr` command shares: the options declared by several commands (one definition
+each), ``key_option`` (an option that sets a config key, named once) and ``Options.flags()``
+(the keys a command's options set, derived from its fields), the one list parser
+(``parse_list``), the options tail every command takes (``@common_options`` -> ``Common``), the
+training block (``@training_options`` -> ``Training``), the bundling of a command's own options
+(``@command_options``; the options themselves sit beside each command), config resolution
 (``build_config`` / ``Common.resolve``, which also prints the command's first line) and error
-handling (``handle_errors``, around every ``@common_options`` command). Only the cli_* modules
-import typer.
+handling (``handle_errors``, around every ``@common_options`` command). Only cli/ imports typer.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import traceback
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.models import OptionInfo
 
 from echoclr_cli import console as report
 from echoclr_cli.config.load import (
@@ -36,178 +37,104 @@ from echoclr_cli.config.load import (
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import Interrupted, Preempted, UserError
 
-ConfigOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--config", "-c", help="YAML config file(s), applied in order over the profile."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."
-    ),
-]
-ProfileOpt = Annotated[
-    str,
-    typer.Option(
-        "--profile",
-        help="Base settings: paper (published), demo (small CPU profile), or auto = paper when "
-        "CUDA is used, demo otherwise.",
-    ),
-]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (runtime.device).")
-]
+SECTION = "<section>"  # in a key: the section of the command (the training block's keys)
+FRAME_SIZE_KEY = "preprocess.size"  # set by `preprocess --size`, else it follows the data
+
+
+class KeyOption(OptionInfo):
+    """A Typer option that sets the config key ``key``; ``items``: the type of each item when the
+    option is a comma-separated list (parsed by :func:`parse_list`)."""
+
+    def __init__(self, key: str, decls: tuple[str, ...], help: str, items: Callable | None):
+        super().__init__(default=..., param_decls=decls, help=help.replace("{key}", key))
+        self.key = key
+        self.items = items
+
+
+def key_option(
+    key: str, *decls: str, help: str, items: Callable[[str], Any] | None = None
+) -> KeyOption:
+    """``typer.Option(*decls, help=help)`` for an option that sets config key ``key``, the one
+    place the key is written: ``{key}`` in ``help`` shows it there, and :meth:`Options.flags`
+    derives it from the field. ``items``: the option is a comma-separated list of this type."""
+    return KeyOption(key, decls, help, items)
+
+
+def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
+    """``"0.01,0.1,1.0"`` -> ``[0.01, 0.1, 1.0]`` for the CLI's list options (UserError naming
+    ``option`` on a bad item or an empty list)."""
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    try:
+        out = [cast(x) for x in items]
+    except ValueError:
+        raise UserError(
+            f"{option} '{text}' is not a comma-separated list of {cast.__name__}",
+            fix=f"write e.g. {option} 0.01,0.1,1.0"
+            if cast is float
+            else f"write e.g. {option} a,b",
+        ) from None
+    if not out:
+        raise UserError(f"{option} is empty", fix=f"give at least one value to {option}")
+    return out
+
+
+@functools.cache
+def keyed_fields(cls: type) -> dict[str, KeyOption]:
+    """Field name -> its :class:`KeyOption`, for the fields of dataclass ``cls`` that set a key."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {
+        f.name: meta
+        for f in dataclasses.fields(cls)
+        for meta in getattr(hints[f.name], "__metadata__", ())
+        if isinstance(meta, KeyOption)
+    }
+
+
+def config_value(value: Any, option: KeyOption) -> Any:
+    """An option's value as the config's: None = not given (also a flag left off or a repeatable
+    option never used); a path as a string; a comma-separated list as its items."""
+    if value is None or value is False or (isinstance(value, list | tuple) and not value):
+        return None
+    if option.items is not None:
+        return parse_list(value, option.items, option.param_decls[0])
+    if isinstance(value, Path):
+        return str(value)
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def config_flags(options: Any, section: str = "") -> dict[str, Any]:
+    """The config keys the fields of dataclass instance ``options`` set (None = not given);
+    ``section`` fills a ``<section>.`` key."""
+    return {
+        opt.key.replace(SECTION, section): config_value(getattr(options, name), opt)
+        for name, opt in keyed_fields(type(options)).items()
+    }
+
+
+class Options:
+    """Base of a command's own options (a frozen dataclass beside the command, its fields the
+    options in ``--help`` order): ``flags()`` = the config keys they set (None = not given)."""
+
+    def flags(self) -> dict[str, Any]:
+        return config_flags(self)
+
+
+# Options several commands declare alike.
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Print the resolved config and full tracebacks.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")]
-EpochsOpt = Annotated[
-    int | None, typer.Option("--epochs", help="Training epochs (<section>.epochs).")
-]
-BatchOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Batch size per process (<section>.batch_size).")
-]
-LrOpt = Annotated[
-    float | None, typer.Option("--lr", help="Learning rate (<section>.optim.learning_rate).")
-]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Global seed (runtime.seed).")]
 WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="Data loader workers (runtime.workers).")
+    int | None, key_option("runtime.workers", "--workers", help="Data loader workers ({key}).")
 ]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite", help="Replace the outputs of an existing run dir (files we wrote only)."
-    ),
-]
-AtSensOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--at-sensitivity",
-        help="Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85.",
-    ),
-]
-AtThrOpt = Annotated[
-    float | None,
-    typer.Option("--at-threshold", help="Extra operating point at this fixed probability."),
-]
-CalibrateOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--calibrate", help="Recalibration fitted on val: none | temperature | platt | both."
-    ),
-]
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
-]
-
-
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset dir (paths.data).")]
-
-
-# sweep grid options (comma-separated lists are parsed by csv_list)
-RatiosOpt = Annotated[
-    str | None,
-    typer.Option("--ratios", help="Label fractions, e.g. 0.01,0.1,1.0 (sweep.ratios)."),
-]
-InitsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--inits", help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available."
-    ),
-]
-TasksOpt = Annotated[
-    str | None, typer.Option("--tasks", help="Label columns, e.g. as,lvh (sweep.tasks).")
-]
-LrsOpt = Annotated[
-    str | None, typer.Option("--lrs", help="Learning rates above the low ratio (sweep.lrs).")
-]
-LowRatioLrsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--low-ratio-lrs", help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4)."
-    ),
-]
-SeedsOpt = Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (sweep.seeds).")]
-LowRatioSeedsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--low-ratio-seeds",
-        help="Seeds at ratio <= sweep.low_ratio (sweep.low_ratio_seeds; default: --seeds).",
-    ),
-]
-PretrainDirOpt = Annotated[
-    Path | None,
-    typer.Option("--pretrain-dir", help="Where SSL runs live (default <paths.runs>/pretrain)."),
-]
-PretrainMissingOpt = Annotated[
-    bool,
-    typer.Option("--pretrain-missing", help="Run missing SSL pretraining instead of stopping."),
-]
-ShardOpt = Annotated[
-    str | None,
-    typer.Option("--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."),
-]
-DryRunOpt = Annotated[
-    bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
-]
-LauncherOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--launcher",
-        help="inline (default): train here; local: submitit jobs on this machine; slurm: a job "
-        "array (needs the \\[cluster] extra; sweep.launcher).",
-    ),
-]
-JobsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--jobs",
-        help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one per "
-        "GPU (local).",
-    ),
-]
-SlurmPartitionOpt = Annotated[
-    str | None, typer.Option("--slurm-partition", help="SLURM partition (sweep.slurm.partition).")
-]
-SlurmTimeOpt = Annotated[
-    int | None,
-    typer.Option("--slurm-time", help="Minutes per array task (sweep.slurm.time_min)."),
-]
-SlurmGpusOpt = Annotated[
-    int | None, typer.Option("--slurm-gpus", help="GPUs per array task (sweep.slurm.gpus).")
-]
-SlurmArrayParallelismOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--slurm-array-parallelism",
-        help="Array tasks running at once (sweep.slurm.array_parallelism).",
-    ),
-]
-
-
-class CheckFor(StrEnum):
-    """What ``echoclr check --for`` also checks batches against."""
-
-    pretrain = "pretrain"
-    finetune = "finetune"
-
-
-def csv_list(text: str | None, cast: Callable[[str], Any], option: str) -> list[Any] | None:
-    """``--ratios 0.01,0.1`` -> ``[0.01, 0.1]`` (None when the option is not given)."""
-    if text is None:
-        return None
-    from echoclr_cli.sweep.grid import parse_list
-
-    return parse_list(text, cast, option)
-
-
-def path_str(path: Path | None) -> str | None:
-    """A path option as the config's string value (None when not given)."""
-    return str(path) if path else None
+OVERWRITE_HELP = "Replace the outputs of an existing run dir (files we wrote only)."
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
+DataOpt = Annotated[Path | None, key_option("paths.data", "--data", help="Dataset dir ({key}).")]
+# evaluate's and report's operating points and recalibration (config keys of evaluate only)
+AT_SENSITIVITY_HELP = (
+    "Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85."
+)
+AT_THRESHOLD_HELP = "Extra operating point at this fixed probability."
+CALIBRATE_HELP = "Recalibration fitted on val: none | temperature | platt | both."
 
 
 def _put(d: dict, dotted: str, value: Any) -> None:
@@ -249,7 +176,7 @@ def frames_from_data(
     profile's never is. Nothing to read yet (no dataset.json, not a run dir): ``cfg`` as is."""
     from echoclr_cli.data.manifest import check_frame_size, dataset_frame_size
 
-    user_size = "preprocess.size" in explicit
+    user_size = FRAME_SIZE_KEY in explicit
     if data is not None and (size := dataset_frame_size(data)) is not None:
         if user_size:
             check_frame_size(data, cfg)
@@ -266,9 +193,9 @@ def frames_from_data(
         return cfg, None
     if user_size and size != cfg.preprocess.size:
         raise UserError(
-            f"run {run} was trained on {size} px frames but preprocess.size is set to "
+            f"run {run} was trained on {size} px frames but {FRAME_SIZE_KEY} is set to "
             f"{cfg.preprocess.size} px",
-            fix="drop the preprocess.size setting (commands take the frame size from the run)",
+            fix=f"drop the {FRAME_SIZE_KEY} setting (commands take the frame size from the run)",
         )
     return _with_frame_size(cfg, size), "run"
 
@@ -292,7 +219,7 @@ def follow_data(
         from echoclr_cli.preprocess.run import user_archive_settings
 
         cfg, notes = user_archive_settings(cfg, explicit)
-        if cfg.preprocess.input is not None and "preprocess.size" not in explicit:
+        if cfg.preprocess.input is not None and FRAME_SIZE_KEY not in explicit:
             frames = "paper, user archive"
     else:
         cfg, frames = frames_from_data(cfg, explicit, data, run)
@@ -313,7 +240,6 @@ def build_config(
     profile: str,
     verbose: bool,
     quiet: bool,
-    device: str | None = None,
     flags: dict[str, Any] | None = None,
     data: Path | bool | None = None,
     run: Path | None = None,
@@ -329,8 +255,6 @@ def build_config(
     for key, value in (flags or {}).items():
         if value is not None:
             _put(overrides, key, value)
-    if device is not None:
-        _put(overrides, "runtime.device", device)
     overrides = deep_merge(overrides, parse_set(sets or []))
     dev = (overrides.get("runtime") or {}).get("device", "auto")
     prefer = section if section != "demo" else "sweep"
@@ -352,12 +276,35 @@ class Common:
     """The options tail every command shares (--config, --set, --profile, --device, -v, -q),
     given to a command decorated with ``@common_options`` as its ``common`` argument."""
 
-    config: ConfigOpt = None
-    set_: SetOpt = None
-    profile: ProfileOpt = "auto"
-    device: DeviceOpt = None
+    config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--config", "-c", help="YAML config file(s), applied in order over the profile."
+        ),
+    ] = None
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable).",
+        ),
+    ] = None
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="Base settings: paper (published), demo (small CPU profile), or auto = paper "
+            "when CUDA is used, demo otherwise.",
+        ),
+    ] = "auto"
+    device: Annotated[
+        str | None,
+        key_option("runtime.device", "--device", help="auto | cpu | cuda | cuda:N ({key})."),
+    ] = None
     verbose: VerboseOpt = False
-    quiet: QuietOpt = False
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")] = (
+        False
+    )
 
     def resolve(
         self,
@@ -369,9 +316,16 @@ class Common:
     ) -> Config:
         """``build_config`` with these options, the command's own ``flags`` and what it reads
         (``data``: its dataset dir, True = ``paths.data``; ``run``: a fine-tuned run dir)."""
-        options = dataclasses.asdict(self)
         return build_config(
-            section=section, sets=options.pop("set_"), flags=flags, data=data, run=run, **options
+            section=section,
+            config=self.config,
+            sets=self.set_,
+            profile=self.profile,
+            verbose=self.verbose,
+            quiet=self.quiet,
+            flags=config_flags(self) | (flags or {}),
+            data=data,
+            run=run,
         )
 
 
@@ -431,24 +385,32 @@ class Training:
     """The training block `pretrain` and `finetune` share (--resume ... --workers), given to a
     command decorated with ``@training_options`` as its ``training`` argument."""
 
-    resume: ResumeOpt = False
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
+    ] = False
     overwrite: OverwriteOpt = False
-    force: ForceOpt = False
-    epochs: EpochsOpt = None
-    batch_size: BatchOpt = None
-    lr: LrOpt = None
-    seed: SeedOpt = None
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
+    ] = False
+    epochs: Annotated[
+        int | None, key_option("<section>.epochs", "--epochs", help="Training epochs ({key}).")
+    ] = None
+    batch_size: Annotated[
+        int | None,
+        key_option("<section>.batch_size", "--batch-size", help="Batch size per process ({key})."),
+    ] = None
+    lr: Annotated[
+        float | None,
+        key_option("<section>.optim.learning_rate", "--lr", help="Learning rate ({key})."),
+    ] = None
+    seed: Annotated[
+        int | None, key_option("runtime.seed", "--seed", help="Global seed ({key}).")
+    ] = None
     workers: WorkersOpt = None
 
     def flags(self, section: str) -> dict[str, Any]:
-        """The config keys these options set (None = not given)."""
-        return {
-            f"{section}.epochs": self.epochs,
-            f"{section}.batch_size": self.batch_size,
-            f"{section}.optim.learning_rate": self.lr,
-            "runtime.seed": self.seed,
-            "runtime.workers": self.workers,
-        }
+        """The config keys these options set (None = not given); ``<section>.`` = ``section``."""
+        return config_flags(self, section)
 
     def run_kwargs(self) -> dict[str, bool]:
         """What ``run_pretrain`` / ``run_finetune`` take of these options."""
@@ -462,8 +424,9 @@ def training_options(func: Callable) -> Callable:
 
 
 def command_options(cls: type) -> Callable[[Callable], Callable]:
-    """Declare a command's own options once, as the fields of dataclass ``cls`` (cli_params.py):
-    the command takes an ``opts: cls`` parameter, which Typer sees as those options there."""
+    """Declare a command's own options once, as the fields of dataclass ``cls`` (beside the
+    command): the command takes an ``opts: cls`` parameter, which Typer sees as those options
+    there."""
     return lambda func: _bundle(func, "opts", cls, bundle_params(cls))
 
 

@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from echoclr_cli import console as report
 from echoclr_cli.cli.app import app
-from echoclr_cli.cli.common import Common, command_options, common_options
-from echoclr_cli.cli.params import EmbedOptions, ExplainOptions, ExportOptions
+from echoclr_cli.cli.common import (
+    Common,
+    DataOpt,
+    Options,
+    OverwriteOpt,
+    command_options,
+    common_options,
+    parse_list,
+)
 
 
-# --------------------------------------------------------------------------- embed / explain / export
+# --------------------------------------------------------------------------- embed
+@dataclass(frozen=True)
+class EmbedOptions(Options):
+    """``echoclr embed [RUNS]...``."""
+
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Pretrain or fine-tune run dirs (best.pt, else last.pt)."),
+    ] = None
+    data: DataOpt = None
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output dir (one subdir per source).")
+    ] = Path("embeddings")
+    init: Annotated[
+        list[str] | None,
+        typer.Option("--init", help="Also embed with an init: random | kinetics (repeatable)."),
+    ] = None
+    split: Annotated[
+        str, typer.Option("--split", "--splits", help="Comma-separated splits to embed.")
+    ] = "train,val,test,ext_test"
+    probe: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--probe", help="Label: logistic regression on train, AUROC + CI on the rest."
+        ),
+    ] = None
+    map_: Annotated[
+        str, typer.Option("--map", help="2-D map: auto (UMAP if installed) | umap | pca.")
+    ] = "auto"
+    clip_len: Annotated[
+        int | None, typer.Option("--clip-len", help="Frames per clip (default: the run's own).")
+    ] = None
+    overwrite: OverwriteOpt = False
+
+
 @app.command()
 @common_options()
 @command_options(EmbedOptions)
@@ -17,14 +64,14 @@ def embed(*, opts: EmbedOptions, common: Common) -> None:
     cfg = common.resolve(section="evaluate", flags=opts.flags(), data=True)
     from echoclr_cli.analysis.embed import run_embed
 
-    all_splits = [x.strip() for x in opts.split.split(",") if x.strip()]
+    splits = parse_list(opts.split, str, "--split")
     with report.progress("embed") as progress:
         res = run_embed(
             cfg,
             sources=[*(opts.runs or []), *(opts.init or [])],
             data_dir=cfg.paths.data,
             out_dir=opts.out,
-            splits=all_splits,
+            splits=splits,
             probe_labels=opts.probe or [],
             map_method=opts.map_,
             clip_len=opts.clip_len,
@@ -63,6 +110,30 @@ def embed(*, opts: EmbedOptions, common: Common) -> None:
     report.info(f"wrote {len(res.files)} files to {res.out_dir}")
 
 
+# --------------------------------------------------------------------------- explain
+@dataclass(frozen=True)
+class ExplainOptions(Options):
+    """``echoclr explain RUN``."""
+
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")]
+    data: DataOpt = None
+    video: Annotated[
+        list[str] | None, typer.Option("--video", help="video_id to explain (repeatable).")
+    ] = None
+    split: Annotated[str, typer.Option("--split", help="Split the videos come from.")] = "test"
+    top: Annotated[
+        int, typer.Option("--top", help="The K most confident TP/FP/TN/FN videos of the split.")
+    ] = 0
+    method: Annotated[
+        str, typer.Option("--method", help="gradcam | ig (integrated gradients).")
+    ] = "gradcam"
+    layer: Annotated[str, typer.Option("--layer", help="Grad-CAM layer: layer1..layer4.")] = (
+        "layer4"
+    )
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dir.")] = Path("explain")
+    overwrite: OverwriteOpt = False
+
+
 @app.command()
 @common_options()
 @command_options(ExplainOptions)
@@ -94,6 +165,27 @@ def explain(*, opts: ExplainOptions, common: Common) -> None:
     for note in res.notes:
         report.warn(note)
     report.info(f"wrote {len(res.files)} files to {res.out_dir}")
+
+
+# --------------------------------------------------------------------------- export
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    """``echoclr export RUN``."""
+
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (or any run with --encoder).")]
+    format_: Annotated[str, typer.Option("--format", help="torchscript | onnx.")] = "onnx"
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Model file (default: RUN/model.<pt|onnx>).")
+    ] = None
+    encoder: Annotated[
+        bool,
+        typer.Option("--encoder", help="Export the backbone (features) instead of the classifier."),
+    ] = False
+    frame_size: Annotated[
+        int | None,
+        typer.Option("--frame-size", help="Frame size in pixels (default: the run's)."),
+    ] = None
+    overwrite: OverwriteOpt = False
 
 
 @app.command()

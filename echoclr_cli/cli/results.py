@@ -2,13 +2,94 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from echoclr_cli import console as report
 from echoclr_cli.cli.app import app
-from echoclr_cli.cli.common import Common, command_options, common_options
-from echoclr_cli.cli.params import EvaluateOptions, PredictOptions
+from echoclr_cli.cli.common import (
+    AT_SENSITIVITY_HELP,
+    AT_THRESHOLD_HELP,
+    CALIBRATE_HELP,
+    Common,
+    Options,
+    OverwriteOpt,
+    WorkersOpt,
+    command_options,
+    common_options,
+    key_option,
+    parse_list,
+)
 
 
 # --------------------------------------------------------------------------- evaluate
+@dataclass(frozen=True)
+class EvaluateOptions(Options):
+    """``echoclr evaluate RUN``."""
+
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (uses checkpoints/best.pt).")]
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dataset dir (default: the one the run was trained on)."),
+    ] = None
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            "--splits",
+            help="Comma-separated splits, e.g. test,ext_test (default: evaluate.splits; val is "
+            "always evaluated, its thresholds apply to the others).",
+        ),
+    ] = None
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."
+        ),
+    ] = None
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the evaluation folder here instead of RUN/eval/<name>/."),
+    ] = None
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Folder name under RUN/eval/ (default: the splits, + the dataset when --data "
+            "is not the run's, + vs-<run> with --compare).",
+        ),
+    ] = None
+    clips: Annotated[  # "all" or a number: the config parses it
+        str | None,
+        key_option(
+            "evaluate.clips_per_video",
+            "--clips",
+            help="Clips per video: a number or 'all' ({key}).",
+        ),
+    ] = None
+    bootstrap: Annotated[
+        int | None,
+        key_option(
+            "evaluate.bootstrap", "--bootstrap", help="Bootstrap resamples for CIs ({key})."
+        ),
+    ] = None
+    at_sensitivity: Annotated[
+        float | None,
+        key_option("evaluate.at_sensitivity", "--at-sensitivity", help=AT_SENSITIVITY_HELP),
+    ] = None
+    at_threshold: Annotated[
+        float | None,
+        key_option("evaluate.at_threshold", "--at-threshold", help=AT_THRESHOLD_HELP),
+    ] = None
+    calibrate: Annotated[
+        str | None, key_option("evaluate.calibrate", "--calibrate", help=CALIBRATE_HELP)
+    ] = None
+    workers: WorkersOpt = None
+
+
 @app.command()
 @common_options()
 @command_options(EvaluateOptions)
@@ -17,8 +98,7 @@ def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
     cfg = common.resolve(section="evaluate", flags=opts.flags(), data=opts.data, run=opts.run)
     from echoclr_cli.inference.evaluate import evaluate_run
 
-    split = opts.split
-    splits = [x.strip() for x in split.split(",") if x.strip()] if split is not None else None
+    splits = parse_list(opts.split, str, "--split") if opts.split is not None else None
     with report.progress("evaluate") as progress:
         res = evaluate_run(
             cfg=cfg,
@@ -39,6 +119,46 @@ def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
 
 
 # --------------------------------------------------------------------------- predict
+@dataclass(frozen=True)
+class PredictOptions(Options):
+    """``echoclr predict RUN --input ...``."""
+
+    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")]
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files."
+        ),
+    ]
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Video-level CSV; the study-level CSV gets a _study suffix, the private ids "
+            "(AccessionNumber, PatientID, original file; mode 0600) a .private suffix.",
+        ),
+    ] = Path("predictions.csv")
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold",
+            help="Adds y_pred (0/1): 'val' = the run's operating point chosen on validation "
+            "(Youden; the default when the run has one), or a probability, e.g. 0.5.",
+        ),
+    ] = None
+    keep_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--keep-data",
+            help="Raw input: preprocess it into this folder and keep it (default: a temporary "
+            "folder, removed afterwards).",
+        ),
+    ] = None
+    overwrite: OverwriteOpt = False
+    workers: WorkersOpt = None
+
+
 @app.command()
 @common_options()
 @command_options(PredictOptions)

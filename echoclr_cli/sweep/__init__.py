@@ -28,7 +28,6 @@ from echoclr_cli.sweep.grid import (
     SSL_METHODS,
     fmt_number,
     lr_grid,
-    parse_list,
     parse_shard,
     run_dir_name,
 )
@@ -61,7 +60,6 @@ __all__ = [
     "fmt_number",
     "kinetics_unavailable",
     "lr_grid",
-    "parse_list",
     "parse_shard",
     "plan_sweep",
     "preflight_sweep",

@@ -1,10 +1,8 @@
-"""The grid's names and numbers: init/task names, run dir names, LR grid, list and shard parsing."""
+"""The grid's names and numbers: init/task names, run dir names, LR grid, shard parsing."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
@@ -17,24 +15,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # init / task names used 
 def fmt_number(x: float) -> str:
     """Short, stable, filesystem-safe number: 0.01 -> '0.01', 1e-4 -> '0.0001', 1e-5 -> '1e-05'."""
     return f"{float(x):g}".replace("+", "")
-
-
-def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
-    """``"0.01,0.1,1.0"`` -> ``[0.01, 0.1, 1.0]`` for the CLI's list options (UserError naming
-    ``option`` on a bad item)."""
-    items = [x.strip() for x in str(text).split(",") if x.strip()]
-    try:
-        out = [cast(x) for x in items]
-    except ValueError:
-        raise UserError(
-            f"{option} '{text}' is not a comma-separated list of {cast.__name__}",
-            fix=f"write e.g. {option} 0.01,0.1,1.0"
-            if cast is float
-            else f"write e.g. {option} a,b",
-        ) from None
-    if not out:
-        raise UserError(f"{option} is empty", fix=f"give at least one value to {option}")
-    return out
 
 
 def run_dir_name(task: str, init: str, ratio: float, lr: float, seed: int) -> str:
