@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from echoclr_cli.config.schema import AugmentConfig, Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.models.backbones import Classifier, build_backbone
-from echoclr_cli.pretrain.run import PretrainTask, build_model
+from echoclr_cli.pretrain.task import PretrainTask, build_model
 from echoclr_cli.runtime import autocast
 from echoclr_cli.training.optim import build_optimizer
 

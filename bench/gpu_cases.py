@@ -385,12 +385,12 @@ def _batches(loader, sampler):
 
 def case_loader(ctx: Ctx, res: dict) -> None:
     """The product's pretraining loader (PairDataset + EpochSampler + DataLoader as
-    pretrain.make_loader builds it) at several worker counts: the prefetch queue (workers x
+    pretrain.plan.make_loader builds it) at several worker counts: the prefetch queue (workers x
     prefetch_factor batches) is consumed untimed first, then batches are timed back to back,
     each moved to the device and augmented there (prepare_clips), as in training."""
     from echoclr_cli.data.augment import prepare_clips
     from echoclr_cli.data.manifest import load_manifest
-    from echoclr_cli.pretrain.run import make_loader, plan_pretrain
+    from echoclr_cli.pretrain.plan import make_loader, plan_pretrain
 
     s, dev = ctx.sizes, ctx.device
     data = dataset(ctx)
@@ -479,7 +479,8 @@ def case_e2e(ctx: Ctx, res: dict) -> None:
     (the prefetched queue, start-up) are not timed; over the timed steps: clips/s and the share
     of wall time spent waiting for the next batch ("GPU idle": the engine syncs every step)."""
     from echoclr_cli.data.manifest import load_manifest
-    from echoclr_cli.pretrain.run import PretrainTask, build_model, make_loader, plan_pretrain
+    from echoclr_cli.pretrain.plan import make_loader, plan_pretrain
+    from echoclr_cli.pretrain.task import PretrainTask, build_model
     from echoclr_cli.training.optim import build_optimizer
 
     s, dev = ctx.sizes, ctx.device
@@ -576,7 +577,7 @@ def case_engine_overhead(ctx: Ctx, res: dict) -> None:
     """The product's step (Engine.fit over one pre-made device batch, repeated) vs a bare
     step (task.train_step + backward + optimizer step in a plain loop, one sync at the end),
     same model, task and batch: seconds per step of each and their ratio."""
-    from echoclr_cli.pretrain.run import PretrainTask, build_model
+    from echoclr_cli.pretrain.task import PretrainTask, build_model
     from echoclr_cli.training.optim import build_optimizer
 
     s, dev = ctx.sizes, ctx.device

@@ -29,7 +29,8 @@ from echoclr_cli.config.load import load_config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.pretrain.losses import nt_xent, order_loss
-from echoclr_cli.pretrain.run import PretrainTask, build_model, make_loader, plan_pretrain
+from echoclr_cli.pretrain.plan import make_loader, plan_pretrain
+from echoclr_cli.pretrain.task import PretrainTask, build_model
 from echoclr_cli.training.optim import build_optimizer
 
 

@@ -16,9 +16,8 @@ from typing import Any
 
 from echoclr_cli.config.schema import Config, pretrain_epochs
 from echoclr_cli.events import Progress, counter
+from echoclr_cli.pretrain.methods import METHOD_NAMES
 from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
-
-DEMO_METHODS = ("simclr", "mi-simclr", "echoclr")  # the paper's three, in its order
 
 
 @dataclass
@@ -40,7 +39,7 @@ def demo_config(cfg: Config, root: Path) -> Config:
     cfg.paths.data = root / "data"
     cfg.paths.runs = root / "runs"
     cfg.preprocess.input = None
-    cfg.sweep.inits = ["random", *DEMO_METHODS]
+    cfg.sweep.inits = ["random", *METHOD_NAMES]
     return cfg
 
 
@@ -73,7 +72,7 @@ def run_demo(
         preprocess(cfg, cfg.paths.raw, cfg.paths.data, progress=counter(on_event, "preprocess"))
 
     runs: dict[str, Path] = {}
-    for method in DEMO_METHODS:
+    for method in METHOD_NAMES:
         mcfg = cfg.model_copy(deep=True)
         mcfg.pretrain.method = method
         run_dir = runs[method] = pretrain_run_dir(cfg, method)

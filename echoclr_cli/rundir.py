@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from echoclr_cli.errors import UserError
+from echoclr_cli.pretrain.methods import DEFAULT_METHOD, METHODS
 
 if TYPE_CHECKING:
     from echoclr_cli.config.schema import Config
@@ -233,9 +234,7 @@ def run_progress(run_dir: Path, section: str = "pretrain") -> RunProgress:
     try:
         sec = yaml.safe_load((run_dir / CONFIG).read_text())[section]
         if sec.get("epochs") is None and section == "pretrain":  # the method's published count
-            from echoclr_cli.config.schema import PUBLISHED_EPOCHS
-
-            sec["epochs"] = PUBLISHED_EPOCHS[sec.get("method", "echoclr")]
+            sec["epochs"] = METHODS[sec.get("method", DEFAULT_METHOD)].published_epochs
         planned = int(sec["epochs"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         pass

@@ -11,8 +11,8 @@ from torch import nn
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.datasets import clip_starts
+from echoclr_cli.finetune.losses import classification_loss
 from echoclr_cli.inference.loader import eval_loader, predict_videos
-from echoclr_cli.pretrain.losses import classification_loss
 
 
 def tiny_cfg(**sections) -> Config:

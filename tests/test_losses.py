@@ -134,6 +134,7 @@ class _MatmulDtypes:
 def test_losses_run_in_fp32_under_cpu_autocast():
     """Inside a bf16 autocast (the engine's on the GPU) the similarity matmul of NT-Xent must
     run in float32; a bare ``anchors @ cands.T`` there runs in bf16 (the control)."""
+    from echoclr_cli.finetune.losses import classification_loss
     from echoclr_cli.pretrain import losses
 
     g = torch.Generator().manual_seed(0)
@@ -144,7 +145,7 @@ def test_losses_run_in_fp32_under_cpu_autocast():
         with _MatmulDtypes() as rec:
             loss = losses.nt_xent(z1, z2, 0.05)
         ro = losses.order_loss(torch.randn(4, 24, generator=g).bfloat16(), torch.arange(4))
-        bce = losses.classification_loss(torch.randn(4).bfloat16(), torch.ones(4), 2.0, 0.0)
+        bce = classification_loss(torch.randn(4).bfloat16(), torch.ones(4), 2.0, 0.0)
     assert control.seen and torch.bfloat16 in control.seen  # the test can see a bf16 matmul
     assert rec.seen and all(d == torch.float32 for d in rec.seen), rec.seen
     assert loss.dtype == ro.dtype == bce.dtype == torch.float32

@@ -16,14 +16,10 @@ from helpers import make_dataset
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Note
-from echoclr_cli.pretrain.run import (
-    PretrainTask,
-    build_model,
-    build_probe,
-    plan_pretrain,
-    probe_auroc,
-    run_pretrain,
-)
+from echoclr_cli.pretrain.plan import plan_pretrain
+from echoclr_cli.pretrain.probe import build_probe, probe_auroc
+from echoclr_cli.pretrain.run import run_pretrain
+from echoclr_cli.pretrain.task import PretrainTask, build_model
 from echoclr_cli.training.optim import build_optimizer, build_scheduler, lr_factor
 
 

@@ -209,7 +209,7 @@ def test_pairs_within_study_and_view(tmp_path):
 
 def test_pretrain_uses_pair_within(tmp_path):
     from echoclr_cli.config.schema import Config
-    from echoclr_cli.pretrain.run import pair_dataset
+    from echoclr_cli.pretrain.plan import pair_dataset
 
     cfg = Config()
     assert cfg.pretrain.pair_within == "study_view"

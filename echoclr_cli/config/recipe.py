@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from echoclr_cli.config.schema import PUBLISHED_EPOCHS, Config, pretrain_epochs
+from echoclr_cli.config.schema import Config, pretrain_epochs
+from echoclr_cli.pretrain.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Item:
 
 
 def _epochs(cfg: Config) -> int:
-    return PUBLISHED_EPOCHS[cfg.pretrain.method]
+    return METHODS[cfg.pretrain.method].published_epochs
 
 
 AUG = "augmentation: zero-pad 8 + random crop, h-flip p 0.5, rotation in [-10, 10] p 0.5"

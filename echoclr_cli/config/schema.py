@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from echoclr_cli.pretrain.methods import DEFAULT_METHOD, METHOD_NAMES, METHODS
+
 # Profiles and example configs ship inside the package (echoclr_cli/configs/, read with
 # importlib.resources); the repo's top-level configs/ is a symlink to it, the copy users read.
 CONFIG_PACKAGE = "echoclr_cli"
@@ -267,7 +269,7 @@ class OptimConfig(Section):
 
 
 class PretrainConfig(Section):
-    method: Literal["simclr", "mi-simclr", "echoclr"] = "echoclr"
+    method: Literal[METHOD_NAMES] = DEFAULT_METHOD  # pretrain/methods.py, the registry
     epochs: int | None = Field(
         None,
         ge=1,
@@ -503,13 +505,10 @@ class Config(Section):
 
 
 # --------------------------------------------------------------------------- method defaults
-PUBLISHED_EPOCHS = {"simclr": 520, "mi-simclr": 300, "echoclr": 300}
-
-
 def pretrain_epochs(pc: PretrainConfig) -> int:
     """The pretraining epochs: ``pretrain.epochs`` when set, else the method's published count
     (SimCLR 520, MI-SimCLR / EchoCLR 300). The one place this default is decided."""
-    return pc.epochs if pc.epochs is not None else PUBLISHED_EPOCHS[pc.method]
+    return pc.epochs if pc.epochs is not None else METHODS[pc.method].published_epochs
 
 
 def with_pretrain_epochs(cfg: Config) -> Config:

@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from echoclr_cli.errors import UserError
+from echoclr_cli.pretrain.methods import METHODS
 
 Key = int | tuple[int, int]
 OPEN_VIDEOS = 128  # memory maps kept open per process (each holds a file descriptor)
-METHODS = ("simclr", "mi-simclr", "echoclr")
 
 
 def parse_key(key: Key) -> tuple[int, int]:
@@ -198,7 +198,8 @@ def pair_view_column(df: pd.DataFrame) -> str | None:
 
 
 class PairDataset(Dataset):
-    """Positive pairs for contrastive pretraining.
+    """Positive pairs for contrastive pretraining, by the method's pairing and reorder
+    (``pretrain/methods.py``):
 
     - ``simclr``: one item per video; one random clip, returned as both views (the two views
       differ by their device augmentation).
@@ -220,7 +221,7 @@ class PairDataset(Dataset):
         self,
         df: pd.DataFrame,
         data_dir: Path,
-        method: Literal["simclr", "mi-simclr", "echoclr"],
+        method: str,
         clip_len: int = 4,
         stride: int = 1,
         reorder_frames: int = 4,
@@ -231,15 +232,16 @@ class PairDataset(Dataset):
             raise UserError(
                 f"unknown pretrain method '{method}'", fix=f"use one of {', '.join(METHODS)}"
             )
-        if method == "echoclr" and reorder_frames != clip_len:
+        spec = METHODS[method]
+        if spec.reorder and reorder_frames != clip_len:
             raise UserError(
-                f"echoclr permutes the whole clip: pretrain.reorder_frames ({reorder_frames}) "
+                f"{method} permutes the whole clip: pretrain.reorder_frames ({reorder_frames}) "
                 f"must equal pretrain.clip_len ({clip_len})",
                 fix=f"set pretrain.reorder_frames={clip_len} (K <= 5) or pretrain.clip_len={reorder_frames}",
             )
         _check_seed(seed)
         self.table = _VideoTable(df, data_dir)
-        self.method = method
+        self.spec = spec  # the method's pairing and reorder
         self.clip_len = clip_len
         self.stride = stride
         self.seed = seed
@@ -247,14 +249,14 @@ class PairDataset(Dataset):
         self.view_column = pair_view_column(self.table.df) if pair_within == "study_view" else None
         self.perms = (
             [np.array(p) for p in itertools.permutations(range(reorder_frames))]
-            if method == "echoclr"
+            if spec.reorder
             else []
         )
         self.pairs = self._make_pairs()  # (P, 2) row indices
 
     def _make_pairs(self) -> np.ndarray:
         n = len(self.table.video_id)
-        if self.method == "simclr":
+        if self.spec.pairing == "clip":
             idx = np.arange(n)
             return np.stack([idx, idx], axis=1)
         # pair_within study_view: the group is (study, view); a video without a view value
@@ -293,9 +295,9 @@ class PairDataset(Dataset):
         rng = sample_rng(self.seed, epoch, index)
         a, b = (int(v) for v in self.pairs[index])
         view1 = self._clip(a, rng)
-        view2 = view1 if self.method == "simclr" else self._clip(b, rng)
+        view2 = view1 if self.spec.pairing == "clip" else self._clip(b, rng)
         perm1 = perm2 = -1
-        if self.method == "echoclr":
+        if self.spec.reorder:
             view1, perm1 = self._permute(view1, rng)
             view2, perm2 = self._permute(view2, rng)
         t = self.table

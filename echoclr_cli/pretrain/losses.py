@@ -1,4 +1,5 @@
-"""Contrastive (NT-Xent), frame-order and classification (weighted, smoothed BCE) losses.
+"""The pretraining losses: contrastive (NT-Xent) and frame order (``pretrain/methods.py`` says
+which terms a method sums).
 
 ``nt_xent`` is the standard SimCLR loss: cosine similarities divided by a temperature, for each
 of the 2B anchors a softmax over the 2B-1 other embeddings with the anchor's pair partner as the
@@ -20,8 +21,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-
-from echoclr_cli.errors import UserError
 
 
 def fp32(x: Tensor) -> torch.autocast:
@@ -121,43 +120,3 @@ def order_loss(logits: Tensor, target: Tensor) -> Tensor:
 def order_accuracy(logits: Tensor, target: Tensor) -> Tensor:
     """Share of clips whose permutation is predicted exactly. logits (N, K!), target (N,)."""
     return (logits.argmax(dim=1) == target).float().mean()
-
-
-# --------------------------------------------------------------------------- classification
-def pos_weight_value(spec: str, n_pos: int, n_neg: int) -> float | None:
-    """``finetune.pos_weight``: ``balanced`` -> n_neg / n_pos; ``none`` -> None; a number -> it."""
-    if spec == "none":
-        return None
-    if spec == "balanced":
-        if n_pos == 0:
-            raise UserError(
-                "pos_weight balanced needs at least one positive training video",
-                fix="check the labels",
-            )
-        return n_neg / n_pos
-    return float(spec)
-
-
-def smooth_targets(y: Tensor, smoothing: float) -> Tensor:
-    """Label smoothing for one logit: ``y * (1 - s) + s / 2`` (0 -> s/2, 1 -> 1 - s/2)."""
-    return y * (1.0 - smoothing) + smoothing / 2.0
-
-
-def classification_loss(
-    logits: Tensor, y: Tensor, pos_weight: float | None, smoothing: float, reduction: str = "mean"
-) -> Tensor:
-    """Weighted, smoothed BCE with logits. logits, y: (B,) -> scalar (or (B,) with 'none').
-
-    ``-[w * t * log sigmoid(x) + (1 - t) * log(1 - sigmoid(x))]`` with ``t`` the smoothed target
-    and ``w`` the positive weight: only positive terms are weighted.
-    """
-    with fp32(logits):
-        target = smooth_targets(y.float(), smoothing)  # (B,)
-        pw = (
-            torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
-            if pos_weight
-            else None
-        )
-        return F.binary_cross_entropy_with_logits(
-            logits.float(), target, pos_weight=pw, reduction=reduction
-        )

@@ -6,8 +6,9 @@ import re
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.pretrain.methods import METHOD_NAMES
 
-SSL_METHODS = ("simclr", "mi-simclr", "echoclr")
+SSL_METHODS = METHOD_NAMES  # the inits `sweep` can pretrain (pretrain/methods.py)
 INIT_ORDER = ("random", "kinetics", *SSL_METHODS)  # table rows / plot lines in this order
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # init / task names used as dir names
 

@@ -54,7 +54,7 @@ def test_fault_19_resume_with_changed_config_or_data_refused(data, tmp_path):
 @pytest.fixture
 def nan_at_step_2(monkeypatch):
     """The contrastive loss of the 2nd step is NaN (a poisoned batch)."""
-    import echoclr_cli.pretrain.run as pretrain
+    import echoclr_cli.pretrain.task as pretrain
 
     real, calls = pretrain.nt_xent, []
 

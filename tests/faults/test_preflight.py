@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from faultkit import assert_one_line_error, cli, finetune_args, pretrain_args
 
-from echoclr_cli.check import run_check
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.training.preflight import run_check
 from tests.helpers import make_dataset
 
 
@@ -23,13 +23,13 @@ from tests.helpers import make_dataset
 def no_model(monkeypatch):
     """Building a model fails loudly: anything reaching it ran before/without the preflight."""
     import echoclr_cli.models.backbones as models
-    import echoclr_cli.pretrain.run as pretrain
+    import echoclr_cli.pretrain.task as pretrain_task
 
     def boom(*a, **k):
         raise AssertionError("a model was built before the preflight passed")
 
     monkeypatch.setattr(models, "build_backbone", boom)
-    monkeypatch.setattr(pretrain, "build_backbone", boom)
+    monkeypatch.setattr(pretrain_task, "build_backbone", boom)
 
 
 @pytest.fixture

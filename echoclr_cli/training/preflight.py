@@ -1,7 +1,8 @@
-"""Preflight: find every data problem that can be found before a model is built.
+"""The one preflight: find every data problem that can be found before a model is built.
 
-`echoclr check --data DATA [--task T]` runs it on its own; pretrain, finetune and sweep run the
-same function first, so nothing is allocated on a GPU before it passes. It is cheap: it reads
+`echoclr check --data DATA [--task T] [--for pretrain|finetune]` runs it on its own; pretrain,
+finetune and sweep run the same function (``run_check``) first, so the standalone check cannot
+disagree with a real run and nothing is allocated on a GPU before it passes. It is cheap: it reads
 manifest.csv, checks files with ``os.path.exists`` only, and never opens a video (seconds for a
 10,000-video manifest).
 """
@@ -14,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from echoclr_cli.config.schema import Config
+from echoclr_cli.data.fractions import sample_label_fraction, study_labels
 from echoclr_cli.data.manifest import SPLITS, label_columns, load_manifest
 from echoclr_cli.errors import UserError
+from echoclr_cli.pretrain.plan import pair_dataset, pretrain_batch, select_splits
 
 
 @dataclass
@@ -160,10 +163,8 @@ def run_check(
 def _pretrain_findings(
     findings: list[Finding], cfg: Config, df: pd.DataFrame, data_dir: Path, world: int
 ) -> None:
-    """The rules of ``pretrain.plan_pretrain`` (split selection, then the batch rule), as
+    """The rules of ``pretrain.plan.plan_pretrain`` (split selection, then the batch rule), as
     findings: an error where pretraining would refuse, a warning where it lowers the batch."""
-    from echoclr_cli.pretrain.run import pair_dataset, pretrain_batch, select_splits
-
     pc = cfg.pretrain
     try:
         part = select_splits(df, pc.split)
@@ -187,8 +188,6 @@ def _finetune_findings(
 ) -> None:
     """The training subset of ``finetune.frac`` (the fine-tune's own sampling rule) against the
     batch size. Skipped when the training split lacks a class (already an error above)."""
-    from echoclr_cli.data.fractions import sample_label_fraction, study_labels
-
     ft = cfg.finetune
     train = df[df["split"] == "train"]
     y = train.groupby("study_id")[task].max()
