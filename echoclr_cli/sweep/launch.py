@@ -10,8 +10,9 @@
   its finished runs and resumes the partial one from ``checkpoints/last.pt``.
 
 Jobs: the runs still to train in plan order, run ``i`` in job ``i mod n`` (``n = sweep.jobs``;
-0 = one job per run for slurm, one per GPU for local). A job is ``run.train_runs`` on its runs, so a UserError is recorded in the
-run's sweep_error.txt and the job goes on, as inline. Logs: ``SWEEP/submitit/``.
+0 = one job per run for slurm, one per GPU for local). A job is ``train.train_runs`` on its runs,
+so a UserError is recorded in the run's sweep_error.txt and the job goes on, as inline. Logs:
+``SWEEP/submitit/``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.events import Note, Progress, RunFailed
 from echoclr_cli.sweep.plan import RunSpec, SweepPlan
+from echoclr_cli.sweep.results import aggregate_all
+from echoclr_cli.sweep.train import train_runs
 
 LOG_DIR = "submitit"
 
@@ -56,8 +59,6 @@ class SweepJob:
         self.runs, self.finetune_fn = runs, finetune_fn
 
     def __call__(self) -> tuple[list[str], list[tuple[str, str]]]:
-        from echoclr_cli.sweep.run import train_runs
-
         return train_runs(
             self.cfg, self.data_dir, self.out_dir, self.runs, finetune_fn=self.finetune_fn
         )
@@ -77,8 +78,6 @@ class AggregateJob:
         self.cfg, self.out_dir, self.inits = cfg, Path(out_dir), inits
 
     def __call__(self) -> int:
-        from echoclr_cli.sweep.results import aggregate_all
-
         results, *_ = aggregate_all(self.out_dir, self.cfg, inits=self.inits)
         return len(results)
 
