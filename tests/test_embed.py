@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from echoclr_cli import cli
 from echoclr_cli.analysis import embed as em
 from echoclr_cli.errors import UserError
+from echoclr_cli.inference.run import load_encoder
 from echoclr_cli.models.backbones import build_backbone
 
 
@@ -57,7 +58,7 @@ def test_embed_writes_video_and_study_embeddings_without_private_ids(runs, embed
 
 
 def test_embed_video_features_are_the_mean_of_the_clip_features(runs):
-    enc = em.load_encoder(runs.cfg, runs.finetune)
+    enc = load_encoder(runs.cfg, runs.finetune)
     from echoclr_cli.data.manifest import load_manifest
 
     df = load_manifest(runs.data).iloc[[5, 0]]  # not the dataset's (study, video) order
@@ -130,12 +131,12 @@ def test_kinetics_init_loads_weights_and_normalises(runs, tmp_path):
     cfg = runs.cfg.model_copy(deep=True)
     cfg.model.width = 1.0
     cfg.finetune.weights = path
-    enc = em.load_encoder(cfg, "kinetics")
+    enc = load_encoder(cfg, "kinetics")
     assert enc.kind == "kinetics" and enc.normalization is not None
     assert torch.equal(enc.backbone.state_dict()["stem.0.weight"], state["stem.0.weight"])
     cfg.model.width = 0.125
     with pytest.raises(UserError, match="width 1.0"):
-        em.load_encoder(cfg, "kinetics")
+        load_encoder(cfg, "kinetics")
 
 
 def test_bad_input_one_line(runs, tmp_path):
@@ -220,9 +221,9 @@ def test_cli_embed_table_and_errors(runs, tmp_path):
 
 
 def test_clip_len_defaults_to_the_runs_own_and_can_be_set(runs, monkeypatch):
-    pt = em.load_encoder(runs.cfg, runs.pretrain)
+    pt = load_encoder(runs.cfg, runs.pretrain)
     assert pt.kind == "pretrain" and pt.clip_len == 4 and pt.normalization is None
-    short = em.load_encoder(runs.cfg, runs.finetune, clip_len=2)
+    short = load_encoder(runs.cfg, runs.finetune, clip_len=2)
     assert short.clip_len == 2
     from echoclr_cli.data.manifest import load_manifest
 

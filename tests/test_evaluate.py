@@ -71,6 +71,29 @@ def test_evaluate_run_rebuilds_the_model_and_matches_the_run(runs, tmp_path):
     assert info["splits"] == ["val", "test"] and info["checkpoint"] == "best.pt"
 
 
+def test_the_task_is_recorded_and_a_run_without_the_record_reads_the_same(runs, tmp_path):
+    """finetune records the Task in RUN/task.json; a run dir from before the record (no
+    task.json, no classes.json) is read as the same binary task and evaluates the same."""
+    from echoclr_cli.inference.run import TASK_FILE, Task, read_task
+
+    data, run_a, _ = runs
+    task = tiny_cfg().finetune.task
+    assert json.loads((run_a / TASK_FILE).read_text()) == {
+        "column": task, "kind": "binary", "classes": [f"no {task}", task]
+    }  # fmt: skip
+    assert read_task(run_a) == Task.binary(task) and read_task(run_a).n_outputs == 1
+    old = tmp_path / "old"
+    shutil.copytree(run_a, old, ignore=shutil.ignore_patterns("eval"))
+    (old / TASK_FILE).unlink()
+    assert read_task(old) == read_task(run_a)
+    new_ev = evaluate_run(tiny_cfg(), run_a, data, ["test"], out_dir=tmp_path / "new_ev")
+    old_ev = evaluate_run(tiny_cfg(), old, data, ["test"], out_dir=tmp_path / "old_ev")
+    assert old_ev.metrics == new_ev.metrics
+    (old / TASK_FILE).write_text("{}")
+    with pytest.raises(UserError, match="names no task kind"):
+        read_task(old)
+
+
 def test_evaluate_compare_gives_the_paired_difference(runs, tmp_path):
     data, run_a, run_b = runs
     res = evaluate_run(tiny_cfg(), run_a, data, ["test"], compare=run_b, out_dir=tmp_path / "ev")
@@ -177,7 +200,7 @@ def test_nothing_is_written_before_every_argument_is_checked(runs, tmp_path):
 
 
 def test_a_failure_while_writing_keeps_the_previous_folder(runs, tmp_path, monkeypatch):
-    from echoclr_cli.inference import evaluate as ev_mod
+    from echoclr_cli.inference import write as write_mod
 
     data, run_a, _ = runs
     first = evaluate_run(tiny_cfg(), run_a, data, ["test"], out_dir=tmp_path / "ev")
@@ -186,7 +209,7 @@ def test_a_failure_while_writing_keeps_the_previous_folder(runs, tmp_path, monke
     def broken(*args, **kwargs):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(ev_mod, "write_predictions", broken)
+    monkeypatch.setattr(write_mod, "write_predictions", broken)
     with pytest.raises(OSError, match="disk went away"):
         evaluate_run(tiny_cfg(), run_a, data, ["test"], out_dir=tmp_path / "ev")
     assert tree_digest(first.out_dir) == before

@@ -20,7 +20,9 @@ from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import read_clip
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.inference.export import contract_path, export_run, load_classifier, load_exported
+from echoclr_cli.inference.export import export_run
+from echoclr_cli.inference.exported import contract_path, exported_run, load_exported
+from echoclr_cli.inference.run import load_classifier
 from echoclr_cli.models.weights import input_normalization
 
 pytest.importorskip("onnxruntime")
@@ -167,8 +169,6 @@ def test_export_encoder_of_a_pretrain_run(runs, tmp_path):
     x = real_clips(runs, 2).float().expand(-1, 3, -1, -1, -1)
     assert model(x).shape == (2, contract["output"]["shape"][1])
     with pytest.raises(UserError, match="encoder"):  # predict needs a classifier
-        from echoclr_cli.inference.export import exported_run
-
         exported_run(tmp_path / "enc.onnx", runs.cfg)
 
 

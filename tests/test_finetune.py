@@ -15,8 +15,9 @@ from sklearn.metrics import roc_auc_score
 from echoclr_cli.config.schema import KINETICS_MEAN, Config
 from echoclr_cli.errors import UserError
 from echoclr_cli.finetune import run as ft_mod
-from echoclr_cli.finetune.run import FinetuneTask, build_classifier, run_finetune
-from echoclr_cli.pretrain.losses import classification_loss, pos_weight_value, smooth_targets
+from echoclr_cli.finetune.losses import classification_loss, pos_weight_value, smooth_targets
+from echoclr_cli.finetune.run import FinetuneTask, run_finetune
+from echoclr_cli.inference.run import Task
 
 WIDTH = TINY_WIDTH
 
@@ -67,7 +68,7 @@ def test_pos_weight_values():
 
 def test_dropout_is_before_the_linear_head():
     cfg = tiny_cfg(finetune={"dropout": 0.9})
-    model = build_classifier(cfg)
+    model = Task.binary("as").build_model(cfg)
     assert model.dropout.p == 0.9
     names = [n for n, _ in model.named_children()]
     assert names.index("dropout") < names.index("head")
@@ -87,12 +88,12 @@ def test_dropout_is_before_the_linear_head():
 
 def test_lp_ft_frozen_epochs():
     cfg = tiny_cfg(finetune={"mode": "lp-ft", "lp_epochs": 2})
-    task = FinetuneTask(build_classifier(cfg), cfg, None, [], None)
+    task = FinetuneTask(Task.binary("as").build_model(cfg), cfg, None, [], None)
     assert [task.backbone_frozen(e) for e in range(4)] == [True, True, False, False]
     cfg = tiny_cfg(finetune={"mode": "linear"})
-    task = FinetuneTask(build_classifier(cfg), cfg, None, [], None)
+    task = FinetuneTask(Task.binary("as").build_model(cfg), cfg, None, [], None)
     assert all(task.backbone_frozen(e) for e in range(4))
-    task = FinetuneTask(build_classifier(tiny_cfg()), tiny_cfg(), None, [], None)
+    task = FinetuneTask(Task.binary("as").build_model(tiny_cfg()), tiny_cfg(), None, [], None)
     assert not any(task.backbone_frozen(e) for e in range(4))
 
 
@@ -490,7 +491,7 @@ def test_every_training_video_every_epoch_and_a_batch_of_one_keeps_bn_stats(tmp_
 def test_bn_frozen_stats_restores_momentum():
     from echoclr_cli.finetune.run import bn_frozen_stats
 
-    model = build_classifier(tiny_cfg())
+    model = Task.binary("as").build_model(tiny_cfg())
     bn = next(x for x in model.modules() if isinstance(x, torch.nn.BatchNorm3d))
     model.train()
     x = torch.rand(1, 3, 4, 16, 16)  # one video whose last feature map is 1x1x1

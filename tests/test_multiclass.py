@@ -4,6 +4,7 @@ fine-tune -> evaluate -> predict -> export path on a tiny dataset."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -109,8 +110,9 @@ def test_finetune_evaluate_predict_view(tmp_path):
                                evaluate={"plots": True, "bootstrap": 10})  # fmt: skip
     run = tmp_path / "run"
     res = run_finetune(cfg, data, run)
-    assert json.loads((run / "classes.json").read_text()) == {
-        "task": "view",
+    assert json.loads((run / "task.json").read_text()) == {
+        "column": "view",
+        "kind": "multiclass",
         "classes": ["a4c", "plax", "psax"],
     }
     assert any("1 video(s) without a 'view' value" in n for n in res.notes)
@@ -134,6 +136,17 @@ def test_finetune_evaluate_predict_view(tmp_path):
     assert ev.metrics["test"]["video"]["accuracy"]["value"] == pytest.approx(
         m["test"]["video"]["accuracy"]["value"]
     )
+    # the recorded Task is read back; a run from before task.json (classes.json) reads the same
+    from echoclr_cli.inference.run import OLD_CLASSES_FILE, TASK_FILE, Task, read_task
+
+    task = read_task(run)
+    assert task == Task.multiclass("view", ["a4c", "plax", "psax"]) and task.n_outputs == 3
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("eval"))
+    (old / TASK_FILE).unlink()
+    (old / OLD_CLASSES_FILE).write_text(json.dumps({"task": "view", "classes": list(task.classes)}))
+    assert read_task(old) == task
+    assert evaluate_run(cfg, old, data, ["test"]).metrics == ev.metrics
     out = predict(cfg, run, data, tmp_path / "p.csv")
     got = pd.read_csv(out.video_csv if hasattr(out, "video_csv") else tmp_path / "p.csv")
     assert {"prob_a4c", "prob_plax", "prob_psax", "y_pred", "split"} <= set(got.columns)
@@ -153,7 +166,7 @@ def test_finetune_evaluate_predict_view(tmp_path):
 
 
 def test_categorical_task_errors(tmp_path):
-    from echoclr_cli.finetune.multiclass import load_categorical
+    from echoclr_cli.inference.run import load_categorical
 
     data = _view_dataset(tmp_path, views=("plax",))
     with pytest.raises(UserError, match="at least 2"):

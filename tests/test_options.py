@@ -4,7 +4,6 @@ import pytest
 from helpers import make_dataset
 
 import echoclr_cli.finetune.fit as fit_mod
-import echoclr_cli.finetune.run as ft_mod
 from echoclr_cli.config.load import deep_merge, load_config
 from echoclr_cli.config.schema import Config
 from echoclr_cli.finetune.run import run_finetune
@@ -31,15 +30,14 @@ def test_val_clips_only_changes_per_epoch_validation(
     data, tmp_path, monkeypatch, val_clips, expected
 ):
     seen = []
-    real = ft_mod.eval_loader
+    real = fit_mod.eval_loader
 
     def spy(*args, **kwargs):
         loader = real(*args, **kwargs)
         seen.append(loader.dataset.clips_per_video)
         return loader
 
-    monkeypatch.setattr(ft_mod, "eval_loader", spy)  # the final evaluation
-    monkeypatch.setattr(fit_mod, "eval_loader", spy)  # the per-epoch validation (setup_fit)
+    monkeypatch.setattr(fit_mod, "eval_loader", spy)  # per-epoch validation and final evaluation
     res = run_finetune(tiny(finetune={"val_clips": val_clips}), data, tmp_path / "run")
     assert seen[0] == expected  # the per-epoch validation loader
     assert set(seen[1:]) <= {3}  # the final evaluation always uses evaluate.clips_per_video

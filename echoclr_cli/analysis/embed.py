@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,91 +39,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from echoclr_cli import rundir, runtime
+from echoclr_cli import runtime
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.manifest import SPLITS, label_columns, load_manifest
 from echoclr_cli.errors import UserError, find_extra, require_extra
 from echoclr_cli.events import EvalBatch, Progress, Status
 from echoclr_cli.inference import loader as inference
+from echoclr_cli.inference.run import INITS, Encoder, device_and_autocast, load_encoder
 from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
 from echoclr_cli.metrics import core as metrics
 from echoclr_cli.metrics import splits
-from echoclr_cli.models import backbones as models
-from echoclr_cli.models import weights
 
-INITS = ("random", "kinetics")
 MAP_METHODS = ("auto", "umap", "pca")
 KNN_K = 10
 PROBE_SPLITS = ("val", "test", "ext_test")
 
 
-# --------------------------------------------------------------------------- encoders
-@dataclass
-class Encoder:
-    """A backbone ready to embed clips, and how its inputs are prepared."""
-
-    name: str
-    source: str  # run dir or init name
-    kind: str  # pretrain | finetune | random | kinetics
-    backbone: nn.Module
-    normalization: tuple[Sequence[float], Sequence[float]] | None
-    clip_len: int
-    stride: int
-    arch: str
-    width: float
-    checkpoint: str | None = None
-
-
-def load_encoder(cfg: Config, source: str | Path, clip_len: int | None = None) -> Encoder:
-    """Backbone of a run dir (pretrain or fine-tune) or of the init ``random`` / ``kinetics``.
-
-    A run keeps its own model and input normalisation; its clip length is the one it was trained
-    with (fine-tune: ``finetune.clip_len``, pretrain: ``pretrain.clip_len``) unless ``clip_len``
-    is given. Inits use ``cfg.model`` and ``cfg.finetune.clip_len``.
-    """
-    src = str(source)
-    if src in INITS:
-        c = cfg.model_copy(deep=True)
-        c.finetune.init = src
-        torch.manual_seed(cfg.runtime.seed)  # the random init is reproducible
-        backbone = models.build_backbone(c.model.arch, c.model.width)
-        weights.init_backbone(c, backbone)
-        return Encoder(
-            src, src, src, backbone, weights.input_normalization(c),
-            clip_len or c.finetune.clip_len, c.finetune.stride, c.model.arch, c.model.width,
-        )  # fmt: skip
-    run_dir = Path(src)
-    if not run_dir.is_dir():
-        raise UserError(
-            f"'{src}' is neither a run dir nor one of the inits {', '.join(INITS)}",
-            fix="pass a pretrain/finetune --out dir, or --init random|kinetics",
-        )
-    run_cfg = rundir.read_run_config(run_dir)
-    path = rundir.run_checkpoint(run_dir)
-    obj = weights.read_weights_file(path)
-    state, _, _ = weights.unpack_state(obj)
-    kind = obj.get("section") or "finetune"
-    backbone = models.build_backbone(run_cfg.model.arch, run_cfg.model.width)
-    weights.load_backbone_weights(backbone, state, source=str(path))
-    if kind == "pretrain":
-        norm, own_len, stride = None, run_cfg.pretrain.clip_len, run_cfg.pretrain.stride
-    else:
-        norm = weights.input_normalization(run_cfg)
-        own_len, stride = run_cfg.finetune.clip_len, run_cfg.finetune.stride
-    return Encoder(
-        run_dir.name, src, kind, backbone, norm, clip_len or own_len, stride,
-        run_cfg.model.arch, run_cfg.model.width, str(path),
-    )  # fmt: skip
-
-
-def device_and_autocast(cfg: Config) -> tuple[torch.device, Callable[[], Any]]:
-    """Device of ``runtime.device`` and an autocast factory for ``runtime.precision``."""
-    return runtime.device_and_autocast(cfg.runtime.device, cfg.runtime.precision)
-
-
+# --------------------------------------------------------------------------- features
 @torch.no_grad()
 def embed_videos(
     enc: Encoder, cfg: Config, df: pd.DataFrame, data_dir: Path, progress: Progress | None = None

@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from echoclr_cli.analysis.embed import device_and_autocast
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import clip_starts, read_clip
@@ -41,7 +40,7 @@ from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError, require_extra
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference import loader as inference
-from echoclr_cli.inference.export import load_classifier
+from echoclr_cli.inference.run import device_and_autocast, load_classifier
 from echoclr_cli.io import atomic_write, atomic_write_csv
 from echoclr_cli.models import weights
 

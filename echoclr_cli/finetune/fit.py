@@ -1,30 +1,35 @@
-"""What a fine-tune run (binary ``finetune`` or K-class ``multiclass_train``) does the same way:
-its start (``FinetuneRun``, ``preflight``, ``capped_batch_size``) and, once its model is built,
-the Engine, first files, optimizer, scheduler and loaders (``setup_fit``)."""
+"""What a fine-tune run (binary ``run.py`` or K-class ``multiclass.py``) does the same way: its
+start (``FinetuneRun``, ``preflight``, ``capped_batch_size``); once its model is built, the
+Engine, first files (the Task in ``task.json``), optimizer, scheduler and loaders
+(``setup_fit``); the engine task's freezing and validation broadcast (``FitTask``); the final
+predictions of every split (``predict_splits``) and what the run returns (``FinetuneResult``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
-from echoclr_cli.check import CheckResult, run_check
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
 from echoclr_cli.errors import UserError
-from echoclr_cli.events import Progress
+from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference.loader import eval_loader
+from echoclr_cli.inference.run import Task, write_task
 from echoclr_cli.io import atomic_write_json
 from echoclr_cli.models.weights import input_normalization
 from echoclr_cli.runtime import dist_env, unwrap
 from echoclr_cli.training.engine import Engine
+from echoclr_cli.training.optim import build_optimizer, build_scheduler
+from echoclr_cli.training.preflight import CheckResult, run_check
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class FitSetup:
 
 def setup_fit(
     cfg: Config,
+    task: Task,
     model: nn.Module,
     init: dict[str, Any] | None,
     run: FinetuneRun,
@@ -104,9 +110,10 @@ def setup_fit(
     write_main: Callable[[], None],
 ) -> FitSetup:
     """The set-up every fine-tune run shares once its model is built: the Engine (run dir),
-    rank 0's first files (``write_main``, then init.json; on resume init.json is read back),
-    the frozen backbone of mode linear, optimizer, scheduler, train and val loaders."""
-    ft, task = cfg.finetune, cfg.finetune.task
+    rank 0's first files (``write_main``, the task's record ``task.json``, then init.json; on
+    resume init.json is read back), the frozen backbone of mode linear, optimizer, scheduler,
+    train and val loaders."""
+    ft = cfg.finetune
     data_dir, out_dir = run.data_dir, run.out_dir
     engine = Engine(
         cfg,
@@ -120,6 +127,7 @@ def setup_fit(
     )
     if engine.is_main:
         write_main()
+        write_task(out_dir, task)
         if init is not None:
             atomic_write_json(out_dir / rundir.INIT, init)
     if init is None:  # resume: the weights come from last.pt; init.json says where they started
@@ -130,16 +138,13 @@ def setup_fit(
         for p in model.backbone.parameters():
             p.requires_grad_(False)  # before DDP: frozen parameters stay out of its buckets
     prepared = engine.prepare(model)
-
-    from echoclr_cli.training.optim import build_optimizer, build_scheduler
-
     optimizer = build_optimizer(unwrap(prepared).parameters(), ft.optim)
     scheduler = build_scheduler(optimizer, ft.optim, ft.epochs)
 
     train_set = ClipDataset(
         sub_df,
         data_dir,
-        task,
+        task.column,
         clip_len=ft.clip_len,
         stride=ft.stride,
         train=True,
@@ -164,8 +169,129 @@ def setup_fit(
         persistent_workers=cfg.runtime.workers > 0,
     )
     val_loader = eval_loader(
-        df[df["split"] == "val"], data_dir, task, cfg, ft.clip_len, ft.stride, ft.val_clips,
+        df[df["split"] == "val"], data_dir, task.column, cfg, ft.clip_len, ft.stride, ft.val_clips,
         persistent=True,
     )  # fmt: skip
     return FitSetup(engine, prepared, init, normalization, optimizer, scheduler, sampler,
                     train_loader, val_loader)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the engine task
+class FitTask:
+    """What both fine-tune engine tasks do alike: freeze the backbone (``linear``; ``lp-ft``
+    during its first ``lp_epochs`` epochs) and validate on rank 0 at the end of every epoch
+    (``_validate``, the task's own), broadcast to every rank. ``train_step`` is the task's own."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        val_loader: DataLoader,
+        normalization: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    ):
+        self.model = model  # prepared (device, maybe DDP); the engine unwraps it to checkpoint
+        self.cfg = cfg
+        self.val_loader = val_loader
+        self.normalization = normalization
+        self.mode = cfg.finetune.mode
+        self.lp_epochs = cfg.finetune.lp_epochs if self.mode == "lp-ft" else 0
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        """Linear probe: always; LP-FT: during the first ``lp_epochs`` epochs."""
+        return self.mode == "linear" or epoch < self.lp_epochs
+
+    def _set_frozen(self, frozen: bool) -> None:
+        backbone = unwrap(self.model).backbone
+        for p in backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            backbone.eval()  # BatchNorm statistics stay those of the init
+
+    def train_step(self, batch: dict[str, Any], engine: Engine) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _validate(self, engine: Engine) -> dict[str, float]:
+        raise NotImplementedError
+
+    def end_of_epoch(self, epoch: int, engine: Engine) -> dict[str, float]:
+        """Validation metrics for history.csv and the monitor (computed on rank 0)."""
+        if self.lp_epochs and epoch <= self.lp_epochs:
+            # Patience counts fine-tuning epochs only: the counter is cleared up to (and including)
+            # the first FT epoch's check, before the engine updates it for this epoch.
+            engine.state.bad_epochs = 0
+        values = self._validate(engine) if engine.is_main else None
+        if engine.distributed:
+            # Rank 0 validates the weights it checkpoints (other ranks' BatchNorm statistics
+            # differ after their own last forward) and every rank gets the same numbers, so the
+            # monitor and early stopping agree across processes.
+            box = [values]
+            torch.distributed.broadcast_object_list(box, src=0)
+            values = box[0]
+        return values
+
+
+# --------------------------------------------------------------------------- the end of a run
+def predict_splits(
+    cfg: Config,
+    task: Task,
+    model: nn.Module,
+    df: pd.DataFrame,
+    run: FinetuneRun,
+    splits: list[str],
+    engine: Engine,
+    normalization: Any,
+    val_loader: DataLoader | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Per-video predictions of the best weights on every split (``val_loader``: reused for val)."""
+    ft = cfg.finetune
+    video_by_split = {}
+    for split in splits:
+        if run.progress is not None:
+            run.progress(Status(f"evaluating {split}"))
+        loader = (
+            val_loader
+            if split == "val" and val_loader is not None
+            else eval_loader(
+                df[df["split"] == split], run.data_dir, task.column, cfg, ft.clip_len, ft.stride
+            )
+        )
+        video_by_split[split] = task.predict(model, loader, engine.device,
+                                             cfg.evaluate.block_size, normalization,
+                                             autocast=engine.autocast)  # fmt: skip
+    return video_by_split
+
+
+def frame_size(df: pd.DataFrame, data_dir: Path) -> int | None:
+    """The dataset's frame size (``dataset.json``, else the manifest's most common height)."""
+    info = Path(data_dir) / "dataset.json"
+    if info.exists():
+        try:
+            return int(json.loads(info.read_text())["size"])
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+            pass
+    return int(df["height"].mode().iloc[0]) if "height" in df.columns and len(df) else None
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tune run did and wrote."""
+
+    run_dir: Path
+    task: str
+    metrics: dict[str, Any]
+    best_epoch: int | None
+    best_metric: float | None
+    epochs_run: int
+    stopped_early: bool
+    n_train_studies: int
+    n_train_videos: int
+    n_train_positive_studies: int
+    fraction_extended: bool
+    batch_size: int
+    pos_weight: float | None
+    init: dict[str, Any]
+    splits: list[str]
+    checkpoint: Path
+    history: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)

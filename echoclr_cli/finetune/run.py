@@ -39,10 +39,8 @@ Options (``finetune`` section; defaults = the paper):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,21 +52,37 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli import rundir
-from echoclr_cli.clinical.write import write_clinical
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.fractions import training_subset
 from echoclr_cli.errors import UserError
-from echoclr_cli.events import Progress, Status
-from echoclr_cli.finetune.fit import FinetuneRun, capped_batch_size, preflight, setup_fit
-from echoclr_cli.inference.evaluate import write_evaluation
-from echoclr_cli.inference.loader import eval_loader, predict_videos
+from echoclr_cli.events import Progress
+from echoclr_cli.finetune.fit import (
+    FinetuneResult,
+    FinetuneRun,
+    FitTask,
+    capped_batch_size,
+    frame_size,
+    predict_splits,
+    preflight,
+    setup_fit,
+)
+from echoclr_cli.finetune.losses import classification_loss, pos_weight_value
+from echoclr_cli.finetune.multiclass import run_finetune_multiclass
+from echoclr_cli.inference.loader import predict_videos
+from echoclr_cli.inference.run import MULTICLASS, Task, task_kind
+from echoclr_cli.inference.write import write_evaluation
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.core import auroc_rank
 from echoclr_cli.models.checkpoint import load_checkpoint
-from echoclr_cli.models.weights import init_backbone
-from echoclr_cli.pretrain.losses import classification_loss, pos_weight_value
+from echoclr_cli.models.weights import (
+    KINETICS_WIDTH,
+    init_backbone,
+    read_weights_file,
+    resolve_init_file,
+    unpack_state,
+)
 from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.training.engine import Engine
 
@@ -125,7 +139,7 @@ def early_stopping(ft: Any) -> tuple[str, str, int]:
 
 
 # --------------------------------------------------------------------------- the task
-class FinetuneTask:
+class FinetuneTask(FitTask):
     """Engine task: one augmented random clip per video -> logit -> weighted BCE.
 
     ``end_of_epoch`` predicts the validation videos (``evaluate`` clip settings) and returns
@@ -141,24 +155,8 @@ class FinetuneTask:
         val_loader: DataLoader,
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None,
     ):
-        self.model = model  # prepared (device, maybe DDP); the engine unwraps it to checkpoint
-        self.cfg = cfg
+        super().__init__(model, cfg, val_loader, normalization)
         self.pos_weight = pos_weight
-        self.val_loader = val_loader
-        self.normalization = normalization
-        self.mode = cfg.finetune.mode
-        self.lp_epochs = cfg.finetune.lp_epochs if self.mode == "lp-ft" else 0
-
-    def backbone_frozen(self, epoch: int) -> bool:
-        """Linear probe: always; LP-FT: during the first ``lp_epochs`` epochs."""
-        return self.mode == "linear" or epoch < self.lp_epochs
-
-    def _set_frozen(self, frozen: bool) -> None:
-        backbone = unwrap(self.model).backbone
-        for p in backbone.parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
-            backbone.eval()  # BatchNorm statistics stay those of the init
 
     def train_step(self, batch: dict[str, Any], engine: Engine) -> dict[str, Tensor]:
         """batch: ``x`` uint8 (B, C, T, H, W), ``y`` (B,) -> loss."""
@@ -174,22 +172,6 @@ class FinetuneTask:
             logits = self.model(clips).float()  # (B,)
         loss = classification_loss(logits, y, self.pos_weight, self.cfg.finetune.label_smoothing)
         return {"loss": loss, "n_clips": torch.tensor(x.shape[0])}
-
-    def end_of_epoch(self, epoch: int, engine: Engine) -> dict[str, float]:
-        """Validation metrics for history.csv and the monitor (computed on rank 0)."""
-        if self.lp_epochs and epoch <= self.lp_epochs:
-            # Patience counts fine-tuning epochs only: the counter is cleared up to (and including)
-            # the first FT epoch's check, before the engine updates it for this epoch.
-            engine.state.bad_epochs = 0
-        values = self._validate(engine) if engine.is_main else None
-        if engine.distributed:
-            # Rank 0 validates the weights it checkpoints (other ranks' BatchNorm statistics
-            # differ after their own last forward) and every rank gets the same numbers, so the
-            # monitor and early stopping agree across processes.
-            box = [values]
-            torch.distributed.broadcast_object_list(box, src=0)
-            values = box[0]
-        return values
 
     def _validate(self, engine: Engine) -> dict[str, float]:
         preds = predict_videos(
@@ -239,8 +221,6 @@ def init_model(init: str) -> tuple[dict[str, Any], str] | None:
     if init == "random":
         return None
     if init == "kinetics":
-        from echoclr_cli.models.weights import KINETICS_WIDTH
-
         return {"width": KINETICS_WIDTH}, (
             f"torchvision's Kinetics-400 weights, which exist at width {KINETICS_WIDTH} only"
         )
@@ -248,8 +228,6 @@ def init_model(init: str) -> tuple[dict[str, Any], str] | None:
     if path.is_dir() and (path / rundir.CONFIG).is_file():
         model = rundir.read_run_config(path).model
         return {"arch": model.arch, "width": model.width}, str(path / rundir.CONFIG)
-    from echoclr_cli.models.weights import read_weights_file, resolve_init_file, unpack_state
-
     file = resolve_init_file(init)
     _, fmt, model_cfg = unpack_state(read_weights_file(file))
     if model_cfg and all(k in model_cfg for k in MODEL_KEYS):
@@ -280,47 +258,6 @@ def follow_init_model(
 
 
 # --------------------------------------------------------------------------- the run
-@dataclass
-class FinetuneResult:
-    """What a fine-tune run did and wrote."""
-
-    run_dir: Path
-    task: str
-    metrics: dict[str, Any]
-    best_epoch: int | None
-    best_metric: float | None
-    epochs_run: int
-    stopped_early: bool
-    n_train_studies: int
-    n_train_videos: int
-    n_train_positive_studies: int
-    fraction_extended: bool
-    batch_size: int
-    pos_weight: float | None
-    init: dict[str, Any]
-    splits: list[str]
-    checkpoint: Path
-    history: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-
-
-def build_classifier(cfg: Config) -> nn.Module:
-    from echoclr_cli.models.backbones import Classifier, build_backbone
-
-    return Classifier(build_backbone(cfg.model.arch, cfg.model.width), cfg.finetune.dropout)
-
-
-def _frame_size(df: pd.DataFrame, data_dir: Path) -> int | None:
-    info = Path(data_dir) / "dataset.json"
-    if info.exists():
-        try:
-            return int(json.loads(info.read_text())["size"])
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
-            pass
-    return int(df["height"].mode().iloc[0]) if "height" in df.columns and len(df) else None
-
-
 def run_finetune(
     cfg: Config,
     data_dir: Path,
@@ -333,20 +270,19 @@ def run_finetune(
     """Fine-tune ``cfg.model`` on ``cfg.finetune.task`` of ``data_dir`` into run dir ``out_dir``.
 
     Writes (besides the engine's config.yaml, history.csv, checkpoints/{last,best}.pt):
-    ``train_studies.csv``, ``init.json``, ``finetune.json`` (run facts: dataset, subset sizes,
+    ``train_studies.csv``, ``task.json`` (the Task), ``init.json``, ``finetune.json`` (run facts: dataset, subset sizes,
     pos_weight, batch size), ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and
     ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
+    The task's kind is decided here, once: a categorical column (e.g. ``--task view``) is a
+    K-class task (``multiclass.py``), a 0/1 label column binary; ``task.json`` records it.
     """
-    from echoclr_cli.finetune.multiclass import is_categorical_task
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     run = FinetuneRun(data_dir, out_dir, resume, overwrite, force, progress)
-    if is_categorical_task(data_dir, cfg.finetune.task):  # e.g. --task view: K classes
-        from echoclr_cli.finetune.multiclass_fit import run_finetune_multiclass
-
+    if task_kind(data_dir, cfg.finetune.task) == MULTICLASS:
         return run_finetune_multiclass(cfg, run)
     ft = cfg.finetune
     task = ft.task
+    task_obj = Task.binary(task)
     monitor, monitor_mode, patience = early_stopping(ft)  # refuses a monitor it would ignore
     world_size, check, notes = preflight(cfg, run, task)
     df = check.manifest
@@ -366,12 +302,13 @@ def run_finetune(
     # is refused before a run dir is created; seeding first keeps the head's init a function of
     # runtime.seed (the Engine seeds again, as for every run).
     seed_everything(cfg.runtime.seed)
-    model = build_classifier(cfg)
+    model = task_obj.build_model(cfg)
     init: dict[str, Any] | None = None
     if not resume:
         init = init_backbone(cfg, model.backbone).to_dict()
     fs = setup_fit(
-        cfg, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size, world_size=world_size,
+        cfg, task_obj, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
+        world_size=world_size,
         drop_last=False,  # every training video every epoch (published loader)
         write_main=lambda: _write_train_studies(
             sample.studies, out_dir / rundir.TRAIN_STUDIES, resume
@@ -380,9 +317,8 @@ def run_finetune(
     engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization
     optimizer, scheduler, sampler = fs.optimizer, fs.scheduler, fs.sampler
     train_loader, val_loader = fs.train_loader, fs.val_loader
-    task_obj = FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization)
     fit = engine.fit(
-        task_obj,
+        FinetuneTask(prepared, cfg, pos_weight, val_loader, normalization),
         train_loader,
         optimizer,
         scheduler,
@@ -411,32 +347,14 @@ def run_finetune(
     metrics: dict[str, Any] = {}
     files: list[Path] = []
     if engine.is_main:
-        video_by_split = {}
-        for split in splits:
-            _emit(progress, f"evaluating {split}")
-            loader = (
-                val_loader
-                if split == "val" and not ft.val_clips
-                else eval_loader(
-                    df[df["split"] == split], data_dir, task, cfg, ft.clip_len, ft.stride
-                )
-            )
-            video_by_split[split] = predict_videos(
-                base,
-                loader,
-                engine.device,
-                cfg.evaluate.block_size,
-                normalization,
-                autocast=engine.autocast,
-            ).video
-        metrics, _, files = write_evaluation(
-            cfg, video_by_split, out_dir, out_dir / rundir.HISTORY, progress
-        )
-        files += write_clinical(cfg, video_by_split, out_dir, manifest=df, metrics=metrics)
+        video_by_split = predict_splits(cfg, task_obj, base, df, run, splits, engine, normalization,
+                                        val_loader if not ft.val_clips else None)  # fmt: skip
+        metrics, _, files = write_evaluation(cfg, task_obj, video_by_split, out_dir,
+                                             out_dir / rundir.HISTORY, df, progress)  # fmt: skip
         facts = {
             "data_dir": str(data_dir.resolve()),
             "task": task,
-            "frame_size": _frame_size(df, data_dir),
+            "frame_size": frame_size(df, data_dir),
             "frac": ft.frac,
             "frac_seed": ft.frac_seed,
             "n_train_studies_available": sample.n_available,
@@ -493,8 +411,3 @@ def _write_train_studies(studies: pd.DataFrame, path: Path, resume: bool) -> Non
             )
         return
     atomic_write_csv(path, studies[["order", "study_id", "patient_id", "y", "n_videos"]])
-
-
-def _emit(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(Status(message))

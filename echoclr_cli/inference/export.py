@@ -10,8 +10,8 @@ dynamic; T, H, W are the run's clip length and frame size.
 
 The contract ``<file>.json`` (written beside the model) records all of this plus class names,
 echoclr version, a hash of the run's config and the checkpoint's sha256; it holds no paths or
-ids. :func:`load_exported` reads a file back (TorchScript with ``torch.jit.load``, ONNX with
-onnxruntime on CPU) as a module that ``echoclr predict`` runs like a trained run.
+ids. ``inference.exported`` reads a file back as a module that ``echoclr predict`` and the view
+filter run like a trained run.
 """
 
 from __future__ import annotations
@@ -32,47 +32,19 @@ from echoclr_cli import __version__, rundir
 from echoclr_cli.config.load import config_to_dict
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError, require_extra
-from echoclr_cli.inference.evaluate import LoadedRun
+from echoclr_cli.inference.exported import (
+    CONTRACT_FORMAT,
+    FORMATS,
+    contract_path,
+    load_model_file,
+)
+from echoclr_cli.inference.run import load_classifier, load_encoder
 from echoclr_cli.io import atomic_write, atomic_write_json, sha256_file
 from echoclr_cli.models import weights
 
-FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
-CONTRACT_FORMAT = "echoclr-export"
 MINMAX_EPS = 1e-6  # as echoclr_cli.data.augment
 ONNX_OPSET = 17
-
-
-# --------------------------------------------------------------------------- loading a classifier
-def load_classifier(run_dir: Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """A fine-tuned classifier from ``config.yaml`` + best.pt (else last.pt), ``weights_only``.
-
-    A run without a classifier head (a pretrain run) is refused with one line.
-    """
-    run_dir = Path(run_dir)
-    run_cfg = rundir.read_run_config(run_dir)
-    path = rundir.run_checkpoint(run_dir)
-    obj = weights.read_weights_file(path)
-    state, _, _ = weights.unpack_state(obj)
-    section = obj.get("section") if isinstance(obj, dict) else None
-    if section not in (None, "finetune") or "head.weight" not in state:
-        raise UserError(
-            f"{run_dir} has no classifier head ({path.name} is a {section or 'backbone'} "
-            "checkpoint)",
-            fix="pass a run of `echoclr finetune` (or export the backbone with --encoder)",
-        )
-    from echoclr_cli.finetune.multiclass import run_model
-
-    model = run_model(run_dir, run_cfg)  # K outputs for a multi-class run (classes.json)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(
-            f"{path} does not match the model of {run_dir}/config.yaml ({str(e).splitlines()[0]})",
-            fix="re-run the fine-tune",
-        ) from None
-    epoch = obj.get("epoch") if isinstance(obj, dict) else None
-    return LoadedRun(run_dir, run_cfg, model.to(device).eval(), path, epoch)
 
 
 # --------------------------------------------------------------------------- the exported graph
@@ -105,28 +77,12 @@ def _config_hash(cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_frame_size(run_dir: Path, run_cfg: Config) -> int:
-    """Frame size the run was trained on (``finetune.json``, else ``preprocess.size``)."""
-    facts_path = Path(run_dir) / "finetune.json"
-    if facts_path.exists():
-        size = json.loads(facts_path.read_text()).get("frame_size")
-        if size:
-            return int(size)
-    return int(run_cfg.preprocess.size)
-
-
 @dataclass
 class ExportResult:
     path: Path
     contract_path: Path
     contract: dict[str, Any]
     max_abs_diff: float  # exported vs eager on the check clips
-
-
-def contract_path(path: Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
 
 
 def export_run(
@@ -160,8 +116,6 @@ def export_run(
             raise UserError(f"{p} already exists", fix="pass --overwrite or another --out")
     run_dir = Path(run_dir)
     if encoder:
-        from echoclr_cli.analysis.embed import load_encoder
-
         enc = load_encoder(cfg, run_dir)
         run_cfg = rundir.read_run_config(run_dir)
         inner: nn.Module = enc.backbone
@@ -173,23 +127,21 @@ def export_run(
         run_cfg = run.cfg
         inner, norm, ck = run.model, weights.input_normalization(run_cfg), run.checkpoint
         clip_len = run_cfg.finetune.clip_len
-        task = run_cfg.finetune.task
-        output = {
-            "name": "logit",
-            "shape": ["batch"],
-            "probability": "sigmoid(logit); a video's probability is the mean over its clips",
-        }
-        classes = [f"no {task}", task]
-        from echoclr_cli.finetune.multiclass import is_multiclass_run, read_classes
-
-        if is_multiclass_run(run_dir):  # K logits, softmax; class_names in output order
-            classes = read_classes(run_dir)
-            output = {
+        classes = list(run.task.classes)  # in output order
+        output = (
+            {
                 "name": "logits",
-                "shape": ["batch", len(classes)],
+                "shape": ["batch", run.task.n_outputs],
                 "probability": "softmax(logits); a video's probabilities are the mean over its clips",
             }
-    size = int(frame_size) if frame_size else run_frame_size(run_dir, run_cfg)
+            if run.task.is_multiclass
+            else {
+                "name": "logit",
+                "shape": ["batch"],
+                "probability": "sigmoid(logit); a video's probability is the mean over its clips",
+            }
+        )
+    size = int(frame_size) if frame_size else rundir.run_frame_size(run_dir)
     model = Prepared(inner.cpu().eval(), *(norm or (None, None))).eval()
     shape = [1, 3, clip_len, size, size]
     example = torch.rand(check_batch, *shape[1:]) * 255.0
@@ -232,7 +184,7 @@ def export_run(
         "checkpoint_sha256": sha256_file(ck),
         "opset": ONNX_OPSET if fmt == "onnx" else None,
     }
-    fn, _ = _load(out, fmt)
+    fn, _ = load_model_file(out, fmt)
     with torch.no_grad():
         eager = model(example).numpy()
     got = fn(example).numpy()
@@ -264,94 +216,3 @@ def _export_onnx(model: nn.Module, example: Tensor, out: Path) -> None:
             dynamo=False,
         )
     tmp.replace(out)
-
-
-# --------------------------------------------------------------------------- loading an export
-class ExportedModel(nn.Module):
-    """An exported file as a module: ``(B, 3, T, H, W)`` float clips -> output tensor.
-
-    Runs on CPU (the inputs are moved there and the outputs back to the input's device).
-    """
-
-    def __init__(self, fn, contract: dict[str, Any]) -> None:
-        super().__init__()
-        self.fn = fn
-        self.contract = contract
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x.detach().float().cpu()).to(x.device)
-
-
-def _load(path: Path, fmt: str):
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, works in 2.x
-            ts = torch.jit.load(str(path), map_location="cpu").eval()
-
-        def run_ts(x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return ts(x)
-
-        return run_ts, ts
-    ort = require_extra("onnxruntime", f"the ONNX model {path}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run_onnx(x: Tensor) -> Tensor:
-        (y,) = sess.run(None, {"clips": x.numpy().astype(np.float32)})
-        return torch.from_numpy(y)
-
-    return run_onnx, sess
-
-
-def load_exported(path: Path) -> tuple[ExportedModel, dict[str, Any]]:
-    """An exported file and its contract: ``(callable module, contract dict)``."""
-    path = Path(path)
-    cpath = contract_path(path)
-    if not path.is_file():
-        raise UserError(
-            f"exported model {path} not found", fix="pass the file `echoclr export` wrote"
-        )
-    if not cpath.is_file():
-        raise UserError(
-            f"{path} has no contract {cpath.name} beside it",
-            fix="keep the .json that `echoclr export` wrote next to the model",
-        )
-    try:
-        contract = json.loads(cpath.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cpath} is not valid JSON ({e})", fix="re-export the model") from None
-    if contract.get("format") != CONTRACT_FORMAT or contract.get("model_format") not in FORMATS:
-        raise UserError(f"{cpath} is not an echoclr export contract", fix="re-export the model")
-    fn, _ = _load(path, contract["model_format"])
-    return ExportedModel(fn, contract), contract
-
-
-def exported_run(path: Path, cfg: Config) -> LoadedRun:
-    """An exported classifier as a :class:`LoadedRun` for ``echoclr predict``.
-
-    The run config is ``cfg`` with the contract's clip length, stride and frame size, and no
-    extra normalisation (the graph normalises itself; its min-max is idempotent on the
-    already min-max scaled clips ``predict`` feeds it).
-    """
-    model, contract = load_exported(path)
-    if contract.get("what") != "classifier":
-        raise UserError(
-            f"{path} is an exported encoder (features), not a classifier",
-            fix="export the fine-tuned run without --encoder to predict with it",
-        )
-    if len(contract.get("output", {}).get("shape", [])) > 1:  # [batch, K]: a multi-class model
-        raise UserError(
-            f"{path} is an exported multi-class model ({len(contract.get('class_names', []))} "
-            "classes); `echoclr predict` takes an exported binary classifier",
-            fix="predict with the run dir (one probability column per class), or use the file "
-            "as `echoclr preprocess --view-model`",
-        )
-    run_cfg = cfg.model_copy(deep=True)
-    run_cfg.finetune.clip_len = int(contract["clip_len"])
-    run_cfg.finetune.stride = int(contract["stride"])
-    run_cfg.finetune.normalize = "none"
-    run_cfg.finetune.task = contract.get("task") or run_cfg.finetune.task
-    run_cfg.preprocess.size = int(contract["frame_size"])
-    return LoadedRun(Path(path).parent, run_cfg, model, Path(path), None)

@@ -1,9 +1,10 @@
 """Running a classifier over a dataset: evaluation clips -> per-video probabilities.
 
 :func:`eval_loader` builds the evaluation loader and :func:`predict_videos` runs a model over it.
+:func:`predict_classes` does the same for a K-class model (softmax-averaged class probabilities).
 Used during fine-tuning (validation each epoch, final evaluation), by ``echoclr evaluate``
-(``evaluate.py``) and by ``echoclr predict`` (``predict.py``). This module knows nothing about
-run dirs, checkpoints or metrics.
+(``evaluate.py``), ``echoclr predict`` (``predict.py``) and the view filter, through the run's
+``Task`` (``run.py``). This module knows nothing about run dirs, checkpoints or metrics.
 
 Evaluation clips per video are ``evaluate.clips_per_video`` clips (paper: 4) placed by
 ``evaluate.clip_starts`` (``published``: ``arange(0, T-L, (T-L)//4)[:4]``; ``linspace``) or
@@ -27,13 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
+from echoclr_cli.errors import UserError
 from echoclr_cli.events import EvalBatch, Progress
+from echoclr_cli.metrics.multiclass import prob_columns
 from echoclr_cli.runtime import cuda_available, loader_len
 
 # clip logits (N,), clip labels (N,) -> per-clip losses (N,)
@@ -160,3 +164,74 @@ def predict_videos(
     video = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
     loss = float(loss_sum) / loss_n if loss_n else None
     return VideoPredictions(video[cols], loss, n_forwards, max_block)
+
+
+@torch.no_grad()
+def predict_classes(
+    model: nn.Module,
+    loader: DataLoader | Sequence[dict[str, Any]],
+    device: torch.device,
+    block_size: int,
+    classes: Sequence[str],
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    class_weight: Tensor | None = None,
+    smoothing: float = 0.0,
+    autocast: Callable[[], Any] | None = None,
+    progress: Progress | None = None,
+    with_loss: bool = False,
+) -> tuple[pd.DataFrame, float | None]:
+    """Per-video softmax probabilities (mean over the video's clips) of a K-class model.
+
+    Returns ``(frame, mean clip loss or None)``; frame: ``video_id, study_id, patient_id,
+    y_true`` (class index; NaN when the loader has no labels), ``prob_<class>`` x K, ``n_clips``.
+    Clips run in blocks of at most ``block_size`` (as :func:`predict_videos`).
+    """
+    was_training = model.training
+    model.eval()
+    mean, std = normalization if normalization is not None else (None, None)
+    ctx = autocast or contextlib.nullcontext
+    cols = prob_columns(classes)
+    rows: list[pd.DataFrame] = []
+    loss_sum, loss_n = 0.0, 0
+    try:
+        for b, batch in enumerate(loader):
+            x, n_clips = batch["x"], batch["n_clips"]  # (sum N, C, T, H, W) uint8, (B,)
+            y_video = batch["y"].float()  # (B,) class index
+            y_clip = torch.repeat_interleave(y_video, n_clips)  # (sum N,)
+            blocks = []
+            for start in range(0, x.shape[0], block_size):
+                block = x[start : start + block_size].to(device, non_blocking=True)
+                clips = prepare_clips(block, None, None, mean, std)  # (n, 3, T, H, W)
+                with ctx():
+                    logits = model(clips).float()  # (n, K)
+                if logits.ndim != 2 or logits.shape[1] != len(classes):
+                    raise UserError(
+                        f"the view/class model gives outputs of shape {tuple(logits.shape)}, "
+                        f"expected (clips, {len(classes)}) for classes {list(classes)}",
+                        fix="use the class list the model was trained with",
+                    )
+                blocks.append(torch.softmax(logits, dim=1).double().cpu())
+                if with_loss:
+                    target = y_clip[start : start + len(logits)].long().to(device)
+                    w = class_weight.to(device) if class_weight is not None else None
+                    loss = F.cross_entropy(logits, target, weight=w, label_smoothing=smoothing)
+                    loss_sum += float(loss) * len(logits)
+                    loss_n += len(logits)
+            probs = (
+                torch.cat(blocks) if blocks else torch.empty(0, len(classes), dtype=torch.float64)
+            )
+            per_video = torch.stack([p.mean(0) for p in torch.split(probs, n_clips.tolist())])
+            frame = pd.DataFrame(per_video.numpy(), columns=cols)
+            frame.insert(0, "video_id", batch["video_id"])
+            frame.insert(1, "study_id", batch["study_id"])
+            frame.insert(2, "patient_id", batch["patient_id"])
+            frame.insert(3, "y_true", y_video.numpy().astype(np.float64))
+            frame["n_clips"] = n_clips.numpy().astype(np.int64)
+            rows.append(frame)
+            if progress is not None:
+                progress(EvalBatch(batch=b + 1, batches=loader_len(loader)))
+    finally:
+        model.train(was_training)
+    empty = pd.DataFrame(columns=["video_id", "study_id", "patient_id", "y_true", *cols, "n_clips"])
+    video = pd.concat(rows, ignore_index=True) if rows else empty
+    return video, (loss_sum / loss_n if loss_n else None)

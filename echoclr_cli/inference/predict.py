@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from echoclr_cli import rundir
@@ -28,14 +29,11 @@ from echoclr_cli.data import privacy
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, counter
-from echoclr_cli.inference.evaluate import (
-    LoadedRun,
-    device_and_autocast,
-    load_run,
-    predict_split_videos,
-)
+from echoclr_cli.inference.exported import exported_run
+from echoclr_cli.inference.run import LoadedRun, device_and_autocast, load_run, predict_rows
 from echoclr_cli.io import atomic_write_csv
 from echoclr_cli.metrics.aggregate import aggregate_levels
+from echoclr_cli.preprocess.run import preprocess
 
 THRESHOLD_VAL = "val"  # the run's operating point chosen on validation (Youden, per level)
 VAL_POINT = "youden"  # which of the validation-chosen thresholds (metrics.json) `val` is
@@ -112,15 +110,8 @@ def predict(
         raise UserError(f"--out {out_csv} is a folder", fix="pass a CSV file path, e.g. preds.csv")
     device, _ = device_and_autocast(cfg)
     exported = Path(run_dir).is_file()  # a model file written by `echoclr export` (+ its contract)
-    if exported:
-        from echoclr_cli.inference.export import exported_run
-
-        run = exported_run(Path(run_dir), cfg)
-    else:
-        run = load_run(Path(run_dir), device)
-    from echoclr_cli.finetune.multiclass import is_multiclass_run
-
-    multiclass = not exported and is_multiclass_run(Path(run_dir))
+    run = exported_run(Path(run_dir), cfg) if exported else load_run(Path(run_dir), device)
+    multiclass = run.task.is_multiclass
     thresholds, source, notes = resolve_threshold(threshold, Path(run_dir), exported, multiclass)
     input_path = Path(input_path)
     is_dataset = (input_path / "manifest.csv").exists()
@@ -148,12 +139,10 @@ def predict(
                 raise _without_temporary(e, data_dir) from None
             skipped = _skipped_counts(data_dir)
         df = load_manifest(data_dir)
+        video = predict_rows(run, cfg, df, data_dir, labelled=False, progress=progress)
         if multiclass:  # one prob column per class and the top class
-            from echoclr_cli.finetune.multiclass_fit import predict_multiclass_tables
-
-            video_out, study_out = predict_multiclass_tables(cfg, run, df, data_dir, progress)
+            video_out, study_out = class_tables(video, run.task.classes)
         else:
-            video = predict_split_videos(run, cfg, df, data_dir, None, progress)
             # aggregate() needs labels: a constant stand-in, dropped again below.
             levels = aggregate_levels(video.assign(y_true=-1))
             video_out = levels["video"].drop(columns=["y_true"])
@@ -192,6 +181,30 @@ def predict(
         skipped,
         notes,
     )
+
+
+def class_tables(
+    video: pd.DataFrame, classes: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A K-class run's tables: per video ``video_id, study_id, patient_id, prob_<class>`` x K,
+    ``y_pred`` (top class), ``n_clips``; per study the mean of its videos' probabilities,
+    ``y_pred`` and ``n_videos``."""
+    cols = [f"prob_{c}" for c in classes]
+    names = np.asarray(classes, dtype=object)
+    video = (
+        video.drop(columns=["y_true"]).sort_values(["study_id", "video_id"]).reset_index(drop=True)
+    )
+    video.insert(
+        3 + len(cols), "y_pred", names[video[cols].to_numpy().argmax(axis=1)] if len(video) else []
+    )
+    study = (
+        video.groupby("study_id", sort=True)
+        .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))
+        .join(video.groupby("study_id", sort=True)[cols].mean())
+        .reset_index()
+    )
+    study["y_pred"] = names[study[cols].to_numpy().argmax(axis=1)] if len(study) else []
+    return video, study
 
 
 # --------------------------------------------------------------------------- y_pred
@@ -344,8 +357,6 @@ def _preprocess_for_predict(
         raise UserError(
             f"input {input_path} does not exist", fix="pass a dataset dir or raw DICOM/video files"
         )
-    from echoclr_cli.preprocess.run import preprocess
-
     if data_dir.exists() and any(data_dir.iterdir()) and not overwrite:
         raise UserError(
             f"--keep-data {data_dir} already exists and is not empty",

@@ -154,19 +154,24 @@ class SSLModel(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone -> Dropout -> Linear(out_dim, 1).
+    """Backbone -> Dropout -> Linear(out_dim, n_outputs): one output for a binary task, one per
+    class for a K-class task (``inference.run.Task.n_outputs``).
 
     DIFFERS: dropout is applied to the features *before* the linear layer; the published code
     applied it after the logit layer (zeroing logits).
     """
 
-    def __init__(self, backbone: WidthVideoResNet, dropout: float = 0.25) -> None:
+    def __init__(
+        self, backbone: WidthVideoResNet, dropout: float = 0.25, n_outputs: int = 1
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.out_dim, 1)
+        self.head = nn.Linear(backbone.out_dim, n_outputs)
+        self.n_outputs = n_outputs
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, 3, T, H, W) -> logits (B,)."""
+        """x: (B, 3, T, H, W) -> logits (B,) for one output, (B, K) for K outputs."""
         h = self.backbone(x)  # (B, F)
-        return self.head(self.dropout(h)).squeeze(1)  # (B,)
+        logits = self.head(self.dropout(h))  # (B, n_outputs)
+        return logits.squeeze(1) if self.n_outputs == 1 else logits

@@ -38,8 +38,24 @@ import pandas as pd
 import torch
 from torch import nn
 
+from echoclr_cli import rundir
+from echoclr_cli.data import privacy
+from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.errors import UserError
+from echoclr_cli.inference.exported import (
+    ExportedModel,
+    contract_path,
+    contract_task,
+    load_exported,
+    load_model_file,
+)
+from echoclr_cli.inference.loader import eval_loader
+from echoclr_cli.inference.run import Task, load_run, read_task
 from echoclr_cli.io import atomic_write_csv, atomic_write_json, sha256_file
+from echoclr_cli.models.weights import input_normalization
+from echoclr_cli.preprocess import outputs
+from echoclr_cli.preprocess.run import preprocess
+from echoclr_cli.runtime import resolve_device
 
 CACHE = "view_predictions.csv"
 REASON = "view_filter"
@@ -50,7 +66,7 @@ class ViewModel:
     """A loaded view classifier and how to feed it."""
 
     model: nn.Module
-    classes: list[str]
+    task: Task  # K-class: its classes are the views, in the model's output order
     clip_len: int
     stride: int
     frame_size: int | None
@@ -58,10 +74,12 @@ class ViewModel:
     key: str  # identifies the weights in the prediction cache
     source: str
 
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.classes)
+
 
 def _file_model(path: Path) -> ViewModel:
-    from echoclr_cli.inference.export import _load, contract_path, load_exported
-
     cpath = contract_path(path)
     if not cpath.is_file():
         raise UserError(
@@ -77,19 +95,18 @@ def _file_model(path: Path) -> ViewModel:
         raise UserError(f"{cpath} is not a JSON object", fix="write the class list as documented")
     if "format" in info:  # an echoclr export contract
         model, contract = load_exported(path)
-        classes = contract.get("class_names") or []
-        shape = (contract.get("output") or {}).get("shape") or []
-        if len(shape) != 2 or contract.get("what") != "classifier":
+        task = contract_task(contract)
+        if task is None or not task.is_multiclass:
+            shape = (contract.get("output") or {}).get("shape") or []
             raise UserError(
                 f"{path} is not a multi-class classifier export (output {shape})",
                 fix="export a run of `echoclr finetune --task view`",
             )
+        classes = list(task.classes)
     else:
         classes = info.get("classes")
         fmt = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
-        fn, _ = _load(path, fmt)
-        from echoclr_cli.inference.export import ExportedModel
-
+        fn, _ = load_model_file(path, fmt)
         model, contract = ExportedModel(fn, info), info
     if not isinstance(classes, list) or len(classes) < 2:
         raise UserError(
@@ -101,7 +118,7 @@ def _file_model(path: Path) -> ViewModel:
             raise UserError(f"{cpath} lacks an integer '{key}'", fix="add it to the JSON file")
     return ViewModel(
         model=model,
-        classes=[str(c) for c in classes],
+        task=Task.multiclass(contract.get("task") or "", classes),
         clip_len=int(contract["clip_len"]),
         stride=int(contract.get("stride") or 1),
         frame_size=int(contract["frame_size"]) if contract.get("frame_size") else None,
@@ -117,21 +134,17 @@ def load_view_model(cfg, path: Path, keep_view: str | None) -> ViewModel:
     if not keep_view:
         raise UserError("--view-model needs --keep-view VIEW", fix="e.g. --keep-view plax")
     if path.is_dir():
-        from echoclr_cli import rundir
-        from echoclr_cli.finetune.multiclass import is_multiclass_run, read_classes
-        from echoclr_cli.inference.evaluate import load_run
-        from echoclr_cli.models.weights import input_normalization
-
-        if not is_multiclass_run(path):
+        if not read_task(path).is_multiclass:
             raise UserError(
-                f"view model {path} is not a multi-class fine-tune run (no classes.json)",
+                f"view model {path} is not a multi-class fine-tune run (its task.json, or "
+                "classes.json before it, names no K-class task)",
                 fix="train one with `echoclr finetune --task view`, or pass an exported file",
             )
         run = load_run(path, torch.device("cpu"))
         size = rundir.read_finetune_facts(path).get("frame_size")
         vm = ViewModel(
             model=run.model.eval(),
-            classes=read_classes(path),
+            task=run.task,
             clip_len=run.cfg.finetune.clip_len,
             stride=run.cfg.finetune.stride,
             frame_size=int(size) if size else None,
@@ -153,17 +166,11 @@ def load_view_model(cfg, path: Path, keep_view: str | None) -> ViewModel:
 
 def predict_views(cfg, vm: ViewModel, df: pd.DataFrame, data_dir: Path) -> pd.DataFrame:
     """``video_id, view_pred, prob_<class>...`` of manifest rows ``df`` (mean softmax of clips)."""
-    from echoclr_cli.finetune.multiclass import predict_classes
-    from echoclr_cli.inference.loader import eval_loader
-    from echoclr_cli.runtime import resolve_device
-
     device = resolve_device(cfg.runtime.device)
     model = vm.model.to(device)
     loader = eval_loader(df, data_dir, None, cfg, vm.clip_len, vm.stride,
                          clips_per_video=cfg.preprocess.view_clips)  # fmt: skip
-    video, _ = predict_classes(
-        model, loader, device, cfg.evaluate.block_size, vm.classes, vm.normalization
-    )
+    video = vm.task.predict(model, loader, device, cfg.evaluate.block_size, vm.normalization)
     cols = [f"prob_{c}" for c in vm.classes]
     out = video[["video_id", *cols]].copy()
     names = np.asarray(vm.classes, dtype=object)
@@ -183,8 +190,6 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
                       view_min: float | None = None) -> ViewFilterResult:  # fmt: skip
     """Predict (or reuse cached predictions), filter manifest.csv and list the rest in
     skipped.csv (reason ``view_filter``); update dataset.json and report.json counts."""
-    from echoclr_cli.data import privacy
-
     data_dir = Path(data_dir)
     path = data_dir / "manifest.csv"
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -204,8 +209,6 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
         have = cache[cache["model_key"] == vm.key][["video_id", "view_pred", *cols]]
     todo = df[~df["video_id"].isin(set(have["video_id"]))]
     if len(todo):
-        from echoclr_cli.data.manifest import load_manifest
-
         rows = load_manifest(data_dir, check_files=True, allow_failed=True)
         new = predict_views(cfg, vm, rows[rows["video_id"].isin(set(todo["video_id"]))], data_dir)
         new = new.astype({c: str for c in cols})
@@ -281,8 +284,6 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
 
 def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None):
     """``preprocess`` then :func:`apply_view_filter` (the model is checked before decoding)."""
-    from echoclr_cli.preprocess.run import preprocess
-
     pc = cfg.preprocess
     if pc.view_model is None:
         if pc.keep_view:
@@ -295,8 +296,6 @@ def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None):
     res.skipped_by_reason = dict(sorted({**res.skipped_by_reason,
                                          REASON: res.skipped_by_reason.get(REASON, 0) + vf.filtered}.items()))  # fmt: skip
     res.n_skipped += vf.filtered
-    from echoclr_cli.preprocess import outputs
-
     kept = pd.read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
     res.split_sizes = outputs.split_sizes(kept)
     return res, vf
