@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from preprocess_fixtures import dicom_dataset, fan_video, id_map, save, skipped_by_path, small_cfg
 
-from echoclr_cli.data import labels
+from echoclr_cli.data import label_file, label_issues, label_keys, labels, privacy
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess.run import preprocess
 
@@ -202,21 +202,21 @@ def test_date_and_mrn_keyed_labels_in_any_date_format(hospital, tmp_path):
      (["MRN", "Accession Number"], "accession", "Accession Number")],
 )  # fmt: skip
 def test_header_spellings_recognised(columns, kind, column):
-    key = labels.find_label_key(pd.DataFrame(columns=columns), "auto", Path("l.csv"))
+    key = label_keys.find_label_key(pd.DataFrame(columns=columns), "auto", Path("l.csv"))
     assert (key.kind, key.column) == (kind, column)
 
 
 def test_label_key_setting_chooses_and_refuses(tmp_path):
     lab = pd.DataFrame(columns=["MRN", "Accession Number", "Study Date"])
-    assert labels.find_label_key(lab, "patient_id", Path("l.csv")).kind == "patient"
-    assert labels.find_label_key(lab, "study_date", Path("l.csv")).kind == "date_patient"
-    auto = labels.find_label_key(lab, "auto", Path("l.csv"))
+    assert label_keys.find_label_key(lab, "patient_id", Path("l.csv")).kind == "patient"
+    assert label_keys.find_label_key(lab, "study_date", Path("l.csv")).kind == "date_patient"
+    auto = label_keys.find_label_key(lab, "auto", Path("l.csv"))
     assert auto.kind == "accession" and auto.others == ["MRN"]
     with pytest.raises(UserError, match=r"no id column .* for preprocess.label_key=study_uid"):
-        labels.find_label_key(lab, "study_uid", Path("l.csv"))
+        label_keys.find_label_key(lab, "study_uid", Path("l.csv"))
     mixed = pd.DataFrame({"MRN": ["1", "2"], "Study Date": ["13/01/2020", "01/13/2020"]})
     with pytest.raises(UserError, match="both DD/MM/YYYY and MM/DD/YYYY"):
-        labels.find_label_key(mixed, "auto", Path("l.csv"))
+        label_keys.find_label_key(mixed, "auto", Path("l.csv"))
     from echoclr_cli.config.schema import Config
 
     with pytest.raises(ValueError):
@@ -225,12 +225,14 @@ def test_label_key_setting_chooses_and_refuses(tmp_path):
 
 
 def test_dates_and_shapes():
-    assert {labels.normalise_date(d) for d in ("20190305", "2019-03-05", "2019/3/5",
+    assert {label_keys.normalise_date(d) for d in ("20190305", "2019-03-05", "2019/3/5",
             "05/03/2019", "5.3.2019", "2019-03-05 14:02:00")} == {"20190305"}  # fmt: skip
-    assert labels.normalise_date("03/25/2019", "mdy") == "20190325"
-    assert labels.normalise_date("31/02/2019") is None and labels.normalise_date("x") is None
-    assert labels.key_value("accession", " 00123 ") == "00123"  # text, never 123.0
-    shape = labels.value_shape
+    assert label_keys.normalise_date("03/25/2019", "mdy") == "20190325"
+    assert (
+        label_keys.normalise_date("31/02/2019") is None and label_keys.normalise_date("x") is None
+    )
+    assert label_keys.key_value("accession", " 00123 ") == "00123"  # text, never 123.0
+    shape = label_keys.value_shape
     assert shape("1234567890") == "10 digits" and shape("A1234567") == "A + 7 digits"
     assert shape("1.2.840.113619.2.55.3.604688119.971.1234567890.123") == "dotted UID, 40-64 chars"
     assert shape("2019-03-05", date=True) == "YYYY-MM-DD" and shape("") == "empty"
@@ -244,16 +246,16 @@ def test_values_read_as_text_none_is_a_value_na_is_counted(tmp_path):
                   "av_stenosis": ["None", "NA", "null", "N/A", "", "Moderate-Severe", "Severe"],
                   "flag": ["0", "1", "None", "NA", "", "1", "0"]}).to_csv(path, index=False)  # fmt: skip
     cfg = small_cfg(label_presets=PRESET).preprocess
-    lf = labels.read_label_file(cfg, path, "salt")
-    got = [lf.table[labels.hash_id("salt", "patient", str(i))]["as"] for i in range(1, 8)]
+    lf = label_file.read_label_file(cfg, path, "salt")
+    got = [lf.table[privacy.hash_id("salt", "patient", str(i))]["as"] for i in range(1, 8)]
     assert got[0] == 0.0 and got[6] == 1.0 and all(np.isnan(got[i]) for i in range(1, 6))
-    rep = labels.issues_report(lf.issues, allowed=False)
+    rep = label_issues.issues_report(lf.issues, allowed=False)
     assert rep["issues"]["na_value"]["count"] == 3 and rep["issues"]["na_value"]["error"]
     assert rep["issues"]["bad_value"]["count"] == 1  # moderate-severe is not severe
     assert rep["n_errors"] == 4
     # a 0/1 column (no rule): None and NA are not 0/1 -> counted; the empty cell is counted too
-    lf = labels.read_label_file(small_cfg().preprocess, path, "salt")
-    rep = labels.issues_report(lf.issues, allowed=True)
+    lf = label_file.read_label_file(small_cfg().preprocess, path, "salt")
+    rep = label_issues.issues_report(lf.issues, allowed=True)
     assert rep["issues"]["bad_value"]["count"] == 1 and rep["issues"]["na_value"]["count"] == 1
     assert rep["issues"]["empty_value"]["count"] == 1 and rep["n_errors"] == 2
     assert not rep["issues"]["empty_value"]["error"]
@@ -274,8 +276,8 @@ def test_as_and_lvh_maps_are_explicit():
     v, bad = labels.lvh_label(pd.Series(["Hypertrophy", "Normal", "no LVH", "120", "abnormal", ""]))
     assert v.tolist()[:3] == [1, 0, 0] and bad.tolist() == [False, False, False, True, True, False]
     # the preset can map a grade it does not know
-    from echoclr_cli.data import rules
+    from echoclr_cli.data import presets, rules
 
-    r = rules.expand_preset("as:grade=g,severe=moderate-severe")
+    r = presets.expand_preset("as:grade=g,severe=moderate-severe")
     res = rules.evaluate(r, pd.DataFrame({"g": ["Moderate to Severe", "mild", "odd"]}))
     assert res.values.tolist()[:2] == [1.0, 0.0] and res.bad.tolist() == [False, False, True]

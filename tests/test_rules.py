@@ -11,7 +11,7 @@ from preprocess_fixtures import dicom_dataset, fan_video, save, small_cfg
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli.data import labels, rules
+from echoclr_cli.data import label_file, label_issues, presets, rules
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess.run import preprocess
 
@@ -141,13 +141,14 @@ def test_error_names_the_position():
 def test_no_eval_anywhere():
     import re
 
-    src = Path(rules.__file__).read_text()
-    assert not re.search(r"(?<![\w.])(eval|exec|compile|getattr|__import__)\(", src)
-    assert "literal_eval" not in src and "import ast" not in src
+    for module in (rules, presets):
+        src = Path(module.__file__).read_text()
+        assert not re.search(r"(?<![\w.])(eval|exec|compile|getattr|__import__)\(", src)
+        assert "literal_eval" not in src and "import ast" not in src
 
 
 def test_missing_column_named():
-    r = rules.build_rules(["as=AV_Vmax >= 4 or ava <= 1"], [])
+    r = presets.build_rules(["as=AV_Vmax >= 4 or ava <= 1"], [])
     with pytest.raises(UserError, match=r"t.csv: label rule 'as=AV_Vmax.*names column\(s\) "
                        r"\['ava'\].*did you mean \['AVA'\]"):  # fmt: skip
         rules.check_columns(r, ["AV_Vmax", "AVA"], "t.csv")
@@ -156,12 +157,12 @@ def test_missing_column_named():
 
 def test_same_label_twice_refused():
     with pytest.raises(UserError, match="label 'as' is defined twice"):
-        rules.build_rules(["as=a >= 1"], ["as:vmax=V"])
+        presets.build_rules(["as=a >= 1"], ["as:vmax=V"])
 
 
 # --------------------------------------------------------------------------- presets
 def test_as_preset_guideline_thresholds():
-    r = rules.expand_preset("as:vmax=AV_Vmax,mean_gradient=AV MG,ava=AVA")
+    r = presets.expand_preset("as:vmax=AV_Vmax,mean_gradient=AV MG,ava=AVA")
     assert r.label == "as"
     assert r.text() == "as = AV_Vmax >= 4 or `AV MG` >= 40 or AVA <= 1"
     df = pd.DataFrame({"AV_Vmax": ["4.0", "3.9", "", "3", ""],
@@ -173,19 +174,19 @@ def test_as_preset_guideline_thresholds():
     full = pd.DataFrame({"AV_Vmax": ["3"], "AV MG": ["39"], "AVA": ["1.1"]})
     assert rules.evaluate(r, full).values.tolist() == [0.0]
     # a subset of criteria, renamed label, cm/s threshold
-    r2 = rules.expand_preset("as:vmax=V,vmax_min=400,label=as_severe")
+    r2 = presets.expand_preset("as:vmax=V,vmax_min=400,label=as_severe")
     assert r2.text() == "as_severe = V >= 400"
 
 
 def test_lvh_preset_by_sex_unknown_sex_is_unknown():
-    r = rules.expand_preset("lvh:lvmi=LVMI,sex=Sex")
+    r = presets.expand_preset("lvh:lvmi=LVMI,sex=Sex")
     df = pd.DataFrame({"LVMI": ["96", "96", "116", "100", "200", ""],
                        "Sex": ["F", "M", "m", "O", "", "F"]})  # fmt: skip
     res = rules.evaluate(r, df)
     got = [None if np.isnan(v) else int(v) for v in res.values]
     assert got == [1, 0, 1, None, None, None]
     assert res.report["guard_unknown"] == 1  # 'O' would have been a negative without the guard
-    r2 = rules.expand_preset("lvh:lvmi=LVMI,sex=Sex,female=Female,male=Male")
+    r2 = presets.expand_preset("lvh:lvmi=LVMI,sex=Sex,female=Female,male=Male")
     df2 = pd.DataFrame({"LVMI": ["96"], "Sex": ["female"]})
     assert rules.evaluate(r2, df2).values.tolist() == [1.0]
 
@@ -198,7 +199,7 @@ def test_lvh_preset_by_sex_unknown_sex_is_unknown():
 )  # fmt: skip
 def test_preset_errors(spec, match):
     with pytest.raises(UserError, match=match):
-        rules.expand_preset(spec)
+        presets.expand_preset(spec)
 
 
 # --------------------------------------------------------------------------- long tables
@@ -218,7 +219,7 @@ def _long_table(path: Path) -> Path:
 def test_long_table_pivot_duplicates_mean_and_counts(tmp_path):
     path = _long_table(tmp_path / "m.csv")
     cfg = small_cfg(label_rules=["as=vmax >= 4 or mg >= 40 or ava <= 1.0"]).preprocess
-    lf = labels.read_label_file(cfg, path, "salt")
+    lf = label_file.read_label_file(cfg, path, "salt")
     from echoclr_cli.data.privacy import hash_id
 
     got = {
@@ -226,7 +227,7 @@ def test_long_table_pivot_duplicates_mean_and_counts(tmp_path):
     }
     assert got["S1"] == 1 and got["S2"] == 0 and got["S3"] == 1
     assert all(np.isnan(got[s]) for s in ("S4", "S5", "S6"))
-    rep = labels.issues_report(lf.issues, allowed=False)
+    rep = label_issues.issues_report(lf.issues, allowed=False)
     (rule,) = rep["rules"]
     assert (rule["positive"], rule["negative"], rule["unknown"], rule["rows"]) == (2, 1, 3, 6)
     assert [c["fired"] for c in rule["clauses"]] == [2, 0, 0]
@@ -234,10 +235,10 @@ def test_long_table_pivot_duplicates_mean_and_counts(tmp_path):
     assert table["long"] and table["duplicates"] == 1 and table["ids"] == 6
     assert table["rows_other_measurements"] == 1  # lvef is not read
     assert rep["issues"]["bad_value"]["count"] == 1 and rep["n_errors"] == 1
-    lines = labels.issue_lines(lf.issues)
+    lines = label_issues.issue_lines(lf.issues)
     assert any("rule as" in ln and "2 positive, 1 negative, 3 unknown" in ln for ln in lines)
     # the private rows hold the id and value; the public report never does
-    priv = labels.private_issue_rows(lf.issues)
+    priv = label_issues.private_issue_rows(lf.issues)
     bad = priv[priv["kind"] == "bad_value"]
     assert bad["original_id"].tolist() == ["S6"] and bad["value"].tolist() == ["high"]
     # S4, S5: unknown because a measurement is missing (empty): counted, not an error
@@ -252,19 +253,19 @@ def test_long_table_flag_and_errors(tmp_path):
         path, index=False
     )
     cfg = small_cfg(label_rules=["y=v >= 4"], labels_long="what,num").preprocess
-    lf = labels.read_label_file(cfg, path, "s")
+    lf = label_file.read_label_file(cfg, path, "s")
     assert list(lf.table.values())[0]["y"] == 1.0
     with pytest.raises(UserError, match="must name 2 columns"):
-        labels.read_label_file(small_cfg(label_rules=["y=v>1"], labels_long="what,x").preprocess,
+        label_file.read_label_file(small_cfg(label_rules=["y=v>1"], labels_long="what,x").preprocess,
                                path, "s")  # fmt: skip
     # read as wide (no): 'v' is not a column
     with pytest.raises(UserError, match=r"names column\(s\) \['v'\]"):
-        labels.read_label_file(small_cfg(label_rules=["y=v>1"], labels_long="no").preprocess,
+        label_file.read_label_file(small_cfg(label_rules=["y=v>1"], labels_long="no").preprocess,
                                path, "s")  # fmt: skip
     auto = tmp_path / "auto.csv"
     _long_table(auto)
     with pytest.raises(UserError, match="long table .* needs label rules"):
-        labels.read_label_file(small_cfg().preprocess, auto, "s")
+        label_file.read_label_file(small_cfg().preprocess, auto, "s")
 
 
 def test_wide_table_rules_and_label_map_together(tmp_path):
@@ -272,7 +273,7 @@ def test_wide_table_rules_and_label_map_together(tmp_path):
     pd.DataFrame({"study_id": ["A", "B", "C"], "vmax": ["4.5", "2", ""],
                   "sev": ["severe", "mild", ""]}).to_csv(path, index=False)  # fmt: skip
     cfg = small_cfg(label_rules=["as=vmax >= 4"], label_map={"sev": "sev==severe"}).preprocess
-    lf = labels.read_label_file(cfg, path, "s")
+    lf = label_file.read_label_file(cfg, path, "s")
     assert lf.label_columns == ["sev", "as"]
     vals = [(m["as"], m["sev"]) for m in lf.table.values()]
     assert vals[0] == (1.0, 1.0) and vals[1] == (0.0, 0.0) and np.isnan(vals[2][0])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.data import privacy, readers
-from echoclr_cli.data.labels import label_issue
+from echoclr_cli.data.label_issues import label_issue
 from echoclr_cli.data.manifest import SPLITS
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write, atomic_write_csv, png_grid

@@ -29,8 +29,9 @@ import pandas as pd
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data import privacy, readers
-from echoclr_cli.data.labels import issue_lines, match_labels, private_issue_rows
-from echoclr_cli.data.labels import issues_report as label_issues_report
+from echoclr_cli.data.label_file import match_labels
+from echoclr_cli.data.label_issues import issue_lines, private_issue_rows
+from echoclr_cli.data.label_issues import issues_report as label_issues_report
 from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.layouts.base import Inventory, Item
 from echoclr_cli.data.manifest import (

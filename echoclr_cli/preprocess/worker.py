@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from echoclr_cli.data import labels, readers
+from echoclr_cli.data import label_keys, readers
 from echoclr_cli.data.dicom_fields import frame_rate_band
 from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.layouts.base import Item
@@ -87,10 +87,10 @@ def _originals(item: Item, header_study: str | None, header_patient: str | None)
 
 def _match(ctx: WorkerContext, item: Item, study: str, patient: str, keys: dict) -> tuple:
     """(hashed label key, shape of its value) of a video: what a ``--labels`` row is matched
-    on (labels.video_key; the manifest's study/patient id for those keys). The shape (e.g.
+    on (label_keys.video_key; the manifest's study/patient id for those keys). The shape (e.g.
     ``A + 7 digits``) names no value; it explains a label file that matches nothing."""
-    value = labels.video_key(ctx.key, study, patient, keys, item.study_id)
-    shape = labels.video_key_shape(ctx.key, study, patient, keys, item.study_id)
+    value = label_keys.video_key(ctx.key, study, patient, keys, item.study_id)
+    shape = label_keys.video_key_shape(ctx.key, study, patient, keys, item.study_id)
     return (hash_id(ctx.salt, ctx.key, value) if value else None), shape
 
 

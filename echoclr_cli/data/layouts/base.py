@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from echoclr_cli.data.labels import LabelRow
+from echoclr_cli.data.label_file import LabelRow
 
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".m4v", ".mkv", ".wmv", ".mpg", ".mpeg"}
 # Files in an input tree that are never media (a DICOM may have any extension or none).

@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from echoclr_cli.data.label_file import LabelRow, read_label_file
+from echoclr_cli.data.label_issues import label_issue
 from echoclr_cli.data.labels import (
-    MISSING,
-    LabelRow,
     apply_label_map,
     as_label,
     auto_binary,
     external_flags,
-    label_issue,
     lvh_label,
     read_binary,
-    read_label_file,
     read_table,
     view_keep,
     years_column,
@@ -30,8 +28,9 @@ from echoclr_cli.data.labels import (
 from echoclr_cli.data.layouts.base import Inventory, Item, _kind, _not_media, _walk
 from echoclr_cli.data.layouts.public import discover_echonet_lvh, discover_mimic
 from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split
+from echoclr_cli.data.presets import build_rules
 from echoclr_cli.data.privacy import hash_id
-from echoclr_cli.data.rules import build_rules
+from echoclr_cli.data.rules import MISSING
 from echoclr_cli.errors import UserError
 
 

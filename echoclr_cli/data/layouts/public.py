@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoclr_cli.data.labels import (
-    MISSING,
-    SUMMARY_KINDS,
-    add_rule_labels,
-    apply_label_map,
-    label_issue,
-    pivot_long,
-    read_table,
-    table_summary,
-    view_keep,
-)
+from echoclr_cli.data.label_file import add_rule_labels, pivot_long, table_summary
+from echoclr_cli.data.label_issues import SUMMARY_KINDS, label_issue
+from echoclr_cli.data.labels import apply_label_map, read_table, view_keep
 from echoclr_cli.data.layouts.base import VIDEO_EXTS, Inventory, Item, _not_media, _walk
 from echoclr_cli.data.manifest import normalise_split
+from echoclr_cli.data.presets import build_rules
 from echoclr_cli.data.privacy import hash_id
-from echoclr_cli.data.rules import build_rules
+from echoclr_cli.data.rules import MISSING
 from echoclr_cli.errors import UserError
 
 LVH_SOURCE = "MeasurementsList.csv"
