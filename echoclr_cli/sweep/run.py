@@ -90,7 +90,7 @@ def preflight_sweep(cfg: Config, data_dir: Path, plan: SweepPlan) -> None:
     """The preflight of ``echoclr check`` for every task of the grid (and for pretraining when
     the sweep pretrains missing inits), before anything is written, built or trained: missing
     files, leakage, one-class or empty training splits refuse the whole sweep at once."""
-    from echoclr_cli.check import run_check
+    from echoclr_cli.training.preflight import run_check
 
     for task in plan.tasks:
         tcfg = cfg.model_copy(deep=True)
