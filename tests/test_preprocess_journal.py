@@ -16,7 +16,8 @@ from preprocess_fixtures import small_cfg
 from echoclr_cli.data.manifest import OPTIONAL_COLUMNS, label_columns, load_manifest
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess import journal as jr
-from echoclr_cli.preprocess.run import preprocess, resolve_workers
+from echoclr_cli.preprocess.pool import resolve_workers
+from echoclr_cli.preprocess.run import preprocess
 from echoclr_cli.synth.archive import synthesize
 
 RUN = """

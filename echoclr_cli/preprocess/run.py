@@ -2,28 +2,24 @@
 
 Workers (processes) each read one file, mask and crop the sector, write one ``.npy`` and return a
 small row; the parent streams rows (never videos), so memory is flat in the number of videos.
-Every finished file is appended to a private journal (data/journal.py) as it completes: a re-run,
-after a kill -9 or not, reuses the files whose fingerprint (size, mtime, inode, device) is
-unchanged without opening them, hashes only new or changed files (reused when their content is
-the same) and decodes the rest; ``overwrite`` redoes them all. Nothing the user owns is deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
+Every finished file is appended to a private journal (preprocess/journal.py) as it completes: a
+re-run, after a kill -9 or not, reuses the files whose fingerprint (size, mtime, inode, device)
+is unchanged without opening them, hashes only new or changed files (reused when their content
+is the same) and decodes the rest; ``overwrite`` redoes them all (preprocess/pool.py runs the
+items). Nothing the user owns is deleted. Outputs (docs/ARCHITECTURE.md, "Dataset dir"):
 ``manifest.csv, dataset.json, skipped.csv, report.json, id_map.csv, videos/*.npy, preview.png``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import json
-import multiprocessing as mp
-import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -33,12 +29,9 @@ from echoclr_cli.data.label_file import match_labels
 from echoclr_cli.data.label_issues import issue_lines, private_issue_rows
 from echoclr_cli.data.label_issues import issues_report as label_issues_report
 from echoclr_cli.data.layouts import discover as layouts
-from echoclr_cli.data.layouts.base import Inventory, Item
 from echoclr_cli.data.manifest import (
     MANIFEST_COLUMNS,
     OPTIONAL_COLUMNS,
-    SPLITS,
-    assign_splits,
     check_leakage,
     dataset_json,
 )
@@ -47,12 +40,17 @@ from echoclr_cli.data.readers import ReadOptions
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error
 from echoclr_cli.preprocess import outputs, worker
-from echoclr_cli.preprocess.journal import Journal, fingerprint, run_key
+from echoclr_cli.preprocess.journal import Journal, run_key
 from echoclr_cli.preprocess.migrate import refuse_legacy
+from echoclr_cli.preprocess.pool import (
+    PREVIEW_VIDEOS,
+    partition_items,
+    process_items,
+    resolve_workers,
+)
+from echoclr_cli.preprocess.table import assign_video_splits, join_meta, manifest_frame, split_order
 
-PREVIEW_VIDEOS = 8
 MAX_WARNINGS = 200
-STRATA_MAX = 3  # label columns used for stratification (combinations explode beyond)
 
 
 @dataclass
@@ -184,71 +182,6 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
     return out_rows
 
 
-def _results(
-    tasks: list[tuple[int, Item]], ctx: worker.WorkerContext, workers: int
-) -> Iterator[tuple[int, dict]]:
-    """Stream (index, result) of ``(index, item)`` tasks with at most ``4 * workers`` in flight."""
-    if workers <= 1 or len(tasks) <= 1:
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
-        try:
-            for i, it in tasks:
-                yield i, worker.process_item(it, ctx)
-        finally:
-            cv2.setNumThreads(threads)
-        return
-    # fork starts workers instantly (they inherit the imports); after torch is imported (threads,
-    # CUDA) a fresh forkserver is the safe choice.
-    methods = mp.get_all_start_methods()
-    method = "fork" if "fork" in methods and "torch" not in sys.modules else "forkserver"
-    method = method if method in methods else "spawn"
-    with cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context(method),
-        initializer=worker.init_worker, initargs=(ctx,),
-    ) as ex:  # fmt: skip
-        todo = iter(tasks)
-        pending: set[cf.Future] = set()
-        for task in todo:
-            pending.add(ex.submit(worker.run_indexed, task))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.add(ex.submit(worker.run_indexed, nxt))
-
-
-def _assign(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
-    """Split per video: layout/label-file splits kept; external rule -> ext_test (whole patient);
-    the rest split by patient, stratified by the labels."""
-    split = df["_split"].copy()
-    free = split.eq("")
-    ext_patients = set(df.loc[free & df["_external"], "patient_id"])
-    split[free & df["patient_id"].isin(ext_patients)] = "ext_test"
-    free = split.eq("")
-    if free.any():
-        strata = labels[:STRATA_MAX]
-        pats = (
-            df.loc[free].groupby("patient_id")[strata].max()
-            if strata
-            else (
-                pd.DataFrame(
-                    index=pd.Index(sorted(df.loc[free, "patient_id"].unique()), name="patient_id")
-                )
-            )
-        )
-        # Order by a salt-independent key of the original id: the same archive gets the same
-        # splits whatever its (secret) salt.
-        order = df.drop_duplicates("patient_id").set_index("patient_id")["_pkey"]
-        pats = pats.loc[sorted(pats.index, key=lambda p: order[p])]
-        by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)
-        split[free] = df.loc[free, "patient_id"].map(by_patient)
-    return split
-
-
 ORDER_SALT = "echoclr"  # public: orders rows and splits, never written (ids use the secret salt)
 SYNTH_SALT = "echoclr"  # archives made by `echoclr synth` hold no patient: reproducible demo ids
 
@@ -334,7 +267,7 @@ def preprocess(
         )
     settings = video_settings(pc)
     journal = Journal(out, run_key(salt, settings, inv.key)) if out.is_dir() else None
-    done, tasks, fps_ = _partition(inv, journal, out, pc.overwrite)
+    done, tasks, fps_ = partition_items(inv, journal, out, pc.overwrite)
     dicoms = [it.file for _, it in tasks if it.kind == "dicom"]
     _, undecodable = readers.check_decoders(dicoms)  # raises before any work when one is missing
 
@@ -378,7 +311,7 @@ def preprocess(
     atomic_write_json(out / "dataset.json", meta)
     journal.open()
     try:
-        rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = _process(
+        rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused = process_items(
             inv, ctx, resolve_workers(pc.workers), out, notes, progress, done, tasks, fps_, journal
         )
         journal.close(keep={it.rel for it in inv.items})
@@ -393,14 +326,14 @@ def preprocess(
         raise
     total = len(inv.items)
 
-    df = _join(pd.DataFrame(rows), inv, pc)
+    df = join_meta(pd.DataFrame(rows), inv, pc)
     labels = list(inv.label_columns)
     if not df.empty:
         for col, kind in (("_pkey", "patient"), ("_skey", "study")):
             df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
-        df["split"] = _assign(df, labels, pc)
-        df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=_split_order)
-    manifest = _manifest_frame(df, labels, inv.categorical_columns)
+        df["split"] = assign_video_splits(df, labels, pc)
+        df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=split_order)
+    manifest = manifest_frame(df, labels, inv.categorical_columns)
     n_short = int((manifest["n_frames"] < pc.min_frames).sum()) if len(manifest) else 0
     if n_short:
         notes.insert(0, f"{n_short} video(s) shorter than {pc.min_frames} frames kept; their "
@@ -486,142 +419,3 @@ def preprocess(
     if failure:
         raise failure
     return result
-
-
-def resolve_workers(workers: int | str) -> int:
-    """``auto``: all cores this process may use but one (at least 1); else the number given."""
-    if workers == "auto":
-        try:
-            n = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            n = os.cpu_count() or 1
-        return max(1, n - 1)
-    try:
-        n = int(workers)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        raise UserError(f"preprocess.workers must be a number >= 1 or auto, got {workers!r}",
-                        fix="use --workers auto or --workers N")  # fmt: skip
-    return n
-
-
-def _partition(inv: Inventory, journal: Journal | None, out: Path, overwrite: bool) -> tuple:
-    """Split the items into journaled results still valid (index -> result, shown as reused)
-    and ``(index, item)`` tasks for the workers; also each item's fingerprint by index."""
-    done: dict[int, dict] = {}
-    tasks: list[tuple[int, Item]] = []
-    fps_: dict[int, list[int] | None] = {}
-    for index, it in enumerate(inv.items):
-        fps_[index] = fp = fingerprint(it.file)
-        res = None if journal is None or overwrite else journal.lookup(it, fp, out)
-        if res is not None and res["status"] != "skipped" and "_match" not in res["row"]:
-            res = None  # journaled before the Modality check and label keys: header read again
-        if res is None:
-            tasks.append((index, it))
-        elif res["status"] == "skipped":
-            done[index] = res
-        else:
-            done[index] = dict(res, status="reused", preview=None)
-    return done, tasks, fps_
-
-
-def _journaled(done: dict[int, dict], ctx: worker.WorkerContext, items: list[Item]) -> Iterator:
-    """Journaled (index, result), with the label file's view filter applied again."""
-    for index, res in sorted(done.items()):
-        if res["status"] == "reused":
-            row = res["row"]
-            if row["_match"] in ctx.view_excluded:  # the label key (_partition: always set)
-                res = worker.skip_result(items[index].rel, "view_filter",
-                            "excluded by the view filter of the label file",
-                            (row["study_id"], row["patient_id"], row["_match"]))  # fmt: skip
-            else:
-                res = dict(res, row=dict(row))
-        yield index, res
-
-
-def _process(inv: Inventory, ctx: worker.WorkerContext, workers: int, out: Path, notes: list[str],
-             progress, done: dict, tasks: list, fps_: dict, journal: Journal) -> tuple:  # fmt: skip
-    """Run every item; collect manifest rows, skips, preview tiles, original ids, seen ids.
-    Results already journaled come first; every new one is journaled as it arrives."""
-    rows, skipped, tiles = [], list(inv.skipped), []
-    worker_skips: list[tuple[int, dict]] = []
-    ids = outputs.previous_ids(out)
-    seen_ids = set(inv.known_ids)
-    sector_sources: Counter = Counter()
-    n_reused = 0
-    total = len(inv.items)
-
-    def stream() -> Iterator[tuple[int, dict]]:
-        yield from _journaled(done, ctx, inv.items)
-        for index, res in _results(tasks, ctx, workers):
-            journal.add(inv.items[index], fps_[index], res)
-            yield index, res
-
-    for n_done, (index, res) in enumerate(stream(), start=1):
-        if res["status"] == "skipped":
-            worker_skips.append((index, {k: res[k] for k in ("file", "reason", "detail")}))
-            seen_ids.update(res["ids"])
-        else:
-            row = res["row"]
-            row["_index"] = index
-            rows.append(row)
-            n_reused += res["status"] == "reused"
-            if res["ids"]:
-                for kind, (orig, hashed) in res["ids"].items():
-                    ids[(kind, hashed)] = orig
-                sector_sources[res["sector"]] += 1
-            notes.extend(res["warnings"])
-            if res["preview"] is not None and len(tiles) < PREVIEW_VIDEOS:
-                tiles.append(res["preview"])
-        if progress is not None:
-            progress(n_done, total)
-    skipped += [rec for _, rec in sorted(worker_skips, key=lambda t: t[0])]  # archive order
-    return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
-
-
-def _split_order(col: pd.Series) -> pd.Series:
-    if col.name == "split":
-        return col.map({s: i for i, s in enumerate(SPLITS)})
-    return col
-
-
-def _join(df: pd.DataFrame, inv: Inventory, pc) -> pd.DataFrame:
-    """Attach layout/label-file meta (labels, split, year, external) to the worker rows."""
-    if df.empty:
-        return df
-    metas = []
-    for index, key in zip(df["_index"], df["_match"], strict=True):  # the label key
-        meta = dict(inv.table.get(key, {})) if inv.table else {}
-        meta.update(inv.items[index].meta)  # what the layout says wins (external dir -> ext_test)
-        metas.append(meta)
-    for col in inv.label_columns:
-        df[col] = [m.get(col, np.nan) for m in metas]
-    for col in inv.categorical_columns:  # strings (e.g. view), not binary
-        df[col] = [m.get(col, "") for m in metas]
-    years = [m.get("study_year") for m in metas]
-    df["study_year"] = [
-        y if y is not None else r for y, r in zip(years, df["study_year"], strict=True)
-    ]
-    df["study_year"] = pd.to_numeric(df["study_year"], errors="coerce").astype("Int64")
-    df["_split"] = [m.get("split") or "" for m in metas]
-    ext = pd.Series([bool(m.get("external", False)) for m in metas], index=df.index)
-    if pc.external_after is not None:
-        ext |= (df["study_year"] > pc.external_after).fillna(False).astype(bool)
-    df["_external"] = ext
-    return df
-
-
-def _manifest_frame(df: pd.DataFrame, labels: list[str], categorical=()) -> pd.DataFrame:
-    optional = [c for c in OPTIONAL_COLUMNS if c not in labels]
-    cols = list(MANIFEST_COLUMNS) + optional + labels + list(categorical)
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    for c in optional:
-        if c not in df.columns:
-            df[c] = None
-    out = df[cols].reset_index(drop=True)
-    for col in labels:
-        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
-    out["study_year"] = out["study_year"].astype("Int64")
-    return out

@@ -1,7 +1,7 @@
 """The preprocess worker: one raw file -> one masked, resized ``.npy`` + a small manifest row.
 
-Runs in a worker process (``preprocess._process`` starts the pool); gets its settings once per
-process as a :class:`WorkerContext` and returns plain dicts, so the parent never holds videos.
+Runs in a worker process (``preprocess.pool.process_items`` starts the pool); gets its settings
+once per process as a :class:`WorkerContext` and returns plain dicts, so the parent never holds videos.
 """
 
 from __future__ import annotations
