@@ -1,6 +1,7 @@
-"""What every `echoclr` command shares: the options declared by several commands (one definition
-each), ``key_option`` (an option that sets a config key, named once) and ``Options.flags()``
-(the keys a command's options set, derived from its fields), the one list parser
+"""What every `echoclr` command shares: ``option`` / ``argument`` (an option declared as a field
+of the command's options dataclass; ``key=`` names the config key it sets, once) and
+``Options.flags()`` (the keys a command's options set, derived from those fields), the options
+several commands declare alike (``data_option``, ``workers_option``, ...), the one list parser
 (``parse_list``), the options tail every command takes (``@common_options`` -> ``Common``), the
 training block (``@training_options`` -> ``Training``), the bundling of a command's own options
 (``@command_options``; the options themselves sit beside each command), config resolution
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.models import OptionInfo
 
 from echoclr_cli import console as report
 from echoclr_cli.config.load import (
@@ -41,23 +41,65 @@ SECTION = "<section>"  # in a key: the section of the command (the training bloc
 FRAME_SIZE_KEY = "preprocess.size"  # set by `preprocess --size`, else it follows the data
 
 
-class KeyOption(OptionInfo):
-    """A Typer option that sets the config key ``key``; ``items``: the type of each item when the
-    option is a comma-separated list (parsed by :func:`parse_list`)."""
+def option(
+    *decls: str,
+    help: str,
+    key: str | None = None,
+    items: Callable[[str], Any] | None = None,
+    default: Any = None,
+) -> Any:
+    """A command's option, declared as a field of its options dataclass: ``typer.Option(*decls,
+    help=help)`` with ``default`` (``...``: required). ``key``: the config key the option sets,
+    written only here (``{key}`` in ``help`` shows it; :meth:`Options.flags` derives it);
+    ``items``: the option is a comma-separated list of this type (:func:`parse_list`)."""
+    info = typer.Option(*decls, help=help.replace("{key}", key) if key else help)
+    return _field(info, default, key=key, items=items, name=decls[0])
 
-    def __init__(self, key: str, decls: tuple[str, ...], help: str, items: Callable | None):
-        super().__init__(default=..., param_decls=decls, help=help.replace("{key}", key))
-        self.key = key
-        self.items = items
+
+def argument(*, help: str, default: Any = ...) -> Any:
+    """A command's argument, declared as a field of its options dataclass (``...``: required)."""
+    return _field(typer.Argument(help=help), default)
 
 
-def key_option(
-    key: str, *decls: str, help: str, items: Callable[[str], Any] | None = None
-) -> KeyOption:
-    """``typer.Option(*decls, help=help)`` for an option that sets config key ``key``, the one
-    place the key is written: ``{key}`` in ``help`` shows it there, and :meth:`Options.flags`
-    derives it from the field. ``items``: the option is a comma-separated list of this type."""
-    return KeyOption(key, decls, help, items)
+def _field(info: Any, default: Any, **meta: Any) -> Any:
+    metadata = {"typer": info, **meta}
+    if default is ...:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# Options several commands declare alike (``key``: the config key it sets for that command).
+def data_option() -> Any:
+    return option("--data", key="paths.data", help="Dataset dir ({key}).")
+
+
+def workers_option() -> Any:
+    return option("--workers", key="runtime.workers", help="Data loader workers ({key}).")
+
+
+def overwrite_option(key: str | None = None) -> Any:
+    help = "Replace the outputs of an existing run dir (files we wrote only)."
+    return option("--overwrite", key=key, help=help, default=False)
+
+
+def verbose_option() -> Any:
+    help = "Print the resolved config and full tracebacks."
+    return option("--verbose", "-v", help=help, default=False)
+
+
+def at_sensitivity_option(key: str | None = None) -> Any:
+    help = "Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85."
+    return option("--at-sensitivity", key=key, help=help)
+
+
+def at_threshold_option(key: str | None = None) -> Any:
+    help = "Extra operating point at this fixed probability."
+    return option("--at-threshold", key=key, help=help)
+
+
+def calibrate_option(key: str | None = None) -> Any:
+    help = "Recalibration fitted on val: none | temperature | platt | both."
+    return option("--calibrate", key=key, help=help)
 
 
 def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
@@ -78,25 +120,18 @@ def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
     return out
 
 
-@functools.cache
-def keyed_fields(cls: type) -> dict[str, KeyOption]:
-    """Field name -> its :class:`KeyOption`, for the fields of dataclass ``cls`` that set a key."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return {
-        f.name: meta
-        for f in dataclasses.fields(cls)
-        for meta in getattr(hints[f.name], "__metadata__", ())
-        if isinstance(meta, KeyOption)
-    }
+def keyed_fields(cls: type) -> dict[str, dict[str, Any]]:
+    """Field name -> its :func:`option` metadata, for the fields of ``cls`` that set a key."""
+    return {f.name: f.metadata for f in dataclasses.fields(cls) if f.metadata.get("key")}
 
 
-def config_value(value: Any, option: KeyOption) -> Any:
+def config_value(value: Any, meta: dict[str, Any]) -> Any:
     """An option's value as the config's: None = not given (also a flag left off or a repeatable
     option never used); a path as a string; a comma-separated list as its items."""
     if value is None or value is False or (isinstance(value, list | tuple) and not value):
         return None
-    if option.items is not None:
-        return parse_list(value, option.items, option.param_decls[0])
+    if meta["items"] is not None:
+        return parse_list(value, meta["items"], meta["name"])
     if isinstance(value, Path):
         return str(value)
     return list(value) if isinstance(value, list | tuple) else value
@@ -106,8 +141,8 @@ def config_flags(options: Any, section: str = "") -> dict[str, Any]:
     """The config keys the fields of dataclass instance ``options`` set (None = not given);
     ``section`` fills a ``<section>.`` key."""
     return {
-        opt.key.replace(SECTION, section): config_value(getattr(options, name), opt)
-        for name, opt in keyed_fields(type(options)).items()
+        meta["key"].replace(SECTION, section): config_value(getattr(options, name), meta)
+        for name, meta in keyed_fields(type(options)).items()
     }
 
 
@@ -117,24 +152,6 @@ class Options:
 
     def flags(self) -> dict[str, Any]:
         return config_flags(self)
-
-
-# Options several commands declare alike.
-VerboseOpt = Annotated[
-    bool, typer.Option("--verbose", "-v", help="Print the resolved config and full tracebacks.")
-]
-WorkersOpt = Annotated[
-    int | None, key_option("runtime.workers", "--workers", help="Data loader workers ({key}).")
-]
-OVERWRITE_HELP = "Replace the outputs of an existing run dir (files we wrote only)."
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
-DataOpt = Annotated[Path | None, key_option("paths.data", "--data", help="Dataset dir ({key}).")]
-# evaluate's and report's operating points and recalibration (config keys of evaluate only)
-AT_SENSITIVITY_HELP = (
-    "Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85."
-)
-AT_THRESHOLD_HELP = "Extra operating point at this fixed probability."
-CALIBRATE_HELP = "Recalibration fitted on val: none | temperature | platt | both."
 
 
 def _put(d: dict, dotted: str, value: Any) -> None:
@@ -276,35 +293,23 @@ class Common:
     """The options tail every command shares (--config, --set, --profile, --device, -v, -q),
     given to a command decorated with ``@common_options`` as its ``common`` argument."""
 
-    config: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--config", "-c", help="YAML config file(s), applied in order over the profile."
-        ),
-    ] = None
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable).",
-        ),
-    ] = None
-    profile: Annotated[
-        str,
-        typer.Option(
-            "--profile",
-            help="Base settings: paper (published), demo (small CPU profile), or auto = paper "
-            "when CUDA is used, demo otherwise.",
-        ),
-    ] = "auto"
-    device: Annotated[
-        str | None,
-        key_option("runtime.device", "--device", help="auto | cpu | cuda | cuda:N ({key})."),
-    ] = None
-    verbose: VerboseOpt = False
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")] = (
-        False
+    config: list[Path] | None = option(
+        "--config", "-c", help="YAML config file(s), applied in order over the profile."
     )
+    set_: list[str] | None = option(
+        "--set", help="Override any config key, e.g. --set pretrain.temperature=0.1 (repeatable)."
+    )
+    profile: str = option(
+        "--profile",
+        help="Base settings: paper (published), demo (small CPU profile), or auto = paper "
+        "when CUDA is used, demo otherwise.",
+        default="auto",
+    )
+    device: str | None = option(
+        "--device", key="runtime.device", help="auto | cpu | cuda | cuda:N ({key})."
+    )
+    verbose: bool = verbose_option()
+    quiet: bool = option("--quiet", "-q", help="Only errors and final results.", default=False)
 
     def resolve(
         self,
@@ -330,11 +335,16 @@ class Common:
 
 
 def bundle_params(cls: type) -> tuple[tuple[str, Any, Any], ...]:
-    """(name, option type, default) of the fields of dataclass ``cls``, in --help order (a field
-    without a default is a required option or argument)."""
-    hints = typing.get_type_hints(cls, include_extras=True)
+    """(name, ``Annotated[type, typer.Option/Argument]``, default) of the fields of dataclass
+    ``cls`` (:func:`option` / :func:`argument`), in --help order (a field without a default is a
+    required option or argument)."""
+    hints = typing.get_type_hints(cls)
     return tuple(
-        (f.name, hints[f.name], inspect.Parameter.empty if f.default is MISSING else f.default)
+        (
+            f.name,
+            Annotated[hints[f.name], f.metadata["typer"]],
+            inspect.Parameter.empty if f.default is MISSING else f.default,
+        )
         for f in dataclasses.fields(cls)
     )
 
@@ -385,28 +395,22 @@ class Training:
     """The training block `pretrain` and `finetune` share (--resume ... --workers), given to a
     command decorated with ``@training_options`` as its ``training`` argument."""
 
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
-    ] = False
-    overwrite: OverwriteOpt = False
-    force: Annotated[
-        bool, typer.Option("--force", help="Resume even if the config or dataset changed.")
-    ] = False
-    epochs: Annotated[
-        int | None, key_option("<section>.epochs", "--epochs", help="Training epochs ({key}).")
-    ] = None
-    batch_size: Annotated[
-        int | None,
-        key_option("<section>.batch_size", "--batch-size", help="Batch size per process ({key})."),
-    ] = None
-    lr: Annotated[
-        float | None,
-        key_option("<section>.optim.learning_rate", "--lr", help="Learning rate ({key})."),
-    ] = None
-    seed: Annotated[
-        int | None, key_option("runtime.seed", "--seed", help="Global seed ({key}).")
-    ] = None
-    workers: WorkersOpt = None
+    resume: bool = option(
+        "--resume", help="Continue the run from checkpoints/last.pt.", default=False
+    )
+    overwrite: bool = overwrite_option()
+    force: bool = option(
+        "--force", help="Resume even if the config or dataset changed.", default=False
+    )
+    epochs: int | None = option("--epochs", key="<section>.epochs", help="Training epochs ({key}).")
+    batch_size: int | None = option(
+        "--batch-size", key="<section>.batch_size", help="Batch size per process ({key})."
+    )
+    lr: float | None = option(
+        "--lr", key="<section>.optim.learning_rate", help="Learning rate ({key})."
+    )
+    seed: int | None = option("--seed", key="runtime.seed", help="Global seed ({key}).")
+    workers: int | None = workers_option()
 
     def flags(self, section: str) -> dict[str, Any]:
         """The config keys these options set (None = not given); ``<section>.`` = ``section``."""

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from echoclr_cli import console as report
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     FRAME_SIZE_KEY,
-    OVERWRITE_HELP,
     Common,
     Options,
+    argument,
     command_options,
     common_options,
-    key_option,
+    option,
+    overwrite_option,
 )
 from echoclr_cli.events import counter
 
@@ -27,29 +25,20 @@ from echoclr_cli.events import counter
 class SynthOptions(Options):
     """``echoclr synth OUT``: the archive's size, seed, format and views."""
 
-    out_dir: Annotated[
-        Path | None, typer.Argument(help="Output directory for the synthetic archive.")
-    ] = None
-    studies: Annotated[
-        int | None, key_option("synth.studies", "--studies", help="Number of studies ({key}).")
-    ] = None
-    seed: Annotated[int | None, key_option("synth.seed", "--seed", help="Random seed ({key}).")] = (
-        None
+    out_dir: Path | None = argument(
+        help="Output directory for the synthetic archive.", default=None
     )
-    fmt: Annotated[
-        str | None, key_option("synth.format", "--format", help="dicom | avi | mp4 ({key}).")
-    ] = None
-    preview: Annotated[
-        Path | None, typer.Option("--preview", help="Also write a PNG montage of frames here.")
-    ] = None
-    views: Annotated[
-        str | None,
-        key_option(
-            "synth.views",
-            "--views",
-            help="Comma-separated views per study: plax,psax,a4c,a2c ({key}; default plax).",
-        ),
-    ] = None
+    studies: int | None = option(
+        "--studies", key="synth.studies", help="Number of studies ({key})."
+    )
+    seed: int | None = option("--seed", key="synth.seed", help="Random seed ({key}).")
+    fmt: str | None = option("--format", key="synth.format", help="dicom | avi | mp4 ({key}).")
+    preview: Path | None = option("--preview", help="Also write a PNG montage of frames here.")
+    views: str | None = option(
+        "--views",
+        key="synth.views",
+        help="Comma-separated views per study: plax,psax,a4c,a2c ({key}; default plax).",
+    )
 
 
 @app.command()
@@ -73,128 +62,85 @@ def synth(*, opts: SynthOptions, common: Common) -> None:
 class PreprocessOptions(Options):
     """``echoclr preprocess``: input, layout, labels, workers, frame size, view filter."""
 
-    input_dir: Annotated[
-        Path | None,
-        key_option(
-            "preprocess.input",
-            "--input",
-            "-i",
-            help="Raw archive: DICOM/video tree, EchoCLR or EchoNet layout, "
-            "or synth output. Default: the embedded synthetic archive (paths.raw).",
-        ),
-    ] = None
-    output: Annotated[
-        Path | None,
-        key_option("paths.data", "--output", "-o", help="Dataset dir to write ({key})."),
-    ] = None
-    labels: Annotated[
-        Path | None,
-        key_option(
-            "preprocess.labels",
-            "--labels",
-            help="Label CSV keyed by Accession Number, MRN/PatientID, StudyInstanceUID or Study "
-            "Date + MRN (found from the column names; preprocess.label_key chooses).",
-        ),
-    ] = None
-    layout: Annotated[
-        str | None,
-        key_option(
-            "preprocess.layout",
-            "--layout",
-            help="auto | dicom | video | echoclr | echonet | synth | mimic-echo | echonet-lvh.",
-        ),
-    ] = None
-    label_rule: Annotated[
-        list[str] | None,
-        key_option(
-            "preprocess.label_rules",
-            "--label-rule",
-            help="Label rule NAME=EXPRESSION over the label table (repeatable), e.g. "
-            "'as=av_vmax >= 4 or av_mean_gradient >= 40 or ava <= 1.0'.",
-        ),
-    ] = None
-    label_preset: Annotated[
-        list[str] | None,
-        key_option(
-            "preprocess.label_presets",
-            "--label-preset",
-            help="Guideline label with your column names (repeatable): "
-            "'as:vmax=COL,mean_gradient=COL,ava=COL' or 'lvh:lvmi=COL,sex=COL'.",
-        ),
-    ] = None
-    labels_long: Annotated[
-        str | None,
-        key_option(
-            "preprocess.labels_long",
-            "--labels-long",
-            help="Label table with one row per measurement: auto | yes | no | NAME_COL,VALUE_COL.",
-        ),
-    ] = None
-    workers: Annotated[
-        str | None,
-        key_option(
-            "preprocess.workers",
-            "--workers",
-            help="Worker processes: N, or auto (all cores but one).",
-        ),
-    ] = None
-    size: Annotated[
-        int | None, key_option(FRAME_SIZE_KEY, "--size", help="Output frame size in pixels.")
-    ] = None
-    external_after: Annotated[
-        int | None,
-        key_option(
-            "preprocess.external_after",
-            "--external-after",
-            help="Studies after this year -> ext_test.",
-        ),
-    ] = None
-    salt: Annotated[
-        str | None,
-        key_option(
-            "preprocess.salt",
-            "--salt",
-            help="Salt for de-identifying hashes (default: a random secret).",
-        ),
-    ] = None
-    allow_label_issues: Annotated[
-        bool,
-        key_option(
-            "preprocess.allow_label_issues",
-            "--allow-label-issues",
-            help="Accept label values that map to neither class (e.g. NA), duplicated or "
-            "unmatched ids, a label file that matches no video.",
-        ),
-    ] = False
-    migrate: Annotated[
-        Path | None,
-        typer.Option("--migrate", help="Convert a dataset dir of the previous format, then exit."),
-    ] = None
-    view_model: Annotated[
-        Path | None,
-        key_option(
-            "preprocess.view_model",
-            "--view-model",
-            help="View classifier run on every video: a `finetune --task view` run dir, or a "
-            "TorchScript/ONNX file with its .json class list beside it. Needs --keep-view.",
-        ),
-    ] = None
-    keep_view: Annotated[
-        str | None,
-        key_option("preprocess.keep_view", "--keep-view", help="View class to keep, e.g. plax."),
-    ] = None
-    view_min: Annotated[
-        float | None,
-        key_option(
-            "preprocess.keep_view_min",
-            "--view-min",
-            help="Also require the kept view's probability >= this.",
-        ),
-    ] = None
-    overwrite: Annotated[
-        bool,
-        key_option("preprocess.overwrite", "--overwrite", help=OVERWRITE_HELP),
-    ] = False
+    input_dir: Path | None = option(
+        "--input",
+        "-i",
+        key="preprocess.input",
+        help="Raw archive: DICOM/video tree, EchoCLR or EchoNet layout, "
+        "or synth output. Default: the embedded synthetic archive (paths.raw).",
+    )
+    output: Path | None = option(
+        "--output", "-o", key="paths.data", help="Dataset dir to write ({key})."
+    )
+    labels: Path | None = option(
+        "--labels",
+        key="preprocess.labels",
+        help="Label CSV keyed by Accession Number, MRN/PatientID, StudyInstanceUID or Study "
+        "Date + MRN (found from the column names; preprocess.label_key chooses).",
+    )
+    layout: str | None = option(
+        "--layout",
+        key="preprocess.layout",
+        help="auto | dicom | video | echoclr | echonet | synth | mimic-echo | echonet-lvh.",
+    )
+    label_rule: list[str] | None = option(
+        "--label-rule",
+        key="preprocess.label_rules",
+        help="Label rule NAME=EXPRESSION over the label table (repeatable), e.g. "
+        "'as=av_vmax >= 4 or av_mean_gradient >= 40 or ava <= 1.0'.",
+    )
+    label_preset: list[str] | None = option(
+        "--label-preset",
+        key="preprocess.label_presets",
+        help="Guideline label with your column names (repeatable): "
+        "'as:vmax=COL,mean_gradient=COL,ava=COL' or 'lvh:lvmi=COL,sex=COL'.",
+    )
+    labels_long: str | None = option(
+        "--labels-long",
+        key="preprocess.labels_long",
+        help="Label table with one row per measurement: auto | yes | no | NAME_COL,VALUE_COL.",
+    )
+    workers: str | None = option(
+        "--workers",
+        key="preprocess.workers",
+        help="Worker processes: N, or auto (all cores but one).",
+    )
+    size: int | None = option("--size", key=FRAME_SIZE_KEY, help="Output frame size in pixels.")
+    external_after: int | None = option(
+        "--external-after",
+        key="preprocess.external_after",
+        help="Studies after this year -> ext_test.",
+    )
+    salt: str | None = option(
+        "--salt",
+        key="preprocess.salt",
+        help="Salt for de-identifying hashes (default: a random secret).",
+    )
+    allow_label_issues: bool = option(
+        "--allow-label-issues",
+        key="preprocess.allow_label_issues",
+        help="Accept label values that map to neither class (e.g. NA), duplicated or "
+        "unmatched ids, a label file that matches no video.",
+        default=False,
+    )
+    migrate: Path | None = option(
+        "--migrate", help="Convert a dataset dir of the previous format, then exit."
+    )
+    view_model: Path | None = option(
+        "--view-model",
+        key="preprocess.view_model",
+        help="View classifier run on every video: a `finetune --task view` run dir, or a "
+        "TorchScript/ONNX file with its .json class list beside it. Needs --keep-view.",
+    )
+    keep_view: str | None = option(
+        "--keep-view", key="preprocess.keep_view", help="View class to keep, e.g. plax."
+    )
+    view_min: float | None = option(
+        "--view-min",
+        key="preprocess.keep_view_min",
+        help="Also require the kept view's probability >= this.",
+    )
+    overwrite: bool = overwrite_option("preprocess.overwrite")
 
 
 @app.command()

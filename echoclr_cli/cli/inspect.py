@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from echoclr_cli import console as report
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     Common,
-    DataOpt,
     Options,
-    OverwriteOpt,
+    argument,
     command_options,
     common_options,
+    data_option,
+    option,
+    overwrite_option,
     parse_list,
 )
 
@@ -26,34 +25,30 @@ from echoclr_cli.cli.common import (
 class EmbedOptions(Options):
     """``echoclr embed [RUNS]...``."""
 
-    runs: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Pretrain or fine-tune run dirs (best.pt, else last.pt)."),
-    ] = None
-    data: DataOpt = None
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output dir (one subdir per source).")
-    ] = Path("embeddings")
-    init: Annotated[
-        list[str] | None,
-        typer.Option("--init", help="Also embed with an init: random | kinetics (repeatable)."),
-    ] = None
-    split: Annotated[
-        str, typer.Option("--split", "--splits", help="Comma-separated splits to embed.")
-    ] = "train,val,test,ext_test"
-    probe: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--probe", help="Label: logistic regression on train, AUROC + CI on the rest."
-        ),
-    ] = None
-    map_: Annotated[
-        str, typer.Option("--map", help="2-D map: auto (UMAP if installed) | umap | pca.")
-    ] = "auto"
-    clip_len: Annotated[
-        int | None, typer.Option("--clip-len", help="Frames per clip (default: the run's own).")
-    ] = None
-    overwrite: OverwriteOpt = False
+    runs: list[Path] | None = argument(
+        help="Pretrain or fine-tune run dirs (best.pt, else last.pt).", default=None
+    )
+    data: Path | None = data_option()
+    out: Path = option(
+        "--out", "-o", help="Output dir (one subdir per source).", default=Path("embeddings")
+    )
+    init: list[str] | None = option(
+        "--init", help="Also embed with an init: random | kinetics (repeatable)."
+    )
+    split: str = option(
+        "--split",
+        "--splits",
+        help="Comma-separated splits to embed.",
+        default="train,val,test,ext_test",
+    )
+    probe: list[str] | None = option(
+        "--probe", help="Label: logistic regression on train, AUROC + CI on the rest."
+    )
+    map_: str = option(
+        "--map", help="2-D map: auto (UMAP if installed) | umap | pca.", default="auto"
+    )
+    clip_len: int | None = option("--clip-len", help="Frames per clip (default: the run's own).")
+    overwrite: bool = overwrite_option()
 
 
 @app.command()
@@ -115,23 +110,17 @@ def embed(*, opts: EmbedOptions, common: Common) -> None:
 class ExplainOptions(Options):
     """``echoclr explain RUN``."""
 
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")]
-    data: DataOpt = None
-    video: Annotated[
-        list[str] | None, typer.Option("--video", help="video_id to explain (repeatable).")
-    ] = None
-    split: Annotated[str, typer.Option("--split", help="Split the videos come from.")] = "test"
-    top: Annotated[
-        int, typer.Option("--top", help="The K most confident TP/FP/TN/FN videos of the split.")
-    ] = 0
-    method: Annotated[
-        str, typer.Option("--method", help="gradcam | ig (integrated gradients).")
-    ] = "gradcam"
-    layer: Annotated[str, typer.Option("--layer", help="Grad-CAM layer: layer1..layer4.")] = (
-        "layer4"
+    run: Path = argument(help="Fine-tune run dir.")
+    data: Path | None = data_option()
+    video: list[str] | None = option("--video", help="video_id to explain (repeatable).")
+    split: str = option("--split", help="Split the videos come from.", default="test")
+    top: int = option(
+        "--top", help="The K most confident TP/FP/TN/FN videos of the split.", default=0
     )
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output dir.")] = Path("explain")
-    overwrite: OverwriteOpt = False
+    method: str = option("--method", help="gradcam | ig (integrated gradients).", default="gradcam")
+    layer: str = option("--layer", help="Grad-CAM layer: layer1..layer4.", default="layer4")
+    out: Path = option("--out", "-o", help="Output dir.", default=Path("explain"))
+    overwrite: bool = overwrite_option()
 
 
 @app.command()
@@ -172,20 +161,16 @@ def explain(*, opts: ExplainOptions, common: Common) -> None:
 class ExportOptions(Options):
     """``echoclr export RUN``."""
 
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (or any run with --encoder).")]
-    format_: Annotated[str, typer.Option("--format", help="torchscript | onnx.")] = "onnx"
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Model file (default: RUN/model.<pt|onnx>).")
-    ] = None
-    encoder: Annotated[
-        bool,
-        typer.Option("--encoder", help="Export the backbone (features) instead of the classifier."),
-    ] = False
-    frame_size: Annotated[
-        int | None,
-        typer.Option("--frame-size", help="Frame size in pixels (default: the run's)."),
-    ] = None
-    overwrite: OverwriteOpt = False
+    run: Path = argument(help="Fine-tune run dir (or any run with --encoder).")
+    format_: str = option("--format", help="torchscript | onnx.", default="onnx")
+    out: Path | None = option("--out", "-o", help="Model file (default: RUN/model.<pt|onnx>).")
+    encoder: bool = option(
+        "--encoder", help="Export the backbone (features) instead of the classifier.", default=False
+    )
+    frame_size: int | None = option(
+        "--frame-size", help="Frame size in pixels (default: the run's)."
+    )
+    overwrite: bool = overwrite_option()
 
 
 @app.command()

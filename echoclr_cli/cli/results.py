@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from echoclr_cli import console as report
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
-    AT_SENSITIVITY_HELP,
-    AT_THRESHOLD_HELP,
-    CALIBRATE_HELP,
     Common,
     Options,
-    OverwriteOpt,
-    WorkersOpt,
+    argument,
+    at_sensitivity_option,
+    at_threshold_option,
+    calibrate_option,
     command_options,
     common_options,
-    key_option,
+    option,
+    overwrite_option,
     parse_list,
+    workers_option,
 )
 
 
@@ -30,64 +28,39 @@ from echoclr_cli.cli.common import (
 class EvaluateOptions(Options):
     """``echoclr evaluate RUN``."""
 
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir (uses checkpoints/best.pt).")]
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Dataset dir (default: the one the run was trained on)."),
-    ] = None
-    split: Annotated[
-        str | None,
-        typer.Option(
-            "--split",
-            "--splits",
-            help="Comma-separated splits, e.g. test,ext_test (default: evaluate.splits; val is "
-            "always evaluated, its thresholds apply to the others).",
-        ),
-    ] = None
-    compare: Annotated[
-        Path | None,
-        typer.Option(
-            "--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."
-        ),
-    ] = None
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Write the evaluation folder here instead of RUN/eval/<name>/."),
-    ] = None
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            help="Folder name under RUN/eval/ (default: the splits, + the dataset when --data "
-            "is not the run's, + vs-<run> with --compare).",
-        ),
-    ] = None
-    clips: Annotated[  # "all" or a number: the config parses it
-        str | None,
-        key_option(
-            "evaluate.clips_per_video",
-            "--clips",
-            help="Clips per video: a number or 'all' ({key}).",
-        ),
-    ] = None
-    bootstrap: Annotated[
-        int | None,
-        key_option(
-            "evaluate.bootstrap", "--bootstrap", help="Bootstrap resamples for CIs ({key})."
-        ),
-    ] = None
-    at_sensitivity: Annotated[
-        float | None,
-        key_option("evaluate.at_sensitivity", "--at-sensitivity", help=AT_SENSITIVITY_HELP),
-    ] = None
-    at_threshold: Annotated[
-        float | None,
-        key_option("evaluate.at_threshold", "--at-threshold", help=AT_THRESHOLD_HELP),
-    ] = None
-    calibrate: Annotated[
-        str | None, key_option("evaluate.calibrate", "--calibrate", help=CALIBRATE_HELP)
-    ] = None
-    workers: WorkersOpt = None
+    run: Path = argument(help="Fine-tune run dir (uses checkpoints/best.pt).")
+    data: Path | None = option(
+        "--data", help="Dataset dir (default: the one the run was trained on)."
+    )
+    split: str | None = option(
+        "--split",
+        "--splits",
+        help="Comma-separated splits, e.g. test,ext_test (default: evaluate.splits; val is "
+        "always evaluated, its thresholds apply to the others).",
+    )
+    compare: Path | None = option(
+        "--compare", help="Another run dir: paired bootstrap + DeLong of the AUROC difference."
+    )
+    out: Path | None = option(
+        "--out", help="Write the evaluation folder here instead of RUN/eval/<name>/."
+    )
+    name: str | None = option(
+        "--name",
+        help="Folder name under RUN/eval/ (default: the splits, + the dataset when --data "
+        "is not the run's, + vs-<run> with --compare).",
+    )
+    clips: str | None = option(
+        "--clips",
+        key="evaluate.clips_per_video",
+        help="Clips per video: a number or 'all' ({key}).",
+    )  # "all" or a number: the config parses it
+    bootstrap: int | None = option(
+        "--bootstrap", key="evaluate.bootstrap", help="Bootstrap resamples for CIs ({key})."
+    )
+    at_sensitivity: float | None = at_sensitivity_option("evaluate.at_sensitivity")
+    at_threshold: float | None = at_threshold_option("evaluate.at_threshold")
+    calibrate: str | None = calibrate_option("evaluate.calibrate")
+    workers: int | None = workers_option()
 
 
 @app.command()
@@ -123,40 +96,29 @@ def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
 class PredictOptions(Options):
     """``echoclr predict RUN --input ...``."""
 
-    run: Annotated[Path, typer.Argument(help="Fine-tune run dir.")]
-    input_path: Annotated[
-        Path,
-        typer.Option(
-            "--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files."
-        ),
-    ]
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Video-level CSV; the study-level CSV gets a _study suffix, the private ids "
-            "(AccessionNumber, PatientID, original file; mode 0600) a .private suffix.",
-        ),
-    ] = Path("predictions.csv")
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            "--threshold",
-            help="Adds y_pred (0/1): 'val' = the run's operating point chosen on validation "
-            "(Youden; the default when the run has one), or a probability, e.g. 0.5.",
-        ),
-    ] = None
-    keep_data: Annotated[
-        Path | None,
-        typer.Option(
-            "--keep-data",
-            help="Raw input: preprocess it into this folder and keep it (default: a temporary "
-            "folder, removed afterwards).",
-        ),
-    ] = None
-    overwrite: OverwriteOpt = False
-    workers: WorkersOpt = None
+    run: Path = argument(help="Fine-tune run dir.")
+    input_path: Path = option(
+        "--input", "-i", help="A dataset dir (manifest.csv) or raw DICOM/video files.", default=...
+    )
+    out: Path = option(
+        "--out",
+        "-o",
+        help="Video-level CSV; the study-level CSV gets a _study suffix, the private ids "
+        "(AccessionNumber, PatientID, original file; mode 0600) a .private suffix.",
+        default=Path("predictions.csv"),
+    )
+    threshold: str | None = option(
+        "--threshold",
+        help="Adds y_pred (0/1): 'val' = the run's operating point chosen on validation "
+        "(Youden; the default when the run has one), or a probability, e.g. 0.5.",
+    )
+    keep_data: Path | None = option(
+        "--keep-data",
+        help="Raw input: preprocess it into this folder and keep it (default: a temporary "
+        "folder, removed afterwards).",
+    )
+    overwrite: bool = overwrite_option()
+    workers: int | None = workers_option()
 
 
 @app.command()

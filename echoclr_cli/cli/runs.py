@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -13,18 +12,19 @@ from echoclr_cli import console as report
 from echoclr_cli import rundir
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
-    AT_SENSITIVITY_HELP,
-    AT_THRESHOLD_HELP,
-    CALIBRATE_HELP,
     Common,
-    DataOpt,
     Options,
-    VerboseOpt,
-    WorkersOpt,
+    argument,
+    at_sensitivity_option,
+    at_threshold_option,
+    calibrate_option,
     command_options,
     common_options,
+    data_option,
     handle_errors,
-    key_option,
+    option,
+    verbose_option,
+    workers_option,
 )
 from echoclr_cli.errors import UserError
 
@@ -34,124 +34,85 @@ from echoclr_cli.errors import UserError
 class SweepOptions(Options):
     """``echoclr sweep``: the grid (comma-separated lists), launcher and SLURM settings."""
 
-    data: DataOpt = None
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
-    ] = None
-    ratios: Annotated[
-        str | None,
-        key_option(
-            "sweep.ratios",
-            "--ratios",
-            help="Label fractions, e.g. 0.01,0.1,1.0 ({key}).",
-            items=float,
-        ),
-    ] = None
-    inits: Annotated[
-        str | None,
-        key_option(
-            "sweep.inits",
-            "--inits",
-            help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available.",
-            items=str,
-        ),
-    ] = None
-    tasks: Annotated[
-        str | None,
-        key_option("sweep.tasks", "--tasks", help="Label columns, e.g. as,lvh ({key}).", items=str),
-    ] = None
-    lrs: Annotated[
-        str | None,
-        key_option(
-            "sweep.lrs", "--lrs", help="Learning rates above the low ratio ({key}).", items=float
-        ),
-    ] = None
-    low_ratio_lrs: Annotated[
-        str | None,
-        key_option(
-            "sweep.low_ratio_lrs",
-            "--low-ratio-lrs",
-            help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4).",
-            items=float,
-        ),
-    ] = None
-    seeds: Annotated[
-        str | None,
-        key_option("sweep.seeds", "--seeds", help="Seeds, e.g. 0,1,2 ({key}).", items=int),
-    ] = None
-    low_ratio_seeds: Annotated[
-        str | None,
-        key_option(
-            "sweep.low_ratio_seeds",
-            "--low-ratio-seeds",
-            help="Seeds at ratio <= sweep.low_ratio ({key}; default: --seeds).",
-            items=int,
-        ),
-    ] = None
-    pretrain_dir: Annotated[
-        Path | None,
-        key_option(
-            "sweep.pretrain_dir",
-            "--pretrain-dir",
-            help="Where SSL runs live (default <paths.runs>/pretrain).",
-        ),
-    ] = None
-    pretrain_missing: Annotated[
-        bool,
-        key_option(
-            "sweep.pretrain_missing",
-            "--pretrain-missing",
-            help="Run missing SSL pretraining instead of stopping.",
-        ),
-    ] = False
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."
-        ),
-    ] = None
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (done/pending, cost) and stop.")
-    ] = False
-    launcher: Annotated[
-        str | None,
-        key_option(
-            "sweep.launcher",
-            "--launcher",
-            help="inline (default): train here; local: submitit jobs on this machine; slurm: a "
-            "job array (needs the \\[cluster] extra; {key}).",
-        ),
-    ] = None
-    jobs: Annotated[
-        int | None,
-        key_option(
-            "sweep.jobs",
-            "--jobs",
-            help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one "
-            "per GPU (local).",
-        ),
-    ] = None
-    slurm_partition: Annotated[
-        str | None,
-        key_option("sweep.slurm.partition", "--slurm-partition", help="SLURM partition ({key})."),
-    ] = None
-    slurm_time: Annotated[
-        int | None,
-        key_option("sweep.slurm.time_min", "--slurm-time", help="Minutes per array task ({key})."),
-    ] = None
-    slurm_gpus: Annotated[
-        int | None,
-        key_option("sweep.slurm.gpus", "--slurm-gpus", help="GPUs per array task ({key})."),
-    ] = None
-    slurm_array_parallelism: Annotated[
-        int | None,
-        key_option(
-            "sweep.slurm.array_parallelism",
-            "--slurm-array-parallelism",
-            help="Array tasks running at once ({key}).",
-        ),
-    ] = None
-    workers: WorkersOpt = None
+    data: Path | None = data_option()
+    out: Path | None = option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
+    ratios: str | None = option(
+        "--ratios",
+        key="sweep.ratios",
+        items=float,
+        help="Label fractions, e.g. 0.01,0.1,1.0 ({key}).",
+    )
+    inits: str | None = option(
+        "--inits",
+        key="sweep.inits",
+        items=str,
+        help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available.",
+    )
+    tasks: str | None = option(
+        "--tasks", key="sweep.tasks", items=str, help="Label columns, e.g. as,lvh ({key})."
+    )
+    lrs: str | None = option(
+        "--lrs", key="sweep.lrs", items=float, help="Learning rates above the low ratio ({key})."
+    )
+    low_ratio_lrs: str | None = option(
+        "--low-ratio-lrs",
+        key="sweep.low_ratio_lrs",
+        items=float,
+        help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4).",
+    )
+    seeds: str | None = option(
+        "--seeds", key="sweep.seeds", items=int, help="Seeds, e.g. 0,1,2 ({key})."
+    )
+    low_ratio_seeds: str | None = option(
+        "--low-ratio-seeds",
+        key="sweep.low_ratio_seeds",
+        items=int,
+        help="Seeds at ratio <= sweep.low_ratio ({key}; default: --seeds).",
+    )
+    pretrain_dir: Path | None = option(
+        "--pretrain-dir",
+        key="sweep.pretrain_dir",
+        help="Where SSL runs live (default <paths.runs>/pretrain).",
+    )
+    pretrain_missing: bool = option(
+        "--pretrain-missing",
+        key="sweep.pretrain_missing",
+        help="Run missing SSL pretraining instead of stopping.",
+        default=False,
+    )
+    shard: str | None = option(
+        "--shard", help="Run only shard i/n of the grid (SLURM arrays, several GPUs)."
+    )
+    dry_run: bool = option(
+        "--dry-run", help="Print the plan (done/pending, cost) and stop.", default=False
+    )
+    launcher: str | None = option(
+        "--launcher",
+        key="sweep.launcher",
+        help="inline (default): train here; local: submitit jobs on this machine; slurm: a "
+        "job array (needs the \\[cluster] extra; {key}).",
+    )
+    jobs: int | None = option(
+        "--jobs",
+        key="sweep.jobs",
+        help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one "
+        "per GPU (local).",
+    )
+    slurm_partition: str | None = option(
+        "--slurm-partition", key="sweep.slurm.partition", help="SLURM partition ({key})."
+    )
+    slurm_time: int | None = option(
+        "--slurm-time", key="sweep.slurm.time_min", help="Minutes per array task ({key})."
+    )
+    slurm_gpus: int | None = option(
+        "--slurm-gpus", key="sweep.slurm.gpus", help="GPUs per array task ({key})."
+    )
+    slurm_array_parallelism: int | None = option(
+        "--slurm-array-parallelism",
+        key="sweep.slurm.array_parallelism",
+        help="Array tasks running at once ({key}).",
+    )
+    workers: int | None = workers_option()
 
 
 @app.command()
@@ -190,14 +151,11 @@ class CheckFor(StrEnum):
 class CheckOptions(Options):
     """``echoclr check``."""
 
-    data: DataOpt = None
-    task: Annotated[
-        str | None, typer.Option("--task", "-t", help="Also check this label column.")
-    ] = None
-    for_: Annotated[
-        CheckFor | None,
-        typer.Option("--for", help="Also check batches against this section's config."),
-    ] = None
+    data: Path | None = data_option()
+    task: str | None = option("--task", "-t", help="Also check this label column.")
+    for_: CheckFor | None = option(
+        "--for", help="Also check batches against this section's config."
+    )
 
 
 @app.command()
@@ -220,9 +178,7 @@ def check(*, opts: CheckOptions, common: Common) -> None:
 class DemoOptions(Options):
     """``echoclr demo``."""
 
-    root: Annotated[Path, typer.Option("--root", help="Where the demo writes everything.")] = Path(
-        "demo"
-    )
+    root: Path = option("--root", help="Where the demo writes everything.", default=Path("demo"))
 
 
 @app.command()
@@ -245,30 +201,22 @@ def demo(*, opts: DemoOptions, common: Common) -> None:
 class ReportOptions(Options):
     """``echoclr report PATH`` (no config: it reads what the run recorded)."""
 
-    path: Annotated[Path, typer.Argument(help="A fine-tune run dir or a sweep dir.")]
-    out: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="HTML file; .md, _files/ and .model_card.json beside."),
-    ] = Path("report.html")
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Dataset dir (default: the one recorded in the run)."),
-    ] = None
-    at_sensitivity: Annotated[
-        float | None, typer.Option("--at-sensitivity", help=AT_SENSITIVITY_HELP)
-    ] = None
-    at_threshold: Annotated[
-        float | None, typer.Option("--at-threshold", help=AT_THRESHOLD_HELP)
-    ] = None
-    calibrate: Annotated[str | None, typer.Option("--calibrate", help=CALIBRATE_HELP)] = None
-    bootstrap: Annotated[
-        int | None,
-        typer.Option("--bootstrap", help="Resamples when clinical metrics are recomputed."),
-    ] = None
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report.")] = (
-        False
+    path: Path = argument(help="A fine-tune run dir or a sweep dir.")
+    out: Path = option(
+        "--out",
+        "-o",
+        help="HTML file; .md, _files/ and .model_card.json beside.",
+        default=Path("report.html"),
     )
-    verbose: VerboseOpt = False
+    data: Path | None = option("--data", help="Dataset dir (default: the one recorded in the run).")
+    at_sensitivity: float | None = at_sensitivity_option()
+    at_threshold: float | None = at_threshold_option()
+    calibrate: str | None = calibrate_option()
+    bootstrap: int | None = option(
+        "--bootstrap", help="Resamples when clinical metrics are recomputed."
+    )
+    overwrite: bool = option("--overwrite", help="Replace an existing report.", default=False)
+    verbose: bool = verbose_option()
 
 
 @app.command("report")

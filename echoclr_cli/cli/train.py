@@ -13,12 +13,12 @@ from echoclr_cli import rundir
 from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     Common,
-    DataOpt,
     Options,
     Training,
     command_options,
     common_options,
-    key_option,
+    data_option,
+    option,
     training_options,
 )
 
@@ -44,16 +44,11 @@ def _print_recipe(cfg, section: str) -> None:
 class PretrainOptions(Options):
     """``echoclr pretrain`` (with the training block and ``--print-recipe``)."""
 
-    method: Annotated[
-        str | None,
-        key_option(
-            "pretrain.method", "--method", "-m", help="simclr | mi-simclr | echoclr ({key})."
-        ),
-    ] = None
-    data: DataOpt = None
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
-    ] = None
+    method: str | None = option(
+        "--method", "-m", key="pretrain.method", help="simclr | mi-simclr | echoclr ({key})."
+    )
+    data: Path | None = data_option()
+    out: Path | None = option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
 
 
 @app.command()
@@ -92,67 +87,41 @@ def pretrain(
 class FinetuneOptions(Options):
     """``echoclr finetune`` (with the training block and ``--print-recipe``)."""
 
-    data: DataOpt = None
-    task: Annotated[
-        str | None,
-        key_option(
-            "finetune.task",
-            "--task",
-            "-t",
-            help="Binary label column: as, lvh or any other ({key}).",
-        ),
-    ] = None
-    init: Annotated[
-        str | None,
-        key_option(
-            "finetune.init",
-            "--init",
-            help="random | kinetics | an SSL run dir | a checkpoint file "
-            "(ours, published EchoCLR, torchvision) ({key}).",
-        ),
-    ] = None
-    frac: Annotated[
-        float | None,
-        key_option(
-            "finetune.frac", "--frac", help="Fraction of labeled training studies, 0-1 ({key})."
-        ),
-    ] = None
-    frac_seed: Annotated[
-        int | None,
-        key_option(
-            "finetune.frac_seed",
-            "--frac-seed",
-            help="Seed of the nested study subsets ({key}).",
-        ),
-    ] = None
-    weights: Annotated[
-        Path | None,
-        key_option(
-            "finetune.weights",
-            "--weights",
-            help="Kinetics-400 weight file for --init kinetics ({key}).",
-        ),
-    ] = None
-    mode: Annotated[
-        str | None,
-        key_option(
-            "finetune.mode", "--mode", help="full | linear (frozen backbone) | lp-ft ({key})."
-        ),
-    ] = None
-    monitor: Annotated[
-        str | None,
-        key_option(
-            "finetune.monitor",
-            "--monitor",
-            help="Early stopping / best checkpoint: val_loss | val_auroc.",
-        ),
-    ] = None
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."
-        ),
-    ] = None
+    data: Path | None = data_option()
+    task: str | None = option(
+        "--task",
+        "-t",
+        key="finetune.task",
+        help="Binary label column: as, lvh or any other ({key}).",
+    )
+    init: str | None = option(
+        "--init",
+        key="finetune.init",
+        help="random | kinetics | an SSL run dir | a checkpoint file "
+        "(ours, published EchoCLR, torchvision) ({key}).",
+    )
+    frac: float | None = option(
+        "--frac", key="finetune.frac", help="Fraction of labeled training studies, 0-1 ({key})."
+    )
+    frac_seed: int | None = option(
+        "--frac-seed", key="finetune.frac_seed", help="Seed of the nested study subsets ({key})."
+    )
+    weights: Path | None = option(
+        "--weights",
+        key="finetune.weights",
+        help="Kinetics-400 weight file for --init kinetics ({key}).",
+    )
+    mode: str | None = option(
+        "--mode", key="finetune.mode", help="full | linear (frozen backbone) | lp-ft ({key})."
+    )
+    monitor: str | None = option(
+        "--monitor",
+        key="finetune.monitor",
+        help="Early stopping / best checkpoint: val_loss | val_auroc.",
+    )
+    out: Path | None = option(
+        "--out", help="Run dir. Default: <paths.runs>/finetune/<task>-<init>-<frac>-s<seed>."
+    )
 
 
 @app.command()
