@@ -21,6 +21,7 @@ from echoclr_cli.data import labels, readers
 from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video
+from echoclr_cli.data.video_reader import read_video
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess.run import preprocess
 
@@ -132,9 +133,9 @@ def test_regions_read(tmp_path, fan):
 
 def test_avi_frames_counted_not_header(tmp_path, fan):
     path = write_avi(tmp_path / "a.avi", fan[0], fps=40)
-    raw = readers.read_video(path, OPTS)
+    raw = read_video(path, OPTS)
     assert raw.frames.shape == fan[0].shape and raw.fps == pytest.approx(40)
-    short = readers.read_video(path, readers.ReadOptions(max_frames=5, min_frames=2))
+    short = read_video(path, readers.ReadOptions(max_frames=5, min_frames=2))
     assert short.frames.shape[0] == 5  # first max_frames kept
 
 

@@ -18,6 +18,7 @@ from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.data.datasets import ClipDataset, collate_clips
 from echoclr_cli.data.manifest import load_manifest
 from echoclr_cli.data.store import load_video, save_video
+from echoclr_cli.data.video_reader import read_video
 from echoclr_cli.inference.loader import predict_videos
 from echoclr_cli.metrics import aggregate, bootstrap, splits
 from echoclr_cli.metrics import core as metrics
@@ -67,7 +68,7 @@ def _ctx(resize, size=32):
 
 def test_worker_resize_option(tmp_path):
     frames, _ = fan_video(12, 64, 96, seed=3)
-    raw = readers.read_video(write_avi(tmp_path / "v.avi", frames), _ctx("whole_frame").opts)
+    raw = read_video(write_avi(tmp_path / "v.avi", frames), _ctx("whole_frame").opts)
     whole, crop_w, _ = _mask_and_crop(raw, _ctx("whole_frame"))
     cropped, crop_c, _ = _mask_and_crop(raw, _ctx("sector_crop"))
     assert crop_w.whole and not crop_c.whole and whole.shape == cropped.shape == (12, 32, 32)
@@ -101,7 +102,7 @@ def test_echoclr_layout_is_never_cropped(tmp_path, resize):
     assert all(load_video(tmp_path / "out" / p).shape == (20, 112, 112) for p in df["path"])
     opts = readers.ReadOptions(cfg.preprocess.max_frames, 2, 0, 30)
     for i in range(3):
-        raw = readers.read_video(root / "videos" / f"vid{i}.avi", opts)
+        raw = read_video(root / "videos" / f"vid{i}.avi", opts)
         gray = sector.to_gray(raw.frames)
         mask, _ = sector.detect_sector(gray)
         match = [np.array_equal(load_video(tmp_path / "out" / p), gray * mask) for p in df["path"]]

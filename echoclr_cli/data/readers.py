@@ -1,4 +1,5 @@
-"""Decode DICOM and video files into uint8 frames + metadata.
+"""Decode DICOM files into uint8 frames + metadata; the reader types shared with video files
+(``echoclr_cli.data.video_reader``).
 
 Readers raise :class:`SkipVideo` with a reason code (the ``reason`` column of skipped.csv):
 ``invalid_dicom, no_pixel_data, not_ultrasound, not_cine, frame_count_mismatch,
@@ -11,23 +12,14 @@ Modality is accepted (and counted by preprocess: ``modality_missing``).
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
-import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# FFmpeg inside OpenCV prints to fd 2 on a bad file; silence it (the reason goes to skipped.csv).
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 from echoclr_cli.data.dicom_fields import deidentified_fields
 from echoclr_cli.errors import UserError
@@ -450,85 +442,4 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
         fields=fields,
         keys=header_keys(ds),
         modality_missing=modality_missing,
-    )
-
-
-# --------------------------------------------------------------------------- video files
-@contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Redirect file descriptor 2 (where OpenCV/FFmpeg native code prints) to a temp file for the
-    duration; yields a list that receives the captured lines afterwards."""
-    lines: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded interpreter): nothing to silence
-        yield lines
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read(65536).decode(errors="replace")
-            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
-
-
-def _noise(lines: list[str]) -> str:
-    """Short summary of captured decoder messages for a skip detail."""
-    if not lines:
-        return ""
-    return f" (decoder printed {len(lines)} line(s), first: {lines[0][:120]!r})"
-
-
-def read_video(path: Path, opts: ReadOptions) -> RawVideo:
-    """Decode AVI/MP4 with OpenCV; frames are counted as decoded (the header count is not
-    trusted). (T,H,W,3) RGB uint8, T <= max_frames. Decoder messages are captured, never printed;
-    a skip reason mentions them."""
-    with captured_stderr() as noise:
-        try:
-            return _read_video(path, opts)
-        except SkipVideo as e:
-            err = e
-    raise SkipVideo(err.reason, err.detail + _noise(noise).replace(str(path), "<file>"))
-
-
-def _read_video(path: Path, opts: ReadOptions) -> RawVideo:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise SkipVideo("no_decodable_frames", "OpenCV cannot open the file")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        header = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        if math.isfinite(fps) and 0 < fps < 1000:
-            fps_source = "container"
-        else:
-            fps, fps_source = float(opts.fallback_fps), "fallback"
-        if fps < opts.min_fps:
-            raise SkipVideo("low_fps", f"{fps:.1f} fps from {fps_source} < {opts.min_fps:g}")
-        frames, ended = [], False
-        while len(frames) < opts.max_frames:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                ended = True
-                break
-            if frames and frame.shape != frames[0].shape:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame)
-    finally:
-        cap.release()
-    if not frames:
-        raise SkipVideo("no_decodable_frames", "no frame could be decoded")
-    if len(frames) < opts.min_frames:
-        hdr = f" (header says {int(header)})" if header and header > 0 else ""
-        raise SkipVideo("too_few_frames", f"{len(frames)} decoded frames < {opts.min_frames}{hdr}")
-    notes = []
-    if ended and header and math.isfinite(header) and int(header) > len(frames):
-        notes.append(f"header says {int(header)} frames, {len(frames)} decodable (truncated?)")
-    video = np.stack(frames)  # (T, H, W, 3) RGB, or (T, H, W) from a gray decoder
-    return RawVideo(
-        frames=video, fps=float(fps), fps_source=fps_source, n_total=len(frames), warnings=notes
     )

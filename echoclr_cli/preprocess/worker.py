@@ -23,6 +23,7 @@ from echoclr_cli.data.manifest import OPTIONAL_COLUMNS
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
+from echoclr_cli.data.video_reader import read_video
 from echoclr_cli.io import sha256_file
 from echoclr_cli.preprocess import outputs, sector
 
@@ -146,7 +147,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     study_id = patient_id = match = None
     try:
         if item.kind == "video":
-            raw = readers.read_video(item.file, ctx.opts)
+            raw = read_video(item.file, ctx.opts)
         else:
             raw = readers.read_dicom(item.file, ctx.opts, ctx.undecodable)
         study, patient = _originals(item, raw.study_id, raw.patient_id)

@@ -241,9 +241,9 @@ def test_35_decoder_noise_silenced_and_summarised(tmp_path):
     bad.write_bytes(b"RIFF\x00\x10\x00\x00AVI LIST" + np.random.default_rng(0).bytes(4000))
     code = (
         "from pathlib import Path\n"
-        "from echoclr_cli.data import readers\n"
+        "from echoclr_cli.data import readers, video_reader\n"
         "try:\n"
-        f"    readers.read_video(Path({str(bad)!r}), readers.ReadOptions())\n"
+        f"    video_reader.read_video(Path({str(bad)!r}), readers.ReadOptions())\n"
         "except readers.SkipVideo as e:\n"
         "    print(e.reason, '|', e.detail)\n"
     )
