@@ -2,7 +2,7 @@
 start (``FinetuneRun``, ``preflight``, ``capped_batch_size``); once its model is built, the
 Engine, first files (the Task in ``task.json``), optimizer, scheduler and loaders
 (``setup_fit``); the engine task's freezing and validation broadcast (``FitTask``); the final
-predictions of every split (``predict_splits``) and what the run returns (``FinetuneResult``)."""
+evaluation of every split (``final_evaluation``) and what the run returns (``FinetuneResult``)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader
 from echoclr_cli import rundir
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.datasets import ClipDataset, EpochSampler
+from echoclr_cli.data.manifest import dataset_frame_size
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference.loader import eval_loader
 from echoclr_cli.inference.run import Task, write_task
+from echoclr_cli.inference.write import write_evaluation
 from echoclr_cli.io import atomic_write_json
 from echoclr_cli.models.weights import input_normalization
 from echoclr_cli.runtime import dist_env, unwrap
@@ -231,7 +233,7 @@ class FitTask:
 
 
 # --------------------------------------------------------------------------- the end of a run
-def predict_splits(
+def final_evaluation(
     cfg: Config,
     task: Task,
     model: nn.Module,
@@ -241,8 +243,10 @@ def predict_splits(
     engine: Engine,
     normalization: Any,
     val_loader: DataLoader | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Per-video predictions of the best weights on every split (``val_loader``: reused for val)."""
+) -> tuple[dict[str, Any], list[Path]]:
+    """The run's own evaluation (rank 0): the best weights ``model`` on every split
+    (``val_loader``: reused for val), written into the run dir as ``echoclr evaluate`` writes
+    its folder. Returns ``(metrics, paths written)``."""
     ft = cfg.finetune
     video_by_split = {}
     for split in splits:
@@ -258,17 +262,18 @@ def predict_splits(
         video_by_split[split] = task.predict(model, loader, engine.device,
                                              cfg.evaluate.block_size, normalization,
                                              autocast=engine.autocast)  # fmt: skip
-    return video_by_split
+    history = run.out_dir / rundir.HISTORY
+    metrics, _, files = write_evaluation(
+        cfg, task, video_by_split, run.out_dir, history, df, run.progress
+    )
+    return metrics, files
 
 
 def frame_size(df: pd.DataFrame, data_dir: Path) -> int | None:
     """The dataset's frame size (``dataset.json``, else the manifest's most common height)."""
-    info = Path(data_dir) / "dataset.json"
-    if info.exists():
-        try:
-            return int(json.loads(info.read_text())["size"])
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
-            pass
+    size = dataset_frame_size(data_dir)
+    if size is not None:
+        return size
     return int(df["height"].mode().iloc[0]) if "height" in df.columns and len(df) else None
 
 

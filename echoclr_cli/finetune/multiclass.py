@@ -43,19 +43,9 @@ from echoclr_cli import rundir
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.errors import UserError
-from echoclr_cli.finetune.fit import (
-    FinetuneResult,
-    FinetuneRun,
-    FitTask,
-    capped_batch_size,
-    frame_size,
-    predict_splits,
-    preflight,
-    setup_fit,
-)
+from echoclr_cli.finetune import fit
 from echoclr_cli.inference.loader import predict_classes
 from echoclr_cli.inference.run import Task, load_categorical, read_task
-from echoclr_cli.inference.write import write_evaluation
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.metrics.multiclass import multiclass_metrics, prob_columns
 from echoclr_cli.models.checkpoint import load_checkpoint
@@ -64,7 +54,7 @@ from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.training.engine import Engine
 
 
-class MultiFinetuneTask(FitTask):
+class MultiFinetuneTask(fit.FitTask):
     """Engine task: one augmented random clip per video -> K logits -> cross-entropy. Freezing
     (linear, LP-FT) and the per-epoch validation broadcast are ``FitTask``'s."""
 
@@ -132,12 +122,12 @@ def class_weights(y: np.ndarray, k: int, how: Any) -> Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def run_finetune_multiclass(cfg: Config, run: FinetuneRun) -> FinetuneResult:
+def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneResult:
     """Fine-tune a K-class classifier on categorical column ``cfg.finetune.task``."""
     ft = cfg.finetune
     column = ft.task
     data_dir, out_dir, resume = run.data_dir, run.out_dir, run.resume
-    world_size, _, notes = preflight(cfg, run, task=None)
+    world_size, _, notes = fit.preflight(cfg, run, task=None)
     df, classes, n_unknown = load_categorical(data_dir, column, cfg)
     task = Task.multiclass(column, classes)
     if n_unknown:
@@ -155,7 +145,7 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun) -> FinetuneResult:
     absent = [c for i, c in enumerate(classes) if not (y_train == i).any()]
     if absent:
         notes.append(f"class(es) {absent} have no training video in this subset")
-    batch_size = capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
+    batch_size = fit.capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
     # The binary tasks' step cap (the demo's 4 steps keep its sweep in budget) left a 4-view
     # model at PLAX recall 0.67-0.92; a multi-class task has its own cap, unset in every profile
     # (docs/BENCHMARKS.md, "A view model with the defaults").
@@ -175,16 +165,18 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun) -> FinetuneResult:
         .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))
         .reset_index()
     )
-    fs = setup_fit(cfg, task, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
-                   world_size=world_size, drop_last=True,
-                   write_main=lambda: atomic_write_csv(out_dir / rundir.TRAIN_STUDIES, studies))  # fmt: skip
+    fs = fit.setup_fit(
+        cfg, task, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
+        world_size=world_size, drop_last=True,
+        write_main=lambda: atomic_write_csv(out_dir / rundir.TRAIN_STUDIES, studies),
+    )  # fmt: skip
     engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization
     task_obj = MultiFinetuneTask(prepared, cfg, classes, weight, fs.val_loader, normalization)
-    fit = engine.fit(task_obj, fs.train_loader, fs.optimizer, fs.scheduler, epochs=ft.epochs,
-                     sampler=fs.sampler, checkpoint_every=0, monitor=ft.monitor,
-                     monitor_mode="min" if ft.monitor == "val_loss" else "max",
-                     patience=ft.patience, nonfinite_tolerance=ft.nonfinite_tolerance,
-                     max_steps_per_epoch=step_cap)  # fmt: skip
+    fitted = engine.fit(task_obj, fs.train_loader, fs.optimizer, fs.scheduler, epochs=ft.epochs,
+                        sampler=fs.sampler, checkpoint_every=0, monitor=ft.monitor,
+                        monitor_mode="min" if ft.monitor == "val_loss" else "max",
+                        patience=ft.patience, nonfinite_tolerance=ft.nonfinite_tolerance,
+                        max_steps_per_epoch=step_cap)  # fmt: skip
 
     ckpt = rundir.run_checkpoint(out_dir)
     base = unwrap(prepared)
@@ -195,28 +187,28 @@ def run_finetune_multiclass(cfg: Config, run: FinetuneRun) -> FinetuneResult:
     metrics: dict[str, Any] = {}
     files: list[Path] = []
     if engine.is_main:
-        video_by_split = predict_splits(cfg, task, base, df, run, splits, engine, normalization)
-        metrics, _, files = write_evaluation(cfg, task, video_by_split, out_dir,
-                                             out_dir / rundir.HISTORY, df, run.progress)  # fmt: skip
+        metrics, files = fit.final_evaluation(cfg, task, base, df, run, splits, engine,
+                                              normalization)  # fmt: skip
         facts = {
             "data_dir": str(data_dir.resolve()), "task": column, "task_kind": task.kind,
-            "classes": classes, "frame_size": frame_size(df, data_dir), "frac": ft.frac,
+            "classes": classes, "frame_size": fit.frame_size(df, data_dir), "frac": ft.frac,
             "frac_seed": ft.frac_seed, "n_train_studies": len(studies),
             "n_train_videos": len(sub_df), "class_weight": None if weight is None else weight.tolist(),
             "batch_size": batch_size, "max_steps_per_epoch": step_cap,
-            "best_epoch": fit.best_epoch, "best_metric": fit.best_metric, "monitor": ft.monitor,
-            "epochs_run": fit.epochs_run, "stopped_early": fit.stopped_early,
+            "best_epoch": fitted.best_epoch, "best_metric": fitted.best_metric,
+            "monitor": ft.monitor, "epochs_run": fitted.epochs_run, "stopped_early": fitted.stopped_early,
             "checkpoint_tested": ckpt.name, "splits": splits, "notes": notes,
         }  # fmt: skip
         atomic_write_json(out_dir / rundir.FINETUNE_FACTS, facts)
     engine.barrier()
     engine.close()
-    return FinetuneResult(
-        run_dir=out_dir, task=column, metrics=metrics, best_epoch=fit.best_epoch,
-        best_metric=fit.best_metric, epochs_run=fit.epochs_run, stopped_early=fit.stopped_early,
+    return fit.FinetuneResult(
+        run_dir=out_dir, task=column, metrics=metrics, best_epoch=fitted.best_epoch,
+        best_metric=fitted.best_metric, epochs_run=fitted.epochs_run,
+        stopped_early=fitted.stopped_early,
         n_train_studies=len(studies), n_train_videos=len(sub_df), n_train_positive_studies=0,
         fraction_extended=False, batch_size=batch_size, pos_weight=None, init=init,
-        splits=splits, checkpoint=ckpt, history=fit.history,
+        splits=splits, checkpoint=ckpt, history=fitted.history,
         notes=[f"multi-class task '{column}': {len(classes)} classes {classes}", *notes],
         files=files,
     )  # fmt: skip

@@ -62,8 +62,8 @@ from echoclr_cli.finetune.fit import (
     FinetuneRun,
     FitTask,
     capped_batch_size,
+    final_evaluation,
     frame_size,
-    predict_splits,
     preflight,
     setup_fit,
 )
@@ -71,7 +71,6 @@ from echoclr_cli.finetune.losses import classification_loss, pos_weight_value
 from echoclr_cli.finetune.multiclass import run_finetune_multiclass
 from echoclr_cli.inference.loader import predict_videos
 from echoclr_cli.inference.run import MULTICLASS, Task, task_kind
-from echoclr_cli.inference.write import write_evaluation
 from echoclr_cli.io import atomic_write_csv, atomic_write_json
 from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.core import auroc_rank
@@ -270,8 +269,8 @@ def run_finetune(
     """Fine-tune ``cfg.model`` on ``cfg.finetune.task`` of ``data_dir`` into run dir ``out_dir``.
 
     Writes (besides the engine's config.yaml, history.csv, checkpoints/{last,best}.pt):
-    ``train_studies.csv``, ``task.json`` (the Task), ``init.json``, ``finetune.json`` (run facts: dataset, subset sizes,
-    pos_weight, batch size), ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and
+    ``train_studies.csv``, ``task.json`` (the Task), ``init.json``, ``finetune.json`` (run facts:
+    dataset, subset sizes, pos_weight, batch size), ``metrics.json``, ``predictions_{split}_{video,study}.csv`` and
     ``plots/`` for val and ``evaluate.splits`` (default test, ext_test; absent ones are noted).
     The task's kind is decided here, once: a categorical column (e.g. ``--task view``) is a
     K-class task (``multiclass.py``), a 0/1 label column binary; ``task.json`` records it.
@@ -347,10 +346,9 @@ def run_finetune(
     metrics: dict[str, Any] = {}
     files: list[Path] = []
     if engine.is_main:
-        video_by_split = predict_splits(cfg, task_obj, base, df, run, splits, engine, normalization,
-                                        val_loader if not ft.val_clips else None)  # fmt: skip
-        metrics, _, files = write_evaluation(cfg, task_obj, video_by_split, out_dir,
-                                             out_dir / rundir.HISTORY, df, progress)  # fmt: skip
+        reuse = val_loader if not ft.val_clips else None  # the per-epoch loader, same clips
+        metrics, files = final_evaluation(cfg, task_obj, base, df, run, splits, engine,
+                                          normalization, reuse)  # fmt: skip
         facts = {
             "data_dir": str(data_dir.resolve()),
             "task": task,

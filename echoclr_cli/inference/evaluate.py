@@ -236,8 +236,10 @@ def evaluate_run(
     box: dict[str, Any] = {}
 
     def fill(tmp: Path) -> list[Path]:
-        metrics, levels, files = write_evaluation(cfg, run.task, video_by_split, tmp,
-                                                  run_dir / rundir.HISTORY, df, progress)  # fmt: skip
+        history = run_dir / rundir.HISTORY
+        metrics, levels, files = write_evaluation(
+            cfg, run.task, video_by_split, tmp, history, df, progress
+        )
         box.update(metrics=metrics, levels=levels)
         if other is not None:
             box["comparison"] = _compare(cfg, run, other, levels, video_b)

@@ -76,12 +76,12 @@ class Task:
         backbone = build_backbone(cfg.model.arch, cfg.model.width)
         return Classifier(backbone, cfg.finetune.dropout, self.n_outputs)
 
-    def load_rows(self, data_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
+    def load_rows(self, data_dir: Path) -> pd.DataFrame:
         """The manifest rows with a known label: binary 0/1, K-class the class index into
         ``classes`` (a value outside them is refused)."""
         if self.is_multiclass:
-            return load_categorical(data_dir, self.column, cfg, self.classes)[0]
-        return load_manifest(data_dir, task=self.column, cfg=cfg)
+            return load_categorical(data_dir, self.column, classes=self.classes)[0]
+        return load_manifest(data_dir, task=self.column)
 
     def predict(
         self,
@@ -96,8 +96,9 @@ class Task:
         """Per-video predictions (``video_id, study_id, patient_id, y_true, ..., n_clips``):
         binary ``y_prob`` (mean clip sigmoid), K-class ``prob_<class>`` (mean clip softmax)."""
         if self.is_multiclass:
-            video, _ = predict_classes(model, loader, device, block_size, list(self.classes),
-                                       normalization, autocast=autocast, progress=progress)  # fmt: skip
+            classes = list(self.classes)
+            video, _ = predict_classes(model, loader, device, block_size, classes, normalization,
+                                       autocast=autocast, progress=progress)  # fmt: skip
             return video
         return predict_videos(model, loader, device, block_size, normalization,
                               autocast=autocast, progress=progress).video  # fmt: skip
@@ -117,12 +118,10 @@ def task_kind(data_dir: Path, column: str) -> str:
     return MULTICLASS if column in categorical_columns(header) else BINARY
 
 
-def write_task(run_dir: Path, task: Task) -> Path:
+def write_task(run_dir: Path, task: Task) -> None:
     """Record ``task`` in the run dir (``task.json``)."""
-    path = Path(run_dir) / TASK_FILE
-    atomic_write_json(path, {"column": task.column, "kind": task.kind,
-                             "classes": list(task.classes)})  # fmt: skip
-    return path
+    atomic_write_json(Path(run_dir) / TASK_FILE, {"column": task.column, "kind": task.kind,
+                                                  "classes": list(task.classes)})  # fmt: skip
 
 
 def read_task(run_dir: Path) -> Task:
