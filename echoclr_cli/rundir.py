@@ -66,6 +66,7 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """``checkpoints/epoch_N.pt`` (kept every ``checkpoint_every`` epochs)."""
     return checkpoint_dir(run_dir) / f"epoch_{epoch}.pt"
 
 

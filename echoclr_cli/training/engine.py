@@ -3,8 +3,9 @@
 A *task* turns a batch into a loss; the engine does everything else: device and precision,
 DDP (when launched by torchrun), the step loop, non-finite checks, history.csv, atomic
 checkpoints, best-checkpoint tracking, early stopping, SIGTERM (checkpoint, exit 143), Ctrl-C
-(checkpoint, exit 130) and exact resume. Device, precision and distributed helpers live in ``runtime.py``; the checkpoint dict,
-safe loading and the resume state in ``checkpoint.py``.
+(checkpoint, exit 130) and exact resume. Device, precision and distributed helpers live in
+``runtime.py``; the checkpoint dict, safe loading and the resume state in
+``models/checkpoint.py``; the signal handling in ``training/interrupts.py``.
 
 Exact resume: all randomness is either derived from ``(seed, epoch, index)`` (datasets and
 samplers) or held in state that the checkpoint stores (model, optimizer, scheduler, AMP scaler,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from torch import nn
 from echoclr_cli import rundir, runtime
 from echoclr_cli.config.load import config_to_dict, save_config
 from echoclr_cli.config.schema import Config
-from echoclr_cli.errors import Interrupted, Preempted, UserError
+from echoclr_cli.errors import UserError
 from echoclr_cli.events import Epoch, Event, Step
 from echoclr_cli.io import atomic_write_csv
 from echoclr_cli.models.checkpoint import (
@@ -49,6 +49,7 @@ from echoclr_cli.models.checkpoint import (
     tensors_finite,
 )
 from echoclr_cli.runtime import dist_env, resolve_device, resolve_dtype, seed_everything, unwrap
+from echoclr_cli.training.interrupts import StopSignals
 
 TIMING_COLUMNS = ("seconds", "clips_per_s")
 
@@ -119,10 +120,8 @@ class Engine:
         # additions are exactly those of per-step host floats).
         self._window: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
         self._dev_sums: dict[str, torch.Tensor] = {}
-        # SIGTERM or the first Ctrl-C: finish the step, save last.pt, stop (see _on_signal).
-        self._stop_signal: int | None = None
-        self._saving = False  # a checkpoint write is in progress: a second Ctrl-C waits for it
-        self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last last.pt
+        # SIGTERM or the first Ctrl-C: finish the step, save last.pt, stop (interrupts.py).
+        self.stop = StopSignals()
         self._pending_rng: dict | None = None
         if rt.tensorboard:  # the optional package, before any work
             from echoclr_cli.training import tb
@@ -138,7 +137,7 @@ class Engine:
     # ----------------------------------------------------------------- small utilities
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return rundir.checkpoint_dir(self.run_dir)
 
     def barrier(self) -> None:
         if self.distributed:
@@ -217,14 +216,14 @@ class Engine:
                 f"refusing to write {path}: model holds non-finite values at step {self.state.step}",
                 fix="lower the learning rate or check the data; earlier checkpoints are intact",
             )
-        self._saving = True
+        self.stop.saving = True
         try:
             save_checkpoint(path, self.checkpoint_dict(model, optimizer, scheduler))
         finally:
-            self._saving = False
+            self.stop.saving = False
         if name == rundir.LAST:
             s = self.state
-            self._saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
+            self.stop.saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
         return path
 
     def load_resume(self, model: nn.Module, optimizer, scheduler) -> None:
@@ -250,68 +249,12 @@ class Engine:
             self._restore_rng()
         self.state = state_from_checkpoint(ck)
         s = self.state
-        self._saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
+        self.stop.saved_at = (s.epoch + (1 if s.batch_in_epoch else 0), s.step)
 
     def _restore_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None
         if rng is not None:
             restore_rng(rng, self.generator)
-
-    # ----------------------------------------------------------------- signals
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        """SIGTERM (preemption) and the first Ctrl-C only set a flag: the loop finishes the step,
-        writes last.pt and stops. A second Ctrl-C stops at once, except while a checkpoint is
-        being written: that write completes first (it is atomic either way, io.atomic_write).
-        DataLoader workers forked inside ``fit`` inherit this handler, so Ctrl-C in a terminal
-        (sent to the whole process group) does not kill them mid-batch."""
-        if signum == signal.SIGINT and self._stop_signal == signal.SIGINT and not self._saving:
-            raise KeyboardInterrupt
-        if self._stop_signal is None:
-            self._stop_signal = signum
-
-    def _stop_error(self, epoch: int) -> Preempted:
-        """What the loop raises after the flagged signal, once last.pt is written."""
-        if self._stop_signal == signal.SIGINT:
-            return Interrupted(
-                f"interrupted: checkpoint saved at epoch {epoch} step {self.state.step}; "
-                "re-run with --resume"
-            )
-        s = self.state
-        if s.batch_in_epoch:
-            return Preempted(f"SIGTERM at epoch {epoch} batch {s.batch_in_epoch}")
-        return Preempted(f"SIGTERM after epoch {epoch}")
-
-    def _hard_stop(self) -> Interrupted:
-        """A second Ctrl-C before the checkpoint of this step was written."""
-        if self._saved_at is None:
-            return Interrupted(
-                "interrupted before the first checkpoint was written; nothing to resume "
-                "(re-run without --resume)"
-            )
-        epoch, step = self._saved_at
-        return Interrupted(
-            f"interrupted: stopped at once (second Ctrl-C); the checkpoint of epoch {epoch} "
-            f"step {step} is intact; re-run with --resume"
-        )
-
-    @contextlib.contextmanager
-    def _signals(self):
-        try:
-            old = {
-                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-            }
-        except ValueError:  # not the main thread
-            yield
-            return
-        try:
-            yield
-        except KeyboardInterrupt:
-            if self._stop_signal != signal.SIGINT:  # not ours (e.g. raised by a task)
-                raise
-            raise self._hard_stop() from None
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
 
     # ----------------------------------------------------------------- the loop
     def fit(
@@ -343,7 +286,7 @@ class Engine:
                 "the training loader yields zero batches per epoch",
                 fix="lower --batch-size below the number of training samples",
             )
-        with self._signals():
+        with self.stop.installed():
             while s.epoch < epochs and not stopped_early:
                 epoch = s.epoch
                 if sampler is not None:
@@ -364,7 +307,7 @@ class Engine:
                     batch_idx += 1
                     s.batch_in_epoch = batch_idx
                     last = batch_idx == steps_per_epoch
-                    stop = self._stop_signal is not None
+                    stop = self.stop.signal is not None
                     if stop or last or self._unsynced >= self.sync_every:
                         self.sync_steps()  # raises at the first non-finite step of the window
                         self._emit(
@@ -379,7 +322,7 @@ class Engine:
                     if stop:
                         self.save(rundir.LAST, model, optimizer, scheduler)
                         self.barrier()
-                        raise self._stop_error(epoch + 1)
+                        raise self.stop.stop_error(epoch + 1, s)
                 if batch_idx == 0:
                     raise UserError(
                         f"epoch {epoch + 1} ran zero training steps",
@@ -411,11 +354,12 @@ class Engine:
                         write_history(self.run_dir)
                 self.save(rundir.LAST, model, optimizer, scheduler)
                 if checkpoint_every and s.epoch % checkpoint_every == 0:
-                    self.save(f"epoch_{s.epoch}.pt", model, optimizer, scheduler)
+                    epoch_ckpt = rundir.epoch_checkpoint(self.run_dir, s.epoch)
+                    self.save(epoch_ckpt.name, model, optimizer, scheduler)
                 self._emit(Epoch(epoch=s.epoch, epochs=epochs, row=row))
                 self.barrier()
-                if self._stop_signal is not None:
-                    raise self._stop_error(s.epoch)
+                if self.stop.signal is not None:
+                    raise self.stop.stop_error(s.epoch, s)
         return FitResult(
             run_dir=self.run_dir,
             epochs_run=s.epoch,
