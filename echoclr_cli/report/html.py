@@ -25,15 +25,8 @@ import pandas as pd
 from echoclr_cli import __version__
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write, atomic_write_json, atomic_write_text
-from echoclr_cli.report.sections import (
-    SPLIT_ORDER,
-    RunFacts,
-    data_section,
-    methods_note,
-    png_of,
-    recipe_section,
-    results_sections,
-)
+from echoclr_cli.report.facts import SPLIT_ORDER, RunFacts, png_of
+from echoclr_cli.report.sections import data_section, methods_note, recipe_section, results_sections
 from echoclr_cli.report.tripod import checklist, model_card
 
 CSS = """

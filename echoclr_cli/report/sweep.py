@@ -16,15 +16,11 @@ import yaml
 
 from echoclr_cli.clinical.sweep import paired_pvalues, sweep_clinical_columns
 from echoclr_cli.errors import UserError
+from echoclr_cli.report.facts import RunFacts, code_hash, file_sha256, ordered, png_of
 from echoclr_cli.report.sections import (
-    RunFacts,
-    code_hash,
     config_deviations,
     data_section,
-    file_sha256,
     methods_note,
-    ordered,
-    png_of,
     results_sections,
 )
 
