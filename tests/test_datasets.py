@@ -10,14 +10,8 @@ import pytest
 import torch
 from helpers import make_dataset
 
-from echoclr_cli.data.datasets import (
-    ClipDataset,
-    EpochSampler,
-    PairDataset,
-    clip_starts,
-    collate_clips,
-    read_clip,
-)
+from echoclr_cli.data.clips import clip_starts, read_clip
+from echoclr_cli.data.datasets import ClipDataset, EpochSampler, PairDataset, collate_clips
 from echoclr_cli.errors import UserError
 
 

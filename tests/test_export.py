@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from echoclr_cli import cli
 from echoclr_cli.data.augment import prepare_clips
-from echoclr_cli.data.datasets import read_clip
+from echoclr_cli.data.clips import read_clip
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
 from echoclr_cli.inference.export import export_run

@@ -10,7 +10,7 @@ from helpers import make_dataset, tiny_finetune_config
 from torch import nn
 
 from echoclr_cli.config.schema import Config
-from echoclr_cli.data.datasets import clip_starts
+from echoclr_cli.data.clips import clip_starts
 from echoclr_cli.finetune.losses import classification_loss
 from echoclr_cli.inference.loader import eval_loader, predict_videos
 

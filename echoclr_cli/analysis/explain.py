@@ -12,7 +12,7 @@ The target is the *predicted class* of the video: the classifier has one logit `
 as the two-class output ``(-z, z)``, so a video predicted negative (``p < 0.5``) is explained by
 the evidence for "no <task>". The video probability is the mean over its evaluation clips (as
 in ``echoclr evaluate``); the maps cover the whole video with non-overlapping clips (the last
-one aligned to the end, see ``datasets.clip_starts(..., "all")``), averaged where clips overlap.
+one aligned to the end, see ``clips.clip_starts(..., "all")``), averaged where clips overlap.
 
 Per video, ``OUT/`` gets ``<video_id>_gradcam.mp4`` (cv2.VideoWriter), ``.gif`` (Pillow),
 ``<video_id>_strip.png`` (key frames, their overlays and the per-frame map mass, titled with the
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
-from echoclr_cli.data.datasets import clip_starts, read_clip
+from echoclr_cli.data.clips import clip_starts, read_clip
 from echoclr_cli.data.manifest import SPLITS, load_manifest
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError, require_extra

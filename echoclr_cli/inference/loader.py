@@ -8,7 +8,7 @@ Used during fine-tuning (validation each epoch, final evaluation), by ``echoclr 
 
 Evaluation clips per video are ``evaluate.clips_per_video`` clips (paper: 4) placed by
 ``evaluate.clip_starts`` (``published``: ``arange(0, T-L, (T-L)//4)[:4]``; ``linspace``) or
-``"all"`` (non-overlapping clips covering the video, see ``datasets.clip_starts``); min-max
+``"all"`` (non-overlapping clips covering the video, see ``clips.clip_starts``); min-max
 scaling is over all clips of a video (``evaluate.scaling=video``, published) or per clip. A
 video's range is taken over its whole clip set, so it does not depend on ``block_size``. Whatever the
 video length, no forward pass sees more than ``evaluate.block_size`` clips, so activation memory is
