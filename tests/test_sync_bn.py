@@ -45,7 +45,10 @@ def _worker(rank: int, port: int, q) -> None:
         # gradients over ranks, so the per-rank loss is the half-batch mean
         (y.square().mean()).backward()
         bn = m[1]
-        q.put((rank, y.detach(), m[0].weight.grad.clone(), bn.running_mean, bn.running_var))
+        # numpy arrays travel by value; a tensor would be shared through a file descriptor that
+        # vanishes when this process exits before the parent reads it (seen under load)
+        arrays = (y.detach(), m[0].weight.grad, bn.running_mean, bn.running_var)
+        q.put((rank, *(a.detach().numpy().copy() for a in arrays)))
         dist.barrier()  # no rank tears gloo down while a peer still has an op in flight
     finally:
         dist.destroy_process_group()
@@ -81,7 +84,8 @@ def test_two_processes_equal_one_process_on_the_global_batch():
     procs = [ctx.Process(target=_worker, args=(r, port, q)) for r in range(2)]
     for p in procs:
         p.start()
-    out = sorted(q.get(timeout=120) for _ in range(2))
+    got = sorted((q.get(timeout=120) for _ in range(2)), key=lambda o: o[0])
+    out = [(o[0], *(torch.from_numpy(a) for a in o[1:])) for o in got]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
