@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
@@ -213,10 +214,23 @@ def patch_avi_frame_count(path: Path, value: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def read_skipped(data_dir: Path) -> pd.DataFrame:
+    """skipped.csv joined with the original paths from ``private/skipped_paths.csv`` (column
+    ``path``; the file reference stays in ``file``); needs the private folder."""
+    from echoclr_cli.data.privacy import PRIVATE, SKIPPED_PATHS
+
+    data_dir = Path(data_dir)
+    pub = pd.read_csv(data_dir / "skipped.csv", dtype=str, keep_default_na=False)
+    priv = data_dir / PRIVATE / SKIPPED_PATHS
+    if not priv.exists():
+        pub["path"] = ""
+        return pub
+    paths = pd.read_csv(priv, dtype=str, keep_default_na=False)
+    return pub.merge(paths[["file", "path", "detail_private"]], on="file", how="left")
+
+
 def skipped_by_path(out: Path):
     """skipped.csv of a dataset dir indexed by the original relative path (from private/)."""
-    from echoclr_cli.data.privacy import read_skipped
-
     return read_skipped(out).set_index("path")
 
 

@@ -7,9 +7,9 @@ import torch
 
 from echoclr_cli.errors import Interrupted, Preempted, UserError
 from echoclr_cli.models.checkpoint import load_checkpoint
-from echoclr_cli.training.engine import history_without_timing
 from tests import engine_toy
 from tests.engine_toy import ToyTask, run_toy, toy_config
+from tests.faults.faultkit import history_without_timing
 
 
 def weights(path):

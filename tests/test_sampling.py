@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from echoclr_cli.data.fractions import (
-    label_fraction_size,
     sample_label_fraction,
     stratified_study_order,
     study_labels,
+    training_subset,
 )
 from echoclr_cli.errors import UserError
 
@@ -120,10 +120,9 @@ def test_study_labels_from_videos_and_mixed_study_refused():
         study_labels(videos, "as")
 
 
-def test_label_fraction_size_is_the_subset_the_run_draws():
-    """The size `check` reports is the exact subset, extension included (not int(frac * N))."""
-    from echoclr_cli.data.fractions import training_subset
-
+def test_training_subset_is_the_studies_and_all_their_videos():
+    """The subset a run draws: int(frac * N) studies extended to hold both classes, and every
+    video of those studies (a study is never split)."""
     rows = []
     for i, y in enumerate([1] * 3 + [0] * 47):  # 50 studies, 3 positive, 1-3 videos each
         for v in range(1 + i % 3):
@@ -131,13 +130,13 @@ def test_label_fraction_size_is_the_subset_the_run_draws():
                          "as": float(y)})  # fmt: skip
     train = pd.DataFrame(rows)
     for frac, seed in [(0.02, 0), (0.1, 1), (0.5, 2), (1.0, 0)]:
-        size = label_fraction_size(train, "as", frac, seed)
         sample, videos = training_subset(train, "as", frac, seed)
-        assert size.n_studies == len(sample.studies) and size.n_videos == len(videos)
-        assert size.n_requested == int(frac * 50) and size.n_available == 50
-        assert size.n_positive_studies == int(sample.studies["y"].sum()) >= 1
-    tiny = label_fraction_size(train, "as", 0.02, 0)  # int(0.02 * 50) = 1 study: extended
-    assert tiny.extended and tiny.n_studies >= 2
-    assert label_fraction_size(train, "as", 1.0, 0).n_videos == len(train)
+        chosen = set(sample.studies["study_id"])
+        assert videos.equals(train[train["study_id"].isin(chosen)])
+        assert sample.n_requested == int(frac * 50) and sample.n_available == 50
+        assert int(sample.studies["y"].sum()) >= 1
+    tiny, _ = training_subset(train, "as", 0.02, 0)  # int(0.02 * 50) = 1 study: extended
+    assert tiny.extended and len(tiny.studies) >= 2
+    assert len(training_subset(train, "as", 1.0, 0)[1]) == len(train)
     with pytest.raises(UserError, match="no positive"):
-        label_fraction_size(train.assign(**{"as": 0.0}), "as", 0.5, 0)
+        training_subset(train.assign(**{"as": 0.0}), "as", 0.5, 0)

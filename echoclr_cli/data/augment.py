@@ -217,14 +217,10 @@ def augment(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor
     return apply_params(x, params, cfg.pad)
 
 
-def minmax(x: Tensor, eps: float = MINMAX_EPS) -> Tensor:
-    """Per-clip min-max scaling to [0, 1]. x: (B, ...) -> new tensor; constant clips -> zeros."""
-    return _minmax_(x.clone())
-
-
 def _minmax_(x: Tensor, eps: float = MINMAX_EPS, bounds: Tensor | None = None) -> Tensor:
-    """In-place ``minmax`` of a float tensor the caller owns; ``bounds`` (B, 2): each clip's
-    (min, max) to use instead of its own (video-level scaling: the video's range)."""
+    """Per-clip min-max scaling to [0, 1], in place on a float tensor the caller owns: x: (B, ...);
+    constant clips -> zeros. ``bounds`` (B, 2): each clip's (min, max) to use instead of its own
+    (video-level scaling: the video's range)."""
     flat = x.view(x.shape[0], -1)  # (B, N)
     if bounds is None:
         lo = flat.amin(dim=1, keepdim=True)  # (B, 1)

@@ -4,8 +4,7 @@
 label), a prefix of one stratified random order per seed, so subsets are nested across fractions
 (:func:`stratified_study_order`). FAULTS 17: a prefix shorter than 2 or lacking a class is
 extended up to the first study of the missing class in the same order. This module is the only
-definition of that rule: ``finetune`` draws the subset with :func:`training_subset`, and
-``check`` / ``sweep`` size it with :func:`label_fraction_size`.
+definition of that rule: ``finetune`` draws the subset with :func:`training_subset`.
 """
 
 from __future__ import annotations
@@ -125,32 +124,3 @@ def training_subset(
     sample = sample_label_fraction(study_labels(train_df, task), frac, seed, task)
     videos = train_df[train_df["study_id"].isin(set(sample.studies["study_id"]))]
     return sample, videos
-
-
-@dataclass
-class FractionSize:
-    """How big a run's labelled training subset is (exactly what the run will use)."""
-
-    n_studies: int
-    n_videos: int
-    n_positive_studies: int
-    n_requested: int  # int(frac * N)
-    n_available: int  # N
-    extended: bool
-
-
-def label_fraction_size(train_df: pd.DataFrame, task: str, frac: float, seed: int) -> FractionSize:
-    """The size of the subset :func:`training_subset` draws (the same computation).
-
-    Raises UserError like the fine-tune would: a training split without a positive or a
-    negative study, or a study whose videos disagree on the label.
-    """
-    sample, videos = training_subset(train_df, task, frac, seed)
-    return FractionSize(
-        n_studies=len(sample.studies),
-        n_videos=len(videos),
-        n_positive_studies=int(sample.studies["y"].sum()),
-        n_requested=sample.n_requested,
-        n_available=sample.n_available,
-        extended=sample.extended,
-    )

@@ -24,8 +24,6 @@ KEY_TAGS = {
     "patient": "PatientID (0010,0020)",
     "date_patient": "StudyDate (0008,0020) + PatientID (0010,0020)",
 }
-LABEL_KEYS = {"study_id": "study", "study_uid": "study", "patient_id": "patient",
-              "accession": "accession", "study_date": "date_patient"}  # fmt: skip
 # Header spellings, compared without case, spaces, underscores and punctuation (_norm_name).
 UID_NAMES = ("studyinstanceuid", "studyuid", "studyinstance")
 STUDY_NAMES = ("studyid", "study")

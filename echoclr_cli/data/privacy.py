@@ -114,20 +114,6 @@ def scrub(text: str, *secret: str) -> str:
     return out
 
 
-def read_skipped(data_dir: Path) -> pd.DataFrame:
-    """skipped.csv joined with the original paths from ``private/skipped_paths.csv`` (column
-    ``path``; the file reference stays in ``file``). For the user and tests; needs the private
-    folder."""
-    data_dir = Path(data_dir)
-    pub = pd.read_csv(data_dir / "skipped.csv", dtype=str, keep_default_na=False)
-    priv = data_dir / PRIVATE / SKIPPED_PATHS
-    if not priv.exists():
-        pub["path"] = ""
-        return pub
-    paths = pd.read_csv(priv, dtype=str, keep_default_na=False)
-    return pub.merge(paths[["file", "path", "detail_private"]], on="file", how="left")
-
-
 def read_id_map(data_dir: Path) -> dict[str, dict[str, str]]:
     """``{kind: {hashed: original}}`` from ``private/id_map.csv`` (empty when absent)."""
     path = Path(data_dir) / PRIVATE / ID_MAP

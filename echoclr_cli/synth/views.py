@@ -35,8 +35,6 @@ from echoclr_cli.synth.anatomy import (
     _ramp,
 )
 
-VIEWS = ("plax", "psax", "a4c", "a2c")
-
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
     v = np.arange(CANON_V[0], CANON_V[1], CANON_RES, dtype=np.float32)[None, :, None]  # (1,Hc,1)

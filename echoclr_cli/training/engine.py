@@ -51,8 +51,6 @@ from echoclr_cli.models.checkpoint import (
 from echoclr_cli.runtime import dist_env, resolve_device, resolve_dtype, seed_everything, unwrap
 from echoclr_cli.training.interrupts import StopSignals
 
-TIMING_COLUMNS = ("seconds", "clips_per_s")
-
 
 class Task(Protocol):
     model: nn.Module
@@ -482,8 +480,3 @@ def _to_float(v: Any) -> float:
     if torch.is_tensor(v):
         return float(v.detach().cpu())
     return float(v) if v is not None else float("nan")
-
-
-def history_without_timing(df: pd.DataFrame) -> pd.DataFrame:
-    """History columns that must be identical between a resumed and an uninterrupted run."""
-    return df.drop(columns=[c for c in TIMING_COLUMNS if c in df.columns])

@@ -17,7 +17,6 @@ import pandas as pd
 from echoclr_cli.errors import require_extra
 
 EVENTS_GLOB = "events.out.tfevents.*"
-TIMING = ("epoch", "seconds")
 
 
 def require():

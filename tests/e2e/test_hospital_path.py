@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from echoclr_cli.cli import app
-from tests.preprocess_fixtures import dicom_dataset, fan_video, save
+from tests.preprocess_fixtures import dicom_dataset, fan_video, read_skipped, save
 
 N_PATIENTS = 20
 GRADES = ["None", "Severe", "Mild", "Severe", "Moderate"]  # AS grades as a report export has them
@@ -132,8 +132,6 @@ def test_every_study_keeps_its_label(hospital):
 
 def test_mr_ct_sr_dicomdir_and_thumbs_are_skipped_with_reasons(hospital):
     work, _, _ = hospital
-    from echoclr_cli.data.privacy import read_skipped
-
     reasons = read_skipped(work / "data").set_index("path")["reason"]
     by_series = {Path(p).parts[-2] if "SE000" in p else Path(p).name: r for p, r in reasons.items()}
     assert by_series["SE0002"] == by_series["SE0003"] == "not_ultrasound"  # MR, CT
