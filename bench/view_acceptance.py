@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from echoclr_cli.config.load import deep_merge, load_config
-from echoclr_cli.config.schema import Config, SynthConfig
+from echoclr_cli.config.schema import Config
+from echoclr_cli.config.sections import SynthConfig
 from echoclr_cli.finetune.run import run_finetune
 from echoclr_cli.preprocess.view_filter import preprocess_with_view_filter
 from echoclr_cli.synth import archive as synth

@@ -14,7 +14,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from echoclr_cli.config.schema import Config, SynthConfig
+from echoclr_cli.config.schema import Config
+from echoclr_cli.config.sections import SynthConfig
 from echoclr_cli.errors import UserError
 from echoclr_cli.synth import anatomy
 from echoclr_cli.synth import archive as synth

@@ -18,7 +18,8 @@ from preprocess_fixtures import id_map, small_cfg
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
-from echoclr_cli.config.schema import Config, SynthConfig
+from echoclr_cli.config.schema import Config
+from echoclr_cli.config.sections import SynthConfig
 from echoclr_cli.data.manifest import categorical_columns, label_columns, load_manifest
 from echoclr_cli.preprocess.run import preprocess
 from echoclr_cli.synth import anatomy

@@ -18,7 +18,7 @@ from helpers import tiny_finetune_config
 from preprocess_fixtures import small_cfg
 from torch import nn
 
-from echoclr_cli.config.schema import SynthConfig
+from echoclr_cli.config.sections import SynthConfig
 from echoclr_cli.data import readers
 from echoclr_cli.data.datasets import PairDataset, pair_view_column
 from echoclr_cli.data.manifest import categorical_columns, load_manifest

@@ -61,7 +61,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from echoclr_cli.config.schema import Config, SynthConfig
+from echoclr_cli.config.schema import Config
+from echoclr_cli.config.sections import SynthConfig
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, png_grid
 from echoclr_cli.synth.anatomy import (
