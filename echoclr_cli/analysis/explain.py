@@ -143,12 +143,6 @@ def video_map(
     return out
 
 
-def mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the map's total mass inside ``mask`` (broadcast over frames)."""
-    total = float(cam.sum())
-    return float((cam * mask).sum() / total) if total > 0 else float("nan")
-
-
 # --------------------------------------------------------------------------- rendering
 def _rgb(frames: np.ndarray) -> np.ndarray:
     """(T, H, W) or (T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
