@@ -44,6 +44,14 @@ def _epochs(cfg: Config) -> int:
 
 
 AUG = "augmentation: zero-pad 8 + random crop, h-flip p 0.5, rotation in [-10, 10] p 0.5"
+
+
+def _augment(section: str) -> tuple[Item, ...]:
+    """The one published augmentation, used by pretraining and fine-tuning alike."""
+    published = {"enabled": True, "pad": 8, "flip_p": 0.5, "rotate_p": 0.5, "max_degrees": 10}
+    return tuple(Item(f"{section}.augment.{k}", v, AUG) for k, v in published.items())
+
+
 RECIPE: tuple[Item, ...] = (
     Item("model.arch", "r3d_18", "backbone: torchvision r3d_18"),
     Item("model.width", 1.0, "backbone width (torchvision's model exactly)"),
@@ -71,11 +79,7 @@ RECIPE: tuple[Item, ...] = (
         "separate",
         "the two views in separate forward calls (BatchNorm per view)",
     ),
-    Item("pretrain.augment.enabled", True, AUG),
-    Item("pretrain.augment.pad", 8, AUG),
-    Item("pretrain.augment.flip_p", 0.5, AUG),
-    Item("pretrain.augment.rotate_p", 0.5, AUG),
-    Item("pretrain.augment.max_degrees", 10, AUG),
+    *_augment("pretrain"),
     Item("finetune.batch_size", 88, "fine-tune batch 88 (1 GPU x 88), no drop_last"),
     Item("finetune.optim.optimizer", "adam", "optimizer Adam"),
     Item("finetune.optim.learning_rate", 1e-4, "Adam lr 1e-4"),
@@ -92,11 +96,7 @@ RECIPE: tuple[Item, ...] = (
     Item("finetune.clip_len", 16, "fine-tune clips of 16 frames"),
     Item("finetune.stride", 1, "consecutive frames (stride 1)"),
     Item("finetune.mode", "full", "full fine-tuning"),
-    Item("finetune.augment.enabled", True, AUG),
-    Item("finetune.augment.pad", 8, AUG),
-    Item("finetune.augment.flip_p", 0.5, AUG),
-    Item("finetune.augment.rotate_p", 0.5, AUG),
-    Item("finetune.augment.max_degrees", 10, AUG),
+    *_augment("finetune"),
     Item("sweep.lrs", [1e-4], "LR 1e-4 above 10% labels"),
     Item("sweep.low_ratio_lrs", [1e-5, 1e-4, 5e-4], "LR grid at <= 10% labels"),
     Item("sweep.low_ratio", 0.1, "LR grid at <= 10% labels"),
