@@ -263,4 +263,5 @@ def test_view_model_with_the_defaults_finds_plax(tmp_path, monkeypatch):
     assert true.sum() >= 10
     precision = (called & true).sum() / called.sum()
     recall = (called & true).sum() / true.sum()
+    print(f"PLAX test videos {true.sum()}: precision {precision:.3f}, recall {recall:.3f}")
     assert precision >= 0.95 and recall >= 0.90, (precision, recall)
