@@ -179,21 +179,32 @@ def test_categorical_task_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------- the view task's defaults
-def test_view_task_has_its_own_step_cap_unset_binary_task_keeps_the_demo_cap():
-    """Issue 21.8: the demo's cap of 4 steps per epoch (for the binary LVH demo, whose numbers are
-    published) starved a view model; a multi-class task has its own cap, unset in every profile."""
+def test_view_task_has_its_own_budget_binary_task_keeps_the_demo_budget():
+    """Issue 21.8: the demo's 4 steps per epoch and patience 4 (for the binary LVH demo, whose
+    numbers are published) starved a view model; a multi-class task has its own step cap (unset)
+    and patience (off) in every profile, and says which binary settings it did not apply."""
     from echoclr_cli.config.load import load_config, parse_set
+    from echoclr_cli.finetune.multiclass import multiclass_budget
 
     demo = load_config(profile="demo").finetune
-    assert demo.max_steps_per_epoch == 4 and demo.epochs == 15  # the binary demo, unchanged
-    assert demo.multiclass_max_steps_per_epoch is None
-    assert load_config(profile="paper").finetune.multiclass_max_steps_per_epoch is None
-    got = load_config(
-        profile="demo", overrides=parse_set(["finetune.multiclass_max_steps_per_epoch=2"])
-    ).finetune
-    assert got.multiclass_max_steps_per_epoch == 2 and got.max_steps_per_epoch == 4
-    with pytest.raises(UserError, match="multiclass_max_steps_per_epoch"):
-        load_config(overrides=parse_set(["finetune.multiclass_max_steps_per_epoch=0"]))
+    assert (demo.max_steps_per_epoch, demo.patience, demo.epochs) == (4, 4, 15)  # unchanged
+    assert (demo.multiclass_max_steps_per_epoch, demo.multiclass_patience) == (None, 0)
+    cap, patience, note = multiclass_budget(demo)
+    assert (cap, patience) == (None, 0)
+    assert "max_steps_per_epoch 4 and patience 4 apply to binary tasks" in note
+    assert "every batch per epoch with no early stopping" in note
+    paper = load_config(profile="paper").finetune
+    assert multiclass_budget(paper)[:2] == (None, 0) and paper.patience == 5
+    assert multiclass_budget(paper)[2] == "finetune.patience 5 applies to binary tasks; this " + (
+        "multi-class task trains every batch per epoch with no early stopping "
+        "(finetune.multiclass_max_steps_per_epoch, multiclass_patience)"
+    )
+    got = load_config(profile="demo", overrides=parse_set([
+        "finetune.multiclass_max_steps_per_epoch=4", "finetune.multiclass_patience=4"]))  # fmt: skip
+    assert multiclass_budget(got.finetune) == (4, 4, None)  # set alike: nothing to say
+    for bad in ("multiclass_max_steps_per_epoch=0", "multiclass_patience=-1"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            load_config(overrides=parse_set([f"finetune.{bad}"]))
 
 
 class _Stop(Exception):
@@ -226,13 +237,15 @@ def test_cli_defaults_view_task_every_batch_binary_task_capped(tmp_path, monkeyp
         assert isinstance(res.exception, _Stop), res.output
     view, lvh = seen
     assert view["max_steps_per_epoch"] is None and lvh["max_steps_per_epoch"] == 4
-    assert view["epochs"] == lvh["epochs"] == 15 and view["patience"] == 4
-    # set, the multi-class cap is what the loop gets (the binary cap does not leak into it)
+    assert view["patience"] == 0 and lvh["patience"] > 0
+    assert view["epochs"] == lvh["epochs"] == 15
+    # set, the multi-class values are what the loop gets (the binary ones do not leak into them)
     res = CliRunner().invoke(cli.app, ["finetune", "--data", str(data), "--task", "view",
-                                       "--out", str(tmp_path / "v3"), "--set",
-                                       "finetune.multiclass_max_steps_per_epoch=3"])  # fmt: skip
+                                       "--out", str(tmp_path / "v3"),
+                                       "--set", "finetune.multiclass_max_steps_per_epoch=3",
+                                       "--set", "finetune.multiclass_patience=2"])  # fmt: skip
     assert isinstance(res.exception, _Stop), res.output
-    assert seen[-1]["max_steps_per_epoch"] == 3
+    assert (seen[-1]["max_steps_per_epoch"], seen[-1]["patience"]) == (3, 2)
 
 
 @pytest.mark.slow
@@ -256,8 +269,8 @@ def test_view_model_with_the_defaults_finds_plax(tmp_path, monkeypatch):
         res = runner.invoke(cli.app, args)
         assert res.exit_code == 0, res.output
     facts = json.loads((run / "finetune.json").read_text())
-    assert facts["max_steps_per_epoch"] is None  # every batch, not the demo's 4
-    assert any("caps binary tasks only" in n for n in facts["notes"])
+    assert (facts["max_steps_per_epoch"], facts["patience"]) == (None, 0)  # not the demo's 4, 4
+    assert any("apply to binary tasks" in n for n in facts["notes"])  # the demo's 4 and 4
     pred = pd.read_csv(run / "predictions_test_video.csv")
     called, true = pred["y_pred"] == "plax", pred["y_true"] == "plax"
     assert true.sum() >= 10

@@ -148,7 +148,12 @@ class FinetuneConfig(Section):
         description="clips per video for the per-epoch validation (None = evaluate.clips_per_video); "
         "the final evaluation always uses evaluate.clips_per_video",
     )
-    patience: int = Field(5, ge=0, description="early stopping patience (0 = off)")
+    patience: int = Field(
+        5,
+        ge=0,
+        description="early stopping patience (0 = off) of a binary task; a multi-class task uses "
+        "multiclass_patience instead",
+    )
     early_stop: Literal["published", "ours"] = Field(
         "published",
         description="published = monitor the unweighted BCE of the clip-averaged probability per "
@@ -168,6 +173,13 @@ class FinetuneConfig(Section):
         description="cap on training steps per epoch of a multi-class task (finetune --task "
         "view; None = every batch). Separate from max_steps_per_epoch, whose demo value (4) "
         "starved a view model",
+    )
+    multiclass_patience: int = Field(
+        0,
+        ge=0,
+        description="early stopping patience of a multi-class task (finetune --task view; 0 = "
+        "off: every epoch runs, the best validation epoch is kept). Separate from patience, whose "
+        "demo value (4) stopped a 112 px view model at epoch 7 on a noisy validation loss",
     )
     nonfinite_tolerance: int = Field(0, ge=0)
 

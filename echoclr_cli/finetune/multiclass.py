@@ -15,8 +15,9 @@ monitor), with:
   anything else trains unweighted;
 - label fraction: ``int(frac * N)`` training studies, a prefix of one random study order per
   ``frac_seed`` (nested across fractions), at least one;
-- steps per epoch: every batch unless ``finetune.multiclass_max_steps_per_epoch`` is set;
-  ``finetune.max_steps_per_epoch`` (the demo's 4) caps binary tasks only;
+- budget: every batch of every epoch unless ``finetune.multiclass_max_steps_per_epoch`` /
+  ``multiclass_patience`` are set; ``finetune.max_steps_per_epoch`` and ``patience`` (the demo's
+  4 and 4) budget binary tasks only (:func:`multiclass_budget`);
 - monitor: ``val_loss`` (mean clip cross-entropy) or ``val_auroc`` = macro one-vs-rest AUROC of
   the validation videos;
 - outputs (``inference.write``): ``metrics.json`` (``metrics.multiclass``: accuracy, balanced
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from echoclr_cli import rundir
-from echoclr_cli.config.schema import Config
+from echoclr_cli.config.schema import Config, FinetuneConfig
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.errors import UserError
 from echoclr_cli.finetune import fit
@@ -122,6 +123,35 @@ def class_weights(y: np.ndarray, k: int, how: Any) -> Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def multiclass_budget(ft: FinetuneConfig) -> tuple[int | None, int, str | None]:
+    """``(steps per epoch cap, early-stopping patience, note or None)`` of a multi-class task.
+
+    ``finetune.max_steps_per_epoch`` and ``finetune.patience`` budget the binary tasks (the demo
+    profile's 4 and 4 keep its sweep in minutes); a multi-class task has its own
+    ``multiclass_max_steps_per_epoch`` (None = every batch) and ``multiclass_patience``
+    (0 = off), so a view model trains every batch of every epoch by default. With the demo's
+    binary budget a 4-view model reached PLAX recall 0.67-0.92 at 64 px and 0.07-0.60 at 112 px
+    (docs/BENCHMARKS.md, "A view model with the defaults"). The note says when a binary setting
+    was set and not applied.
+    """
+    cap, patience = ft.multiclass_max_steps_per_epoch, ft.multiclass_patience
+    ignored = []
+    if ft.max_steps_per_epoch is not None and ft.max_steps_per_epoch != cap:
+        ignored.append(f"max_steps_per_epoch {ft.max_steps_per_epoch}")
+    if ft.patience != patience:
+        ignored.append(f"patience {ft.patience}")
+    note = None
+    if ignored:
+        note = (
+            f"finetune.{' and '.join(ignored)} {'apply' if len(ignored) > 1 else 'applies'} to "
+            "binary tasks; this multi-class task "
+            f"trains {f'{cap} steps' if cap else 'every batch'} per epoch with "
+            f"{f'patience {patience}' if patience else 'no early stopping'} "
+            "(finetune.multiclass_max_steps_per_epoch, multiclass_patience)"
+        )
+    return cap, patience, note
+
+
 def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneResult:
     """Fine-tune a K-class classifier on categorical column ``cfg.finetune.task``."""
     ft = cfg.finetune
@@ -146,16 +176,9 @@ def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneRe
     if absent:
         notes.append(f"class(es) {absent} have no training video in this subset")
     batch_size = fit.capped_batch_size(ft.batch_size, len(sub_df), world_size, notes)
-    # The binary tasks' step cap (the demo's 4 steps keep its sweep in budget) left a 4-view
-    # model at PLAX recall 0.67-0.92; a multi-class task has its own cap, unset in every profile
-    # (docs/BENCHMARKS.md, "A view model with the defaults").
-    step_cap = ft.multiclass_max_steps_per_epoch
-    if ft.max_steps_per_epoch is not None and step_cap != ft.max_steps_per_epoch:
-        notes.append(
-            f"finetune.max_steps_per_epoch ({ft.max_steps_per_epoch}) caps binary tasks only; "
-            f"this multi-class task trains {f'{step_cap} steps' if step_cap else 'every batch'} "
-            "per epoch (finetune.multiclass_max_steps_per_epoch)"
-        )
+    step_cap, patience, budget_note = multiclass_budget(ft)
+    if budget_note:
+        notes.append(budget_note)
 
     seed_everything(cfg.runtime.seed)
     model = task.build_model(cfg)
@@ -175,7 +198,7 @@ def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneRe
     fitted = engine.fit(task_obj, fs.train_loader, fs.optimizer, fs.scheduler, epochs=ft.epochs,
                         sampler=fs.sampler, checkpoint_every=0, monitor=ft.monitor,
                         monitor_mode="min" if ft.monitor == "val_loss" else "max",
-                        patience=ft.patience, nonfinite_tolerance=ft.nonfinite_tolerance,
+                        patience=patience, nonfinite_tolerance=ft.nonfinite_tolerance,
                         max_steps_per_epoch=step_cap)  # fmt: skip
 
     ckpt = rundir.run_checkpoint(out_dir)
@@ -194,7 +217,7 @@ def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneRe
             "classes": classes, "frame_size": fit.frame_size(df, data_dir), "frac": ft.frac,
             "frac_seed": ft.frac_seed, "n_train_studies": len(studies),
             "n_train_videos": len(sub_df), "class_weight": None if weight is None else weight.tolist(),
-            "batch_size": batch_size, "max_steps_per_epoch": step_cap,
+            "batch_size": batch_size, "max_steps_per_epoch": step_cap, "patience": patience,
             "best_epoch": fitted.best_epoch, "best_metric": fitted.best_metric,
             "monitor": ft.monitor, "epochs_run": fitted.epochs_run, "stopped_early": fitted.stopped_early,
             "checkpoint_tested": ckpt.name, "splits": splits, "notes": notes,
