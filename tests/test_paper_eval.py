@@ -301,12 +301,23 @@ def test_evaluate_predictions_uses_the_configured_unit():
     cfg = Config()
     cfg.evaluate.bootstrap = 100
     out = splits.evaluate_predictions({"test": _duplicated()}, cfg)
-    assert out["test"]["video"]["auroc"]["ci_unit"] == "study"
-    assert out["test"]["study"]["auroc"]["ci_unit"] == "study"
+    # default: patients at both levels (here one study per patient: the study numbers)
+    assert out["test"]["video"]["auroc"]["ci_unit"] == "patient"
+    assert out["test"]["study"]["auroc"]["ci_unit"] == "patient"
+    cfg.evaluate.bootstrap_unit = "study"
+    st = splits.evaluate_predictions({"test": _duplicated()}, cfg)
+    assert st["test"]["video"]["auroc"]["ci_unit"] == "study"
+    assert st["test"]["study"]["auroc"]["ci_unit"] == "study"
+    for level in ("video", "study"):
+        cells = (st["test"][level]["auroc"], out["test"][level]["auroc"])
+        assert [c["ci_low"] for c in cells][0] == pytest.approx(cells[1]["ci_low"], abs=1e-12)
     cfg.evaluate.bootstrap_unit = "item"
     out2 = splits.evaluate_predictions({"test": _duplicated()}, cfg)
     assert out2["test"]["video"]["auroc"]["ci_unit"] == "video"
-    assert out2["test"]["study"]["auroc"] == out["test"]["study"]["auroc"]  # study level as is
+    assert out2["test"]["study"]["auroc"]["ci_unit"] == "study"  # the rows: studies
+    assert out2["test"]["study"]["auroc"]["ci_low"] == pytest.approx(
+        out["test"]["study"]["auroc"]["ci_low"], abs=1e-12
+    )  # one study per patient: the same resamples
     assert out2["test"]["video"]["auroc"]["ci_low"] > out["test"]["video"]["auroc"]["ci_low"]
 
 
@@ -319,12 +330,18 @@ def test_compare_runs_says_its_unit_and_clusters_videos():
     )
     va, vb = aggregate.aggregate(a, "video"), aggregate.aggregate(b, "video")
     sa, sb = aggregate.aggregate(va, "study"), aggregate.aggregate(vb, "study")
-    vid = compare_runs(va, vb, n=300, seed=2, on="video_id")
+    vid = compare_runs(va, vb, n=300, seed=2, on="video_id", unit="study")
     naive = compare_runs(va, vb, n=300, seed=2, on="video_id", unit="item")
-    st = compare_runs(sa, sb, n=300, seed=2, on="study_id")
+    st = compare_runs(sa, sb, n=300, seed=2, on="study_id", unit="study")
+    pat = compare_runs(va, vb, n=300, seed=2, on="video_id")  # default: patient clusters
     assert vid["bootstrap"]["unit"] == "study" and naive["bootstrap"]["unit"] == "video"
-    assert vid["delong"]["unit"] == "video" and st["delong"]["unit"] == "study"
-    assert st["bootstrap"]["unit"] == "study"
+    assert vid["delong"]["unit"] == "study" and naive["delong"]["unit"] == "video"
+    assert st["bootstrap"]["unit"] == "study" and st["delong"]["unit"] == "study"
+    assert pat["bootstrap"]["unit"] == pat["delong"]["unit"] == "patient"
+    assert pat["delong"]["test"] == "delong-obuchowski (patient clusters)"
+    assert naive["delong"]["test"] == "delong"
+    # one study per patient: patient clusters are the study clusters
+    assert pat["bootstrap"]["ci_low"] == pytest.approx(vid["bootstrap"]["ci_low"], abs=1e-12)
     # duplicated videos: the cluster bootstrap is the study-level one; the naive one is narrower
     assert vid["bootstrap"]["ci_low"] == pytest.approx(st["bootstrap"]["ci_low"], abs=1e-12)
     assert vid["bootstrap"]["ci_high"] == pytest.approx(st["bootstrap"]["ci_high"], abs=1e-12)

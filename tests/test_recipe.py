@@ -79,7 +79,7 @@ EVALPREP = {
     "preprocess.short_videos": "pad",
     "evaluate.clip_starts": "published",
     "evaluate.scaling": "video",
-    "evaluate.bootstrap_unit": "study",
+    "evaluate.bootstrap_unit": "patient",
 }
 
 

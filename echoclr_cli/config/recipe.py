@@ -147,8 +147,9 @@ RECIPE: tuple[Item, ...] = (
         "evaluate.bootstrap_unit",
         "video",
         "video-level CIs resampled videos as if independent",
-        why="a study's videos are correlated: resampling studies gives honest video-level CIs",
-        ours="study",
+        why="a patient's studies and a study's videos are correlated: every CI and paired "
+        "test resamples patients (the study where there is no patient id)",
+        ours="patient",
         owner="evalprep",
     ),
 )

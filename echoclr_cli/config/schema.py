@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from echoclr_cli.config.names import Name
 from echoclr_cli.config.sections import (
     PathsConfig,
     PreprocessConfig,
@@ -105,7 +106,7 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
-    task: str = Field("as", description="binary label column in the manifest")
+    task: Name = Field("as", description="binary label column in the manifest")
     init: str = Field("random", description="random | kinetics | SSL run dir | checkpoint file")
     weights: Path | None = Field(
         None, description="Kinetics-400 weight file (else torch hub cache)"
@@ -203,10 +204,11 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="stratified bootstrap resamples (0 = no CI)")
     ci: float = Field(0.95, gt=0, lt=1, description="DIFFERS: a true 95% interval (2.5/97.5)")
     bootstrap_seed: int = 0
-    bootstrap_unit: Literal["study", "item"] = Field(
-        "study",
-        description="video-level CIs resample whole studies (study) or videos as if "
-        "independent (item); study-level CIs resample studies either way",
+    bootstrap_unit: Literal["patient", "study", "item"] = Field(
+        "patient",
+        description="DIFFERS: what every CI and paired test resamples: whole patients "
+        "(patient; the study where the manifest has no patient id, said in the output), whole "
+        "studies (study; video level), or the rows as if independent (item)",
     )
     clip_starts: Literal["published", "linspace"] = Field(
         "published",
@@ -261,7 +263,7 @@ class SweepConfig(Section):
         default_factory=lambda: ["auto"],
         description="auto = random + kinetics (if weights) + every SSL run found",
     )
-    tasks: list[str] = Field(default_factory=lambda: ["as", "lvh"])
+    tasks: list[Name] = Field(default_factory=lambda: ["as", "lvh"])
     lrs: list[float] = Field(default_factory=lambda: [1e-4])
     low_ratio_lrs: list[float] = Field(
         default_factory=lambda: [1e-5, 1e-4, 5e-4], description="LR grid at ratio <= low_ratio"

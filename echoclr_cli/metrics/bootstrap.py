@@ -1,15 +1,19 @@
-"""Bootstrap CIs: stratified item resamples and cluster (study) resamples, vectorised.
+"""Bootstrap CIs: stratified item resamples and cluster (patient, study) resamples, vectorised.
 
 Bootstrap CIs are percentile intervals over stratified resamples: positives and negatives are
-resampled separately, so every resample keeps the original class counts. Video-level CIs
-resample whole studies by default (``evaluate.bootstrap_unit=study``: a study's videos are
-correlated, so resampling them as independent items gives too narrow an interval), stratified
-by the study's label; ``item`` resamples videos as before. Study-level CIs resample studies.
+resampled separately, so every resample keeps the original class counts. By default every CI
+resamples *patients* (``evaluate.bootstrap_unit=patient``, the cluster = the manifest's
+``patient_id``; ``metrics.clustered.resolve_clusters``): a patient's studies, and a study's
+videos, are correlated, so resampling them as independent items gives too narrow an interval.
+``study`` resamples studies (video level) and ``item`` the rows as they are.
 
 A cluster resample is expressed as integer weights on the items (how often each item's cluster
 was drawn), so every resample has the same shape and the metrics stay vectorised:
 ``weighted_metrics`` equals the metrics of the sample that repeats each item as often as its
-weight (tests/test_paper_eval.py).
+weight (tests/test_paper_eval.py). Clusters are stratified by their labels: all-positive,
+all-negative, and (patients only: a patient's studies may differ) mixed clusters are drawn
+separately, each stratum keeping its count; with no mixed cluster the draws are exactly those
+of a stratified bootstrap over the clusters themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.core import (
     COUNT_METRICS,
     DEFAULT_THRESHOLD,
@@ -134,6 +137,7 @@ def bootstrap_distribution(
     seed: int = 0,
     stratified: bool = True,
     thresholds: Mapping[str, float | None] | None = None,
+    clusters: Any = None,
 ) -> dict[str, np.ndarray]:
     """Metric values on ``n`` bootstrap resamples: ``name -> (n,)``.
 
@@ -141,7 +145,15 @@ def bootstrap_distribution(
     ``name -> fn(y_true, y_prob) -> float`` (called once per resample). With ``stratified`` the
     positives and negatives are resampled separately (class counts kept); otherwise all items are
     resampled together and a resample may be one-class (its ranking metrics are NaN).
+    ``clusters`` (n,) ids: resample whole clusters instead (``cluster_bootstrap_distribution``;
+    always stratified).
     """
+    if clusters is not None:
+        if not stratified:
+            raise ValueError("a cluster bootstrap is always stratified")
+        return cluster_bootstrap_distribution(
+            y_true, y_prob, clusters, metrics, n, seed, thresholds
+        )
     y, p = check_arrays(y_true, y_prob)
     rng = np.random.default_rng(seed)
     # Pre-sort once by score (descending, stable): sorting a resample's index row then sorts it
@@ -176,18 +188,40 @@ def percentile_interval(values: np.ndarray, ci: float = 0.95) -> tuple[float, fl
     return float(low), float(high)
 
 
+MIXED = 2  # the stratum label of a cluster holding both classes (``cluster_labels``)
+
+
 def cluster_weights(
     y_cluster: np.ndarray, n_resamples: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Stratified cluster resamples as draw counts ``(n_resamples, K)`` over ``K`` clusters.
 
-    The clusters' labels ``y_cluster: (K,)`` are resampled exactly as ``resample_indices`` (same
+    ``y_cluster: (K,)`` is each cluster's stratum: 1 (all positive), 0 (all negative) or
+    ``MIXED``. Positives and negatives are resampled exactly as ``resample_indices`` (same
     generator calls), so with the same seed and order the draws equal a bootstrap over the
-    clusters themselves."""
+    clusters themselves; mixed clusters are drawn last, among themselves."""
+    y_cluster = np.asarray(y_cluster)
     k = len(y_cluster)
-    idx = resample_indices(y_cluster, n_resamples, True, rng)  # (B, K) cluster indices
+    strata = [np.flatnonzero(y_cluster == s) for s in (1, 0, MIXED)]
+    parts = [rng.choice(idx, size=(n_resamples, len(idx))) for idx in strata if len(idx)]
+    idx = np.concatenate(parts, axis=1) if parts else np.zeros((n_resamples, 0), np.int64)
     flat = idx + k * np.arange(n_resamples)[:, None]
     return np.bincount(flat.ravel(), minlength=n_resamples * k).reshape(n_resamples, k)
+
+
+def cluster_labels(y: np.ndarray, clusters: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(inv, y_cluster)``: each item's cluster index (clusters sorted by id) and each
+    cluster's stratum for ``cluster_weights`` (1, 0 or ``MIXED``)."""
+    ids = np.asarray(clusters)
+    if ids.shape != np.shape(y):
+        raise ValueError(f"clusters must be (n,) like y_true, got {ids.shape}")
+    _, inv = np.unique(ids, return_inverse=True)  # sorted ids, item -> cluster
+    k = int(inv.max()) + 1 if len(inv) else 0
+    y = np.asarray(y, np.int64)
+    hi, lo = np.zeros(k, np.int64), np.ones(k, np.int64)
+    np.maximum.at(hi, inv, y)
+    np.minimum.at(lo, inv, y)
+    return inv, np.where(hi == lo, hi, MIXED)
 
 
 def weighted_metrics(
@@ -250,49 +284,55 @@ def weighted_metrics(
     return out
 
 
+def cluster_resamples(
+    y_true: Any, y_prob: Any, clusters: Any, n: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified cluster resamples: ``(y, p, counts, item_cluster)``.
+
+    ``y, p: (n_items,)`` sorted by score (descending, stable); ``counts: (n, K)`` how often
+    each cluster was drawn; ``item_cluster: (n_items,)`` the cluster of each sorted item, so
+    ``counts[b][item_cluster]`` are the item weights of resample ``b``. The clusters are
+    ordered like the rows of a cluster-level frame (by id) and then by their mean score
+    (descending, stable), as ``bootstrap_distribution`` orders its rows, so with one item per
+    cluster, or identical items within each cluster, the resamples are exactly those of the
+    cluster-level bootstrap with the same seed.
+    """
+    y, p = check_arrays(y_true, y_prob)
+    inv, y_c = cluster_labels(y, clusters)
+    k = len(y_c)
+    p_c = np.bincount(inv, weights=p, minlength=k) / np.bincount(inv, minlength=k)
+    corder = np.argsort(-p_c, kind="stable")  # cluster order of a cluster-level frame
+    rank_of = np.empty(k, np.int64)
+    rank_of[corder] = np.arange(k)
+    counts = cluster_weights(y_c[corder], n, np.random.default_rng(seed))  # (n, K)
+    order = np.argsort(-p, kind="stable")
+    return y[order], p[order], counts, rank_of[inv[order]]
+
+
 def cluster_bootstrap_distribution(
     y_true: Any,
     y_prob: Any,
     clusters: Any,
-    metrics: Sequence[str],
+    metrics: Sequence[str] | Mapping[str, MetricFn],
     n: int = 1000,
     seed: int = 0,
     thresholds: Mapping[str, float | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Metric values on ``n`` stratified *cluster* resamples: ``name -> (n,)``.
 
-    ``clusters: (n_items,)`` ids (e.g. the study of each video). Whole clusters are drawn with
-    replacement, positives and negatives separately (a cluster's label must be the same for all
-    its items: a study's label), and every item of a drawn cluster enters the resample. The
-    clusters are ordered like the rows of a cluster-level frame (by id) and then by their mean
-    score (descending, stable), as ``bootstrap_distribution`` orders its rows, so with one item
-    per cluster, or identical items within each cluster, the resamples are exactly those of the
-    cluster-level bootstrap with the same seed.
+    ``clusters: (n_items,)`` ids (the patient, or the study of each video). Whole clusters
+    are drawn with replacement, stratified by their labels (``cluster_weights``), and every
+    item of a drawn cluster enters the resample (``cluster_resamples``). ``metrics``: metric
+    keys (vectorised, ``weighted_metrics``) or ``name -> fn(y_true, y_prob)`` called once per
+    resample on the expanded sample.
     """
-    y, p = check_arrays(y_true, y_prob)
-    ids = np.asarray(clusters)
-    if ids.shape != y.shape:
-        raise ValueError(f"clusters must be (n,) like y_true, got {ids.shape}")
-    uniq, inv = np.unique(ids, return_inverse=True)  # sorted ids, item -> cluster
-    k = len(uniq)
-    y_c = np.zeros(k, np.int64)
-    np.maximum.at(y_c, inv, y)
-    lo = np.ones(k, np.int64)
-    np.minimum.at(lo, inv, y)
-    if (lo != y_c).any():
-        bad = [str(v) for v in uniq[lo != y_c][:5]]
-        raise UserError(
-            f"y_true differs within clusters {bad}: a cluster bootstrap needs one label per cluster",
-            fix="every video of one study must carry the study's label",
-        )
-    p_c = np.bincount(inv, weights=p, minlength=k) / np.bincount(inv, minlength=k)
-    corder = np.argsort(-p_c, kind="stable")  # cluster order of a cluster-level frame
-    rank_of = np.empty(k, np.int64)
-    rank_of[corder] = np.arange(k)
-    rng = np.random.default_rng(seed)
-    counts = cluster_weights(y_c[corder], n, rng)  # (n, K) in the sorted cluster order
-    order = np.argsort(-p, kind="stable")
-    y, p, item_cluster = y[order], p[order], rank_of[inv[order]]
+    y, p, counts, item_cluster = cluster_resamples(y_true, y_prob, clusters, n, seed)
+    if isinstance(metrics, Mapping):
+        rows = [np.repeat(np.arange(len(y)), c[item_cluster]) for c in counts]
+        return {
+            name: np.array([fn(y[r], p[r]) for r in rows], dtype=np.float64)
+            for name, fn in metrics.items()
+        }
     names = list(metrics)
     chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, len(y)))
     parts: dict[str, list[np.ndarray]] = {k_: [] for k_ in names}
@@ -317,8 +357,8 @@ def bootstrap_ci(
 ) -> dict[str, tuple[float, float]]:
     """Bootstrap percentile confidence intervals: ``metric -> (low, high)``.
 
-    ``clusters`` (n,) ids: resample whole clusters (``cluster_bootstrap_distribution``, e.g. the
-    studies of video-level predictions) instead of items; metric keys only.
+    ``clusters`` (n,) ids: resample whole clusters (``cluster_bootstrap_distribution``: the
+    patients, or the studies of video-level predictions) instead of items.
 
     ``ci=0.95`` takes the 2.5th and 97.5th percentiles of ``n`` resamples (seeded by ``seed``).
     DIFFERS: the EchoCLR group's related code labelled the 5th-95th percentiles a 95% CI; that is
@@ -328,12 +368,7 @@ def bootstrap_ci(
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
-    if clusters is not None:
-        if isinstance(metrics, Mapping) or not stratified:
-            raise ValueError("a cluster bootstrap takes metric keys and is always stratified")
-        dist = cluster_bootstrap_distribution(
-            y_true, y_prob, clusters, metrics, n, seed, thresholds
-        )
-    else:
-        dist = bootstrap_distribution(y_true, y_prob, metrics, n, seed, stratified, thresholds)
+    dist = bootstrap_distribution(
+        y_true, y_prob, metrics, n, seed, stratified, thresholds, clusters=clusters
+    )
     return {k: percentile_interval(v, ci) for k, v in dist.items()}

@@ -1,13 +1,14 @@
 """Paired comparison of two models on the same items: DeLong's test and the paired stratified
 bootstrap of the AUROC difference (``echoclr evaluate --compare``, the sweep's paired p-values).
 
-Units: at study level (``on="study_id"``) both resample / treat studies as the items. At video
-level (``on="video_id"``) the paired bootstrap resamples whole studies by default (``unit="study"``,
-``evaluate.bootstrap_unit``: a study's videos are correlated; stratified by the study's label,
-the same draws score both runs), or videos with ``unit="item"``. DeLong's variance always treats
-the rows as independent, so at video level it is the naive (too small) one; its result says so
-with ``unit: "video"``. Every result carries the unit it used (``unit`` in ``bootstrap`` and
-``delong``).
+Units (``evaluate.bootstrap_unit``): by default both the paired bootstrap and DeLong's test are
+clustered by *patient* (``unit="patient"``, the frames' ``patient_id``), at study and at video
+level: the bootstrap resamples whole patients (stratified by their labels, the same draws score
+both runs) and DeLong's variance is Obuchowski's clustered one (``metrics.clustered``). Without
+patient ids the study is the cluster (``study (no patient id)``). ``unit="study"`` clusters
+video rows by study; ``unit="item"`` treats the rows as independent (the naive, too small
+variance when rows repeat a patient). Every result names what it resampled / counted as one
+unit (``unit`` in ``bootstrap`` and ``delong``) and DeLong's method (``delong.test``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.aggregate import require_columns
 from echoclr_cli.metrics.bootstrap import (
     _BOOT_CHUNK_ELEMENTS,
+    cluster_labels,
     cluster_weights,
     percentile_interval,
     resample_indices,
     weighted_metrics,
 )
+from echoclr_cli.metrics.clustered import method_name, obuchowski_covariance, resolve_clusters
 from echoclr_cli.metrics.core import auroc_rank, one_class_reason
 
 
@@ -57,16 +60,28 @@ def delong_covariance(y_true: Any, scores: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def delong_test(
-    y_true: Any, prob_a: Any, prob_b: Any, ci: float = 0.95, unit: str = "item"
+    y_true: Any,
+    prob_a: Any,
+    prob_b: Any,
+    ci: float = 0.95,
+    unit: str = "item",
+    clusters: Any = None,
 ) -> dict[str, Any]:
     """DeLong's test for two correlated AUROCs on the same samples (two-sided).
 
     Returns ``auroc_a, auroc_b, diff (a - b), se, z, p_value, ci_low, ci_high`` (normal CI of
-    the difference) and ``unit`` (what one sample is, as the caller names it: ``study``,
-    ``video``; ``item`` when not said): the variance treats the samples as independent.
-    Identical predictions give diff 0, se 0 and p 1.
+    the difference), ``unit`` (what one independent unit is, as the caller names it:
+    ``patient``, ``study``, ``video``; ``item`` when not said) and ``test`` (the method).
+    Without ``clusters`` the variance treats the samples as independent (``delong``); with
+    ``clusters: (n,)`` ids it is Obuchowski's clustered variance (``delong-obuchowski (<unit>
+    clusters)``, ``metrics.clustered.obuchowski_covariance``), equal to DeLong's when every
+    cluster holds one sample. Identical predictions give diff 0, se 0 and p 1.
     """
-    aucs, cov = delong_covariance(y_true, np.vstack([prob_a, prob_b]))
+    scores = np.vstack([prob_a, prob_b])
+    if clusters is None:
+        aucs, cov = delong_covariance(y_true, scores)
+    else:
+        aucs, cov = obuchowski_covariance(y_true, scores, clusters)
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))
@@ -87,6 +102,7 @@ def delong_test(
         "ci_low": diff - zcrit * se,
         "ci_high": diff + zcrit * se,
         "unit": unit,
+        "test": method_name(clusters, unit),
     }
 
 
@@ -108,7 +124,7 @@ def _paired_frame(df_a: pd.DataFrame, df_b: pd.DataFrame, on: str) -> pd.DataFra
             fix="compare predictions on the same split of the same dataset",
         )
     keep = [on, "y_true", "y_prob"]
-    extra = ["study_id"] if on != "study_id" and "study_id" in df_a.columns else []
+    extra = [c for c in ("study_id", "patient_id") if c != on and c in df_a.columns]
     merged = df_a[keep + extra].merge(
         df_b[keep], on=on, suffixes=("_a", "_b"), validate="one_to_one"
     )
@@ -126,15 +142,7 @@ def _cluster_diffs(
     rng: np.random.Generator,
 ) -> np.ndarray:  # fmt: skip
     """Paired stratified cluster bootstrap of AUROC_a - AUROC_b: ``(n,)``."""
-    uniq, inv = np.unique(clusters, return_inverse=True)
-    y_c, lo = np.zeros(len(uniq), np.int64), np.ones(len(uniq), np.int64)
-    np.maximum.at(y_c, inv, y)
-    np.minimum.at(lo, inv, y)
-    if (lo != y_c).any():
-        raise UserError(
-            f"y_true differs within studies {[str(v) for v in uniq[lo != y_c][:5]]}",
-            fix="every video of one study must carry the study's label",
-        )
+    inv, y_c = cluster_labels(y, clusters)
     counts = cluster_weights(y_c, n, rng)  # (n, K)
     oa, ob = np.argsort(-pa, kind="stable"), np.argsort(-pb, kind="stable")
     chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, len(y)))
@@ -147,6 +155,24 @@ def _cluster_diffs(
     return np.concatenate(parts) if parts else np.empty(0)
 
 
+def paired_delong(
+    y: np.ndarray, pa: np.ndarray, pb: np.ndarray, ci: float, clusters: Any, unit: str
+) -> dict[str, Any]:
+    """``delong_test`` (clustered when ``clusters`` is given), or ``{"reason", "unit",
+    "test"}`` when there are fewer than 2 positive and 2 negative units (clusters)."""
+    yb = np.asarray(y).astype(bool)
+    ids = np.arange(len(yb)) if clusters is None else np.asarray(clusters)
+    n_pos, n_neg = len(np.unique(ids[yb])), len(np.unique(ids[~yb]))
+    if min(n_pos, n_neg) < 2:
+        what = "positives and negatives" if clusters is None else f"{unit}s with each class"
+        return {
+            "reason": f"DeLong needs >= 2 {what}: {n_pos} and {n_neg}",
+            "unit": unit,
+            "test": method_name(clusters, unit),
+        }
+    return delong_test(y, pa, pb, ci, unit=unit, clusters=clusters)
+
+
 def compare_runs(
     df_a: pd.DataFrame,
     df_b: pd.DataFrame,
@@ -154,29 +180,28 @@ def compare_runs(
     seed: int = 0,
     ci: float = 0.95,
     on: str = "study_id",
-    unit: str = "study",
+    unit: str = "patient",
 ) -> dict[str, Any]:
     """Paired comparison of two runs' AUROC on the same items (rows matched on ``on``).
 
-    - Paired stratified bootstrap: the same resampled items score both runs; ``diff = AUROC_a -
+    - Paired stratified bootstrap: the same resampled units score both runs; ``diff = AUROC_a -
       AUROC_b``; percentile CI; two-sided p-value ``min(1, 2 * min(P(d <= 0), P(d >= 0)))`` over
-      resamples (identical predictions: every d is 0 and p = 1). Rows matched on ``video_id``
-      with a ``study_id`` column are resampled as whole studies when ``unit="study"``
-      (``evaluate.bootstrap_unit``), as single videos with ``unit="item"``.
-    - DeLong's test (``delong_test``; rows as independent samples).
+      resamples (identical predictions: every d is 0 and p = 1). ``unit``
+      (``evaluate.bootstrap_unit``, ``metrics.clustered.resolve_clusters``): ``patient``
+      resamples whole patients (the frames' ``patient_id``; the study without one), ``study``
+      whole studies of video rows, ``item`` the rows.
+    - DeLong's test on the same units: Obuchowski's clustered variance when clusters are
+      resampled, the classic one when rows are (``delong_test``).
 
-    ``bootstrap.unit`` / ``delong.unit`` say what was resampled / counted as one sample.
-    Raises UserError naming the ids when the two id sets differ or labels disagree.
+    ``bootstrap.unit`` / ``delong.unit`` say what was resampled / counted as one unit;
+    ``delong.test`` names the method. Raises UserError naming the ids when the two id sets
+    differ or labels disagree.
     """
-    if unit not in ("study", "item"):
-        raise ValueError(f"unit must be 'study' or 'item', got {unit!r}")
     merged = _paired_frame(df_a, df_b, on)
+    clusters, boot_unit = resolve_clusters(merged, unit)
     y = merged["y_true_a"].to_numpy()
     pa, pb = merged["y_prob_a"].to_numpy(np.float64), merged["y_prob_b"].to_numpy(np.float64)
     why = one_class_reason(y)
-    row_unit = "study" if on == "study_id" else on.removesuffix("_id")
-    clustered = unit == "study" and on != "study_id" and "study_id" in merged.columns
-    boot_unit = "study" if clustered else row_unit
     out: dict[str, Any] = {"n": len(y), "n_pos": int(np.sum(y == 1)), "on": on}
     if why:
         nan = {k: None for k in ("diff", "ci_low", "ci_high", "p_value")}
@@ -187,11 +212,16 @@ def compare_runs(
             "diff": None,
             "reason": why,
             "bootstrap": {**nan, "n_resamples": n, "unit": boot_unit},
-            "delong": {**nan, "se": None, "z": None, "unit": row_unit},
+            "delong": {
+                **nan,
+                "se": None,
+                "z": None,
+                "unit": boot_unit,
+                "test": method_name(clusters, boot_unit),
+            },
         }
     rng = np.random.default_rng(seed)
-    if clustered:
-        clusters = merged["study_id"].astype(str).to_numpy()
+    if clusters is not None:
         diffs = _cluster_diffs(y.astype(np.int64), pa, pb, clusters, n, rng)  # (n,)
     else:
         idx = resample_indices(y, n, True, rng)  # (n, N)
@@ -200,14 +230,6 @@ def compare_runs(
     tol = 1e-12
     p_boot = min(1.0, 2 * min(float(np.mean(diffs <= tol)), float(np.mean(diffs >= -tol))))
     auc_a, auc_b = float(auroc_rank(y[None], pa[None])[0]), float(auroc_rank(y[None], pb[None])[0])
-    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
-    if min(n_pos, n_neg) >= 2:
-        delong: dict[str, Any] = delong_test(y, pa, pb, ci, unit=row_unit)
-    else:
-        delong = {
-            "reason": f"DeLong needs >= 2 positives and negatives: n_pos={n_pos}, n_neg={n_neg}",
-            "unit": row_unit,
-        }
     return {
         **out,
         "auroc_a": auc_a,
@@ -221,5 +243,5 @@ def compare_runs(
             "n_resamples": n,
             "unit": boot_unit,
         },
-        "delong": delong,
+        "delong": paired_delong(y, pa, pb, ci, clusters, boot_unit),
     }

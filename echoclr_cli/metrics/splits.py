@@ -10,6 +10,7 @@ import pandas as pd
 
 from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.bootstrap import bootstrap_ci
+from echoclr_cli.metrics.clustered import resolve_clusters
 from echoclr_cli.metrics.core import (
     COUNT_METRICS,
     _clean,
@@ -29,19 +30,16 @@ def evaluate_frame(
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, str]]:
     """Metrics with CIs for one aggregated prediction frame (``y_true``, ``y_prob`` columns).
 
-    ``unit``: ``"item"`` resamples the frame's rows, ``"study"`` resamples whole studies (the
-    frame's ``study_id`` column; for video-level frames). Returns ``({metric: {"value",
+    ``unit`` (``metrics.clustered.resolve_clusters``): ``"patient"`` resamples whole patients
+    (the frame's ``patient_id``; the study where there is none), ``"study"`` whole studies (the
+    ``study_id`` of video rows), ``"item"`` the frame's rows. Returns ``({metric: {"value",
     "ci_low", "ci_high", "n"[, "ci_unit"]}}, {metric: reason})``; ``ci_unit`` (cells with a
-    bootstrap) names what was resampled: ``study`` or ``video`` (rows of a video frame) /
-    ``study`` (rows of a study frame). NaN is written as None; ``n`` and ``n_pos`` are ints.
-    Counts (``n, n_pos, prevalence``) carry no CI.
+    bootstrap) names what was resampled: ``patient``, ``study``, ``video``, or ``study (no
+    patient id)`` when patients were asked for and the frame has none. NaN is written as None;
+    ``n`` and ``n_pos`` are ints. Counts (``n, n_pos, prevalence``) carry no CI.
     """
-    if unit not in ("item", "study"):
-        raise ValueError(f"bootstrap unit must be 'item' or 'study', got {unit!r}")
     y, p = df["y_true"].to_numpy(), df["y_prob"].to_numpy()
-    video_rows = "video_id" in df.columns
-    clusters = df["study_id"].to_numpy() if unit == "study" and video_rows else None
-    ci_unit = "study" if clusters is not None or not video_rows else "video"
+    clusters, ci_unit = resolve_clusters(df, unit)
     values, reasons = compute_metrics_with_reasons(y, p, thresholds)
     boot_names = [k for k in values if k not in COUNT_METRICS and math.isfinite(values[k])]
     intervals: dict[str, tuple[float, float]] = {}
@@ -79,8 +77,8 @@ def evaluate_predictions(
     ``"thresholds"`` of a fine-tuning run's metrics.json) is used instead of choosing, so a later
     evaluation of test alone applies the thresholds chosen at training time. With neither, only
     the 0.5 operating point is reported. CIs use ``cfg.evaluate.bootstrap`` stratified resamples
-    (0 = no CI), level ``cfg.evaluate.ci``, seed ``cfg.evaluate.bootstrap_seed``; video-level
-    CIs resample by ``cfg.evaluate.bootstrap_unit`` (study clusters or videos). ``progress``
+    (0 = no CI), level ``cfg.evaluate.ci``, seed ``cfg.evaluate.bootstrap_seed``; CIs of both
+    levels resample by ``cfg.evaluate.bootstrap_unit`` (patients by default). ``progress``
     (optional) receives one status line per split and level before its metrics are computed.
 
     Returns ``{split: {level: {metric: {"value", "ci_low", "ci_high", "n"}}}, "thresholds":
@@ -112,7 +110,7 @@ def evaluate_predictions(
                 progress(f"metrics {split}/{level}: {len(df)} rows, {ev.bootstrap} resamples")
             applied = chosen.get(level) if split != "val" else None
             table, why = evaluate_frame(df, applied, ev.bootstrap, ev.ci, ev.bootstrap_seed,
-                                        getattr(ev, "bootstrap_unit", "study"))  # fmt: skip
+                                        getattr(ev, "bootstrap_unit", "patient"))  # fmt: skip
             out[split][level] = table
             if why:
                 reasons.setdefault(split, {})[level] = why
