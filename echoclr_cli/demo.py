@@ -1,8 +1,8 @@
 """`echoclr demo`: the whole pipeline on synthetic data, resumable stage by stage.
 
-synth -> preprocess -> pretrain (SimCLR, MI-SimCLR, EchoCLR) -> sweep (random vs the SSL inits). Every
-stage is skipped when its output is already complete, so re-running the demo only redoes what is
-missing (and an interrupted demo continues where it stopped).
+synth -> preprocess -> pretrain (SimCLR, MI-SimCLR, EchoCLR) -> sweep (random, random-bn and the
+SSL inits). Every stage is skipped when its output is already complete, so re-running the demo only
+redoes what is missing (and an interrupted demo continues where it stopped).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from echoclr_cli.config.schema import Config, pretrain_epochs
 from echoclr_cli.events import Progress, counter
+from echoclr_cli.models.bn_init import RANDOM_BN
 from echoclr_cli.pretrain.methods import METHOD_NAMES
 from echoclr_cli.rundir import pretrain_run_dir, run_progress, sweep_dir
 
@@ -39,7 +40,7 @@ def demo_config(cfg: Config, root: Path) -> Config:
     cfg.paths.data = root / "data"
     cfg.paths.runs = root / "runs"
     cfg.preprocess.input = None
-    cfg.sweep.inits = ["random", *METHOD_NAMES]
+    cfg.sweep.inits = ["random", RANDOM_BN, *METHOD_NAMES]  # random-bn: the BatchNorm control
     return cfg
 
 

@@ -182,7 +182,7 @@ def run_finetune_multiclass(cfg: Config, run: fit.FinetuneRun) -> fit.FinetuneRe
 
     seed_everything(cfg.runtime.seed)
     model = task.build_model(cfg)
-    init = None if resume else init_backbone(cfg, model.backbone).to_dict()
+    init = None if resume else init_backbone(cfg, model.backbone, run.data_dir).to_dict()
     studies = (
         sub_df.groupby("study_id", sort=True)
         .agg(patient_id=("patient_id", "first"), n_videos=("video_id", "size"))

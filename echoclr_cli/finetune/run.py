@@ -77,6 +77,7 @@ from echoclr_cli.metrics.core import auroc_rank
 from echoclr_cli.models.checkpoint import load_checkpoint
 from echoclr_cli.models.weights import (
     KINETICS_WIDTH,
+    RANDOM_BN,
     init_backbone,
     read_weights_file,
     resolve_init_file,
@@ -214,10 +215,10 @@ def init_model(init: str) -> tuple[dict[str, Any], str] | None:
 
     Our run dir: its ``config.yaml``; our checkpoint file: the config it records; a published
     EchoCLR checkpoint: r3d_18 at full width; Kinetics-400: the width torchvision's weights have
-    (any arch with Kinetics weights). None for random and for state dicts that do not say (their
-    tensors are checked against the configured model when loading).
+    (any arch with Kinetics weights). None for random / random-bn and for state dicts that do not
+    say (their tensors are checked against the configured model when loading).
     """
-    if init == "random":
+    if init in ("random", RANDOM_BN):
         return None
     if init == "kinetics":
         return {"width": KINETICS_WIDTH}, (
@@ -304,7 +305,7 @@ def run_finetune(
     model = task_obj.build_model(cfg)
     init: dict[str, Any] | None = None
     if not resume:
-        init = init_backbone(cfg, model.backbone).to_dict()
+        init = init_backbone(cfg, model.backbone, data_dir).to_dict()
     fs = setup_fit(
         cfg, task_obj, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
         world_size=world_size,

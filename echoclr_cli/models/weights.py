@@ -3,6 +3,8 @@
 ``finetune.init`` is one of:
 
 - ``random``: torchvision's initialisation (nothing is loaded);
+- ``random-bn``: the same random weights, with the BatchNorm running statistics re-estimated on
+  the pretraining split without a gradient step (a control for the SSL inits; ``bn_init.py``);
 - ``kinetics``: torchvision's Kinetics-400 weights for ``model.arch``, read from the local torch
   hub cache (``torch.hub.get_dir()/checkpoints/<file name of the torchvision weight URL>``) or
   from ``finetune.weights``. Never downloaded: the tool runs offline. Needs ``model.width 1.0``
@@ -44,7 +46,10 @@ from torch import Tensor, nn
 from echoclr_cli import rundir
 from echoclr_cli.config.schema import KINETICS_MEAN, KINETICS_STD, Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.models.bn_init import RANDOM_BN, random_bn
 from echoclr_cli.models.checkpoint import safe_load
+
+BUILTIN_INITS = ("random", RANDOM_BN, "kinetics")  # inits that name no file
 
 # Whole key prefixes a backbone may sit under, tried after removing leading "module." wrappers.
 BACKBONE_PREFIXES = ("backbone.", "encoder.", "")
@@ -59,7 +64,7 @@ class InitReport:
 
     init: str  # the finetune.init value
     source: str | None  # file read (None for random)
-    format: str  # random | kinetics | echoclr-checkpoint | echoclr-published | state-dict-wrapper | state-dict
+    format: str  # random | random-bn | kinetics | echoclr-checkpoint | echoclr-published | state-dict-wrapper | state-dict
     prefix: str | None  # key prefix removed to reach backbone names ("" = none)
     normalization: dict[str, list[float]] | None  # input mean/std after min-max, or None
     allow_missing: bool = False
@@ -70,6 +75,7 @@ class InitReport:
     unexpected: list[str] = field(default_factory=list)  # file tensors the backbone does not use
     missing_counters: list[str] = field(default_factory=list)  # BatchNorm counters absent (fine)
     checkpoint_config: dict[str, Any] | None = None  # model section of our checkpoint, if any
+    bn_estimate: dict[str, Any] | None = None  # random-bn: split, videos, batches, clips
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +130,10 @@ def init_available(init: str, cfg: Config) -> InitCheck:
     """
     if init == "random":
         return InitCheck(True, "torchvision initialisation")
+    if init == RANDOM_BN:
+        return InitCheck(
+            True, "torchvision initialisation, BatchNorm statistics of the pretraining split"
+        )
     if init == "kinetics":
         arch = cfg.model.arch
         try:
@@ -172,8 +182,10 @@ def resolve_init_file(init: str) -> Path:
     if path.is_file():
         return path
     raise UserError(
-        f"finetune.init '{init}' is not 'random', 'kinetics', a run dir or a checkpoint file",
-        fix="use --init random | kinetics | runs/pretrain/<run> | path/to/checkpoint.pt",
+        f"finetune.init '{init}' is not 'random', '{RANDOM_BN}', 'kinetics', a run dir or a "
+        "checkpoint file",
+        fix=f"use --init random | {RANDOM_BN} | kinetics | runs/pretrain/<run> | "
+        "path/to/checkpoint.pt",
     )
 
 
@@ -359,14 +371,20 @@ def _mismatch_message(
     return f"{source}{where} does not fit the model's backbone: " + "; ".join(parts)
 
 
-def init_backbone(cfg: Config, backbone: nn.Module) -> InitReport:
-    """Load ``cfg.finetune.init`` into ``backbone`` (in place) and report what was loaded."""
+def init_backbone(cfg: Config, backbone: nn.Module, data_dir: Path | None = None) -> InitReport:
+    """Load ``cfg.finetune.init`` into ``backbone`` (in place) and report what was loaded.
+    ``data_dir``: the dataset, read by ``random-bn`` only (its pretraining split)."""
     ft = cfg.finetune
     norm = input_normalization(cfg)
     norm_d = {"mean": list(norm[0]), "std": list(norm[1])} if norm else None
     # finetune.weights is read only for init kinetics (a sweep passes it to every init's runs).
     if ft.init == "random":
         return InitReport("random", None, "random", None, norm_d, ft.allow_missing)
+    if ft.init == RANDOM_BN:
+        bn = random_bn(cfg, backbone, data_dir, norm)
+        return InitReport(
+            RANDOM_BN, None, RANDOM_BN, None, norm_d, ft.allow_missing, bn_estimate=bn
+        )
     avail = init_available(ft.init, cfg)
     if not avail.ok:
         raise UserError(avail.reason, fix=avail.fix)

@@ -6,10 +6,12 @@ import re
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.models.bn_init import RANDOM_BN
 from echoclr_cli.pretrain.methods import METHOD_NAMES
 
 SSL_METHODS = METHOD_NAMES  # the inits `sweep` can pretrain (pretrain/methods.py)
-INIT_ORDER = ("random", "kinetics", *SSL_METHODS)  # table rows / plot lines in this order
+# table rows / plot lines in this order; random-bn (models/bn_init.py) is the BatchNorm control
+INIT_ORDER = ("random", RANDOM_BN, "kinetics", *SSL_METHODS)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # init / task names used as dir names
 
 

@@ -1,4 +1,5 @@
-"""Which inits a sweep compares: random, Kinetics-400, and SSL pretrain runs found on disk.
+"""Which inits a sweep compares: random, random-bn, Kinetics-400, and SSL pretrain runs found on
+disk.
 
 ``resolve_inits`` turns ``sweep.inits`` into ``finetune.init`` values, says where each was found
 or why it was left out, and lists the pretraining to do first (``--pretrain-missing``).
@@ -14,6 +15,7 @@ import yaml
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
+from echoclr_cli.models.bn_init import RANDOM_BN
 from echoclr_cli.rundir import last_checkpoint, run_progress
 from echoclr_cli.rundir import pretrain_root as default_pretrain_root
 from echoclr_cli.sweep.grid import INIT_ORDER, NAME_RE, SSL_METHODS
@@ -83,7 +85,8 @@ def resolve_inits(
     """Init names -> ``finetune.init`` values, notes per init, and pretraining to do first.
 
     ``auto``: random, kinetics when its weight file is present (and ``model.width`` is 1.0), and
-    every finished pretrain run under the pretrain dir (methods first); with
+    every finished pretrain run under the pretrain dir (methods first); ``random-bn`` (random
+    weights, BatchNorm statistics of the pretraining split: a control) only when named; with
     ``sweep.pretrain_missing`` the three SSL methods are always included and missing ones are
     pretrained. Named inits must exist: a missing SSL run raises UserError with the exact
     `echoclr pretrain` command (unless ``pretrain_missing``), a missing Kinetics file with where
@@ -114,6 +117,11 @@ def resolve_inits(
         if name == "random":
             out.append((name, "random"))
             notes[name] = "torchvision initialisation"
+        elif name == RANDOM_BN:
+            out.append((name, RANDOM_BN))
+            notes[name] = (
+                "torchvision initialisation, BatchNorm statistics of the pretraining split"
+            )
         elif name == "kinetics":
             from echoclr_cli.models.weights import init_available
 
