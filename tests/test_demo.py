@@ -62,7 +62,7 @@ def test_demo_runs_each_stage_then_skips_finished_ones(tmp_path, monkeypatch):
     res = run_demo(cfg=cfg, root=tmp_path / "demo")
     assert [c[0] for c in calls] == ["synth", "preprocess", *["pretrain"] * 3, "sweep"]
     assert [c[1:] for c in calls[2:5]] == [(m, False) for m in ("simclr", "mi-simclr", "echoclr")]
-    assert calls[5][1] == ("random", "simclr", "mi-simclr", "echoclr")
+    assert calls[5][1] == ("random", "random-bn", "simclr", "mi-simclr", "echoclr")
     assert calls[5][2] == tmp_path / "demo/runs/sweep"
     assert res.stages_skipped == []
     calls.clear()
