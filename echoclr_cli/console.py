@@ -47,13 +47,16 @@ def set_quiet(quiet: bool) -> None:
     QUIET = quiet
 
 
+# Every text given to these functions is plain text: user text (paths, task and label names,
+# column names) is escaped before rich reads markup, so ``[/x]`` prints as itself. Only this
+# module writes markup, around escaped text.
 def info(msg: str) -> None:
     if not QUIET:
-        console.print(msg)
+        console.print(escape(str(msg)))
 
 
 def warn(msg: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {msg}")
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(msg))}")
 
 
 def error(msg: str, fix: str | None = None) -> None:
@@ -66,7 +69,7 @@ def error(msg: str, fix: str | None = None) -> None:
 
 def print_config(cfg_dict: dict) -> None:
     console.rule("resolved config")
-    console.print(yaml.safe_dump(cfg_dict, sort_keys=False).rstrip())
+    console.print(escape(yaml.safe_dump(cfg_dict, sort_keys=False).rstrip()))
     console.rule()
 
 
@@ -89,11 +92,12 @@ def fmt_ci(value: float, low: float | None, high: float | None, digits: int = 3)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    """A rich table of plain text (title, headers and cells escaped)."""
+    t = Table(title=escape(str(title)), title_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c not in (columns[0],) else "left")
+        t.add_column(escape(str(c)), justify="right" if c not in (columns[0],) else "left")
     for r in rows:
-        t.add_row(*[x if isinstance(x, str) else fmt(x) for x in r])
+        t.add_row(*[escape(x if isinstance(x, str) else fmt(x)) for x in r])
     return t
 
 
@@ -175,15 +179,19 @@ class Renderer:
         self.description = description
         self.out = out
         self.bar = bar
-        self.task = bar.add_task(description, total=None, info="") if bar is not None else None
+        self.task = (
+            bar.add_task(escape(description), total=None, info="") if bar is not None else None
+        )
         self.bar_visible = bar is not None and not bar.disable
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, markup: str = "") -> None:
+        """Print ``text`` (plain, escaped) after ``markup`` (this module's own)."""
         if not QUIET:
-            self.out.print(text, soft_wrap=True)
+            self.out.print(markup + escape(str(text)), soft_wrap=True)
 
     def _bar(self, **fields: Any) -> None:
-        if self.bar is not None:
+        if self.bar is not None:  # the bar's columns read markup: descriptions are plain text
+            fields = {k: escape(v) if isinstance(v, str) else v for k, v in fields.items()}
             self.bar.update(self.task, **fields)
 
     def _where(self, run: str | None) -> str:
@@ -223,7 +231,9 @@ class Renderer:
             verb = "resuming" if e.resume else "training"
             self._line(f"[{e.index}/{e.total}] {verb} {e.run}")
         elif isinstance(e, events.RunFailed):
-            self._line(f"[{e.index}/{e.total}] [red]FAILED[/red] {e.run}: {e.error}")
+            self._line(
+                f"{e.run}: {e.error}", escape(f"[{e.index}/{e.total}] ") + "[red]FAILED[/red] "
+            )
         elif isinstance(e, events.Eta):
             from echoclr_cli.events import fmt_duration
 
@@ -253,7 +263,7 @@ def show_preprocess(res: Any) -> None:
     """Summary of a preprocess run: inputs, skipped by reason, splits with prevalence."""
     if QUIET:
         return
-    console.print(
+    info(
         f"preprocess: {res.n_inputs} input file(s) ({res.layout} layout) -> {res.n_videos} videos "
         f"in {res.output_dir} ({res.n_reused} reused, {res.n_skipped} skipped) in {res.seconds:.1f}s"
     )
@@ -301,7 +311,7 @@ def show_metrics(table_df: Any, title: str) -> None:
         return
     df = table_df[table_df["metric"].isin(KEY_METRICS)]
     metrics = [m for m in KEY_METRICS if m in set(df["metric"])]
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for c in ["split", "level", "n", *metrics]:
         name = c.replace("balanced_accuracy", "bal_acc")
         t.add_column(name, justify="left" if c in ("split", "level") else "right", no_wrap=True)
@@ -314,7 +324,9 @@ def show_metrics(table_df: Any, title: str) -> None:
             else "n/a"
             for m in metrics
         ]
-        t.add_row(split, level, fmt(int(n)) if n is not None else "-", *cells)
+        t.add_row(
+            escape(str(split)), escape(str(level)), fmt(int(n)) if n is not None else "-", *cells
+        )
     console.print(t)
 
 
@@ -343,15 +355,15 @@ def show_comparison(comparison: dict) -> None:
         "p (DeLong)",
     ):
         t.add_column(c, justify="right")
-    t.title = (
+    t.title = escape(
         f"paired comparison: {comparison.get('run_a')} - {comparison.get('run_b')} (same items)"
     )
     for split, levels in comparison["splits"].items():
         for level, c in levels.items():
             boot, dl = c.get("bootstrap") or {}, c.get("delong") or {}
             t.add_row(
-                split,
-                level,
+                escape(str(split)),
+                escape(str(level)),
                 fmt(c.get("n")),
                 fmt(_f(c.get("auroc_a"))),
                 fmt(_f(c.get("auroc_b"))),
@@ -393,21 +405,23 @@ def show_sweep_tables(tables: dict) -> None:
         several = bool((tab.n_seeds.fillna(0) > 1).to_numpy().any())
         cells = "mean ± sd over n seeds" if several else "value [95% bootstrap CI]"
         t = Table(
-            title=f"{tab.metric.upper()} ({tab.level} level), task {tab.task}, split {tab.split}: "
-            f"{cells}; * = best per column",
+            title=escape(
+                f"{tab.metric.upper()} ({tab.level} level), task {tab.task}, split {tab.split}: "
+                f"{cells}; * = best per column"
+            ),
             title_justify="left",
         )
         t.add_column("init", justify="left")
         for col in tab.text.columns:
-            t.add_column(str(col), justify="right")
+            t.add_column(escape(str(col)), justify="right")
         for init, row in tab.text.iterrows():
             cells = []
             for col in tab.text.columns:
-                cell = str(row[col])
+                cell = escape(str(row[col]))
                 cells.append(
                     f"[bold green]{cell}[/bold green]" if bool(tab.best.loc[init, col]) else cell
                 )
-            t.add_row(str(init), *cells)
+            t.add_row(escape(str(init)), *cells)
         console.print(t)
 
 
@@ -424,10 +438,9 @@ def show_check(res: Any) -> None:
     show(table(f"dataset {res.data_dir}", ["", "count"], rows))
     show(table("splits", list(res.splits.columns), res.splits.values.tolist()))
     for f in res.findings:
-        line = f"[{colour[f.level]}]{f.level:5}[/{colour[f.level]}] {f.what}: {f.detail}"
-        if f.fix and f.level != "ok":
-            line += f"  (fix: {f.fix})"
-        if f.level == "ok":
-            info(line)
-        else:
+        text = f"{f.what}: {f.detail}" + (f"  (fix: {f.fix})" if f.fix and f.level != "ok" else "")
+        line = f"[{colour[f.level]}]{f.level:5}[/{colour[f.level]}] {escape(text)}"
+        if f.level != "ok":
             err_console.print(line)
+        elif not QUIET:
+            console.print(line)

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -121,8 +122,85 @@ def atomic_write_json(path: Path, obj: Any, perms: int | None = None) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", perms)
 
 
+# --------------------------------------------------------------------------- CSV (the one writer)
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"):
+# written with a leading single quote, which spreadsheets show as text. A cell that already
+# starts with a quote gets one more, so reading back (``read_csv``) is exact.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_QUOTE = "'"
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: text starting with ``= + - @``, a tab or CR (or a quote)
+    gets a leading ``'``; numbers, and text that is a plain number (``-0.5``), are unchanged."""
+    if not isinstance(value, str) or not value or not value.startswith((*FORMULA_START, _QUOTE)):
+        return value
+    if _NUMBER.fullmatch(value):
+        return value
+    return _QUOTE + value
+
+
+def csv_value(cell: Any) -> Any:
+    """The inverse of :func:`csv_cell` (a cell of a CSV this tool wrote -> the value)."""
+    if isinstance(cell, str) and cell.startswith(_QUOTE) and cell[1:2] in (*FORMULA_START, _QUOTE):
+        return cell[1:]
+    return cell
+
+
+def _text_columns(df) -> list[int]:
+    """Positions of the text columns of ``df`` (object, string, categorical); numbers are not
+    text, so ``-0.5`` in a numeric column is written as a number."""
+    import pandas as pd
+
+    return [
+        i
+        for i, dt in enumerate(df.dtypes)
+        if pd.api.types.is_object_dtype(dt)
+        or pd.api.types.is_string_dtype(dt)
+        or isinstance(dt, pd.CategoricalDtype)
+    ]
+
+
+def _map_text(df, fn):
+    """``df`` with ``fn`` applied to every text cell and column name (numeric columns as is)."""
+    out = df.copy()
+    for i in _text_columns(df):
+        out.isetitem(i, df.iloc[:, i].astype(object).map(fn))
+    out.columns = [fn(c) for c in df.columns]
+    return out
+
+
+def safe_csv_frame(df):
+    """``df`` as written: every text cell and header neutralised (:func:`csv_cell`)."""
+    return _map_text(df, csv_cell)
+
+
 def atomic_write_csv(path: Path, df, perms: int | None = None) -> None:
-    atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w", perms=perms)
+    """The one CSV writer: atomic, text cells and headers neutralised (:func:`csv_cell`)."""
+    import csv
+
+    safe = safe_csv_frame(df)
+    # a CR inside a cell is a line break to a reader unless quoted (pandas quotes only "\n")
+    quoting = csv.QUOTE_ALL if _has_cr(safe) else csv.QUOTE_MINIMAL
+    atomic_write(
+        path, lambda f: safe.to_csv(f, index=False, quoting=quoting), mode="w", perms=perms
+    )
+
+
+def _has_cr(df) -> bool:
+    cells = [c for c in df.columns if isinstance(c, str)]
+    for i in _text_columns(df):
+        cells += [v for v in df.iloc[:, i] if isinstance(v, str)]
+    return any("\r" in c for c in cells)
+
+
+def read_csv(path: Path, **kwargs):
+    """``pandas.read_csv`` of a CSV this tool wrote, cells and headers restored
+    (:func:`csv_value`)."""
+    import pandas as pd
+
+    return _map_text(pd.read_csv(path, **kwargs), csv_value)
 
 
 def _json_default(o: Any):

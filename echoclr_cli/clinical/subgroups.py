@@ -22,6 +22,7 @@ from echoclr_cli.clinical.core import (
     discrimination_cells,
     operating_cells,
 )
+from echoclr_cli.data.dicom_fields import public_vendor_columns
 from echoclr_cli.data.manifest import MANIFEST_COLUMNS
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.core import check_arrays, one_class_reason
@@ -79,8 +80,9 @@ def subgroup_columns(
 
 
 def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest plus ``frame_rate_band`` (from ``fps``) when it lacks one."""
-    out = manifest.copy()
+    """The manifest plus ``frame_rate_band`` (from ``fps``) when it lacks one; vendor and model
+    reduced to the allow-list (``data.dicom_fields``) whatever wrote the manifest."""
+    out = public_vendor_columns(manifest).copy()
     if "fps" in out.columns and "frame_rate_band" not in out.columns:
         out["frame_rate_band"] = out["fps"].map(frame_rate_band)
     return out

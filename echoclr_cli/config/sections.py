@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from echoclr_cli.config.names import Name
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -139,7 +141,7 @@ class PreprocessConfig(Section):
             "column names",
         )
     )
-    label_map: dict[str, str] = Field(
+    label_map: dict[Name, str] = Field(
         default_factory=dict,
         description="output label column -> expression 'src_col' or 'src_col==value' or 'src_col>=x'",
     )

@@ -21,8 +21,8 @@ ISSUE_KINDS = {
 }
 ERROR_KINDS = ("bad_value", "na_value", "missing_id", "duplicate_id", "unmatched_id", "no_videos")
 # Records that are summaries, not problems: counts of each label rule, how a table was read,
-# which column was matched to which DICOM tag.
-SUMMARY_KINDS = ("rule", "table", "key")
+# which column was matched to which DICOM tag, which label column is stored under another name.
+SUMMARY_KINDS = ("rule", "table", "key", "renamed")
 MAX_EXAMPLES = 5
 
 
@@ -81,6 +81,9 @@ def issues_report(issues: list[dict], allowed: bool) -> dict:
         out["tables"] = tables
     if keys:
         out["keys"] = keys
+    renamed = [r["counts"] for r in issues if r["kind"] == "renamed"]
+    if renamed:
+        out["renamed_columns"] = renamed
     return out
 
 
@@ -108,7 +111,7 @@ def private_issue_rows(issues: list[dict]) -> pd.DataFrame:
 
 def _summary_line(rec: dict) -> str:
     c = rec["counts"]
-    if rec["kind"] in ("table", "key"):
+    if rec["kind"] in ("table", "key", "renamed"):
         return f"labels: {rec['source']}: {rec['detail']}"
     fired = "; ".join(f"{x['clause']}: {x['fired']}" for x in c["clauses"])
     return (

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echoclr_cli.config.names import NAME_RULE, check_name, task_name
 from echoclr_cli.data.label_issues import label_issue
 from echoclr_cli.data.readers import parse_year
 from echoclr_cli.data.rules import (
@@ -124,8 +125,10 @@ def apply_label_map(
         if label_map
         else {name: (vb, None) for name, vb in default.items()}
     )
+    stored, renamed = label_names(list(items), source, from_map=bool(label_map))
+    issues += renamed
     for name, ((values, bad), expr) in items.items():
-        out[name] = values
+        out[stored[name]] = values
         col = expr_column(expr) if expr else (source_col or {}).get(name, name)
         how = f"'{expr}'" if expr else f"'{col}'"
         if col in df.columns:  # an empty text cell (a cell absent after a join is not counted)
@@ -139,6 +142,36 @@ def apply_label_map(
             issues.append(label_issue(kind, source, int(lines.loc[i]), name, raw,
                                       detail=f"{name} from {how}: maps to neither class"))  # fmt: skip
     return out, issues
+
+
+def label_names(names: list[str], source: str, from_map: bool) -> tuple[dict[str, str], list]:
+    """Each label's stored name (a task name, :mod:`echoclr_cli.config.names`) and one
+    ``renamed`` record per label column whose text is not one. ``from_map``: the names are
+    label_map keys, refused when invalid; a column's free text becomes a valid name, and two
+    columns that would share one are refused naming both."""
+    stored, renamed, seen = {}, [], {}
+    for name in names:
+        if from_map:
+            stored[name] = check_name(name, f"{source}: label_map label")
+            continue
+        new = task_name(name)
+        if new is None:
+            raise UserError(f"{source}: label column {name!r} has no letter or digit to name a "
+                            f"task after ({NAME_RULE})", fix="rename the column")  # fmt: skip
+        if new in seen:
+            raise UserError(
+                f"{source}: label columns {seen[new]!r} and {name!r} would both be task {new!r} "
+                f"(task names match {NAME_RULE})",
+                fix="rename one of the columns",
+            )
+        seen[new], stored[name] = name, new
+        if new != name:
+            rec = label_issue("renamed", source, None, name, None,
+                              detail=f"column '{name}' is label '{new}' (task names match "
+                              f"{NAME_RULE})")  # fmt: skip
+            rec["counts"] = {"column": name, "label": new}
+            renamed.append(rec)
+    return stored, renamed
 
 
 def expr_column(expr: str) -> str:

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echoclr_cli.data.dicom_fields import public_vendor_columns
 from echoclr_cli.errors import UserError
+from echoclr_cli.io import read_csv
 
 SPLITS = ("train", "val", "test", "ext_test")
 REQUIRED_COLUMNS = ("video_id", "study_id", "patient_id", "split", "path", "n_frames", "fps")
@@ -246,11 +248,12 @@ def load_manifest(
             fix="run `echoclr preprocess --output DIR` first, or point --data at a dataset dir",
         )
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(
             f"{path}: not a readable CSV ({e})", fix="re-run `echoclr preprocess`"
         ) from None
+    df = public_vendor_columns(df)  # older or hand-written manifests: the allow-list too
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing_cols:
         raise UserError(

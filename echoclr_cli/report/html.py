@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import html
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class Doc:
     def __init__(self, title: str):
         self.title = title
         self.html: list[str] = []
-        self.md: list[str] = [f"# {title}\n"]
+        self.md: list[str] = [f"# {md_text(title)}\n"]
         self.toc: list[tuple[str, str]] = []
         self.figures: list[tuple[str, bytes]] = []
 
@@ -66,27 +67,28 @@ class Doc:
             anchor, k = f"{base}-{k}", k + 1
         self.toc.append((anchor, title))
         self.html.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
-        self.md.append(f"\n## {title}\n")
+        self.md.append(f"\n## {md_text(title)}\n")
 
     def sub(self, title: str) -> None:
         self.html.append(f"<h3>{html.escape(title)}</h3>")
-        self.md.append(f"\n### {title}\n")
+        self.md.append(f"\n### {md_text(title)}\n")
 
     def para(self, text: str, cls: str = "") -> None:
         attr = f' class="{cls}"' if cls else ""
         self.html.append(f"<p{attr}>{html.escape(text)}</p>")
         prefix = {"warn": "> **Warning:** ", "note": "> "}.get(cls, "")
-        self.md.append(f"{prefix}{text}\n")
+        self.md.append(f"{prefix}{md_text(text)}\n")
 
     def bullets(self, items: list[str]) -> None:
         if not items:
             return
         self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
-        self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+        self.md.append("\n".join(f"- {md_text(i)}" for i in items) + "\n")
 
     def code(self, text: str) -> None:
         self.html.append(f"<pre>{html.escape(text)}</pre>")
-        self.md.append(f"```\n{text.rstrip()}\n```\n")
+        fence = "`" * max(3, 1 + max((len(r) for r in re.findall("`+", text)), default=0))
+        self.md.append(f"{fence}\n{text.rstrip()}\n{fence}\n")  # shown as text, HTML included
 
     def table(self, df: pd.DataFrame, classes: Mapping[str, Callable[[Any], str]] | None = None):
         """A table of ``df`` (index dropped); ``classes``: column -> cell value -> CSS class."""
@@ -105,9 +107,10 @@ class Doc:
             body.append("<tr>" + "".join(cells) + "</tr>")
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
                          "</table>")  # fmt: skip
-        md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md = ["| " + " | ".join(md_text(c).replace("|", "/") for c in cols) + " |",
+              "|" + "---|" * len(cols)]  # fmt: skip
         for row in df.itertuples(index=False):
-            md.append("| " + " | ".join(_text(v).replace("|", "/") for v in row) + " |")
+            md.append("| " + " | ".join(md_text(_text(v)).replace("|", "/") for v in row) + " |")
         self.md.append("\n".join(md) + "\n")
 
     def figure(self, png: bytes | None, caption: str) -> None:
@@ -120,7 +123,8 @@ class Doc:
             f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-        self.md.append(f"![{caption}]({{files}}/{name})\n\n*{caption}*\n")
+        cap = md_text(caption)
+        self.md.append(f"![{cap}]({{files}}/{name})\n\n*{cap}*\n")
 
     def render_html(self, subtitle: str) -> str:
         toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in self.toc)
@@ -134,8 +138,14 @@ class Doc:
         )
 
     def render_md(self, subtitle: str, files_dir: str) -> str:
-        text = "\n".join([self.md[0], f"*{subtitle}*\n", *self.md[1:]])
+        text = "\n".join([self.md[0], f"*{md_text(subtitle)}*\n", *self.md[1:]])
         return text.replace("{files}", files_dir)
+
+
+def md_text(text: Any) -> str:
+    """Text for the Markdown report: HTML (``<``, ``>``, ``&``) escaped, so a name or value in
+    the report shows as text in every Markdown viewer instead of running as HTML."""
+    return html.escape(str(text), quote=False)
 
 
 def _text(v: Any) -> str:
