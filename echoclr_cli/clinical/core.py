@@ -9,8 +9,9 @@ Conventions (in addition to those of ``echoclr_cli.metrics.core``):
 - Everything is chosen or fitted on the ``val`` split only and applied unchanged to the other
   splits: operating thresholds and the recalibration maps (temperature, Platt). CIs of the other
   splits treat what was chosen on val as fixed: they are the same stratified percentile
-  bootstrap of the evaluated split as ``metrics.bootstrap_ci`` (same resamples for the same seed,
-  at study level one row per study), so they reflect test sampling only.
+  bootstrap of the evaluated split as ``metrics.bootstrap_ci`` (same resamples for the same seed;
+  whole patients by default, ``evaluate.bootstrap_unit``, named in each split's ``ci_unit``), so
+  they reflect test sampling only.
 - ``brier`` = mean (p - y)^2 (``sklearn.metrics.brier_score_loss``). ``ece`` = sum over
   equal-mass bins of (bin share) x |observed rate - mean predicted| with the bins of
   ``sklearn.calibration.calibration_curve(strategy="quantile")`` (empty bins dropped).
@@ -35,12 +36,15 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
+from echoclr_cli.clinical.logistic import _logistic_fit, logistic_fit_batch
 from echoclr_cli.errors import UserError
 from echoclr_cli.metrics.bootstrap import (
     bootstrap_distribution,
+    cluster_resamples,
     percentile_interval,
     resample_indices,
 )
+from echoclr_cli.metrics.clustered import resolve_clusters
 from echoclr_cli.metrics.core import (
     check_arrays,
     choose_thresholds,
@@ -70,6 +74,7 @@ class ClinicalOptions:
     ci: float = 0.95
     seed: int = 0
     levels: tuple[str, ...] = ("study", "video")
+    unit: str = "patient"  # what CIs resample (evaluate.bootstrap_unit; resolve_clusters)
 
     def __post_init__(self) -> None:
         if self.calibrate not in CALIBRATE_CHOICES:
@@ -95,6 +100,7 @@ class ClinicalOptions:
         """Options from ``cfg.evaluate`` (keys absent from an older config keep their defaults)."""
         ev = cfg.evaluate
         kw: dict[str, Any] = {"n_boot": ev.bootstrap, "ci": ev.ci, "seed": ev.bootstrap_seed}
+        kw["unit"] = getattr(ev, "bootstrap_unit", "patient")
         for name in ("at_sensitivity", "at_threshold", "calibrate", "subgroups", "subgroup_min_n"):
             if hasattr(ev, name):
                 kw[name] = getattr(ev, name)
@@ -144,50 +150,6 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
         return math.nan
     n, mean, frac = _bin_arrays(y, p, n_bins)
     return float(np.sum(n / n.sum() * np.abs(frac - mean)))
-
-
-def logistic_fit_batch(
-    x: np.ndarray, y: np.ndarray, offset: bool, max_iter: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-    """Newton-Raphson for ``logit P(y) = a + b x`` on each row of ``x, y: (B, n)`` at once
-    (``offset``: b fixed at 1). Returns ``a, b: (B,)``; NaN for a row whose fit diverges
-    (separable data) or does not converge."""
-    x, y = np.atleast_2d(x), np.atleast_2d(y).astype(np.float64)
-    rows = x.shape[0]
-    a, b = np.zeros(rows), np.ones(rows)
-    active = np.ones(rows, dtype=bool)
-    done = np.zeros(rows, dtype=bool)
-    for _ in range(max_iter):
-        if not active.any():
-            break
-        xa, ya = x[active], y[active]
-        mu = expit(a[active, None] + b[active, None] * xa)
-        w = np.maximum(mu * (1 - mu), 1e-12)
-        r = ya - mu
-        h00, g0 = w.sum(axis=1), r.sum(axis=1)
-        if offset:
-            da, db = g0 / h00, np.zeros_like(g0)
-        else:
-            h01, h11, g1 = (w * xa).sum(axis=1), (w * xa * xa).sum(axis=1), (r * xa).sum(axis=1)
-            det = h00 * h11 - h01 * h01
-            safe = np.where(np.abs(det) > 1e-300, det, np.nan)
-            da, db = (h11 * g0 - h01 * g1) / safe, (h00 * g1 - h01 * g0) / safe
-        a[active] += da
-        b[active] += db
-        idx = np.flatnonzero(active)
-        bad = ~(np.abs(a[idx]) < 1e4) | ~(np.abs(b[idx]) < 1e4)
-        conv = ~bad & (np.maximum(np.abs(da), np.abs(db)) < 1e-10)
-        a[idx[bad]], b[idx[bad]] = np.nan, np.nan
-        done[idx[conv]] = True
-        active[idx[bad | conv]] = False
-    a[~done], b[~done] = np.nan, np.nan
-    return a, b
-
-
-def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: bool, max_iter: int = 50):
-    """``logistic_fit_batch`` of one sample: ``(a, b)`` floats."""
-    a, b = logistic_fit_batch(x[None], y[None], offset, max_iter)
-    return float(a[0]), float(b[0])
 
 
 def calibration_slope_intercept(y_true: Any, y_prob: Any) -> tuple[float, float]:
@@ -332,15 +294,17 @@ def _cells(
     p: np.ndarray,
     fns: Mapping[str, Callable[[np.ndarray, np.ndarray], float]],
     opts: ClinicalOptions,
+    clusters: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """``{name: {"value", "ci_low", "ci_high", "n"}}`` of point values and bootstrap CIs.
 
-    The resamples are those of ``metrics.bootstrap_distribution`` (stratified, ``opts.seed``).
+    The resamples are those of ``metrics.bootstrap_distribution`` (stratified, ``opts.seed``;
+    whole ``clusters`` when given, e.g. patients: ``metrics.clustered.resolve_clusters``).
     """
     values = {k: fn(y, p) for k, fn in fns.items()}
     boot = {k: fn for k, fn in fns.items() if math.isfinite(values[k])}
     dist = (
-        bootstrap_distribution(y, p, boot, n=opts.n_boot, seed=opts.seed)
+        bootstrap_distribution(y, p, boot, n=opts.n_boot, seed=opts.seed, clusters=clusters)
         if boot and can_bootstrap(y, opts)
         else {}
     )
@@ -351,29 +315,41 @@ def _cells(
     return out
 
 
-def calibration_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> dict[str, Any]:
+def calibration_cells(
+    y: np.ndarray, p: np.ndarray, opts: ClinicalOptions, clusters: Any = None
+) -> dict[str, Any]:
     """Calibration metrics with CIs. Brier, ECE: per resample through
     ``metrics.bootstrap_distribution``; slope and intercept: one batched Newton fit over the
-    same resamples (``resample_indices`` after the same score sort and seed)."""
+    same resamples (``resample_indices`` after the same score sort and seed; with ``clusters``
+    the draw counts of ``metrics.cluster_resamples`` as weights)."""
     fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
         "brier": brier_score,
         "ece": lambda a, b: expected_calibration_error(a, b, bins),
     }
     bins = effective_bins(len(y), opts.n_bins)
-    cells = _cells(y, p, fns, opts)
+    cells = _cells(y, p, fns, opts, clusters)
     cells["ece"]["bins"] = bins
     slope, intercept = calibration_slope_intercept(y, p)
     dist: dict[str, np.ndarray] = {}
     if can_bootstrap(y, opts) and not one_class_reason(y):
-        order = np.argsort(-p, kind="stable")  # as bootstrap_distribution does
-        ys, xs = y[order].astype(np.float64), logit(p[order])
-        idx = resample_indices(y[order], opts.n_boot, True, np.random.default_rng(opts.seed))
+        if clusters is None:
+            order = np.argsort(-p, kind="stable")  # as bootstrap_distribution does
+            ys, xs = y[order].astype(np.float64), logit(p[order])
+            idx = resample_indices(y[order], opts.n_boot, True, np.random.default_rng(opts.seed))
+        else:
+            ys, ps, counts, item_cluster = cluster_resamples(y, p, clusters, opts.n_boot, opts.seed)
+            ys, xs = ys.astype(np.float64), logit(ps)
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         chunk = max(1, 1_000_000 // max(1, len(y)))
         for start in range(0, opts.n_boot, chunk):
-            rows = idx[start : start + chunk]
-            _, b_ = logistic_fit_batch(xs[rows], ys[rows], offset=False)
-            a_, _ = logistic_fit_batch(xs[rows], ys[rows], offset=True)
+            if clusters is None:
+                rows = idx[start : start + chunk]
+                bx, by, bw = xs[rows], ys[rows], None
+            else:
+                bw = counts[start : start + chunk][:, item_cluster]  # (b, n) item weights
+                bx, by = np.broadcast_to(xs, bw.shape), np.broadcast_to(ys, bw.shape)
+            _, b_ = logistic_fit_batch(bx, by, offset=False, weights=bw)
+            a_, _ = logistic_fit_batch(bx, by, offset=True, weights=bw)
             parts.append((b_, a_))
         dist = {
             "calibration_slope": np.concatenate([q[0] for q in parts]),
@@ -391,7 +367,7 @@ def calibration_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> di
 
 
 def operating_cells(
-    y: np.ndarray, p: np.ndarray, t: float, opts: ClinicalOptions
+    y: np.ndarray, p: np.ndarray, t: float, opts: ClinicalOptions, clusters: Any = None
 ) -> dict[str, Any]:
     """Sensitivity, specificity, PPV, NPV at a fixed threshold, with CIs and counts.
 
@@ -403,13 +379,12 @@ def operating_cells(
     if can_bootstrap(y, opts) and math.isfinite(t):
         names = {"sensitivity": "sensitivity@op", "specificity": "specificity@op",
                  "ppv": "precision@op"}  # fmt: skip
-        boot = bootstrap_distribution(
-            y, p, list(names.values()), n=opts.n_boot, seed=opts.seed, thresholds={"op": t}
-        )
+        kw = {"n": opts.n_boot, "seed": opts.seed, "clusters": clusters}
+        boot = bootstrap_distribution(y, p, list(names.values()), thresholds={"op": t}, **kw)
         dist = {k: boot[v] for k, v in names.items()}
         if math.isfinite(values["npv"]):
             npv = {"npv": lambda a, b: operating_values(a, b, t)["npv"]}
-            dist.update(bootstrap_distribution(y, p, npv, n=opts.n_boot, seed=opts.seed))
+            dist.update(bootstrap_distribution(y, p, npv, **kw))
     cells = {}
     for k, v in values.items():
         ok = k in dist and math.isfinite(v)
@@ -420,12 +395,14 @@ def operating_cells(
     return {"threshold": _clean(t), "tp": tp, "fp": fp, "fn": fn, "tn": tn, **cells}
 
 
-def discrimination_cells(y: np.ndarray, p: np.ndarray, opts: ClinicalOptions) -> dict[str, Any]:
+def discrimination_cells(
+    y: np.ndarray, p: np.ndarray, opts: ClinicalOptions, clusters: Any = None
+) -> dict[str, Any]:
     """AUROC and AP with CIs (used for subgroups; vectorised ``bootstrap_distribution``)."""
     point = compute_metrics(y, p)
     names = [k for k in ("auroc", "ap") if math.isfinite(point[k])]
     dist = (
-        bootstrap_distribution(y, p, names, n=opts.n_boot, seed=opts.seed)
+        bootstrap_distribution(y, p, names, n=opts.n_boot, seed=opts.seed, clusters=clusters)
         if names and can_bootstrap(y, opts)
         else {}
     )
@@ -448,7 +425,8 @@ def evaluate_level(
     ``val`` (``y_true, y_prob``) is where thresholds and recalibration maps are fitted; each
     frame of ``by_split`` (val itself included, reported in-sample for calibration only) is
     evaluated. Returns ``{"thresholds", "recalibration", "splits": {split: {"calibration":
-    {variant: cells}, "operating_points": {name: cells}}}, "reasons"}``.
+    {variant: cells}, "operating_points": {name: cells}, "ci_unit"}}, "reasons"}``; ``ci_unit``
+    names what the split's CIs resampled (``opts.unit``: ``resolve_clusters``).
     """
     reasons: dict[str, str] = {}
     thresholds: dict[str, float] = {}
@@ -471,15 +449,17 @@ def evaluate_level(
     splits: dict[str, Any] = {}
     for split, df in by_split.items():
         y, p = check_arrays(df["y_true"].to_numpy(), df["y_prob"].to_numpy())
-        entry: dict[str, Any] = {"calibration": {"raw": calibration_cells(y, p, opts)}}
+        cl, unit = resolve_clusters(df, opts.unit)
+        entry: dict[str, Any] = {"calibration": {"raw": calibration_cells(y, p, opts, cl)}}
         for m, fitted in recal.items():
             q = apply_recalibration(p, fitted)
             if q is not None:
-                entry["calibration"][m] = calibration_cells(y, q, opts)
+                entry["calibration"][m] = calibration_cells(y, q, opts, cl)
         if split != "val":
             entry["operating_points"] = {
-                name: operating_cells(y, p, t, opts) for name, t in thresholds.items()
+                name: operating_cells(y, p, t, opts, cl) for name, t in thresholds.items()
             }
+        entry["ci_unit"] = unit
         splits[split] = entry
     return {
         "thresholds": {k: _clean(v) for k, v in thresholds.items()},

@@ -25,6 +25,7 @@ from echoclr_cli.clinical.core import (
 from echoclr_cli.data.dicom_fields import public_vendor_columns
 from echoclr_cli.data.manifest import MANIFEST_COLUMNS
 from echoclr_cli.errors import UserError
+from echoclr_cli.metrics.clustered import resolve_clusters
 from echoclr_cli.metrics.core import check_arrays, one_class_reason
 
 # manifest columns that are never subgroups (ids, paths, sizes, hashes)
@@ -168,17 +169,19 @@ def _subgroup_entry(
 ) -> dict[str, Any]:
     y, p = check_arrays(df["y_true"].to_numpy(), df["y_prob"].to_numpy())
     n, n_pos = len(y), int(y.sum())
+    cl, unit = resolve_clusters(df, opts.unit)  # CIs resample patients (evaluate.bootstrap_unit)
     entry: dict[str, Any] = {
         "value": value,
         "n": n,
         "n_pos": n_pos,
         "prevalence": _clean(_div(n_pos, n)),
-        **discrimination_cells(y, p, opts),
-        "brier": _cells(y, p, {"brier": brier_score}, opts)["brier"],
+        **discrimination_cells(y, p, opts, cl),
+        "brier": _cells(y, p, {"brier": brier_score}, opts, cl)["brier"],
+        "ci_unit": unit,
     }
     t = thresholds.get("youden")
     if t is not None and math.isfinite(t):
-        entry["youden"] = operating_cells(y, p, t, opts)
+        entry["youden"] = operating_cells(y, p, t, opts, cl)
     warnings = []
     if n < opts.subgroup_min_n:
         warnings.append(f"n={n} < {opts.subgroup_min_n}: estimates unreliable")
