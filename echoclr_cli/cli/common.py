@@ -38,6 +38,8 @@ from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import Interrupted, Preempted, UserError
 
 SECTION = "<section>"  # in a key: the section of the command (the training block's keys)
+FIELD = "<field>"  # in a key: the option's field name
+FIELD_KEY = f"{SECTION}.{FIELD}"  # the key of a :func:`setting`
 FRAME_SIZE_KEY = "preprocess.size"  # set by `preprocess --size`, else it follows the data
 
 
@@ -54,6 +56,14 @@ def option(
     ``items``: the option is a comma-separated list of this type (:func:`parse_list`)."""
     info = typer.Option(*decls, help=help.replace("{key}", key) if key else help)
     return _field(info, default, key=key, items=items, name=decls[0])
+
+
+def setting(help: str, *, items: Callable[[str], Any] | None = None, default: Any = None) -> Any:
+    """An option that sets the config key named like its field, both derived from the field
+    name: field ``frac_seed`` of an :class:`Options` class with ``section = "finetune"`` is the
+    flag ``--frac-seed`` and sets ``finetune.frac_seed`` (``{key}`` in ``help`` shows it). In
+    the training block the section is the command's. ``items``: as for :func:`option`."""
+    return _field(typer.Option(help=help), default, key=FIELD_KEY, items=items, name=None)
 
 
 def argument(*, help: str, default: Any = ...) -> Any:
@@ -120,9 +130,18 @@ def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
     return out
 
 
-def keyed_fields(cls: type) -> dict[str, dict[str, Any]]:
-    """Field name -> its :func:`option` metadata, for the fields of ``cls`` that set a key."""
-    return {f.name: f.metadata for f in dataclasses.fields(cls) if f.metadata.get("key")}
+def keyed_fields(cls: type, section: str = "") -> dict[str, dict[str, Any]]:
+    """Field name -> its :func:`option` metadata with the key it sets and its flag resolved (a
+    :func:`setting`'s from the field name, ``<section>`` = ``section``), for the fields of
+    ``cls`` that set a key."""
+    out = {}
+    section = section or getattr(cls, "section", "") or SECTION
+    for f in dataclasses.fields(cls):
+        if key := f.metadata.get("key"):
+            key = key.replace(FIELD, f.name).replace(SECTION, section)
+            name = f.metadata["name"] or "--" + f.name.replace("_", "-")
+            out[f.name] = {**f.metadata, "key": key, "name": name, "declared": f.metadata["key"]}
+    return out
 
 
 def config_value(value: Any, meta: dict[str, Any]) -> Any:
@@ -141,17 +160,20 @@ def config_flags(options: Any, section: str = "") -> dict[str, Any]:
     """The config keys the fields of dataclass instance ``options`` set (None = not given);
     ``section`` fills a ``<section>.`` key."""
     return {
-        meta["key"].replace(SECTION, section): config_value(getattr(options, name), meta)
-        for name, meta in keyed_fields(type(options)).items()
+        meta["key"]: config_value(getattr(options, name), meta)
+        for name, meta in keyed_fields(type(options), section).items()
     }
 
 
 class Options:
     """Base of a command's own options (a frozen dataclass beside the command, its fields the
-    options in ``--help`` order): ``flags()`` = the config keys they set (None = not given)."""
+    options in ``--help`` order; ``section``: the config section its :func:`setting` fields
+    set): ``flags()`` = the config keys they set (None = not given)."""
+
+    section: typing.ClassVar[str] = ""
 
     def flags(self) -> dict[str, Any]:
-        return config_flags(self)
+        return config_flags(self, self.section)
 
 
 def _put(d: dict, dotted: str, value: Any) -> None:
@@ -339,6 +361,11 @@ def bundle_params(cls: type) -> tuple[tuple[str, Any, Any], ...]:
     ``cls`` (:func:`option` / :func:`argument`), in --help order (a field without a default is a
     required option or argument)."""
     hints = typing.get_type_hints(cls)
+    for meta in keyed_fields(cls).values():
+        info = meta["typer"]  # a setting's flag and key, now that they are known
+        if meta["declared"] == FIELD_KEY:
+            info.param_decls = (meta["name"],)  # named, not left to typer (a bool: no --no-x)
+        info.help = info.help.replace("{key}", meta["key"])
     return tuple(
         (
             f.name,

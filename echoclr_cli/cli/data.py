@@ -16,6 +16,7 @@ from echoclr_cli.cli.common import (
     common_options,
     option,
     overwrite_option,
+    setting,
 )
 from echoclr_cli.events import counter
 
@@ -25,18 +26,16 @@ from echoclr_cli.events import counter
 class SynthOptions(Options):
     """``echoclr synth OUT``: the archive's size, seed, format and views."""
 
+    section = "synth"
+
     out_dir: Path | None = argument(
         help="Output directory for the synthetic archive.", default=None
     )
-    studies: int | None = option(
-        "--studies", key="synth.studies", help="Number of studies ({key})."
-    )
-    seed: int | None = option("--seed", key="synth.seed", help="Random seed ({key}).")
+    studies: int | None = setting(help="Number of studies ({key}).")
+    seed: int | None = setting(help="Random seed ({key}).")
     fmt: str | None = option("--format", key="synth.format", help="dicom | avi | mp4 ({key}).")
     preview: Path | None = option("--preview", help="Also write a PNG montage of frames here.")
-    views: str | None = option(
-        "--views",
-        key="synth.views",
+    views: str | None = setting(
         help="Comma-separated views per study: plax,psax,a4c,a2c ({key}; default plax).",
     )
 
@@ -62,6 +61,8 @@ def synth(*, opts: SynthOptions, common: Common) -> None:
 class PreprocessOptions(Options):
     """``echoclr preprocess``: input, layout, labels, workers, frame size, view filter."""
 
+    section = "preprocess"
+
     input_dir: Path | None = option(
         "--input",
         "-i",
@@ -72,15 +73,11 @@ class PreprocessOptions(Options):
     output: Path | None = option(
         "--output", "-o", key="paths.data", help="Dataset dir to write ({key})."
     )
-    labels: Path | None = option(
-        "--labels",
-        key="preprocess.labels",
+    labels: Path | None = setting(
         help="Label CSV keyed by Accession Number, MRN/PatientID, StudyInstanceUID or Study "
         "Date + MRN (found from the column names; preprocess.label_key chooses).",
     )
-    layout: str | None = option(
-        "--layout",
-        key="preprocess.layout",
+    layout: str | None = setting(
         help="auto | dicom | video | echoclr | echonet | synth | mimic-echo | echonet-lvh.",
     )
     label_rule: list[str] | None = option(
@@ -95,30 +92,20 @@ class PreprocessOptions(Options):
         help="Guideline label with your column names (repeatable): "
         "'as:vmax=COL,mean_gradient=COL,ava=COL' or 'lvh:lvmi=COL,sex=COL'.",
     )
-    labels_long: str | None = option(
-        "--labels-long",
-        key="preprocess.labels_long",
+    labels_long: str | None = setting(
         help="Label table with one row per measurement: auto | yes | no | NAME_COL,VALUE_COL.",
     )
-    workers: str | None = option(
-        "--workers",
-        key="preprocess.workers",
+    workers: str | None = setting(
         help="Worker processes: N, or auto (all cores but one).",
     )
     size: int | None = option("--size", key=FRAME_SIZE_KEY, help="Output frame size in pixels.")
-    external_after: int | None = option(
-        "--external-after",
-        key="preprocess.external_after",
+    external_after: int | None = setting(
         help="Studies after this year -> ext_test.",
     )
-    salt: str | None = option(
-        "--salt",
-        key="preprocess.salt",
+    salt: str | None = setting(
         help="Salt for de-identifying hashes (default: a random secret).",
     )
-    allow_label_issues: bool = option(
-        "--allow-label-issues",
-        key="preprocess.allow_label_issues",
+    allow_label_issues: bool = setting(
         help="Accept label values that map to neither class (e.g. NA), duplicated or "
         "unmatched ids, a label file that matches no video.",
         default=False,
@@ -126,15 +113,11 @@ class PreprocessOptions(Options):
     migrate: Path | None = option(
         "--migrate", help="Convert a dataset dir of the previous format, then exit."
     )
-    view_model: Path | None = option(
-        "--view-model",
-        key="preprocess.view_model",
+    view_model: Path | None = setting(
         help="View classifier run on every video: a `finetune --task view` run dir, or a "
         "TorchScript/ONNX file with its .json class list beside it. Needs --keep-view.",
     )
-    keep_view: str | None = option(
-        "--keep-view", key="preprocess.keep_view", help="View class to keep, e.g. plax."
-    )
+    keep_view: str | None = setting(help="View class to keep, e.g. plax.")
     view_min: float | None = option(
         "--view-min",
         key="preprocess.keep_view_min",

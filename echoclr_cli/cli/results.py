@@ -19,6 +19,7 @@ from echoclr_cli.cli.common import (
     option,
     overwrite_option,
     parse_list,
+    setting,
     workers_option,
 )
 
@@ -27,6 +28,8 @@ from echoclr_cli.cli.common import (
 @dataclass(frozen=True)
 class EvaluateOptions(Options):
     """``echoclr evaluate RUN``."""
+
+    section = "evaluate"
 
     run: Path = argument(help="Fine-tune run dir (uses checkpoints/best.pt).")
     data: Path | None = option(
@@ -54,9 +57,7 @@ class EvaluateOptions(Options):
         key="evaluate.clips_per_video",
         help="Clips per video: a number or 'all' ({key}).",
     )  # "all" or a number: the config parses it
-    bootstrap: int | None = option(
-        "--bootstrap", key="evaluate.bootstrap", help="Bootstrap resamples for CIs ({key})."
-    )
+    bootstrap: int | None = setting(help="Bootstrap resamples for CIs ({key}).")
     at_sensitivity: float | None = at_sensitivity_option("evaluate.at_sensitivity")
     at_threshold: float | None = at_threshold_option("evaluate.at_threshold")
     calibrate: str | None = calibrate_option("evaluate.calibrate")

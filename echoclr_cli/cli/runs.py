@@ -23,6 +23,7 @@ from echoclr_cli.cli.common import (
     data_option,
     handle_errors,
     option,
+    setting,
     verbose_option,
     workers_option,
 )
@@ -34,49 +35,33 @@ from echoclr_cli.errors import UserError
 class SweepOptions(Options):
     """``echoclr sweep``: the grid (comma-separated lists), launcher and SLURM settings."""
 
+    section = "sweep"
+
     data: Path | None = data_option()
     out: Path | None = option("--out", help="Sweep dir. Default: <paths.runs>/sweep.")
-    ratios: str | None = option(
-        "--ratios",
-        key="sweep.ratios",
+    ratios: str | None = setting(
         items=float,
         help="Label fractions, e.g. 0.01,0.1,1.0 ({key}).",
     )
-    inits: str | None = option(
-        "--inits",
-        key="sweep.inits",
+    inits: str | None = setting(
         items=str,
         help="random,kinetics,simclr,mi-simclr,echoclr or auto = what is available.",
     )
-    tasks: str | None = option(
-        "--tasks", key="sweep.tasks", items=str, help="Label columns, e.g. as,lvh ({key})."
-    )
-    lrs: str | None = option(
-        "--lrs", key="sweep.lrs", items=float, help="Learning rates above the low ratio ({key})."
-    )
-    low_ratio_lrs: str | None = option(
-        "--low-ratio-lrs",
-        key="sweep.low_ratio_lrs",
+    tasks: str | None = setting(items=str, help="Label columns, e.g. as,lvh ({key}).")
+    lrs: str | None = setting(items=float, help="Learning rates above the low ratio ({key}).")
+    low_ratio_lrs: str | None = setting(
         items=float,
         help="LR grid at ratio <= sweep.low_ratio (paper: 1e-5,1e-4,5e-4).",
     )
-    seeds: str | None = option(
-        "--seeds", key="sweep.seeds", items=int, help="Seeds, e.g. 0,1,2 ({key})."
-    )
-    low_ratio_seeds: str | None = option(
-        "--low-ratio-seeds",
-        key="sweep.low_ratio_seeds",
+    seeds: str | None = setting(items=int, help="Seeds, e.g. 0,1,2 ({key}).")
+    low_ratio_seeds: str | None = setting(
         items=int,
         help="Seeds at ratio <= sweep.low_ratio ({key}; default: --seeds).",
     )
-    pretrain_dir: Path | None = option(
-        "--pretrain-dir",
-        key="sweep.pretrain_dir",
+    pretrain_dir: Path | None = setting(
         help="Where SSL runs live (default <paths.runs>/pretrain).",
     )
-    pretrain_missing: bool = option(
-        "--pretrain-missing",
-        key="sweep.pretrain_missing",
+    pretrain_missing: bool = setting(
         help="Run missing SSL pretraining instead of stopping.",
         default=False,
     )
@@ -86,15 +71,11 @@ class SweepOptions(Options):
     dry_run: bool = option(
         "--dry-run", help="Print the plan (done/pending, cost) and stop.", default=False
     )
-    launcher: str | None = option(
-        "--launcher",
-        key="sweep.launcher",
+    launcher: str | None = setting(
         help="inline (default): train here; local: submitit jobs on this machine; slurm: a "
         "job array (needs the \\[cluster] extra; {key}).",
     )
-    jobs: int | None = option(
-        "--jobs",
-        key="sweep.jobs",
+    jobs: int | None = setting(
         help="local/slurm: jobs (array tasks) for the runs; 0 = one per run (slurm), one "
         "per GPU (local).",
     )

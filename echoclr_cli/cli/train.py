@@ -19,6 +19,7 @@ from echoclr_cli.cli.common import (
     common_options,
     data_option,
     option,
+    setting,
     training_options,
 )
 
@@ -87,6 +88,8 @@ def pretrain(
 class FinetuneOptions(Options):
     """``echoclr finetune`` (with the training block and ``--print-recipe``)."""
 
+    section = "finetune"
+
     data: Path | None = data_option()
     task: str | None = option(
         "--task",
@@ -94,29 +97,17 @@ class FinetuneOptions(Options):
         key="finetune.task",
         help="Binary label column: as, lvh or any other ({key}).",
     )
-    init: str | None = option(
-        "--init",
-        key="finetune.init",
+    init: str | None = setting(
         help="random | kinetics | an SSL run dir | a checkpoint file "
         "(ours, published EchoCLR, torchvision) ({key}).",
     )
-    frac: float | None = option(
-        "--frac", key="finetune.frac", help="Fraction of labeled training studies, 0-1 ({key})."
-    )
-    frac_seed: int | None = option(
-        "--frac-seed", key="finetune.frac_seed", help="Seed of the nested study subsets ({key})."
-    )
-    weights: Path | None = option(
-        "--weights",
-        key="finetune.weights",
+    frac: float | None = setting(help="Fraction of labeled training studies, 0-1 ({key}).")
+    frac_seed: int | None = setting(help="Seed of the nested study subsets ({key}).")
+    weights: Path | None = setting(
         help="Kinetics-400 weight file for --init kinetics ({key}).",
     )
-    mode: str | None = option(
-        "--mode", key="finetune.mode", help="full | linear (frozen backbone) | lp-ft ({key})."
-    )
-    monitor: str | None = option(
-        "--monitor",
-        key="finetune.monitor",
+    mode: str | None = setting(help="full | linear (frozen backbone) | lp-ft ({key}).")
+    monitor: str | None = setting(
         help="Early stopping / best checkpoint: val_loss | val_auroc.",
     )
     out: Path | None = option(
