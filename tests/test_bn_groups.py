@@ -1,0 +1,153 @@
+"""BatchNorm in groups of ``pretrain.bn_group_size`` clips (issue 24, point 2): the published
+pretraining normalised each 392-clip view in the two 196-clip replicas of DataParallel.
+
+Group BatchNorm equals plain BatchNorm run on each group separately (outputs, gradients, running
+statistics of group 0 as DataParallel's replica 0), and 1 process equals 2 processes (gloo on
+CPU) in the outputs, gradients, running statistics and the NT-Xent loss of the SSL model, for
+groups inside one process and groups that span both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import free_port
+from torch import nn
+
+from echoclr_cli.models.backbones import SSLModel, build_backbone
+from echoclr_cli.models.sync_bn import GroupBatchNorm, convert_group_batchnorm, group_bounds
+from echoclr_cli.pretrain.losses import nt_xent
+
+
+def _x(n: int = 8, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 2, 4, 4, generator=g) * 3 + 2
+
+
+def _bn() -> nn.BatchNorm3d:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm3d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    return bn
+
+
+def test_group_bounds():
+    assert group_bounds(392, 196) == [(0, 196), (196, 392)]
+    assert group_bounds(8, 3) == [(0, 3), (3, 6), (6, 8)]
+    assert group_bounds(7, 3) == [(0, 3), (3, 7)]  # a one-clip remainder joins the last group
+    assert group_bounds(32, 196) == [(0, 32)]  # a batch below the group size: one group
+    assert group_bounds(8, 0) == [(0, 8)]  # 0 = the whole batch (as before)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_group_bn_equals_plain_bn_on_each_group(size):
+    x = _x().requires_grad_()
+    gbn = convert_group_batchnorm(_bn(), size)
+    assert isinstance(gbn, GroupBatchNorm) and gbn.group_size == size
+    y = gbn(x)
+    (y * torch.arange(y.numel()).view_as(y).sin()).sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    bounds = group_bounds(len(xr), size)
+    copies = [_bn() for _ in bounds]  # plain BatchNorm, one copy per group (DataParallel replicas)
+    yr = torch.cat([bn(xr[s:e]) for bn, (s, e) in zip(copies, bounds, strict=True)])
+    (yr * torch.arange(yr.numel()).view_as(yr).sin()).sum().backward()
+    weight_grad = sum(bn.weight.grad for bn in copies)  # replicas' gradients summed
+    ref = copies[0]  # replica 0 keeps its running statistics
+    torch.testing.assert_close(y, yr, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gbn.weight.grad, weight_grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gbn.running_mean, ref.running_mean, rtol=0, atol=1e-7)
+    torch.testing.assert_close(gbn.running_var, ref.running_var, rtol=0, atol=1e-7)
+    assert int(gbn.num_batches_tracked) == 1
+
+
+def test_group_bn_differs_from_whole_batch_and_keeps_state_dict():
+    x = _x()
+    plain, gbn = _bn(), convert_group_batchnorm(_bn(), 4)
+    assert not torch.allclose(plain(x), gbn(x), atol=1e-3)  # the grouping is real
+    assert list(gbn.state_dict()) == list(_bn().state_dict())  # checkpoints load into r3d_18
+    whole = convert_group_batchnorm(_bn(), 0)
+    assert torch.equal(whole(x), _bn()(x))  # 0 = the whole batch, as before
+    gbn.eval(), plain.eval()
+    plain.load_state_dict(gbn.state_dict())
+    assert torch.equal(plain(x), gbn(x))  # eval: the running statistics, plain BatchNorm
+
+
+# ------------------------------------------------------------------- 1 process == 2 processes
+B, CASES = 8, (2, 3, 8)  # groups inside one process (2), across both (3: 0-2, 3-5, 6-7), all (8)
+
+
+def _views():
+    g = torch.Generator().manual_seed(2)
+    v = torch.rand(2, B, 3, 4, 16, 16, generator=g, dtype=torch.float64)
+    return v[0], v[1]
+
+
+def _ssl(size: int) -> SSLModel:
+    torch.manual_seed(0)
+    model = SSLModel(build_backbone("r3d_18", 0.125), 16, 8).double()  # float64: exact compare
+    return convert_group_batchnorm(model, size)
+
+
+def _step(model: nn.Module, v1, v2, gather: bool):
+    """One SSL forward/backward: views encoded separately (paper), NT-Xent; returns the numbers
+    compared: loss, the stem's gradient, the first BatchNorm's running stats."""
+    b = v1.shape[0]
+    _, z, _ = model(torch.cat([v1, v2]), views=2)
+    loss = nt_xent(z[:b], z[b:], 0.5, gather=gather)
+    loss.backward()
+    m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    stem, bn = m.backbone.stem[0], m.backbone.stem[1]
+    return loss.item(), stem.weight.grad.numpy().copy(), bn.running_mean.numpy().copy()
+
+
+def _worker(rank: int, port: int, q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        v1, v2 = _views()
+        half = slice(rank * B // 2, (rank + 1) * B // 2)
+        out = {}
+        for size in CASES:
+            ddp = nn.parallel.DistributedDataParallel(_ssl(size))
+            out[size] = _step(ddp, v1[half], v2[half], gather=True)
+        q.put((rank, out))
+        dist.barrier()  # no rank tears gloo down while a peer still has an op in flight
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # spawns 2 processes (about 10 s on 2 loaded cores)
+def test_one_process_equals_two_processes():
+    v1, v2 = _views()
+    ref = {size: _step(_ssl(size), v1, v2, gather=False) for size in CASES}
+    assert abs(ref[2][0] - ref[8][0]) > 1e-4  # the group size changes the loss
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=300) for _ in range(2))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for size in CASES:
+        loss, grad, running_mean = ref[size]
+        # each rank's loss is that of its own anchors: the global loss is their mean
+        assert (got[0][size][0] + got[1][size][0]) / 2 == pytest.approx(loss, rel=1e-10), size
+        for rank in (0, 1):
+            r_grad = got[rank][size][1]
+            torch.testing.assert_close(
+                torch.from_numpy(r_grad), torch.from_numpy(grad), rtol=1e-8, atol=1e-10
+            )
+        # running statistics: global group 0 (rank 0), broadcast by DDP at the next forward
+        torch.testing.assert_close(torch.from_numpy(got[0][size][2]),
+                                   torch.from_numpy(running_mean), rtol=0, atol=1e-12)  # fmt: skip
