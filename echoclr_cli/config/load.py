@@ -217,8 +217,36 @@ def load_config(
     return cfg
 
 
-def config_to_dict(cfg: BaseModel) -> dict:
-    return cfg.model_dump(mode="json")
+PRIVATE = "<private>"  # what every config dump shows instead of a secret or an input path
+# Settings that live only in DATA/private/ (docs/PRIVACY.md): the id salt, and the paths of the
+# raw inputs (private/inputs.json). Never in a config.yaml, a checkpoint, sweep.yaml, a report
+# or a --verbose print.
+PRIVATE_KEYS = (
+    ("preprocess", "salt"),
+    ("preprocess", "input"),
+    ("preprocess", "labels"),
+    ("preprocess", "external_input"),
+)
+
+
+def redact_config(data: dict) -> dict:
+    """A config dict (resolved, or read back from an older run's file) with each set value of
+    :data:`PRIVATE_KEYS` replaced by ``<private>``; unset ones stay ``null`` (nothing hidden).
+    The one redaction every config dump goes through."""
+    out = dict(data)
+    for section, key in PRIVATE_KEYS:
+        node = out.get(section)
+        if isinstance(node, dict) and node.get(key) not in (None, ""):
+            out[section] = {**node, key: PRIVATE}
+    return out
+
+
+def config_to_dict(cfg: BaseModel, *, private: bool = False) -> dict:
+    """The resolved config as plain data, redacted (:func:`redact_config`) for anything that
+    is written or printed. ``private=True``: with the secrets, for building another config in
+    memory only (never dump it)."""
+    data = cfg.model_dump(mode="json")
+    return data if private else redact_config(data)
 
 
 def save_config(cfg: BaseModel, path: Path) -> None:

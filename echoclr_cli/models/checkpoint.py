@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from echoclr_cli import __version__, rundir
-from echoclr_cli.config.load import diff_configs
+from echoclr_cli.config.load import diff_configs, redact_config
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write
 
@@ -240,7 +240,7 @@ def build_checkpoint(
         "sums": dict(s.sums),
         "history": list(s.history),
         "rng": rng,
-        "config": config,
+        "config": redact_config(config),  # the salt and input paths stay in DATA/private/
         "data_fingerprint": data_fingerprint,
         "world_size": world_size,
     }

@@ -299,7 +299,7 @@ def plan_sweep(cfg: Config, data_dir: Path, out_dir: Path) -> SweepPlan:
 
 def run_config(cfg: Config, spec: RunSpec, data_dir: Path) -> Config:
     """The sweep's resolved config with the run's overrides (and ``paths.data``) applied."""
-    data = deep_merge(config_to_dict(cfg), spec.overrides)
+    data = deep_merge(config_to_dict(cfg, private=True), spec.overrides)  # in memory only
     data["paths"]["data"] = str(Path(data_dir))
     # Per-run ROC/PR/calibration figures only when asked (sweep.run_plots); the sweep's own
     # label-efficiency figure follows evaluate.plots.

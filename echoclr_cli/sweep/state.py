@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from echoclr_cli.config.load import config_to_dict, diff_configs
+from echoclr_cli.config.load import config_to_dict, diff_configs, redact_config
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import UserError
 
@@ -134,6 +134,8 @@ def check_sweep_config(cfg: Config, out_dir: Path) -> None:
         old = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return
+    # an older sweep.yaml holds the salt in clear: compared redacted, like the current dump
+    old = redact_config(old) if isinstance(old, dict) else {}
     changed = [
         k for k in diff_configs(old, config_to_dict(cfg)) if not k.startswith(sweep_mutable_keys())
     ]
