@@ -17,6 +17,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_workers(worker, world: int = 2, timeout: float = 300) -> list:
+    """Run ``worker(rank, port, queue)`` in ``world`` spawned processes (a gloo rendezvous on a
+    free port); each puts ``(rank, payload)`` on the queue. Returns the payloads in rank order
+    after every process exited 0. Payloads should be numpy arrays or numbers: a tensor travels
+    through a file descriptor that vanishes when its process exits first."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, port, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=timeout) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return [got[r] for r in range(world)]
+
+
 def blob_video(
     rng: np.random.Generator, n_frames: int, size: int, channels: int, radius: float
 ) -> np.ndarray:

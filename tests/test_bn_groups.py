@@ -14,8 +14,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import spawn_workers
 from torch import nn
 
 from echoclr_cli.models.backbones import SSLModel, build_backbone
@@ -129,16 +128,7 @@ def test_one_process_equals_two_processes():
     v1, v2 = _views()
     ref = {size: _step(_ssl(size), v1, v2, gather=False) for size in CASES}
     assert abs(ref[2][0] - ref[8][0]) > 1e-4  # the group size changes the loss
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(q.get(timeout=300) for _ in range(2))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = spawn_workers(_worker)
     for size in CASES:
         loss, grad, running_mean = ref[size]
         # each rank's loss is that of its own anchors: the global loss is their mean

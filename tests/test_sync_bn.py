@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import spawn_workers
 from torch import nn
 
 from echoclr_cli.models.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
@@ -48,7 +47,7 @@ def _worker(rank: int, port: int, q) -> None:
         # numpy arrays travel by value; a tensor would be shared through a file descriptor that
         # vanishes when this process exits before the parent reads it (seen under load)
         arrays = (y.detach(), m[0].weight.grad, bn.running_mean, bn.running_var)
-        q.put((rank, *(a.detach().numpy().copy() for a in arrays)))
+        q.put((rank, tuple(a.detach().numpy().copy() for a in arrays)))
         dist.barrier()  # no rank tears gloo down while a peer still has an op in flight
     finally:
         dist.destroy_process_group()
@@ -78,17 +77,8 @@ def test_single_process_is_plain_batchnorm():
 
 def test_two_processes_equal_one_process_on_the_global_batch():
     y_ref, grad_ref, rm_ref, rv_ref = _reference()
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = sorted((q.get(timeout=120) for _ in range(2)), key=lambda o: o[0])
-    out = [(o[0], *(torch.from_numpy(a) for a in o[1:])) for o in got]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = spawn_workers(_worker, timeout=120)
+    out = [(r, *(torch.from_numpy(a) for a in o)) for r, o in enumerate(got)]
     y = torch.cat([o[1] for o in out])
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
     for o in out:
