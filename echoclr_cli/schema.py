@@ -18,9 +18,10 @@ RESULT_COLUMNS = (
     "ci_low",
     "ci_high",
     "n",
+    "ci_unit",  # what the CI resampled: patient | study | video | study (no patient id)
 )
-# the columns a figure or a label-efficiency table needs (lr and n are informative only)
-RESULT_KEY_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in ("lr", "n"))
+# the columns a figure or a label-efficiency table needs (lr, n, ci_unit are informative only)
+RESULT_KEY_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in ("lr", "n", "ci_unit"))
 
 PLAN_COLUMNS = (
     "index",

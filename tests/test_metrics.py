@@ -348,7 +348,9 @@ def test_evaluate_predictions_shape_and_thresholds():
 
     json.dumps(out, allow_nan=False)  # strict JSON: NaN became None
     table = metrics_to_frame(out)
-    assert list(table.columns) == ["split", "level", "metric", "value", "ci_low", "ci_high", "n"]
+    cols = ["split", "level", "metric", "value", "ci_low", "ci_high", "n", "ci_unit"]
+    assert list(table.columns) == cols
+    assert set(table.loc[table["ci_low"].notna(), "ci_unit"]) == {"patient"}
     assert len(table) == sum(len(t) for s in ("val", "test", "ext_test") for t in out[s].values())
 
 

@@ -108,9 +108,9 @@ def _results(seeds=(0,)) -> pd.DataFrame:
                 v = min(0.99, base + 0.1 * np.log10(n) + 0.01 * seed)
                 rows.append(
                     ("as", init, ratio, n, seed, 1e-4, "test", "study", "auroc")
-                    + (v, v - 0.05, v + 0.05, n)
+                    + (v, v - 0.05, v + 0.05, n, "patient")
                 )
-    rows.append(("as", "random", 0.01, 10, 9, 1e-4, "ext_test", "study", "auroc") + (None,) * 4)
+    rows.append(("as", "random", 0.01, 10, 9, 1e-4, "ext_test", "study", "auroc") + (None,) * 5)
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))  # the sweep's results.csv schema
 
 

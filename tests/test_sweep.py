@@ -647,7 +647,7 @@ def test_first_eta_is_measured_on_the_first_finished_run(cfg, data_dir, tmp_path
 
 def _results(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(
-        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10) for r in rows],
+        [(*r[:5], 1e-4, "test", "study", "auroc", *r[5:], 10, "patient") for r in rows],
         columns=list(RESULT_COLUMNS),
     )
 
@@ -668,6 +668,7 @@ def test_results_table_ci_best_and_seeds():
     assert t.text.loc["random", "1% (n=53)"] == "0.510 [0.450, 0.570]"
     assert t.best.loc["echoclr"].all() and not t.best.loc["random"].any()
     assert t.values.loc["random", "100% (n=5311)"] == pytest.approx(0.925)
+    assert t.ci_unit == "patient"  # the table names what its CIs resampled
     seeds = _results(
         [("as", "random", 0.1, 5, s, v, v - 0.1, v + 0.1) for s, v in enumerate([0.6, 0.7, 0.8])]
     )

@@ -122,7 +122,8 @@ def evaluate_predictions(
 
 
 def metrics_to_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """Long table of a ``metrics.json`` dict: ``split, level, metric, value, ci_low, ci_high, n``."""
+    """Long table of a ``metrics.json`` dict: ``split, level, metric, value, ci_low, ci_high, n,
+    ci_unit`` (what the CI resampled; empty for cells without a CI)."""
     rows = [
         {"split": split, "level": level, "metric": metric, **cell}
         for split, by_level in metrics.items()
@@ -130,5 +131,5 @@ def metrics_to_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
         for level, table in by_level.items()
         for metric, cell in table.items()
     ]
-    cols = ["split", "level", "metric", "value", "ci_low", "ci_high", "n"]
+    cols = ["split", "level", "metric", "value", "ci_low", "ci_high", "n", "ci_unit"]
     return pd.DataFrame(rows, columns=cols)

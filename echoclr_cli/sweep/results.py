@@ -43,7 +43,8 @@ class SweepTable:
 
     ``values``/``low``/``high`` are floats (one seed: value and bootstrap CI; several seeds:
     mean and mean -/+ sd); ``text`` holds the cells as strings with the best value per column
-    suffixed ``" *"``; ``best`` marks those cells.
+    suffixed ``" *"``; ``best`` marks those cells. ``ci_unit`` names what the one-seed
+    bootstrap CIs resampled (``patient`` by default; results.csv's ``ci_unit``).
     """
 
     task: str
@@ -56,6 +57,7 @@ class SweepTable:
     n_seeds: pd.DataFrame
     text: pd.DataFrame
     best: pd.DataFrame
+    ci_unit: str = ""
 
     @property
     def key(self) -> str:
@@ -187,6 +189,9 @@ def results_table(
     """
     long = label_efficiency_table(results, task, split, level, metric)
     rows = results[(results["task"] == task) & (results["split"] == split)]
+    cell_rows = rows[(rows["level"] == level) & (rows["metric"] == metric)]
+    units = cell_rows.get("ci_unit", pd.Series(dtype=object)).dropna().astype(str)
+    ci_unit = ", ".join(sorted(units.unique()))
     present = set(rows["init"])
     order = [i for i in (inits or sorted(present)) if i in present]
     ratios = sorted(float(r) for r in rows["ratio"].unique())
@@ -224,7 +229,7 @@ def results_table(
             else:
                 cell = _fmt(v)
             text.at[i, c] = cell + (" *" if best.at[i, c] else "")
-    return SweepTable(task, split, level, metric, values, low, high, n_seeds, text, best)
+    return SweepTable(task, split, level, metric, values, low, high, n_seeds, text, best, ci_unit)
 
 
 def aggregate_all(
@@ -254,7 +259,8 @@ def aggregate_all(
     )
     atomic_write_csv(out_dir / "selection.csv", selection)
     atomic_write_csv(out_dir / "results.csv", results)
-    pairs = paired_pvalues(selection, out_dir, splits, inits, ci=cfg.evaluate.ci)
+    unit = getattr(cfg.evaluate, "bootstrap_unit", "patient")
+    pairs = paired_pvalues(selection, out_dir, splits, inits, ci=cfg.evaluate.ci, unit=unit)
     atomic_write_csv(out_dir / "paired_comparisons.csv", pairs)
     tables: dict[str, SweepTable] = {}
     figures: list[Path] = []
@@ -266,7 +272,8 @@ def aggregate_all(
             for metric in TABLE_METRICS:
                 t = results_table(results, task, split, metric, SELECT_LEVEL, inits)
                 tables[t.key] = t
-                atomic_write_csv(out_dir / f"table_{t.key}.csv", t.text.reset_index())
+                table_csv = t.text.reset_index().assign(ci_unit=t.ci_unit)  # names its unit
+                atomic_write_csv(out_dir / f"table_{t.key}.csv", table_csv)
             if not cfg.evaluate.plots:
                 continue
             figures.append(
