@@ -219,6 +219,24 @@ class PreprocessConfig(Section):
     )
     view_clips: int = Field(4, ge=1, description="evenly spaced clips per video for view_model")
     max_skipped_frac: float = Field(0.01, ge=0, le=1, description="fail above this skip share")
+    max_pixels: int = Field(
+        1024 * 1024 * 3 * 1000,
+        ge=1,
+        description="pixel budget per input file, checked from its header before decoding: "
+        "rows x cols x frames x samples above it is skipped as too_large (default: 1024 x 1024 "
+        "RGB x 1000 frames)",
+    )
+    max_label_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="largest label file in bytes, counted after decompression for .gz/.bz2/.xz/"
+        ".zip (a larger one is refused, naming the file)",
+    )
+    follow_external_links: bool = Field(
+        False,
+        description="read files behind links that leave the input folder (default: skipped as "
+        "outside_archive; links inside it are always followed once)",
+    )
     allow_label_issues: bool = Field(
         False, description="accept label problems (bad values, duplicate or unmatched ids)"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from echoclr_cli.data.bounds import DEFAULT_MAX_LABEL_BYTES, read_bounded
 from echoclr_cli.data.label_issues import SUMMARY_KINDS, label_issue
 from echoclr_cli.data.label_keys import (
     ID_NAMES,
@@ -83,7 +84,8 @@ def read_label_file(
     counted in the table summary."""
     path = Path(path)
     rules = build_rules(list(cfg.label_rules), list(cfg.label_presets))  # malformed: raise now
-    lab = read_table(path)
+    limit = getattr(cfg, "max_label_bytes", DEFAULT_MAX_LABEL_BYTES)
+    lab = read_table(path, read_bounded(path, limit))  # decompressed within the limit
     summary = {"source": path.name, "rows": len(lab), "long": False}
     lab, lines = _apply_aliases(lab, aliases, summary)
     lkey = find_label_key(lab, cfg.label_key, path)

@@ -9,6 +9,7 @@ to neither class (never a silent drop: the caller reports each one, and each emp
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -91,10 +92,12 @@ def map_label(df: pd.DataFrame, expr: str, source: str) -> tuple[pd.Series, pd.S
     return values.astype(float), (bad & ~missing).fillna(False).astype(bool)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV as strings (ids keep leading zeros; empty cells stay empty strings)."""
+def read_table(path: Path, data: bytes | None = None) -> pd.DataFrame:
+    """Read a CSV as strings (ids keep leading zeros; empty cells stay empty strings).
+    ``data``: the file's bytes, already read (and decompressed) within a size limit."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        src = io.BytesIO(data) if data is not None else path
+        df = pd.read_csv(src, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise UserError(f"{path}: not a readable CSV ({e})", fix="check the file") from None
     df.columns = [str(c).strip() for c in df.columns]

@@ -3,7 +3,10 @@
 
 Readers raise :class:`SkipVideo` with a reason code (the ``reason`` column of skipped.csv):
 ``invalid_dicom, no_pixel_data, not_ultrasound, not_cine, frame_count_mismatch,
-no_decodable_frames, too_few_frames, low_fps, missing_decoder, decode_error, missing_file``.
+no_decodable_frames, too_few_frames, low_fps, missing_decoder, decode_error, missing_file,
+too_large`` (rows x cols x frames x samples over ``max_pixels``, from the header, before any
+pixel is decoded). Every header is read under :func:`bounds.header_warnings`: pydicom's
+warnings are counted by reason, never printed (they can hold tag values).
 A DICOM's Modality (0008,0060) is checked right after its header is parsed, before any frame is
 counted or decoded: anything but ``US`` is skipped as ``not_ultrasound``; a file without a
 Modality is accepted (and counted by preprocess: ``modality_missing``).
@@ -12,6 +15,7 @@ Modality is accepted (and counted by preprocess: ``modality_missing``).
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections import Counter
@@ -21,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from echoclr_cli.data.bounds import (
+    DEFAULT_MAX_PIXELS,
+    file_bytes_excess,
+    header_warnings,
+    not_regular,
+    pixel_excess,
+)
 from echoclr_cli.data.dicom_fields import deidentified_fields
 from echoclr_cli.errors import UserError
 
@@ -58,6 +69,7 @@ class ReadOptions:
     min_frames: int = 16
     min_fps: float = 25.0
     fallback_fps: float = 30.0
+    max_pixels: int = DEFAULT_MAX_PIXELS  # preprocess.max_pixels (bounds.pixel_excess)
 
 
 @dataclass
@@ -82,14 +94,28 @@ class RawVideo:
     modality_missing: bool = False  # a DICOM without Modality (accepted, counted)
 
 
+def regular_size(path: Path) -> int:
+    """The size of ``path`` (0 when it cannot be read: the reader names the problem); a FIFO,
+    device or socket is ``not_regular_file`` before anything opens it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    what = not_regular(st.st_mode)
+    if what:
+        raise SkipVideo("not_regular_file", f"{what}, not a regular file (never opened)")
+    return st.st_size
+
+
 # --------------------------------------------------------------------------- DICOM
 def transfer_syntax(path: Path) -> str | None:
     """Transfer syntax UID from the file meta (None when not readable as DICOM)."""
     from pydicom.filereader import read_file_meta_info
 
     try:
-        meta = read_file_meta_info(path)
-        return str(meta.TransferSyntaxUID) if "TransferSyntaxUID" in meta else None
+        with header_warnings():
+            meta = read_file_meta_info(path)
+            return str(meta.TransferSyntaxUID) if "TransferSyntaxUID" in meta else None
     except Exception:
         return None
 
@@ -234,6 +260,15 @@ def _actual_frames(ds) -> tuple[int, str]:
     return n_frag, "fragments"
 
 
+def _pixel_budget(ds, declared: int | None, budget: int) -> str | None:
+    """rows x cols x frames x samples of the header against the budget (bounds.pixel_excess)."""
+    try:
+        dims = [int(ds.Columns), int(ds.Rows), declared or 1, int(ds.get("SamplesPerPixel", 1))]
+    except (TypeError, ValueError):
+        return None  # unreadable numbers: the frame checks below skip the file
+    return pixel_excess(*dims, budget)
+
+
 def _to_uint8(frames: np.ndarray, ds) -> np.ndarray:
     """Any integer pixel data -> uint8: window (WindowCenter/Width) if given, else actual range."""
     if frames.dtype == np.uint8:
@@ -304,6 +339,11 @@ class Header:
 def read_header(path: Path) -> Header:
     """Header only (no pixel data): ids, label-key tags, the Modality check (``SkipVideo``
     ``not_ultrasound``). Other read errors propagate (the caller decodes the file instead)."""
+    with header_warnings():
+        return _read_header(path)
+
+
+def _read_header(path: Path) -> Header:
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -321,11 +361,21 @@ def read_dicom(path: Path, opts: ReadOptions, undecodable: set[str] = frozenset(
 
     Colour: YBR is converted to RGB by pydicom, palette colour through its LUT, MONOCHROME1 is
     inverted; 16-bit data is scaled to uint8 by its window or actual range. Only the first
-    ``max_frames`` frames are decoded.
+    ``max_frames`` frames are decoded, and only when rows x cols x frames x samples fits
+    ``max_pixels`` (else ``too_large``; a file larger than that budget is not read at all).
     """
+    with header_warnings():
+        return _read_dicom(path, opts, undecodable)
+
+
+def _read_dicom(path: Path, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    size = regular_size(path)
+    excess = file_bytes_excess(size, opts.max_pixels)
+    if excess:
+        raise SkipVideo("too_large", excess)
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
@@ -375,6 +425,9 @@ def _decode_dicom(ds, opts: ReadOptions, undecodable: set[str]) -> RawVideo:
             raise SkipVideo("invalid_dicom", f"pixel data without {tag}")
 
     declared = _declared_frames(ds)
+    excess = _pixel_budget(ds, declared, opts.max_pixels)
+    if excess:
+        raise SkipVideo("too_large", excess)
     try:
         actual, how = _actual_frames(ds)
     except Exception as e:

@@ -19,7 +19,8 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from echoclr_cli.data.readers import RawVideo, ReadOptions, SkipVideo  # noqa: E402
+from echoclr_cli.data.bounds import pixel_excess  # noqa: E402
+from echoclr_cli.data.readers import RawVideo, ReadOptions, SkipVideo, regular_size  # noqa: E402
 
 
 @contextmanager
@@ -55,7 +56,10 @@ def _noise(lines: list[str]) -> str:
 def read_video(path: Path, opts: ReadOptions) -> RawVideo:
     """Decode AVI/MP4 with OpenCV; frames are counted as decoded (the header count is not
     trusted). (T,H,W,3) RGB uint8, T <= max_frames. Decoder messages are captured, never printed;
-    a skip reason mentions them."""
+    a skip reason mentions them. Width x height x 3 x the frames to decode (the header's count,
+    at most max_frames) must fit ``max_pixels`` (else ``too_large``), checked when the file is
+    opened and again on the first decoded frame."""
+    regular_size(path)  # a FIFO or device is never opened
     with captured_stderr() as noise:
         try:
             return _read_video(path, opts)
@@ -77,12 +81,18 @@ def _read_video(path: Path, opts: ReadOptions) -> RawVideo:
             fps, fps_source = float(opts.fallback_fps), "fallback"
         if fps < opts.min_fps:
             raise SkipVideo("low_fps", f"{fps:.1f} fps from {fps_source} < {opts.min_fps:g}")
+        n = int(header) if math.isfinite(header) and header > 0 else opts.max_frames
+        n = min(n, opts.max_frames)  # the header count is not trusted beyond what is decoded
+        size = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        _budget(*size, n, opts)
         frames, ended = [], False
         while len(frames) < opts.max_frames:
             ok, frame = cap.read()
             if not ok or frame is None:
                 ended = True
                 break
+            if not frames:
+                _budget(frame.shape[1], frame.shape[0], n, opts)
             if frames and frame.shape != frames[0].shape:
                 break
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame)
@@ -100,3 +110,13 @@ def _read_video(path: Path, opts: ReadOptions) -> RawVideo:
     return RawVideo(
         frames=video, fps=float(fps), fps_source=fps_source, n_total=len(frames), warnings=notes
     )
+
+
+def _budget(width: float, height: float, frames: int, opts: ReadOptions) -> None:
+    """``too_large`` when width x height x frames x 3 exceeds ``max_pixels`` (unknown sizes:
+    checked on the first frame)."""
+    if not (math.isfinite(width) and math.isfinite(height)) or width <= 0 or height <= 0:
+        return
+    excess = pixel_excess(int(width), int(height), frames, 3, opts.max_pixels)
+    if excess:
+        raise SkipVideo("too_large", excess)

@@ -19,7 +19,7 @@ from echoclr_cli.data import privacy, readers
 from echoclr_cli.data.label_issues import label_issue
 from echoclr_cli.data.manifest import SPLITS
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, png_grid
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, png_grid
 from echoclr_cli.preprocess import sector
 
 PREVIEW_TILE = 160
@@ -112,6 +112,25 @@ def write_skipped(
     path = Path(out) / "skipped.csv"
     atomic_write_csv(path, df)
     return path, df
+
+
+HEADER_WARNINGS = "header_warnings.json"
+
+
+def write_header_warnings(out: Path, counts: dict[str, int], notes: list[str]) -> Path:
+    """Public ``header_warnings.json``: the DICOM header warnings of this run counted by reason
+    (never a tag value: bounds.warning_reason), and one summary line in ``notes``."""
+    counts = {k: int(v) for k, v in sorted(counts.items()) if v}
+    total = sum(counts.values())
+    path = Path(out) / HEADER_WARNINGS
+    atomic_write_json(path, {"n_warnings": total, "by_reason": counts,
+                             "note": "DICOM header warnings of the files read in this run, by "
+                                     "reason; values are never shown"})  # fmt: skip
+    if total:
+        parts = ", ".join(f"{k} ({v})" for k, v in counts.items())
+        notes.append(f"{total} DICOM header warning(s), counted and not printed (they can hold "
+                     f"tag values): {parts}; see {HEADER_WARNINGS}")  # fmt: skip
+    return path
 
 
 def public_config(pc) -> dict:

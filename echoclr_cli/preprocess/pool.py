@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 
+from echoclr_cli.data.bounds import take_header_warnings
 from echoclr_cli.data.layouts.base import Inventory, Item
 from echoclr_cli.errors import UserError
 from echoclr_cli.preprocess import outputs, worker
@@ -86,12 +87,14 @@ def process_items(inv: Inventory, ctx: worker.WorkerContext, workers: int, out: 
     ids = outputs.previous_ids(out)
     seen_ids = set(inv.known_ids)
     sector_sources: Counter = Counter()
+    header = Counter(take_header_warnings())  # the parent's own reads (transfer syntaxes)
     n_reused = 0
     total = len(inv.items)
 
     def stream() -> Iterator[tuple[int, dict]]:
         yield from journaled_results(done, ctx, inv.items)
         for index, res in stream_results(tasks, ctx, workers):
+            header.update(res.pop("header_warnings", None) or {})  # this run's reads only
             journal.add(inv.items[index], fps_[index], res)
             yield index, res
 
@@ -114,7 +117,15 @@ def process_items(inv: Inventory, ctx: worker.WorkerContext, workers: int, out: 
         if progress is not None:
             progress(n_done, total)
     skipped += [rec for _, rec in sorted(worker_skips, key=lambda t: t[0])]  # archive order
+    outputs.write_header_warnings(out, header, notes)
     return rows, skipped, tiles, ids, seen_ids, sector_sources, n_reused
+
+
+def run_counted(task: tuple[int, Item]) -> tuple[int, dict]:
+    """A worker's result with the DICOM header warnings its read caught (counts by reason,
+    no value: bounds.header_warnings)."""
+    index, res = worker.run_indexed(task)
+    return index, dict(res, header_warnings=take_header_warnings())
 
 
 def stream_results(
@@ -126,7 +137,8 @@ def stream_results(
         cv2.setNumThreads(1)  # same per-file work as a worker; OpenCV's pool only adds overhead
         try:
             for i, it in tasks:
-                yield i, worker.process_item(it, ctx)
+                res = worker.process_item(it, ctx)
+                yield i, dict(res, header_warnings=take_header_warnings())
         finally:
             cv2.setNumThreads(threads)
         return
@@ -142,7 +154,7 @@ def stream_results(
         todo = iter(tasks)
         pending: set[cf.Future] = set()
         for task in todo:
-            pending.add(ex.submit(worker.run_indexed, task))
+            pending.add(ex.submit(run_counted, task))
             if len(pending) >= 4 * workers:
                 break
         while pending:
@@ -151,4 +163,4 @@ def stream_results(
                 yield fut.result()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.add(ex.submit(worker.run_indexed, nxt))
+                    pending.add(ex.submit(run_counted, nxt))

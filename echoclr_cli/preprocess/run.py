@@ -50,6 +50,7 @@ from echoclr_cli.preprocess.pool import (
 )
 from echoclr_cli.preprocess.table import assign_video_splits, join_meta, manifest_frame, split_order
 
+from echoclr_cli.preprocess.writer_lock import LOCK_NAME, dataset_lock
 MAX_WARNINGS = 200
 
 
@@ -121,7 +122,7 @@ def resolve_input(cfg: Config, input_dir: Path | None, progress=None) -> Path:
 def _check_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory", fix="choose another --output")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         ours = (out / "dataset.json").exists() or (out / "manifest.csv").exists()
         if not ours and not overwrite:
             raise UserError(
@@ -244,6 +245,7 @@ def preprocess(
     (before any write: missing decoders, an input with no file to decode; after the outputs are
     written, with dataset.json marked ``failed``: no usable video, too many failures, label
     issues without ``allow_label_issues``, leakage in given splits).
+    One writer per dataset: ``output_dir/.lock`` is held for the whole run (writer_lock).
     """
     t0 = datetime.now(UTC)
     pc = cfg.preprocess
@@ -253,6 +255,13 @@ def preprocess(
     _check_output(out, pc.overwrite)
     refuse_legacy(out)
     given = pc.salt
+    with dataset_lock(Path(output_dir)):
+        return _preprocess(cfg, input_dir, output_dir, progress)
+
+
+def _preprocess(
+    cfg: Config, input_dir: Path | None, output_dir: Path, progress
+) -> PreprocessResult:
     if given is None and (root / "synth.json").exists() and pc.layout in ("auto", "synth"):
         given = SYNTH_SALT  # synthetic archive (no patient): the demo's results stay reproducible
     salt, salt_source = privacy.resolve_salt(out, given)
@@ -288,7 +297,8 @@ def preprocess(
     pick = rng.permutation(len(inv.items))[: 2 * PREVIEW_VIDEOS]
     ctx = worker.WorkerContext(
         out_dir=str(out), salt=salt,
-        opts=ReadOptions(pc.max_frames, read_min_frames(pc), pc.min_fps, pc.fallback_fps),
+        opts=ReadOptions(pc.max_frames, read_min_frames(pc), pc.min_fps, pc.fallback_fps,
+                         pc.max_pixels),
         size=pc.size, color=pc.color, skip_doppler=pc.skip_color_doppler,
         use_regions=pc.use_dicom_regions, overwrite=pc.overwrite,
         previous=previous,

@@ -25,7 +25,14 @@ from echoclr_cli.data.labels import (
     view_keep,
     years_column,
 )
-from echoclr_cli.data.layouts.base import Inventory, Item, _kind, _not_media, _walk
+from echoclr_cli.data.layouts.base import (
+    Inventory,
+    Item,
+    _kind,
+    _not_media,
+    _walk,
+    drop_unreadable,
+)
 from echoclr_cli.data.layouts.public import discover_echonet_lvh, discover_mimic
 from echoclr_cli.data.manifest import CATEGORICAL_COLUMNS, normalise_split
 from echoclr_cli.data.presets import build_rules
@@ -58,15 +65,16 @@ def detect_layout(root: Path) -> str:
     return "dicom"
 
 
-def _add_unlisted(inv: Inventory, exclude: Iterable[Path], index: str) -> None:
+def _add_unlisted(inv: Inventory, exclude: Iterable[Path], index: str, follow: bool) -> None:
     """Skip rows (``unlisted``) for every file under the root that the layout's index does not
-    name (used files, skipped rows and the index files themselves are named)."""
+    name (used files, skipped rows and the index files themselves are named), plus the walk's
+    own rows (hidden, links, not regular files) for paths the index does not name."""
     root = inv.root
     used = {os.path.realpath(it.file) for it in inv.items}
     used |= {os.path.realpath(root / s["file"]) for s in inv.skipped}
     used |= {os.path.realpath(root / n) for n in INDEX_FILES}
-    files, hidden = _walk(root, exclude)
-    inv.skipped.extend(hidden)
+    files, hidden = _walk(root, exclude, follow)
+    inv.skipped.extend(h for h in hidden if os.path.realpath(root / h["file"]) not in used)
     for f in files:
         if os.path.realpath(f) in used:
             continue
@@ -135,10 +143,12 @@ def discover(
         inv = discover_mimic(cfg, root, exclude, labels is not None)
     else:
         inv = _discover_tree(cfg, root, chosen, labels is not None, exclude)
+    follow = bool(getattr(cfg, "follow_external_links", False))
+    drop_unreadable(inv, root, follow)
     if chosen in ("synth", "echoclr", "echonet", "echonet-lvh"):
         index = {"synth": "videos.csv", "echoclr": "the split CSVs", "echonet": "FileList.csv",
                  "echonet-lvh": "MeasurementsList.csv"}[chosen]  # fmt: skip
-        _add_unlisted(inv, exclude, index)
+        _add_unlisted(inv, exclude, index, follow)
     if labels is not None:
         _add_label_file(inv, cfg, Path(labels), salt)
     if external_root is not None:
@@ -147,6 +157,7 @@ def discover(
                             fix="check preprocess.external_input")  # fmt: skip
         ext = _discover_tree(cfg.model_copy(update={"view_column": None, "external_column": None}),
                              Path(external_root), "dicom", True, exclude)  # fmt: skip
+        drop_unreadable(ext, Path(external_root), follow)
         for it in ext.items:
             it.rel = f"external/{it.rel}"
             it.meta["split"] = "ext_test"
@@ -412,7 +423,7 @@ def _discover_echonet(cfg, root: Path, salt: str) -> Inventory:
 
 
 def _discover_tree(cfg, root: Path, layout: str, has_labels: bool, exclude) -> Inventory:
-    files, skipped = _walk(root, exclude)
+    files, skipped = _walk(root, exclude, bool(getattr(cfg, "follow_external_links", False)))
     items = []
     for f in files:
         rel = f.relative_to(root).as_posix()

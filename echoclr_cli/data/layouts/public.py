@@ -91,7 +91,7 @@ def discover_mimic(cfg, root: Path, exclude, has_labels: bool) -> Inventory:
     acquisition); listed files not downloaded are counted, not skipped one by one (a partial
     download is the normal case). ``echo-study-list.csv`` with a ``measurement_id`` column lets
     ``--labels`` be keyed by measurement_id (the structured measurements)."""
-    files, skipped = _walk(root, exclude)
+    files, skipped = _walk(root, exclude, bool(getattr(cfg, "follow_external_links", False)))
     items = []
     for f in files:
         rel = f.relative_to(root).as_posix()
