@@ -97,19 +97,19 @@ def verbose_option() -> Any:
     return option("--verbose", "-v", help=help, default=False)
 
 
-def at_sensitivity_option(key: str | None = None) -> Any:
-    help = "Extra operating point: the val threshold reaching this sensitivity, e.g. 0.85."
-    return option("--at-sensitivity", key=key, help=help)
+OPERATING_POINT_HELP = {
+    "at_sensitivity": "Extra operating point: the val threshold reaching this sensitivity, "
+    "e.g. 0.85.",
+    "at_threshold": "Extra operating point at this fixed probability.",
+    "calibrate": "Recalibration fitted on val: none | temperature | platt | both.",
+}
 
 
-def at_threshold_option(key: str | None = None) -> Any:
-    help = "Extra operating point at this fixed probability."
-    return option("--at-threshold", key=key, help=help)
-
-
-def calibrate_option(key: str | None = None) -> Any:
-    help = "Recalibration fitted on val: none | temperature | platt | both."
-    return option("--calibrate", key=key, help=help)
+def operating_point_option(field: str, *, keyed: bool = False) -> Any:
+    """``--at-sensitivity``, ``--at-threshold`` or ``--calibrate`` (``field``), declared alike
+    by `evaluate` (``keyed``: a :func:`setting` of its section) and `report` (no key)."""
+    help = OPERATING_POINT_HELP[field]
+    return setting(help) if keyed else option("--" + field.replace("_", "-"), help=help)
 
 
 def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:

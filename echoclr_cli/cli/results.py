@@ -11,11 +11,9 @@ from echoclr_cli.cli.common import (
     Common,
     Options,
     argument,
-    at_sensitivity_option,
-    at_threshold_option,
-    calibrate_option,
     command_options,
     common_options,
+    operating_point_option,
     option,
     overwrite_option,
     parse_list,
@@ -58,9 +56,9 @@ class EvaluateOptions(Options):
         help="Clips per video: a number or 'all' ({key}).",
     )  # "all" or a number: the config parses it
     bootstrap: int | None = setting(help="Bootstrap resamples for CIs ({key}).")
-    at_sensitivity: float | None = at_sensitivity_option("evaluate.at_sensitivity")
-    at_threshold: float | None = at_threshold_option("evaluate.at_threshold")
-    calibrate: str | None = calibrate_option("evaluate.calibrate")
+    at_sensitivity: float | None = operating_point_option("at_sensitivity", keyed=True)
+    at_threshold: float | None = operating_point_option("at_threshold", keyed=True)
+    calibrate: str | None = operating_point_option("calibrate", keyed=True)
     workers: int | None = workers_option()
 
 

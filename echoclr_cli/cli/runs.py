@@ -15,13 +15,11 @@ from echoclr_cli.cli.common import (
     Common,
     Options,
     argument,
-    at_sensitivity_option,
-    at_threshold_option,
-    calibrate_option,
     command_options,
     common_options,
     data_option,
     handle_errors,
+    operating_point_option,
     option,
     setting,
     verbose_option,
@@ -190,9 +188,9 @@ class ReportOptions(Options):
         default=Path("report.html"),
     )
     data: Path | None = option("--data", help="Dataset dir (default: the one recorded in the run).")
-    at_sensitivity: float | None = at_sensitivity_option()
-    at_threshold: float | None = at_threshold_option()
-    calibrate: str | None = calibrate_option()
+    at_sensitivity: float | None = operating_point_option("at_sensitivity")
+    at_threshold: float | None = operating_point_option("at_threshold")
+    calibrate: str | None = operating_point_option("calibrate")
     bootstrap: int | None = option(
         "--bootstrap", help="Resamples when clinical metrics are recomputed."
     )

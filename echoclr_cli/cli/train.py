@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -33,11 +34,59 @@ PrintRecipeOpt = Annotated[
 ]
 
 
-def _print_recipe(cfg, section: str) -> None:
-    from echoclr_cli.config.recipe import format_recipe, recipe_rows
+def training_command(
+    options: type[Options],
+    core: Callable[..., Any],
+    default_dir: Callable[[Any], Path],
+    title: Callable[[Any], str],
+) -> Callable[[Callable[[Any], None]], Callable]:
+    """Declare `pretrain` / `finetune` (named like the decorated function, its docstring the
+    help): the common options, the training block, the command's own ``options`` and
+    ``--print-recipe``. The command resolves the config (the training block's keys in its
+    section), prints the recipe and stops, or runs ``core`` (``run_pretrain`` /
+    ``run_finetune``, imported when the command runs) into ``--out`` or ``default_dir(cfg)`` under a progress display
+    titled ``title(cfg)``; the decorated function shows the result."""
 
-    typer.echo(f"recipe of `echoclr {section}` (profile {cfg.profile}):")
-    typer.echo(format_recipe(recipe_rows(cfg, section)))
+    def decorate(show: Callable[[Any], None]) -> Callable:
+        section = show.__name__
+
+        def command(
+            *,
+            opts: Options,
+            training: Training,
+            common: Common,
+            print_recipe: PrintRecipeOpt = False,
+        ) -> None:
+            flags = training.flags(section) | opts.flags()
+            cfg = common.resolve(section=section, flags=flags, data=True)
+            if print_recipe:
+                from echoclr_cli.config.recipe import format_recipe, recipe_rows
+
+                typer.echo(f"recipe of `echoclr {section}` (profile {cfg.profile}):")
+                typer.echo(format_recipe(recipe_rows(cfg, section)))
+                return
+            out = getattr(opts, "out", None) or default_dir(cfg)
+            with report.progress(title(cfg)) as on_event:
+                res = core(cfg, cfg.paths.data, out, **training.run_kwargs(), progress=on_event)
+            show(res)
+
+        command.__name__, command.__doc__ = section, show.__doc__
+        bundled = command_options(options)(command)
+        return app.command()(common_options()(training_options(bundled)))
+
+    return decorate
+
+
+def _pretrain_core() -> Callable[..., Any]:
+    from echoclr_cli.pretrain.run import run_pretrain  # imported when the command runs
+
+    return run_pretrain
+
+
+def _finetune_core() -> Callable[..., Any]:
+    from echoclr_cli.finetune.run import run_finetune
+
+    return run_finetune
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -52,34 +101,14 @@ class PretrainOptions(Options):
     out: Path | None = option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
 
 
-@app.command()
-@common_options()
-@training_options
-@command_options(PretrainOptions)
-def pretrain(
-    *,
-    opts: PretrainOptions,
-    training: Training,
-    common: Common,
-    print_recipe: PrintRecipeOpt = False,
-) -> None:
+@training_command(
+    PretrainOptions,
+    lambda *args, **kw: _pretrain_core()(*args, **kw),
+    rundir.pretrain_run_dir,
+    lambda cfg: f"pretrain {cfg.pretrain.method}",
+)
+def pretrain(res: Any) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
-    cfg = common.resolve(
-        section="pretrain", flags=training.flags("pretrain") | opts.flags(), data=True
-    )
-    if print_recipe:
-        _print_recipe(cfg, "pretrain")
-        return
-    from echoclr_cli.pretrain.run import run_pretrain
-
-    with report.progress(f"pretrain {cfg.pretrain.method}") as on_event:
-        res = run_pretrain(
-            cfg,
-            cfg.paths.data,
-            opts.out or rundir.pretrain_run_dir(cfg),
-            **training.run_kwargs(),
-            progress=on_event,
-        )
     report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
 
 
@@ -115,36 +144,15 @@ class FinetuneOptions(Options):
     )
 
 
-@app.command()
-@common_options()
-@training_options
-@command_options(FinetuneOptions)
-def finetune(
-    *,
-    opts: FinetuneOptions,
-    training: Training,
-    common: Common,
-    print_recipe: PrintRecipeOpt = False,
-) -> None:
+# the model follows its init (arch and width of an SSL run, width 1.0 for Kinetics-400)
+@training_command(
+    FinetuneOptions,
+    lambda *args, **kw: _finetune_core()(*args, **kw),
+    rundir.finetune_run_dir,
+    lambda cfg: f"finetune {cfg.finetune.task}",
+)
+def finetune(res: Any) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
-    # the model follows its init (arch and width of an SSL run, width 1.0 for Kinetics-400)
-    cfg = common.resolve(
-        section="finetune", flags=training.flags("finetune") | opts.flags(), data=True
-    )
-    from echoclr_cli.finetune.run import run_finetune
-
-    if print_recipe:
-        _print_recipe(cfg, "finetune")
-        return
-    run_dir = opts.out or rundir.finetune_run_dir(cfg)
-    with report.progress(f"finetune {cfg.finetune.task}") as progress:
-        res = run_finetune(
-            cfg,
-            cfg.paths.data,
-            run_dir,
-            **training.run_kwargs(),
-            progress=progress,
-        )
     from echoclr_cli.metrics.splits import metrics_to_frame
 
     report.info(
