@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, output_error
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, output_error, read_csv
 
 PRIVATE = "private"
 DIR_MODE = 0o700
@@ -119,7 +119,7 @@ def read_id_map(data_dir: Path) -> dict[str, dict[str, str]]:
     path = Path(data_dir) / PRIVATE / ID_MAP
     if not path.exists():
         return {}
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv(path, dtype=str, keep_default_na=False)
     out: dict[str, dict[str, str]] = {}
     for kind, orig, hashed in zip(df["kind"], df["original"], df["hashed"], strict=True):
         out.setdefault(kind, {})[hashed] = orig

@@ -32,7 +32,7 @@ from echoclr_cli.data.manifest import categorical_columns, dataset_json, load_ma
 from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress
 from echoclr_cli.inference.loader import eval_loader, predict_classes, predict_videos
-from echoclr_cli.io import atomic_write_json
+from echoclr_cli.io import atomic_write_json, read_csv
 from echoclr_cli.models import weights
 from echoclr_cli.models.backbones import Classifier, build_backbone
 from echoclr_cli.models.checkpoint import load_checkpoint
@@ -111,7 +111,7 @@ def task_kind(data_dir: Path, column: str) -> str:
     if isinstance(cols, list):
         return MULTICLASS if column in cols else BINARY
     try:
-        header = pd.read_csv(Path(data_dir) / "manifest.csv", nrows=0, dtype=str)
+        header = read_csv(Path(data_dir) / "manifest.csv", nrows=0, dtype=str)
     except (OSError, ValueError):
         return BINARY
     header.attrs.pop("categorical_columns", None)

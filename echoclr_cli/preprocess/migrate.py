@@ -25,7 +25,7 @@ from echoclr_cli.data.manifest import dataset_json as _dataset_json
 from echoclr_cli.data.manifest import is_legacy, migrate_command
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write_csv, atomic_write_json
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, read_csv
 from echoclr_cli.preprocess import outputs
 
 
@@ -51,11 +51,9 @@ def migrate_dataset(data_dir: Path) -> dict:
                         fix="run migrate only on a dataset that load refuses")  # fmt: skip
     meta = _dataset_json(data_dir)
     man_path = data_dir / "manifest.csv"
-    manifest = (
-        pd.read_csv(man_path, dtype=str, keep_default_na=False) if man_path.exists() else None
-    )
+    manifest = read_csv(man_path, dtype=str, keep_default_na=False) if man_path.exists() else None
     old_map = data_dir / "id_map.csv"
-    ids = pd.read_csv(old_map, dtype=str, keep_default_na=False) if old_map.exists() else None
+    ids = read_csv(old_map, dtype=str, keep_default_na=False) if old_map.exists() else None
     salt = secrets.token_hex(16)
     renames: list[tuple[Path, Path]] = []
     new_map = pd.DataFrame(columns=["kind", "original", "hashed"])
@@ -132,7 +130,7 @@ def _migrate_skipped(data_dir: Path, salt: str, root: str) -> None:
     path = data_dir / "skipped.csv"
     if not path.exists():
         return
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv(path, dtype=str, keep_default_na=False)
     if "file" not in df.columns:
         return
     recs = df.to_dict("records")

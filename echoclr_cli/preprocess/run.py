@@ -25,6 +25,7 @@ import pandas as pd
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data import privacy, readers
+from echoclr_cli.data.dicom_fields import public_vendor_columns
 from echoclr_cli.data.label_file import match_labels
 from echoclr_cli.data.label_issues import issue_lines, private_issue_rows
 from echoclr_cli.data.label_issues import issues_report as label_issues_report
@@ -38,7 +39,7 @@ from echoclr_cli.data.manifest import (
 from echoclr_cli.data.privacy import hash_id
 from echoclr_cli.data.readers import ReadOptions
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, output_error, read_csv
 from echoclr_cli.preprocess import outputs, worker
 from echoclr_cli.preprocess.journal import Journal, run_key
 from echoclr_cli.preprocess.migrate import refuse_legacy
@@ -166,7 +167,7 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
     if not path.exists() or old != settings:
         return {}
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = public_vendor_columns(read_csv(path, dtype=str, keep_default_na=False))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}
     cols = list(MANIFEST_COLUMNS) + list(OPTIONAL_COLUMNS)

@@ -51,7 +51,7 @@ from echoclr_cli.inference.exported import (
 )
 from echoclr_cli.inference.loader import eval_loader
 from echoclr_cli.inference.run import Task, load_run, read_task
-from echoclr_cli.io import atomic_write_csv, atomic_write_json, sha256_file
+from echoclr_cli.io import atomic_write_csv, atomic_write_json, read_csv, sha256_file
 from echoclr_cli.models.weights import input_normalization
 from echoclr_cli.preprocess import outputs
 from echoclr_cli.preprocess.run import preprocess
@@ -192,7 +192,7 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
     skipped.csv (reason ``view_filter``); update dataset.json and report.json counts."""
     data_dir = Path(data_dir)
     path = data_dir / "manifest.csv"
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv(path, dtype=str, keep_default_na=False)
     size = json.loads((data_dir / "dataset.json").read_text()).get("size")
     if vm.frame_size and size and int(size) != vm.frame_size:
         raise UserError(
@@ -200,9 +200,7 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
             fix=f"preprocess with --size {vm.frame_size}",
         )
     cache_path = data_dir / CACHE
-    cache = (
-        pd.read_csv(cache_path, dtype=str, keep_default_na=False) if cache_path.exists() else None
-    )
+    cache = read_csv(cache_path, dtype=str, keep_default_na=False) if cache_path.exists() else None
     cols = [f"prob_{c}" for c in vm.classes]
     have = pd.DataFrame(columns=["video_id", "view_pred", *cols])
     if cache is not None and set(cols) <= set(cache.columns):
@@ -230,9 +228,9 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
     # skipped.csv (public reference) + private/skipped_paths.csv
     salt, _ = privacy.resolve_salt(data_dir, None)
     original = privacy.read_id_map(data_dir).get("video", {})
-    pub = pd.read_csv(data_dir / "skipped.csv", dtype=str, keep_default_na=False)
+    pub = read_csv(data_dir / "skipped.csv", dtype=str, keep_default_na=False)
     priv_path = data_dir / privacy.PRIVATE / privacy.SKIPPED_PATHS
-    priv = (pd.read_csv(priv_path, dtype=str, keep_default_na=False) if priv_path.exists()
+    priv = (read_csv(priv_path, dtype=str, keep_default_na=False) if priv_path.exists()
             else pd.DataFrame(columns=["file", "path", "detail_private"]))  # fmt: skip
     new_pub, new_priv = [], []
     for vid, top, p in zip(dropped["video_id"], dropped["view_pred"], prob[~keep], strict=True):
@@ -296,6 +294,6 @@ def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None):
     res.skipped_by_reason = dict(sorted({**res.skipped_by_reason,
                                          REASON: res.skipped_by_reason.get(REASON, 0) + vf.filtered}.items()))  # fmt: skip
     res.n_skipped += vf.filtered
-    kept = pd.read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
+    kept = read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
     res.split_sizes = outputs.split_sizes(kept)
     return res, vf

@@ -18,7 +18,7 @@ import yaml
 from echoclr_cli.clinical.core import ClinicalOptions
 from echoclr_cli.clinical.write import clinical_metrics
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import sha256_file
+from echoclr_cli.io import read_csv, sha256_file
 
 SPLIT_ORDER = ("train", "val", "test", "ext_test")
 LEVELS = ("study", "video")
@@ -145,7 +145,7 @@ class RunFacts:
             for level in LEVELS:
                 p = run_dir / f"predictions_{split}_{level}.csv"
                 if p.exists():
-                    preds.setdefault(split, {})[level] = pd.read_csv(p)
+                    preds.setdefault(split, {})[level] = read_csv(p)
         if not preds:
             raise UserError(
                 f"{run_dir} has no predictions_<split>_<level>.csv",
@@ -183,7 +183,7 @@ class RunFacts:
         self.manifest = man
         self.dataset = load_json(d / "dataset.json")
         if (d / "skipped.csv").exists():
-            self.skipped = pd.read_csv(d / "skipped.csv")
+            self.skipped = read_csv(d / "skipped.csv")
 
     def commands(self) -> list[str]:
         run = self.run_dir.name
