@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +244,136 @@ def png_grid(tiles: list, cols: int, separators: bool = False) -> bytes | None:
             grid[r * th : (r + 1) * th, c * tw] = 255
     ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     return buf.tobytes() if ok else None
+
+
+# --------------------------------------------------------------------------- a tool's own files
+OWN_FILES = ".echoclr-files.json"  # in an output folder: which tool wrote which file (sha256)
+_OWN_FORMAT = "echoclr-own-files"
+
+
+@dataclass
+class OwnFiles:
+    """What :func:`replace_own_files` did: the files now in place, the earlier files of the same
+    owner it removed, and the ones it kept because they changed since (relative paths)."""
+
+    written: list[Path]
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def replace_own_files(
+    dest: Path, owner: str, fill: Callable[[Path], Any], *, overwrite: bool = False
+) -> tuple[Any, OwnFiles]:
+    """Write a tool's files into ``dest`` replacing only what the same ``owner`` wrote there.
+
+    ``fill(stage)`` writes every file into a hidden staging folder inside ``dest`` (a failure
+    leaves ``dest`` as it was); then each file is moved into place, the files ``owner`` wrote
+    there before and did not write now are removed (only when unchanged since: their sha256 is
+    in the index), and ``dest/.echoclr-files.json`` records ``owner``'s files. A file of anyone
+    else (a user's, another tool's) is never removed; one with the name of a new file is
+    refused (one line) unless ``overwrite``. Returns ``(fill's result, OwnFiles)``.
+    """
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".echoclr-stage-", dir=dest))
+    except OSError as e:
+        raise output_error(dest, e) from None
+    try:
+        index = read_own_files(dest)
+        previous = index["owners"].get(owner, {})
+        result = fill(stage)
+        new = sorted(
+            p.relative_to(stage).as_posix()
+            for p in stage.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )
+        for rel in new:
+            target = dest / rel
+            if target.is_dir() and not target.is_symlink():
+                raise UserError(f"{target} is a folder", fix="pass another output path")
+            if (target.exists() or target.is_symlink()) and rel not in previous and not overwrite:
+                raise UserError(
+                    f"{target} already exists and was not written by {owner.split(':')[0]} "
+                    f"(not in {dest / OWN_FILES})",
+                    fix="pass --overwrite or another output path",
+                )
+        hashes = {rel: sha256_file(stage / rel) for rel in new}
+        for rel in new:
+            target = dest / rel
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage / rel, target)
+            except OSError as e:
+                raise output_error(target, e) from None
+    finally:
+        _remove_stage(stage)
+    done = OwnFiles([dest / rel for rel in new])
+    for rel, digest in sorted(previous.items()):
+        if rel in hashes:
+            continue
+        target = dest / rel
+        if _own_path(dest, rel) and target.is_file() and not target.is_symlink():
+            if sha256_file(target) == digest:
+                target.unlink()
+                done.removed.append(rel)
+                _remove_empty_parents(target.parent, dest)
+                continue
+            done.kept.append(rel)
+    index = read_own_files(dest)  # again: another tool may have written meanwhile
+    for other in index["owners"].values():
+        for rel in hashes:
+            other.pop(rel, None)
+    index["owners"][owner] = hashes
+    index["owners"] = {k: v for k, v in sorted(index["owners"].items()) if v}
+    atomic_write_json(dest / OWN_FILES, index)
+    return result, done
+
+
+def read_own_files(dest: Path) -> dict[str, Any]:
+    """``dest/.echoclr-files.json``: ``{"format", "owners": {owner: {relative path: sha256}}}``
+    (empty when absent); entries that leave ``dest`` are dropped, a broken file is one line."""
+    path = Path(dest) / OWN_FILES
+    empty: dict[str, Any] = {"format": _OWN_FORMAT, "owners": {}}
+    if not path.exists():
+        return empty
+    try:
+        data = json.loads(path.read_text())
+        owners = data["owners"] if data.get("format") == _OWN_FORMAT else None
+        if not isinstance(owners, dict):
+            raise ValueError("no owners")
+        clean = {
+            str(o): {str(r): str(h) for r, h in files.items() if _own_path(dest, str(r))}
+            for o, files in owners.items()
+            if isinstance(files, dict)
+        }
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path} is not an echoclr file index ({type(e).__name__})",
+            fix="remove it (then echoclr replaces no earlier file of its own there)",
+        ) from None
+    return {"format": _OWN_FORMAT, "owners": clean}
+
+
+def _own_path(dest: Path, rel: str) -> bool:
+    """A relative path that stays inside ``dest`` (no absolute path, no ``..``, no link out)."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or rel == OWN_FILES:
+        return False
+    root = Path(dest).resolve()
+    return (root / p).resolve().is_relative_to(root)
+
+
+def _remove_empty_parents(folder: Path, dest: Path) -> None:
+    """``rmdir`` the now empty folders from ``folder`` up to (not including) ``dest``."""
+    while folder != dest and Path(dest) in folder.parents:
+        try:
+            folder.rmdir()  # only an empty folder: never anyone's file
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _remove_stage(stage: Path) -> None:
+    """Remove the staging folder :func:`replace_own_files` made (our own temporary folder)."""
+    shutil.rmtree(stage, ignore_errors=True)

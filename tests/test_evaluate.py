@@ -164,11 +164,13 @@ def test_evaluate_writes_its_own_folder_and_leaves_the_finetune_results(runs):
     # a narrower evaluation does not replace a wider one: each has its own folder
     wide = evaluate_run(tiny_cfg(), run_a, None, ["test", "ext_test"])
     assert wide.out_dir.name == "test+ext_test" and (res.out_dir / "metrics.json").exists()
-    # the same evaluation again replaces its folder as a whole (no stale files stay)
-    (res.out_dir / "stale.txt").write_text("old")
+    # the same evaluation again replaces its own files only (issue 23 case 8: it used to
+    # delete the folder, a file the user had added included)
+    (res.out_dir / "notes.txt").write_text("mine")
     again = evaluate_run(tiny_cfg(), run_a, None, ["test"])
-    assert again.out_dir == res.out_dir and not (res.out_dir / "stale.txt").exists()
+    assert again.out_dir == res.out_dir and (res.out_dir / "notes.txt").read_text() == "mine"
     assert not [p for p in (run_a / "eval").iterdir() if p.name.startswith(".")]
+    assert not [p for p in res.out_dir.iterdir() if p.name.startswith(".echoclr-stage")]
     named = evaluate_run(tiny_cfg(), run_a, None, ["test"], name="mine")
     assert named.out_dir == run_a / "eval" / "mine"
 

@@ -62,7 +62,7 @@ def test_export_parity_dynamic_batch_and_contract(runs, tmp_path, fmt):
     assert c["preprocessing_in_model"]["normalization"] is None  # random init: no mean/std
     assert len(c["config_hash"]) == 16 and c["echoclr_version"]
     assert str(runs.finetune) not in res.contract_path.read_text()  # no paths in the contract
-    model, contract = load_exported(out)
+    model, contract = load_exported(out, trust_model_code=fmt == "torchscript")
     assert contract == c
     for n in (1, 3):  # dynamic batch (exported with a batch of 1)
         x = real_clips(runs, n)
@@ -84,7 +84,7 @@ def test_export_applies_kinetics_normalisation_in_the_graph(runs, tmp_path):
     try:
         res = export_run(runs.cfg, run_dir=runs.finetune, fmt="torchscript", out=tmp_path / "k.pt")
         assert res.contract["preprocessing_in_model"]["normalization"]["mean"][0] == 0.43216
-        model, _ = load_exported(tmp_path / "k.pt")
+        model, _ = load_exported(tmp_path / "k.pt", trust_model_code=True)
         x = real_clips(runs, 2)
         np.testing.assert_allclose(
             model(x.float().expand(-1, 3, -1, -1, -1)).numpy(),
@@ -149,7 +149,8 @@ def test_predict_accepts_the_exported_file(runs, tmp_path, fmt):
     out = tmp_path / f"model.{fmt}"
     export_run(runs.cfg, run_dir=runs.finetune, fmt=fmt, out=out)
     a = predict(runs.cfg, runs.finetune, runs.data, tmp_path / "run.csv")
-    b = predict(runs.cfg, out, runs.data, tmp_path / "exported.csv")
+    b = predict(runs.cfg, out, runs.data, tmp_path / "exported.csv",
+                trust_model_code=fmt == "torchscript")  # fmt: skip
     assert list(a.video["video_id"]) == list(b.video["video_id"])
     np.testing.assert_allclose(b.video["y_prob"], a.video["y_prob"], atol=TOL, rtol=0)
     np.testing.assert_allclose(b.study["y_prob"], a.study["y_prob"], atol=TOL, rtol=0)

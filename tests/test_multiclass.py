@@ -161,7 +161,7 @@ def test_finetune_evaluate_predict_view(tmp_path):
     exported = tmp_path / "view.pt"
     export_run(cfg, run_dir=run, fmt="torchscript", out=exported)
     with pytest.raises(UserError, match="multi-class model"):
-        predict(cfg, exported, data, tmp_path / "q.csv")
+        predict(cfg, exported, data, tmp_path / "q.csv", trust_model_code=True)
     assert not (tmp_path / "q.csv").exists()
 
 

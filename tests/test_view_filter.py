@@ -65,7 +65,9 @@ def archive(tmp_path_factory):
 
 
 def _run(cfg, raw, out):
-    return vfm.preprocess_with_view_filter(cfg, raw, out)
+    # the constant view models are TorchScript files this module wrote: trusted (test_model_trust
+    # checks that a TorchScript file is refused without the flag)
+    return vfm.preprocess_with_view_filter(cfg, raw, out, trust_model_code=True)
 
 
 def test_filter_constant_models_and_reuse(archive, tmp_path, monkeypatch):

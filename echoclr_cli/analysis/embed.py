@@ -48,13 +48,14 @@ from echoclr_cli.errors import UserError, find_extra, require_extra
 from echoclr_cli.events import EvalBatch, Progress, Status
 from echoclr_cli.inference import loader as inference
 from echoclr_cli.inference.run import INITS, Encoder, device_and_autocast, load_encoder
-from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json
+from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, replace_own_files
 from echoclr_cli.metrics import core as metrics
 from echoclr_cli.metrics import splits
 
 MAP_METHODS = ("auto", "umap", "pca")
 KNN_K = 10
 PROBE_SPLITS = ("val", "test", "ext_test")
+PROBE_COLUMNS = ("source", "label", "split", "level", "metric", "value", "ci_low", "ci_high", "n")
 
 
 # --------------------------------------------------------------------------- features
@@ -334,63 +335,74 @@ def run_embed(
     encs = [load_encoder(cfg, s, clip_len) for s in sources]
     _source_names(encs)
     colourings = [*labels, "split", "site"]
-    files: list[Path] = []
     summaries, probes, used = [], [], {}
     index = df[["video_id", "study_id", "patient_id", "split"]].copy()
     index["site"] = site_column(df)
     for lab in labels:
         index[lab] = pd.to_numeric(df[lab], errors="coerce")
-    for enc in encs:
-        d = out_dir / enc.name
-        d.mkdir(parents=True, exist_ok=True)
-        if progress:
-            progress(Status(f"embedding {len(df)} videos with {enc.name}"))
-        x, ids = embed_videos(enc, cfg, df, data_dir, progress)
-        if list(ids["video_id"]) != list(index["video_id"]):
-            raise RuntimeError("embedding order differs from the manifest order")
-        coords, used[enc.name] = map_2d(x, map_method, cfg.runtime.seed)
-        vid = index.drop(columns=["patient_id"]).assign(map_x=coords[:, 0], map_y=coords[:, 1])
-        vid.insert(0, "row", np.arange(len(vid)))
-        study_x, study_idx = _studies(x, index, labels)
-        files += _save(d / "embeddings_video.npy", x) + _save(d / "embeddings_study.npy", study_x)
-        atomic_write_csv(d / "index_video.csv", vid)
-        atomic_write_csv(d / "index_study.csv", study_idx)
-        title = f"{enc.name} ({enc.kind}, {enc.arch} x{enc.width}): {used[enc.name].upper()}"
-        files += [d / "index_video.csv", d / "index_study.csv"]
-        files.append(plot_map(coords, index, colourings, title, d / "map.png"))
-        summary = summarize(x, index, colourings)
-        facts = {
-            "source": enc.kind if enc.kind in INITS else "run",
-            "kind": enc.kind, "arch": enc.arch, "width": enc.width, "clip_len": enc.clip_len,
-            "stride": enc.stride, "clips_per_video": cfg.evaluate.clips_per_video,
-            "normalization": enc.normalization, "map": used[enc.name],
-            "n_videos": len(vid), "n_studies": len(study_idx), "features": int(x.shape[1]),
-        }  # fmt: skip
-        probe_json = {}
-        for lab in probe_labels:
-            table, full = probe(x, index, lab, cfg)
-            probes.append(table.assign(source=enc.name, label=lab))
-            probe_json[lab] = full
-        atomic_write_json(d / "summary.json", {**facts, "summary": summary})
-        files.append(d / "summary.json")
-        if probe_json:
-            atomic_write_json(d / "probe.json", probe_json)
-            files.append(d / "probe.json")
-        for col, entry in summary.items():
-            summaries.append({"source": enc.name, "colouring": col, **entry})
-        if cfg.runtime.tensorboard:
-            from echoclr_cli.training import tb
+    box: dict[str, Any] = {}
 
-            files.append(tb.add_embedding(d / "tensorboard", x, vid, colourings, enc.name))
-    summary_df = pd.DataFrame(summaries)
-    atomic_write_csv(out_dir / "summary.csv", summary_df)
-    files.append(out_dir / "summary.csv")
-    probe_df = None
-    if probes:
-        cols = ["source", "label", "split", "level", "metric", "value", "ci_low", "ci_high", "n"]
-        probe_df = pd.concat(probes, ignore_index=True)[cols]
-        atomic_write_csv(out_dir / "probe.csv", probe_df)
-        files.append(out_dir / "probe.csv")
+    def fill(stage: Path) -> list[Path]:
+        """Every file, written into the staging folder of ``io.replace_own_files``."""
+        files: list[Path] = []
+        for enc in encs:
+            d = stage / enc.name
+            d.mkdir(parents=True, exist_ok=True)
+            if progress:
+                progress(Status(f"embedding {len(df)} videos with {enc.name}"))
+            x, ids = embed_videos(enc, cfg, df, data_dir, progress)
+            if list(ids["video_id"]) != list(index["video_id"]):
+                raise RuntimeError("embedding order differs from the manifest order")
+            coords, used[enc.name] = map_2d(x, map_method, cfg.runtime.seed)
+            vid = index.drop(columns=["patient_id"]).assign(map_x=coords[:, 0], map_y=coords[:, 1])
+            vid.insert(0, "row", np.arange(len(vid)))
+            study_x, study_idx = _studies(x, index, labels)
+            files += _save(d / "embeddings_video.npy", x)
+            files += _save(d / "embeddings_study.npy", study_x)
+            atomic_write_csv(d / "index_video.csv", vid)
+            atomic_write_csv(d / "index_study.csv", study_idx)
+            title = f"{enc.name} ({enc.kind}, {enc.arch} x{enc.width}): {used[enc.name].upper()}"
+            files += [d / "index_video.csv", d / "index_study.csv"]
+            files.append(plot_map(coords, index, colourings, title, d / "map.png"))
+            summary = summarize(x, index, colourings)
+            facts = {
+                "source": enc.kind if enc.kind in INITS else "run",
+                "kind": enc.kind, "arch": enc.arch, "width": enc.width, "clip_len": enc.clip_len,
+                "stride": enc.stride, "clips_per_video": cfg.evaluate.clips_per_video,
+                "normalization": enc.normalization, "map": used[enc.name],
+                "n_videos": len(vid), "n_studies": len(study_idx), "features": int(x.shape[1]),
+            }  # fmt: skip
+            probe_json = {}
+            for lab in probe_labels:
+                table, full = probe(x, index, lab, cfg)
+                probes.append(table.assign(source=enc.name, label=lab))
+                probe_json[lab] = full
+            atomic_write_json(d / "summary.json", {**facts, "summary": summary})
+            files.append(d / "summary.json")
+            if probe_json:
+                atomic_write_json(d / "probe.json", probe_json)
+                files.append(d / "probe.json")
+            for col, entry in summary.items():
+                summaries.append({"source": enc.name, "colouring": col, **entry})
+            if cfg.runtime.tensorboard:
+                from echoclr_cli.training import tb
+
+                files.append(tb.add_embedding(d / "tensorboard", x, vid, colourings, enc.name))
+        summary_df = pd.DataFrame(summaries)
+        atomic_write_csv(stage / "summary.csv", summary_df)
+        files.append(stage / "summary.csv")
+        probe_df = None
+        if probes:
+            probe_df = pd.concat(probes, ignore_index=True)[list(PROBE_COLUMNS)]
+            atomic_write_csv(stage / "probe.csv", probe_df)
+            files.append(stage / "probe.csv")
+        box.update(summary=summary_df, probe=probe_df)
+        return [f.relative_to(stage) for f in files]
+
+    # only embed's own earlier files (.echoclr-files.json) are replaced, never anyone else's
+    written, _ = replace_own_files(out_dir, "embed", fill, overwrite=overwrite)
+    files = [out_dir / rel for rel in written]
+    summary_df, probe_df = box["summary"], box["probe"]
     return EmbedResult(out_dir, encs, used, summary_df, probe_df, files)
 
 

@@ -8,18 +8,18 @@ evaluation, so both write the same files.
 
 Nothing is written before every argument is checked (run dirs, ``--compare`` run, dataset,
 splits, output folder). The outputs go to one folder per evaluation, ``RUN/eval/<name>/`` (or
-``--out``), replaced as a whole (built next to it, then renamed): the fine-tune's own
-``metrics.json`` and predictions in the run dir are never touched, so the sweep's per-run result
-file stays what the fine-tune wrote, and an evaluation on fewer splits never clobbers a wider one.
+``--out``): built in a staging folder, then moved into place by ``io.replace_own_files``, which
+removes only the files an earlier evaluation wrote there (listed in ``.echoclr-files.json``) and
+never a file anyone else put there. The fine-tune's own ``metrics.json`` and predictions in the
+run dir are never touched, so the sweep's per-run result file stays what the fine-tune wrote,
+and an evaluation on fewer splits never clobbers a wider one.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from echoclr_cli.errors import UserError
 from echoclr_cli.events import Progress, Status
 from echoclr_cli.inference.run import LoadedRun, device_and_autocast, load_run, predict_rows
 from echoclr_cli.inference.write import write_evaluation
-from echoclr_cli.io import atomic_write_json
+from echoclr_cli.io import OWN_FILES, atomic_write_json, replace_own_files
 from echoclr_cli.metrics import splits as ev
 from echoclr_cli.metrics.aggregate import aggregate_levels
 from echoclr_cli.metrics.compare import compare_runs
@@ -87,38 +87,16 @@ def eval_name(
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """An evaluation folder is replaced as a whole: refuse anything else that is there."""
+    """An evaluation replaces its own earlier files only: refuse a folder that holds other
+    things and no earlier evaluation (no ``eval.json``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a folder", fix="pass another --out / --name")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / rundir.EVAL_INFO).is_file():
         raise UserError(
             f"{out_dir} is not empty and is not an earlier `echoclr evaluate` output "
-            f"(no {rundir.EVAL_INFO}): it would be replaced",
+            f"(no {rundir.EVAL_INFO})",
             fix="pass another --out (an empty or new folder) or --name",
         )
-
-
-def _replace_folder(dest: Path, fill: Callable[[Path], list[Path]]) -> list[Path]:
-    """Build ``dest`` in a hidden sibling with ``fill(tmp)``, then swap it in (two renames).
-
-    A failure while filling leaves the previous ``dest`` as it was. Returns the written paths
-    under ``dest``.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        written = fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return [dest / Path(p).relative_to(tmp) for p in written]
 
 
 def _resolve_splits(
@@ -257,9 +235,12 @@ def evaluate_run(
             "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         atomic_write_json(tmp / rundir.EVAL_INFO, info)
-        return [tmp / rundir.EVAL_INFO, *files]
+        return [Path(p).relative_to(tmp) for p in (tmp / rundir.EVAL_INFO, *files)]
 
-    files = _replace_folder(out_dir, fill)
+    # an evaluation folder from before the file index: its files are the earlier evaluation's
+    legacy = not (out_dir / OWN_FILES).exists()
+    written, _ = replace_own_files(out_dir, "evaluate", fill, overwrite=legacy)
+    files = [out_dir / rel for rel in written]
     return EvaluateResult(
         run_dir=run_dir,
         out_dir=out_dir,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ from echoclr_cli.inference.exported import (
     CONTRACT_FORMAT,
     FORMATS,
     contract_path,
-    load_model_file,
+    open_model_file,
+    torch_deprecations,
 )
 from echoclr_cli.inference.run import load_classifier, load_encoder
-from echoclr_cli.io import atomic_write, atomic_write_json, sha256_file
+from echoclr_cli.io import atomic_write, atomic_write_json, replace_own_files, sha256_file
 from echoclr_cli.models import weights
 
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -99,8 +99,10 @@ def export_run(
 ) -> ExportResult:
     """Export a run's classifier (``encoder``: its backbone) and write the contract beside it.
 
-    After writing, the file is loaded back and compared with the eager model on ``check_batch``
-    random clips; a difference above ``tolerance`` is an error (nothing half-valid is left).
+    The file is written to a staging folder, loaded back and compared with the eager model on
+    ``check_batch`` random clips; a difference above ``tolerance`` is an error (nothing
+    half-valid is left). Then ``io.replace_own_files`` moves the model and its contract into
+    place: it replaces this export's own earlier files only, never another file.
     ``frame_size`` defaults to the run's (``finetune.json``, else its ``preprocess.size``; a
     pretrain run records no frame size of its own).
     """
@@ -145,14 +147,6 @@ def export_run(
     model = Prepared(inner.cpu().eval(), *(norm or (None, None))).eval()
     shape = [1, 3, clip_len, size, size]
     example = torch.rand(check_batch, *shape[1:]) * 255.0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but works in 2.x
-            traced = torch.jit.trace(model, example[:1], check_trace=False)
-            atomic_write(out, lambda f: torch.jit.save(traced, f))
-    else:
-        _export_onnx(model, example[:1], out)
     contract = {
         "format": CONTRACT_FORMAT,
         "file": out.name,
@@ -184,27 +178,39 @@ def export_run(
         "checkpoint_sha256": sha256_file(ck),
         "opset": ONNX_OPSET if fmt == "onnx" else None,
     }
-    fn, _ = load_model_file(out, fmt)
-    with torch.no_grad():
-        eager = model(example).numpy()
-    got = fn(example).numpy()
-    diff = float(np.max(np.abs(got - eager))) if eager.size else 0.0
-    if not math.isfinite(diff) or diff > tolerance:
-        out.unlink(missing_ok=True)
-        raise UserError(
-            f"exported {fmt} model differs from the eager model by {diff:.2e} (> {tolerance})",
-            fix="report this with the run's config (the exporter lost precision)",
-        )
-    contract["parity_max_abs_diff"] = diff
-    atomic_write_json(cpath, contract)
+
+    def fill(stage: Path) -> float:
+        """The model and its contract in the staging folder, once the parity check passed."""
+        staged = stage / out.name
+        if fmt == "torchscript":
+            with torch_deprecations():
+                traced = torch.jit.trace(model, example[:1], check_trace=False)
+                atomic_write(staged, lambda f: torch.jit.save(traced, f))
+        else:
+            _export_onnx(model, example[:1], staged)
+        fn, _ = open_model_file(staged, fmt)  # the file this call has just written
+        with torch.no_grad():
+            eager = model(example).numpy()
+        got = fn(example).numpy()
+        diff = float(np.max(np.abs(got - eager))) if eager.size else 0.0
+        if not math.isfinite(diff) or diff > tolerance:
+            raise UserError(
+                f"exported {fmt} model differs from the eager model by {diff:.2e} (> {tolerance})",
+                fix="report this with the run's config (the exporter lost precision)",
+            )
+        contract["parity_max_abs_diff"] = diff
+        atomic_write_json(stage / cpath.name, contract)
+        return diff
+
+    # only this export's own earlier files (.echoclr-files.json) are replaced, nothing else
+    diff, _ = replace_own_files(out.parent, f"export:{out.name}", fill, overwrite=overwrite)
     return ExportResult(out, cpath, contract, diff)
 
 
 def _export_onnx(model: nn.Module, example: Tensor, out: Path) -> None:
     require_extra("onnx", "export --format onnx", alternative="--format torchscript")
     tmp = out.with_name(out.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated upstream
+    with torch_deprecations():  # the TorchScript-based exporter is deprecated upstream
         torch.onnx.export(
             model,
             (example,),

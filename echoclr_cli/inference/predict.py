@@ -81,6 +81,7 @@ def predict(
     progress: Progress | None = None,
     keep_data: Path | None = None,
     threshold: str | float | None = None,
+    trust_model_code: bool = False,
 ) -> PredictResult:
     """Probabilities of a fine-tuned run for every video and study of ``input_path``; no labels needed.
 
@@ -99,6 +100,8 @@ def predict(
     threshold``, None = ``val`` when the run has it, else no ``y_pred``. A multi-class run's
     ``y_pred`` is always its top class (a number is refused). Existing outputs are refused
     unless ``overwrite``; every argument is checked before the first write.
+    ``run_dir`` may also be a model file ``echoclr export`` wrote: ONNX, or TorchScript only
+    with ``trust_model_code`` (its code runs; ``inference.exported.check_model_file``).
     """
     out_csv = Path(out_csv)
     study_csv = study_csv_path(out_csv)
@@ -110,7 +113,11 @@ def predict(
         raise UserError(f"--out {out_csv} is a folder", fix="pass a CSV file path, e.g. preds.csv")
     device, _ = device_and_autocast(cfg)
     exported = Path(run_dir).is_file()  # a model file written by `echoclr export` (+ its contract)
-    run = exported_run(Path(run_dir), cfg) if exported else load_run(Path(run_dir), device)
+    run = (
+        exported_run(Path(run_dir), cfg, trust_model_code=trust_model_code)
+        if exported
+        else load_run(Path(run_dir), device)
+    )
     multiclass = run.task.is_multiclass
     thresholds, source, notes = resolve_threshold(threshold, Path(run_dir), exported, multiclass)
     input_path = Path(input_path)
@@ -315,13 +322,16 @@ def _header_ids(path: Path) -> dict[str, str]:
     a video file or a file that is gone."""
     import pydicom
 
-    try:
-        if not path.is_file():
+    from echoclr_cli.data.bounds import header_warnings
+
+    with header_warnings():  # pydicom's warnings hold tag values: caught, never printed
+        try:
+            if not path.is_file():
+                return {}
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+        except Exception:  # not DICOM (AVI/MP4) or unreadable: the columns stay empty
             return {}
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-    except Exception:  # not DICOM (AVI/MP4) or unreadable: the columns stay empty
-        return {}
-    return {tag: str(ds.get(tag) or "").strip() for tag in HEADER_TAGS}
+        return {tag: str(ds.get(tag) or "").strip() for tag in HEADER_TAGS}
 
 
 # --------------------------------------------------------------------------- raw input

@@ -16,13 +16,16 @@
    view column the labels already carry. Every other video is listed in ``skipped.csv`` with
    reason ``view_filter`` and its top class.
 
-MODEL: an echoclr multi-class run dir (``echoclr finetune --task view``), or a TorchScript / ONNX
-file with a JSON file ``<file>.json`` beside it: the contract ``echoclr export`` writes
-(``class_names``, ``clip_len``, ``stride``, ``frame_size``), or a minimal
+MODEL: an echoclr multi-class run dir (``echoclr finetune --task view``), or an ONNX file with a
+JSON file ``<file>.json`` beside it: the contract ``echoclr export`` writes (``class_names``,
+``clip_len``, ``stride``, ``frame_size``), or a minimal
 ``{"classes": [...], "clip_len": N, "stride": S, "frame_size": PX}`` for a model from elsewhere
 that takes ``(B, 3, T, H, W)`` float clips scaled to [0, 1] and returns ``(B, K)`` logits in the
-class order. No model is ever downloaded. Bad MODEL / ``--keep-view`` input is refused with one
-line before anything is decoded (:func:`load_view_model`).
+class order. A TorchScript file runs the code inside it, so it is refused unless
+``trust_model_code`` (``--trust-model-code``; a warning names the file); a pickle is never
+loaded (``inference.exported.check_model_file``). No model is ever downloaded. Bad MODEL /
+``--keep-view`` input is refused with one line before anything is decoded
+(:func:`load_view_model`).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class ViewModel:
         return list(self.task.classes)
 
 
-def _file_model(path: Path) -> ViewModel:
+def _file_model(path: Path, trust_model_code: bool = False) -> ViewModel:
     cpath = contract_path(path)
     if not cpath.is_file():
         raise UserError(
@@ -94,7 +97,7 @@ def _file_model(path: Path) -> ViewModel:
     if not isinstance(info, dict):
         raise UserError(f"{cpath} is not a JSON object", fix="write the class list as documented")
     if "format" in info:  # an echoclr export contract
-        model, contract = load_exported(path)
+        model, contract = load_exported(path, trust_model_code=trust_model_code)
         task = contract_task(contract)
         if task is None or not task.is_multiclass:
             shape = (contract.get("output") or {}).get("shape") or []
@@ -105,8 +108,7 @@ def _file_model(path: Path) -> ViewModel:
         classes = list(task.classes)
     else:
         classes = info.get("classes")
-        fmt = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
-        fn, _ = load_model_file(path, fmt)
+        fn, _ = load_model_file(path, trust_model_code=trust_model_code)  # format from its bytes
         model, contract = ExportedModel(fn, info), info
     if not isinstance(classes, list) or len(classes) < 2:
         raise UserError(
@@ -128,8 +130,11 @@ def _file_model(path: Path) -> ViewModel:
     )
 
 
-def load_view_model(cfg, path: Path, keep_view: str | None) -> ViewModel:
-    """Load MODEL and check ``keep_view`` is one of its classes (one line otherwise)."""
+def load_view_model(
+    cfg, path: Path, keep_view: str | None, *, trust_model_code: bool = False
+) -> ViewModel:
+    """Load MODEL and check ``keep_view`` is one of its classes (one line otherwise); a
+    TorchScript file only with ``trust_model_code``."""
     path = Path(path)
     if not keep_view:
         raise UserError("--view-model needs --keep-view VIEW", fix="e.g. --keep-view plax")
@@ -153,7 +158,7 @@ def load_view_model(cfg, path: Path, keep_view: str | None) -> ViewModel:
             source=str(path),
         )
     elif path.is_file():
-        vm = _file_model(path)
+        vm = _file_model(path, trust_model_code)
     else:
         raise UserError(f"view model {path} not found", fix="pass a run dir or a model file")
     if keep_view not in vm.classes:
@@ -280,14 +285,16 @@ def apply_view_filter(cfg, data_dir: Path, vm: ViewModel, keep_view: str,
     )  # fmt: skip
 
 
-def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None):
-    """``preprocess`` then :func:`apply_view_filter` (the model is checked before decoding)."""
+def preprocess_with_view_filter(cfg, input_dir, output_dir, progress=None, *,
+                                trust_model_code: bool = False):  # fmt: skip
+    """``preprocess`` then :func:`apply_view_filter` (the model is checked before decoding;
+    a TorchScript one only with ``trust_model_code``)."""
     pc = cfg.preprocess
     if pc.view_model is None:
         if pc.keep_view:
             raise UserError("--keep-view needs --view-model MODEL", fix="pass the view model")
         return preprocess(cfg, input_dir, output_dir, progress), None
-    vm = load_view_model(cfg, pc.view_model, pc.keep_view)
+    vm = load_view_model(cfg, pc.view_model, pc.keep_view, trust_model_code=trust_model_code)
     res = preprocess(cfg, input_dir, output_dir, progress)
     vf = apply_view_filter(cfg, Path(output_dir), vm, pc.keep_view, pc.keep_view_min)
     res.n_videos = vf.kept

@@ -6,7 +6,9 @@ the figures as PNG files in ``<stem>_files/``. Nothing public carries an absolut
 salt or an original id: paths are reduced to their last component, the config is redacted.
 
 Layout: ``Doc`` (the two renderings), ``run_sections`` (one fine-tune run), ``sweep_sections``
-(a sweep dir), ``build_report`` (detects which, writes the three files).
+(a sweep dir), ``build_report`` (detects which, writes the three files). An existing report,
+Markdown, model card or ``<stem>_files/`` is refused without ``overwrite``; with it, only the
+files this report wrote before (``.echoclr-files.json`` beside it) are replaced or removed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import pandas as pd
 
 from echoclr_cli import __version__
 from echoclr_cli.errors import UserError
-from echoclr_cli.io import atomic_write, atomic_write_json, atomic_write_text
+from echoclr_cli.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    replace_own_files,
+)
 from echoclr_cli.report.facts import SPLIT_ORDER, RunFacts, png_of
 from echoclr_cli.report.sections import data_section, methods_note, recipe_section, results_sections
 from echoclr_cli.report.tripod import checklist, model_card
@@ -217,7 +224,7 @@ def build_report(
     html_path, md_path, files_dir, card_path = output_paths(out)
     if html_path.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {html_path} must end in .html", fix="e.g. --out report.html")
-    existing = [p for p in (html_path, md_path, card_path) if p.exists()]
+    existing = [p for p in (html_path, md_path, files_dir, card_path) if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]} already exists", fix="pass --overwrite or another --out")
     kind = detect_kind(path)
@@ -236,13 +243,17 @@ def build_report(
     common_sections(doc, card_facts)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"generated {stamp} by echoclr {__version__}; every figure is embedded"
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(html_path, doc.render_html(subtitle))
-    files_dir.mkdir(parents=True, exist_ok=True)
-    for name, png in doc.figures:
-        atomic_write(files_dir / name, lambda f, b=png: f.write(b))
-    atomic_write_text(md_path, doc.render_md(subtitle, files_dir.name))
-    atomic_write_json(card_path, model_card(card_facts))
+
+    def fill(stage: Path) -> None:
+        atomic_write_text(stage / html_path.name, doc.render_html(subtitle))
+        for name, png in doc.figures:
+            atomic_write(stage / files_dir.name / name, lambda f, b=png: f.write(b))
+        atomic_write_text(stage / md_path.name, doc.render_md(subtitle, files_dir.name))
+        atomic_write_json(stage / card_path.name, model_card(card_facts))
+
+    # --overwrite replaces this report's own earlier files (.echoclr-files.json beside it):
+    # a file someone else put in <name>_files/ or beside the report stays
+    replace_own_files(html_path.parent, f"report:{html_path.name}", fill, overwrite=overwrite)
     return ReportResult(kind, html_path, md_path, card_path, len(doc.figures),
                         [t for _, t in doc.toc])  # fmt: skip
 
