@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from echoclr_cli import console as report
+from echoclr_cli.cli.app import app
 from echoclr_cli.config.load import (
     config_to_dict,
     deep_merge,
@@ -452,6 +453,13 @@ def training_options(func: Callable) -> Callable:
     """Declare the training block once: the command takes a ``training: Training`` parameter,
     which Typer sees as the eight options at that place."""
     return _bundle(func, "training", Training, bundle_params(Training))
+
+
+def command(options: type, *, device: bool = True) -> Callable[[Callable], Callable]:
+    """Register a command (named like the function, its docstring the help) with its own
+    ``options`` (``opts``) and the common tail (``common``; without --device when ``device``
+    is False): ``@app.command()`` + ``@common_options()`` + ``@command_options(options)``."""
+    return lambda func: app.command()(common_options(device=device)(command_options(options)(func)))
 
 
 def command_options(cls: type) -> Callable[[Callable], Callable]:

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echoclr_cli import console as report
-from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     FRAME_SIZE_KEY,
     Common,
     Options,
     argument,
-    command_options,
-    common_options,
+    command,
     option,
     overwrite_option,
     setting,
@@ -40,9 +38,7 @@ class SynthOptions(Options):
     )
 
 
-@app.command()
-@common_options(device=False)
-@command_options(SynthOptions)
+@command(SynthOptions, device=False)
 def synth(*, opts: SynthOptions, common: Common) -> None:
     """Write a synthetic echo archive (DICOM/AVI/MP4 studies with known anatomy and labels)."""
     cfg = common.resolve(section="synth", flags=opts.flags())
@@ -126,9 +122,7 @@ class PreprocessOptions(Options):
     overwrite: bool = overwrite_option("preprocess.overwrite")
 
 
-@app.command()
-@common_options(device=False)
-@command_options(PreprocessOptions)
+@command(PreprocessOptions, device=False)
 def preprocess(*, opts: PreprocessOptions, common: Common) -> None:
     """Raw archive -> de-identified, sector-masked 112x112 dataset (manifest.csv, videos/, skipped.csv)."""
     if opts.migrate is not None:

@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echoclr_cli import console as report
-from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     Common,
     Options,
     argument,
-    command_options,
-    common_options,
+    command,
     data_option,
     option,
     overwrite_option,
@@ -51,9 +49,7 @@ class EmbedOptions(Options):
     overwrite: bool = overwrite_option()
 
 
-@app.command()
-@common_options()
-@command_options(EmbedOptions)
+@command(EmbedOptions)
 def embed(*, opts: EmbedOptions, common: Common) -> None:
     """Frozen backbone embeddings of runs/inits: .npy + index CSV, 2-D map, summary, label probe."""
     cfg = common.resolve(section="evaluate", flags=opts.flags(), data=True)
@@ -123,9 +119,7 @@ class ExplainOptions(Options):
     overwrite: bool = overwrite_option()
 
 
-@app.command()
-@common_options()
-@command_options(ExplainOptions)
+@command(ExplainOptions)
 def explain(*, opts: ExplainOptions, common: Common) -> None:
     """3-D Grad-CAM of the predicted class over whole videos: MP4, GIF and a PNG strip per video."""
     cfg = common.resolve(section="evaluate", flags=opts.flags(), data=True, run=opts.run)
@@ -173,9 +167,7 @@ class ExportOptions(Options):
     overwrite: bool = overwrite_option()
 
 
-@app.command()
-@common_options(device=False)
-@command_options(ExportOptions)
+@command(ExportOptions, device=False)
 def export(*, opts: ExportOptions, common: Common) -> None:
     """Export a run as TorchScript or ONNX (dynamic batch) with its preprocessing contract (JSON)."""
     cfg = common.resolve(section="evaluate", flags=opts.flags(), run=opts.run)

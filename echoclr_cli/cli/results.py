@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echoclr_cli import console as report
-from echoclr_cli.cli.app import app
 from echoclr_cli.cli.common import (
     Common,
     Options,
     argument,
-    command_options,
-    common_options,
+    command,
     operating_point_option,
     option,
     overwrite_option,
@@ -62,9 +60,7 @@ class EvaluateOptions(Options):
     workers: int | None = workers_option()
 
 
-@app.command()
-@common_options()
-@command_options(EvaluateOptions)
+@command(EvaluateOptions)
 def evaluate(*, opts: EvaluateOptions, common: Common) -> None:
     """Evaluate a fine-tuned run: video- and study-level metrics with 95% CIs, plots, comparison."""
     cfg = common.resolve(section="evaluate", flags=opts.flags(), data=opts.data, run=opts.run)
@@ -120,9 +116,7 @@ class PredictOptions(Options):
     workers: int | None = workers_option()
 
 
-@app.command()
-@common_options()
-@command_options(PredictOptions)
+@command(PredictOptions)
 def predict(*, opts: PredictOptions, common: Common) -> None:
     """Predict new, unlabeled studies (preprocessing raw files first when needed)."""
     cfg = common.resolve(section="evaluate", flags=opts.flags(), run=opts.run)

@@ -15,8 +15,8 @@ from echoclr_cli.cli.common import (
     Common,
     Options,
     argument,
+    command,
     command_options,
-    common_options,
     data_option,
     handle_errors,
     operating_point_option,
@@ -94,9 +94,7 @@ class SweepOptions(Options):
     workers: int | None = workers_option()
 
 
-@app.command()
-@common_options()
-@command_options(SweepOptions)
+@command(SweepOptions)
 def sweep(*, opts: SweepOptions, common: Common) -> None:
     """The label-efficiency grid: inits x label fractions x tasks x seeds, selected on val, one table."""
     cfg = common.resolve(section="sweep", flags=opts.flags(), data=True)
@@ -137,9 +135,7 @@ class CheckOptions(Options):
     )
 
 
-@app.command()
-@common_options(device=False)
-@command_options(CheckOptions)
+@command(CheckOptions, device=False)
 def check(*, opts: CheckOptions, common: Common) -> None:
     """Preflight a dataset: files, leakage, splits, labels, one-class splits, zero-step loaders."""
     cfg = common.resolve(section="check", flags=opts.flags(), data=True)
@@ -160,9 +156,7 @@ class DemoOptions(Options):
     root: Path = option("--root", help="Where the demo writes everything.", default=Path("demo"))
 
 
-@app.command()
-@common_options()
-@command_options(DemoOptions)
+@command(DemoOptions)
 def demo(*, opts: DemoOptions, common: Common) -> None:
     """The whole pipeline on synthetic data: synth, preprocess, pretrain x3, label-efficiency sweep.
 

@@ -36,16 +36,17 @@ PrintRecipeOpt = Annotated[
 
 def training_command(
     options: type[Options],
-    core: Callable[..., Any],
+    core: Callable[[], Callable[..., Any]],
     default_dir: Callable[[Any], Path],
-    title: Callable[[Any], str],
+    shown: str,
 ) -> Callable[[Callable[[Any], None]], Callable]:
     """Declare `pretrain` / `finetune` (named like the decorated function, its docstring the
     help): the common options, the training block, the command's own ``options`` and
     ``--print-recipe``. The command resolves the config (the training block's keys in its
-    section), prints the recipe and stops, or runs ``core`` (``run_pretrain`` /
-    ``run_finetune``, imported when the command runs) into ``--out`` or ``default_dir(cfg)`` under a progress display
-    titled ``title(cfg)``; the decorated function shows the result."""
+    section), prints the recipe and stops, or runs ``core()`` (``run_pretrain`` /
+    ``run_finetune``, imported when the command runs) into ``--out`` or ``default_dir(cfg)``
+    under a progress display titled by the section and its key ``shown`` (the method, the
+    task); the decorated function shows the result."""
 
     def decorate(show: Callable[[Any], None]) -> Callable:
         section = show.__name__
@@ -66,8 +67,9 @@ def training_command(
                 typer.echo(format_recipe(recipe_rows(cfg, section)))
                 return
             out = getattr(opts, "out", None) or default_dir(cfg)
-            with report.progress(title(cfg)) as on_event:
-                res = core(cfg, cfg.paths.data, out, **training.run_kwargs(), progress=on_event)
+            title = f"{section} {getattr(getattr(cfg, section), shown)}"
+            with report.progress(title) as on_event:
+                res = core()(cfg, cfg.paths.data, out, **training.run_kwargs(), progress=on_event)
             show(res)
 
         command.__name__, command.__doc__ = section, show.__doc__
@@ -101,12 +103,7 @@ class PretrainOptions(Options):
     out: Path | None = option("--out", help="Run dir. Default: <paths.runs>/pretrain/<method>.")
 
 
-@training_command(
-    PretrainOptions,
-    lambda *args, **kw: _pretrain_core()(*args, **kw),
-    rundir.pretrain_run_dir,
-    lambda cfg: f"pretrain {cfg.pretrain.method}",
-)
+@training_command(PretrainOptions, _pretrain_core, rundir.pretrain_run_dir, "method")
 def pretrain(res: Any) -> None:
     """Self-supervised pretraining: SimCLR, multi-instance SimCLR or EchoCLR."""
     report.info(f"pretraining done: {res.run_dir} (checkpoints/last.pt)")
@@ -145,12 +142,7 @@ class FinetuneOptions(Options):
 
 
 # the model follows its init (arch and width of an SSL run, width 1.0 for Kinetics-400)
-@training_command(
-    FinetuneOptions,
-    lambda *args, **kw: _finetune_core()(*args, **kw),
-    rundir.finetune_run_dir,
-    lambda cfg: f"finetune {cfg.finetune.task}",
-)
+@training_command(FinetuneOptions, _finetune_core, rundir.finetune_run_dir, "task")
 def finetune(res: Any) -> None:
     """Fine-tune a classifier on a label fraction; writes metrics.json with 95% CIs and predictions."""
     from echoclr_cli.metrics.splits import metrics_to_frame
