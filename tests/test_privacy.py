@@ -239,23 +239,24 @@ def test_default_salt_random_per_dataset_kept_on_rerun(tmp_path):
     assert res.n_reused == res.n_videos == 6
 
 
-def test_splits_and_row_order_do_not_depend_on_the_salt(tmp_path):
-    """The secret salt changes every id but not which patient lands in which split, nor the row
-    order (both follow a salt-independent key of the original id)."""
+def test_splits_and_row_order_follow_the_salt(tmp_path):
+    """The secret salt changes every id, and with them the row order and which patient lands
+    in which split (issue 23 case 3: an order under a public key re-identified every patient
+    from a cohort list). The same salt gives the same rows and splits."""
     root = tmp_path / "raw"
     for i in range(12):
         frames, _ = fan_video(10, H, W, seed=200 + i)
         save(dicom_dataset(frames, patient=f"MRN{i:04d}", study=f"1.2.3.{i}"), root / f"{i}.dcm")
     got = {}
-    for salt in ("echoclr", "another-secret"):
-        out = tmp_path / salt
+    for name, salt in (("a", "echoclr"), ("b", "another-secret"), ("c", "another-secret")):
+        out = tmp_path / name
         preprocess(small_cfg(salt=salt), root, out)
         df = pd.read_csv(out / "manifest.csv", dtype=str)
         ids = pd.read_csv(out / "private" / "id_map.csv", dtype=str)
         orig = dict(zip(ids["hashed"], ids["original"], strict=True))
-        got[salt] = [(orig[p], s) for p, s in zip(df["patient_id"], df["split"], strict=True)]
-    assert got["echoclr"] == got["another-secret"]
-    assert {s for _, s in got["echoclr"]} == {"train", "val", "test"}
+        got[name] = [(orig[p], s) for p, s in zip(df["patient_id"], df["split"], strict=True)]
+    assert got["a"] != got["b"] and got["b"] == got["c"]
+    assert {s for _, s in got["b"]} == {"train", "val", "test"}
 
 
 def test_synthetic_archive_keeps_reproducible_ids(tmp_path):

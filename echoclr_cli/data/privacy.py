@@ -13,6 +13,7 @@ and the input paths. docs/PRIVACY.md says what is public and why.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from echoclr_cli.config.load import PRIVATE as REDACTED  # what dumps show: never a salt itself
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write, atomic_write_csv, atomic_write_json, output_error, read_csv
 
@@ -32,12 +34,36 @@ SKIPPED_PATHS = "skipped_paths.csv"
 LABEL_ROWS = "label_issues.csv"
 RAW_PREVIEW = "preview_raw.png"
 RUN_FILE = "inputs.json"
+SALT_ENV = "ECHOCLR_SALT"  # a site's salt from the environment: never enters the config
 
 
 def hash_id(salt: str, kind: str, value: str) -> str:
     """Salted, de-identifying id: 'p'/'s'/'v'/'f' + 15 hex digits (never parses as a number)."""
     digest = hashlib.sha256(f"{salt}\x00{kind}\x00{value}".encode()).hexdigest()
     return kind[0] + digest[:15]
+
+
+def source_hash(salt: str, path: Path, chunk: int = 1 << 20) -> str:
+    """Public hash of an input file's bytes: HMAC-SHA256 keyed by the dataset's salt, 16 hex
+    digits, read in chunks. Equal files of one dataset share it (duplicates are found); without
+    the salt it cannot be computed from a raw copy of the file, and two datasets do not link."""
+    h = hmac.new(salt.encode(), digestmod=hashlib.sha256)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def given_salt(configured: str | None) -> str | None:
+    """The user's salt: ``preprocess.salt`` (flag or config file), else ``$ECHOCLR_SALT``.
+    A redacted dump's ``<private>`` is refused: it is a public word, not the salt."""
+    if configured == REDACTED:
+        raise UserError(
+            f"preprocess.salt is '{REDACTED}': a config dump (config.yaml, sweep.yaml) was given "
+            "as --config, and it never holds the salt",
+            fix=f"give the salt itself (--salt, ${SALT_ENV}) or leave it unset",
+        )
+    return configured or os.environ.get(SALT_ENV) or None
 
 
 def file_ref(salt: str, rel: str) -> str:

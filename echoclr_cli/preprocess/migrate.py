@@ -6,10 +6,17 @@ umask's permissions, original paths in ``skipped.csv`` and raw frames in ``previ
 Migration re-hashes every id with a new secret salt (videos are renamed, not re-decoded), moves
 everything identifying into ``private/`` and marks the dataset's status. Runs trained on the old
 dataset see a changed manifest (their ``--resume`` is refused; finished runs still evaluate).
+The rows are re-ordered by the new ids (the old order followed hashes under the public salt, so
+a cohort list rebuilt it) and the old ``source_hash`` (sha256 of the raw file) is re-keyed as an
+HMAC with the new salt (duplicates still share one). The splits are kept: results stay
+comparable, but who is in which split can still be rebuilt from a cohort list; re-preprocess
+from the raw archive into a new ``--output`` for splits keyed by the secret (docs/PRIVACY.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -21,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from echoclr_cli.data import privacy
+from echoclr_cli.data.manifest import SPLITS, is_legacy, migrate_command
 from echoclr_cli.data.manifest import dataset_json as _dataset_json
-from echoclr_cli.data.manifest import is_legacy, migrate_command
 from echoclr_cli.data.store import load_video
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write_csv, atomic_write_json, read_csv
@@ -86,6 +93,7 @@ def migrate_dataset(data_dir: Path) -> dict:
             renames.append((src, data_dir / rel))
             new_paths.append(rel)
         manifest["path"] = new_paths
+        manifest = _keyed_by_salt(manifest, salt)
         new_map = pd.DataFrame(rows).drop_duplicates().sort_values(["kind", "original"])
     # 1. private first (the secret salt, the id map, the raw preview, the input paths)
     privacy.store_salt(data_dir, salt, "random")
@@ -124,6 +132,20 @@ def migrate_dataset(data_dir: Path) -> dict:
     if old_map.exists():
         old_map.unlink()
     return {"videos": 0 if manifest is None else len(manifest), "status": status}
+
+
+def _keyed_by_salt(manifest: pd.DataFrame, salt: str) -> pd.DataFrame:
+    """Rows in the current order (split, then the new salted patient and study ids, file order
+    kept within a study) and ``source_hash`` re-keyed by the secret salt."""
+    if "source_hash" in manifest:
+        manifest["source_hash"] = [
+            hmac.new(salt.encode(), str(h).encode(), hashlib.sha256).hexdigest()[:16] if h else h
+            for h in manifest["source_hash"]
+        ]
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    ranked = manifest.assign(_rank=manifest["split"].map(lambda s: rank.get(s, len(rank))))
+    ranked = ranked.sort_values(["_rank", "patient_id", "study_id"], kind="stable")
+    return ranked.drop(columns="_rank").reset_index(drop=True)
 
 
 def _migrate_skipped(data_dir: Path, salt: str, root: str) -> None:

@@ -50,8 +50,8 @@ from echoclr_cli.preprocess.pool import (
     resolve_workers,
 )
 from echoclr_cli.preprocess.table import assign_video_splits, join_meta, manifest_frame, split_order
-
 from echoclr_cli.preprocess.writer_lock import LOCK_NAME, dataset_lock
+
 MAX_WARNINGS = 200
 
 
@@ -184,15 +184,22 @@ def _previous(out: Path, settings: dict) -> dict[str, dict]:
     return out_rows
 
 
-ORDER_SALT = "echoclr"  # public: orders rows and splits, never written (ids use the secret salt)
 SYNTH_SALT = "echoclr"  # archives made by `echoclr synth` hold no patient: reproducible demo ids
+# Rows and splits are ordered by the hashed ids, i.e. keyed by the dataset's secret salt: a
+# cohort list (the original ids) tells nothing about row order or splits (issue 23). They were
+# ordered by hashes under the public constant "echoclr" (SYNTH_SALT), so a synthetic archive's
+# manifest and splits are what they were. dataset.json records the rule.
+ROW_ORDER = "salted_ids"
 
 
-def order_key(ids: dict[tuple[str, str], str], kind: str, hashed: str) -> str:
-    """Sort key of a hashed id that does not depend on the dataset's salt (the previous
-    format's id): rows and splits come out the same for every salt."""
-    original = ids.get((kind, hashed))
-    return hash_id(ORDER_SALT, kind, original) if original is not None else hashed
+def order_note(before: dict, salt: str) -> list[str]:
+    """The note for a re-run into a dataset whose rows and splits came from the public order."""
+    if not before.get("status") or before.get("row_order") == ROW_ORDER or salt == SYNTH_SALT:
+        return []
+    return ["rows and splits are now keyed by this dataset's secret salt (the earlier order "
+            "could be rebuilt from a list of the cohort's ids): the splits differ from the "
+            "earlier run's, so retrain the runs made on them (their test patients may have "
+            "been trained on)"]  # fmt: skip
 
 
 # What a user archive takes from the published settings (the code defaults) whatever the profile:
@@ -238,6 +245,7 @@ def preprocess(
     progress: Callable[[int, int], None] | None = None,
 ) -> PreprocessResult:
     """Raw archive -> dataset dir. ``progress(done, total)`` is called after every file.
+    One writer per dataset: ``output_dir/.lock`` is held for the whole run (writer_lock).
 
     ``input_dir`` None: ``preprocess.input``, else the embedded synthetic archive in
     ``paths.raw`` (generated there first when missing). Frame size and split are ``cfg``'s as
@@ -246,16 +254,7 @@ def preprocess(
     (before any write: missing decoders, an input with no file to decode; after the outputs are
     written, with dataset.json marked ``failed``: no usable video, too many failures, label
     issues without ``allow_label_issues``, leakage in given splits).
-    One writer per dataset: ``output_dir/.lock`` is held for the whole run (writer_lock).
     """
-    t0 = datetime.now(UTC)
-    pc = cfg.preprocess
-    root = resolve_input(cfg, input_dir, progress)
-    notes: list[str] = []
-    out = Path(output_dir)
-    _check_output(out, pc.overwrite)
-    refuse_legacy(out)
-    given = pc.salt
     with dataset_lock(Path(output_dir)):
         return _preprocess(cfg, input_dir, output_dir, progress)
 
@@ -263,6 +262,14 @@ def preprocess(
 def _preprocess(
     cfg: Config, input_dir: Path | None, output_dir: Path, progress
 ) -> PreprocessResult:
+    t0 = datetime.now(UTC)
+    pc = cfg.preprocess
+    root = resolve_input(cfg, input_dir, progress)
+    notes: list[str] = []
+    out = Path(output_dir)
+    _check_output(out, pc.overwrite)
+    refuse_legacy(out)
+    given = privacy.given_salt(pc.salt)  # flag or config file, else $ECHOCLR_SALT
     if given is None and (root / "synth.json").exists() and pc.layout in ("auto", "synth"):
         given = SYNTH_SALT  # synthetic archive (no patient): the demo's results stay reproducible
     salt, salt_source = privacy.resolve_salt(out, given)
@@ -315,10 +322,11 @@ def _preprocess(
             "label_columns": list(inv.label_columns), "size": pc.size,
             "created": t0.isoformat(timespec="seconds"), "layout": inv.layout,
             "video_settings": settings, "config": outputs.public_config(pc),
-            "decoders": dict(readers.REFERENCE_DECODERS)}  # fmt: skip
+            "decoders": dict(readers.REFERENCE_DECODERS), "row_order": ROW_ORDER}  # fmt: skip
     if inv.categorical_columns:
         meta["categorical_columns"] = list(inv.categorical_columns)
     before = dataset_json(out)
+    notes += order_note(before, salt)
     atomic_write_json(out / "dataset.json", meta)
     journal.open()
     try:
@@ -340,8 +348,7 @@ def _preprocess(
     df = join_meta(pd.DataFrame(rows), inv, pc)
     labels = list(inv.label_columns)
     if not df.empty:
-        for col, kind in (("_pkey", "patient"), ("_skey", "study")):
-            df[col] = [order_key(ids, kind, h) for h in df[f"{kind}_id"]]
+        df["_pkey"], df["_skey"] = df["patient_id"], df["study_id"]  # keyed by the salt
         df["split"] = assign_video_splits(df, labels, pc)
         df = df.sort_values(["split", "_pkey", "_skey", "_index"], key=split_order)
     manifest = manifest_frame(df, labels, inv.categorical_columns)

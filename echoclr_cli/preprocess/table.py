@@ -1,5 +1,5 @@
 """The manifest table from the workers' rows: layout and label-file meta joined, splits
-assigned by patient (stratified by the labels), rows ordered by split and salt-free keys."""
+assigned by patient (stratified by the labels), rows ordered by split and the hashed ids (keyed by the secret salt)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def assign_video_splits(df: pd.DataFrame, labels: list[str], cfg) -> pd.Series:
                 )
             )
         )
-        # Order by a salt-independent key of the original id: the same archive gets the same
-        # splits whatever its (secret) salt.
+        # Order by the run's key (the hashed id, keyed by the secret salt: issue 23): a list
+        # of the cohort's original ids tells nothing about who lands in which split.
         order = df.drop_duplicates("patient_id").set_index("patient_id")["_pkey"]
         pats = pats.loc[sorted(pats.index, key=lambda p: order[p])]
         by_patient = assign_splits(pats, tuple(cfg.split), cfg.split_seed, strata)

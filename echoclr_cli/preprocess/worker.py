@@ -20,11 +20,10 @@ from echoclr_cli.data.dicom_fields import frame_rate_band
 from echoclr_cli.data.layouts import discover as layouts
 from echoclr_cli.data.layouts.base import Item
 from echoclr_cli.data.manifest import OPTIONAL_COLUMNS
-from echoclr_cli.data.privacy import hash_id
+from echoclr_cli.data.privacy import hash_id, source_hash
 from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
 from echoclr_cli.data.video_reader import read_video
-from echoclr_cli.io import sha256_file
 from echoclr_cli.preprocess import outputs, sector
 
 
@@ -134,13 +133,13 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     rel = item.rel
     video_id = hash_id(ctx.salt, "video", rel)
     try:
-        source_hash = sha256_file(item.file)[:16]
+        file_hash = source_hash(ctx.salt, item.file)  # HMAC: links no raw copy (issue 23)
     except OSError as e:
         return skip_result(rel, "missing_file", f"{type(e).__name__}: {e}")
     npy_rel = f"videos/{video_id}.npy"
     npy = Path(ctx.out_dir) / npy_rel
     prev = ctx.previous.get(video_id)
-    if prev and not ctx.overwrite and prev.get("source_hash") == source_hash and npy.exists():
+    if prev and not ctx.overwrite and prev.get("source_hash") == file_hash and npy.exists():
         reused = _reuse(item, prev, ctx)
         if reused is not None:
             return reused
@@ -175,7 +174,7 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
         "path": npy_rel, "n_frames": int(stored.shape[0]), "fps": round(float(raw.fps), 3),
         "fps_source": raw.fps_source, "height": int(stored.shape[1]),
         "width": int(stored.shape[2]), "channels": channels,
-        "study_year": raw.study_year, "source_hash": source_hash,
+        "study_year": raw.study_year, "source_hash": file_hash,
     }  # fmt: skip
     row.update(_optional_fields(raw))
     row.update(_header_facts(match, shape, raw.modality_missing))

@@ -49,14 +49,40 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
-def redact(obj: Any) -> Any:
-    """Config dict with every path-like string reduced to its last component."""
+# A report names its inputs by role, never by path or folder name (issue 23): the key of a
+# config value -> the role shown for it.
+ROLES = {
+    "data": "dataset", "output": "dataset", "raw": "archive", "input": "archive",
+    "external_input": "external archive", "labels": "label file", "runs": "runs folder",
+    "init": "init run", "weights": "weights file", "pretrain_dir": "pretrain runs",
+    "view_model": "view model",
+}  # fmt: skip
+
+
+def public_path(path: Path | str, role: str) -> str:
+    """How a report names an input: its role (``archive``, ``dataset``), never its path."""
+    return role
+
+
+def redact(obj: Any, key: str = "") -> Any:
+    """A config dict (or one value of it, ``key`` its leaf name) as a report shows it: the
+    config layer's redaction (salt and raw inputs ``<private>``, also for an older run's file
+    that holds them in clear), and every path named by its role (:data:`ROLES`)."""
+    from echoclr_cli.config.load import PRIVATE, redact_config
+
     if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items()}
+        obj = redact_config(obj)
+        return {k: redact(v, str(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and ("/" in obj or "\\" in obj):
-        return f"<path>/{Path(obj).name}"
+        return [redact(v, key) for v in obj]
+    if not isinstance(obj, str) or obj == PRIVATE:
+        return obj
+    if key == "salt":  # a leaf taken out of a config (the recipe table)
+        return PRIVATE
+    if key in ROLES and obj not in ("random", "kinetics", "auto", "none"):
+        return f"<{public_path(obj, ROLES[key])}>"
+    if "/" in obj or "\\" in obj:
+        return f"<{public_path(obj, 'path')}>"
     return obj
 
 
@@ -189,7 +215,7 @@ class RunFacts:
         run = self.run_dir.name
         ft = self.cfg.get("finetune", {})
         init = ft.get("init", "random")
-        init = Path(init).name if "/" in str(init) else init
+        init = "INIT_RUN" if "/" in str(init) else init  # a run's path: named by its role
         return [
             f"echoclr finetune --data DATA --task {self.task} --init {init} "
             f"--frac {ft.get('frac', 1.0)} --config {run}/config.yaml --out {run}",

@@ -121,8 +121,10 @@ def config_deviations(
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
-    rows = [{"key": k, "this run": json.dumps(redact(get(cfg, k))),
-             "published recipe": json.dumps(redact(get(paper, k)))} for k in keys]  # fmt: skip
+    leaf = {k: k.rsplit(".", 1)[-1] for k in keys}  # a path is named by its role (redact)
+    rows = [{"key": k, "this run": json.dumps(redact(get(cfg, k), leaf[k])),
+             "published recipe": json.dumps(redact(get(paper, k), leaf[k]))}
+            for k in keys]  # fmt: skip
     return pd.DataFrame(rows, columns=["key", "this run", "published recipe"])
 
 
@@ -132,7 +134,7 @@ def recipe_section(doc, facts: RunFacts) -> None:
     ft = facts.cfg.get("finetune", {})
     doc.table(pd.DataFrame([
         {"item": "architecture", "value": f"{model.get('arch', '?')} (width {model.get('width')})"},
-        {"item": "initialisation", "value": redact(str(ft.get("init", "?")))},
+        {"item": "initialisation", "value": redact(str(ft.get("init", "?")), "init")},
         {"item": "init weights loaded", "value": _loaded(facts.init)},
         {"item": "clip length / stride", "value": f"{ft.get('clip_len')} / {ft.get('stride')}"},
         {"item": "epochs run / best epoch", "value": f"{facts.finetune.get('epochs_run', '-')} / "
@@ -329,7 +331,7 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
         "model": {
             "task": facts.task,
             "architecture": facts.cfg.get("model", {}).get("arch"),
-            "init": redact(str(facts.cfg.get("finetune", {}).get("init"))),
+            "init": redact(str(facts.cfg.get("finetune", {}).get("init")), "init"),
             "echoclr_version": __version__,
             "code_sha256": code_hash(),
         },  # fmt: skip
