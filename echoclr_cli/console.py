@@ -311,6 +311,8 @@ def show_metrics(table_df: Any, title: str) -> None:
         return
     df = table_df[table_df["metric"].isin(KEY_METRICS)]
     metrics = [m for m in KEY_METRICS if m in set(df["metric"])]
+    units = sorted(set(df["ci_unit"].dropna().astype(str))) if "ci_unit" in df else []
+    title += f"; CIs resample: {', '.join(units)}" if units else ""  # the statistical unit
     t = Table(title=escape(title), title_justify="left")
     for c in ["split", "level", "n", *metrics]:
         name = c.replace("balanced_accuracy", "bal_acc")
@@ -353,6 +355,7 @@ def show_comparison(comparison: dict) -> None:
         "difference [95% CI]",
         "p (bootstrap)",
         "p (DeLong)",
+        "unit, test",
     ):
         t.add_column(c, justify="right")
     t.title = escape(
@@ -370,6 +373,7 @@ def show_comparison(comparison: dict) -> None:
                 fmt_ci(_f(c.get("diff")), _f(boot.get("ci_low")), _f(boot.get("ci_high"))),
                 fmt(_f(boot.get("p_value"))),
                 fmt(_f(dl.get("p_value"))),
+                escape(f"{boot.get('unit', '-')}, {dl.get('test', 'delong').split(' (')[0]}"),
             )
     console.print(t)
 
@@ -403,7 +407,9 @@ def show_sweep_tables(tables: dict) -> None:
         if QUIET:
             return
         several = bool((tab.n_seeds.fillna(0) > 1).to_numpy().any())
+        unit = getattr(tab, "ci_unit", "")
         cells = "mean ± sd over n seeds" if several else "value [95% bootstrap CI]"
+        cells += f" (CIs resample: {unit})" if unit and not several else ""
         t = Table(
             title=escape(
                 f"{tab.metric.upper()} ({tab.level} level), task {tab.task}, split {tab.split}: "
