@@ -352,3 +352,28 @@ def test_fault_44_follow_external_links_reads_them(tmp_path):
     assert res.exit_code == 0, res.output
     assert _reasons(out) == {k: v for k, v in expect.items() if v != "outside_archive"}
     assert len(load_manifest(out)) == 4
+
+
+def test_fault_41_label_fifo_refused_never_opened(tmp_path):
+    """A FIFO given as --labels is refused in one line, never opened (opening it would block)."""
+    root = tmp_path / "raw"
+    _dicom(root / "P0" / "a.dcm")
+    os.mkfifo(tmp_path / "labels.csv")
+    res = cli("preprocess", "--input", root, "--output", tmp_path / "out",
+              "--labels", tmp_path / "labels.csv", *ARGS)  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert_one_line_error(res.output, "labels.csv", "FIFO", "not a regular file")
+
+
+def test_fault_41_fifo_listed_by_an_index_layout_skipped(tmp_path):
+    """A FIFO named by an index layout (EchoNet's FileList.csv) is skipped ``not_regular_file``."""
+    root = tmp_path / "echonet"
+    videos = root / "Videos"
+    for i in range(2):
+        write_avi(videos / f"v{i}.avi", fan_video(20, H, W, seed=i)[0])
+    os.mkfifo(videos / "pipe.avi")
+    (root / "FileList.csv").write_text("FileName,EF,Split\nv0,60,TRAIN\nv1,30,TRAIN\npipe,50,VAL\n")
+    res = cli("preprocess", "--input", root, "--output", tmp_path / "out", *ARGS,
+              "--set", "preprocess.skip_color_doppler=false")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert _reasons(tmp_path / "out") == {"Videos/pipe.avi": "not_regular_file"}

@@ -119,7 +119,7 @@ def discover(
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"input dir not found: {root}", fix="check --input")
-    if labels is not None and not Path(labels).is_file():
+    if labels is not None and not Path(labels).exists():  # a FIFO or folder: read_bounded says so
         raise UserError(f"label file not found: {labels}", fix="check --labels")
     exclude = list(exclude) + ([Path(labels)] if labels else [])
     chosen = detect_layout(root) if layout == "auto" else layout
@@ -289,8 +289,9 @@ def _read_echoclr_csv(path: Path) -> pd.DataFrame:
 def _find_video(videos: Path, fpath: str) -> Path | None:
     name = Path(fpath.replace("\\", "/")).name
     for cand in (name, name + ".avi", Path(name).stem + ".avi"):
-        if (videos / cand).is_file():
-            return videos / cand
+        p = videos / cand
+        if p.exists() and not p.is_dir():  # a FIFO or device: found, then not_regular_file
+            return p
     return None
 
 
