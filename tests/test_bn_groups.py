@@ -14,12 +14,16 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import spawn_workers
+from helpers import make_dataset, spawn_workers
 from torch import nn
 
+from echoclr_cli.config.schema import Config
 from echoclr_cli.models.backbones import SSLModel, build_backbone
 from echoclr_cli.models.sync_bn import GroupBatchNorm, convert_group_batchnorm, group_bounds
 from echoclr_cli.pretrain.losses import nt_xent
+from echoclr_cli.pretrain.plan import bn_group_size, bn_groups
+from echoclr_cli.pretrain.run import run_pretrain
+from echoclr_cli.training.engine import Engine
 
 
 def _x(n: int = 8, seed: int = 1) -> torch.Tensor:
@@ -141,3 +145,49 @@ def test_one_process_equals_two_processes():
         # running statistics: global group 0 (rank 0), broadcast by DDP at the next forward
         torch.testing.assert_close(torch.from_numpy(got[0][size][2]),
                                    torch.from_numpy(running_mean), rtol=0, atol=1e-12)  # fmt: skip
+
+
+# ------------------------------------------------------------------- the pretraining wiring
+def _cfg(**pretrain) -> Config:
+    return Config.model_validate({"pretrain": pretrain, "runtime": {"sync_bn": False}})
+
+
+def test_plan_states_the_groups():
+    assert bn_groups(_cfg(), batch=392) == [
+        "BatchNorm in groups of 196 clips per view (pretrain.bn_group_size, the published 2-GPU "
+        "replicas): 2 group(s) of 196 clips in the 392-clip view on 1 process(es)"
+    ]
+    assert "2 group(s) of 196 clips in the 392-clip view on 4" in bn_groups(_cfg(), 98, 4)[0]
+    assert bn_groups(_cfg(), batch=32) == []  # one group: the whole batch, nothing to say
+    assert bn_groups(_cfg(bn_group_size=0), batch=392) == []
+    sync = Config.model_validate({"runtime": {"sync_bn": True}})
+    assert bn_group_size(sync, 1) == 196  # sync_bn acts on several processes only
+    assert bn_group_size(sync, 2) == 0 and "not applied" in bn_groups(sync, 196, 2)[0]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_pretraining_trains_group_batchnorm(tmp_path, monkeypatch):
+    """run_pretrain hands the engine a model whose BatchNorm layers are GroupBatchNorm of
+    pretrain.bn_group_size (and plain BatchNorm with 0)."""
+    seen = []
+
+    def fake_fit(self, task, *a, **kw):
+        seen.append(task.model)
+        raise _Stop
+
+    monkeypatch.setattr(Engine, "fit", fake_fit)
+    data = make_dataset(tmp_path / "data", n_studies=8)
+    for size in (3, 0):
+        cfg = Config.model_validate({
+            "model": {"width": 0.125},
+            "runtime": {"device": "cpu", "workers": 0},
+            "pretrain": {"method": "simclr", "batch_size": 6, "bn_group_size": size, "epochs": 1},
+        })  # fmt: skip
+        with pytest.raises(_Stop):
+            run_pretrain(cfg, data, tmp_path / f"run{size}")
+        bns = [m for m in seen[-1].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert bns and all(isinstance(m, GroupBatchNorm) == (size > 0) for m in bns)
+        assert all(m.group_size == 3 for m in bns if isinstance(m, GroupBatchNorm))

@@ -6,15 +6,25 @@ recipe table (echoclr_cli/recipe.py) fails; method-specific epochs on every path
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
+import yaml
 from helpers import make_dataset
 from typer.testing import CliRunner
 
 from echoclr_cli import cli
 from echoclr_cli.config.load import load_config
-from echoclr_cli.config.recipe import RECIPE, format_recipe, get, published_value, recipe_rows
+from echoclr_cli.config.recipe import (
+    RECIPE,
+    format_recipe,
+    get,
+    notes_table,
+    published_value,
+    recipe_rows,
+)
 from echoclr_cli.config.schema import Config, pretrain_epochs, with_pretrain_epochs
+from echoclr_cli.finetune.losses import pos_weight_value
 from echoclr_cli.training.engine import Engine
 
 runner = CliRunner()
@@ -26,6 +36,7 @@ PAPER = {
     "model.proj_hidden": 256,
     "model.proj_dim": 128,
     "pretrain.batch_size": 392,  # GLOBAL: 2 GPUs x 196
+    "pretrain.bn_group_size": 196,  # BatchNorm per 196-clip group: the 2 DataParallel replicas
     "pretrain.optim.optimizer": "adam",
     "pretrain.optim.learning_rate": 0.1,
     "pretrain.optim.weight_decay": 0.0,
@@ -51,7 +62,7 @@ PAPER = {
     "finetune.early_stop": "published",
     "finetune.dropout": 0.25,
     "finetune.label_smoothing": 0.0,
-    "finetune.pos_weight": "balanced",
+    "finetune.pos_weight": "published",  # max(1, n_neg / n_pos)
     "finetune.clip_len": 16,
     "finetune.stride": 1,
     "finetune.mode": "full",
@@ -63,7 +74,8 @@ PAPER = {
     "sweep.lrs": [1e-4],
     "sweep.low_ratio_lrs": [1e-5, 1e-4, 5e-4],
     "sweep.low_ratio": 0.1,
-    "sweep.ratios": [0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
+    "sweep.ratios": [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0],  # the run scripts' 7 fractions
+    "sweep.select_metric": "val_auroc",  # study level; the published rule is unstated
     "evaluate.clips_per_video": 4,
     "evaluate.bootstrap": 1000,
     "evaluate.ci": 0.95,  # deliberate: the published 5-95 percentiles are a 90% interval
@@ -72,7 +84,45 @@ PAPER = {
     "runtime.sync_bn": False,
 }
 # the documented deliberate differences of the paper profile: key -> published value
-DELIBERATE = {"evaluate.ci": 0.90, "runtime.precision": "fp32", "evaluate.bootstrap_unit": "video"}
+DELIBERATE = {"evaluate.ci": 0.90, "runtime.precision": "fp32", "evaluate.bootstrap_unit": "item"}
+# behaviours with no config key (the code always does ours): key -> (ours, published), as words
+FIXED = {
+    "augment.crop_offset": ("[0, 2*pad] = [0, 16]", "[0, 2*pad - 1] = [0, 15]"),
+    "augment.rotation": ("bilinear", "cubic spline (scipy rotate, order 3)"),
+    "pretrain.clip_start": ("random in [0, T-4]", "random in [0, T-5]"),
+    "finetune.clip_start": ("random in [0, T-16]", "random in [0, T-17]"),
+    "finetune.dropout_placement": (
+        "before the linear head",
+        "after the logit layer (zeroes logits)",
+    ),
+    "finetune.fraction_sampling": (
+        "stratified by label, nested across fractions",
+        "np.random.choice over study ids (a prefix of one permutation: nested, not stratified)",
+    ),
+    "finetune.val_loss_weighting": (
+        "positive terms only, as in training",
+        "every element x the positive weight (BCELoss(weight=...))",
+    ),
+    "finetune.task_column": ("the --task column", "LVH runs trained on the AS column"),
+    "finetune.ssl_loading": (
+        "strict; init.json lists loaded / missing / unexpected tensors",
+        "strict=False, unchecked",
+    ),
+    "finetune.kinetics_channels": (
+        "RGB frames, RGB statistics",
+        "BGR frames normalised with RGB statistics",
+    ),
+    "pretrain.methods_reach_dataset": (
+        "all three methods reach the dataset",
+        "only plain SimCLR could run (switches not passed)",
+    ),
+    "preprocess.split_unit": ("random by patient", "random by study"),
+    "evaluate.aupr": (
+        "ap (step-wise) and aupr_trapz (the published number), named distinctly",
+        "trapezoid under the PR curve",
+    ),
+}
+UNSTATED = {"sweep.select_metric"}
 # keys the evalprep part of issue 12 adds: the paper profile's value
 EVALPREP = {
     "preprocess.resize": "whole_frame",
@@ -112,11 +162,17 @@ def test_paper_profile_is_the_published_recipe(paper):
 def test_recipe_table_matches_the_paper_profile(paper):
     """The table --print-recipe prints: every entry is either the paper profile's value or a
     documented deliberate difference; no key is missing from the literal lists above."""
-    keys = {it.key for it in RECIPE}
+    keys = {it.key for it in RECIPE if not it.fixed}
     assert keys == set(PAPER) | set(EVALPREP) | {"pretrain.epochs"}
+    assert {it.key for it in RECIPE if it.fixed} == set(FIXED)
+    assert {it.key for it in RECIPE if it.unstated} == UNSTATED
     for it in RECIPE:
         pub = published_value(it, paper)
-        if it.key in DELIBERATE:
+        if it.fixed:
+            assert it.why and (it.ours, pub) == FIXED[it.key], it.key
+        elif it.unstated:
+            assert not it.why and "not stated" in pub, it.key
+        elif it.key in DELIBERATE:
             assert it.why and pub == pytest.approx(DELIBERATE[it.key]), it.key
             want = PAPER.get(it.key, EVALPREP.get(it.key))
             assert it.ours == want, it.key
@@ -127,7 +183,8 @@ def test_recipe_table_matches_the_paper_profile(paper):
     rows = {r.key: r for r in recipe_rows(paper)}
     changed = [k for k, r in rows.items() if r.status == "changed"]
     assert not changed, changed  # the paper profile differs only deliberately
-    assert {k for k, r in rows.items() if r.status == "deliberate"} <= set(DELIBERATE)
+    assert {k for k, r in rows.items() if r.status == "deliberate"} == set(DELIBERATE) | set(FIXED)
+    assert {k for k, r in rows.items() if r.status == "unstated"} == UNSTATED
 
 
 def test_evalprep_keys_when_present(paper):
@@ -255,4 +312,107 @@ def test_format_recipe_counts_differences(paper):
     assert "pretrain.batch_size" in text and "DIFFERS: set by config / flags" in text
     n = sum(r.status in ("changed", "deliberate") for r in rows)
     assert text.splitlines()[-1] == f"{n} value(s) differ from the published recipe"
-    assert n == 2  # batch 196, plus the deliberate precision
+    # batch 196, plus the deliberate precision, crop offset, rotation, clip starts, methods
+    # reaching the dataset and patient-level splits
+    assert n == 7
+    text = format_recipe(recipe_rows(paper, "finetune"))
+    assert text.splitlines()[-1] == (
+        "14 value(s) differ from the published recipe; 1 rule(s) the published scripts leave "
+        "unstated"
+    )
+
+
+def _rows(cfg: Config, section: str) -> dict:
+    return {r.key: r for r in recipe_rows(cfg, section)}
+
+
+def test_every_item_of_issue_24_finding_4_is_printed_with_both_values_and_why(paper):
+    """The printout said "same" for all of these (issue 24, finding 4)."""
+    pre, fine = _rows(paper, "pretrain"), _rows(paper, "finetune")
+    both = ["augment.crop_offset", "augment.rotation", "preprocess.split_unit"]
+    for rows, keys in (
+        (pre, [*both, "pretrain.clip_start"]),
+        (fine, [*both, "finetune.clip_start", "finetune.dropout_placement",
+                "finetune.fraction_sampling", "finetune.val_loss_weighting"]),
+    ):  # fmt: skip
+        for key in keys:
+            r = rows[key]
+            assert r.verdict == "differs" and r.value != r.published and r.note, key
+    assert (pre["augment.crop_offset"].value, pre["augment.crop_offset"].published) == (
+        "[0, 2*pad] = [0, 16]", "[0, 2*pad - 1] = [0, 15]")  # fmt: skip
+    assert pre["pretrain.clip_start"].published == "random in [0, T-5]"
+    # the published positive-class weight is the paper default; 0.75 is in the sweep
+    assert fine["finetune.pos_weight"].verdict == "same"
+    assert fine["finetune.pos_weight"].value == "published"
+    assert 0.75 in fine["sweep.ratios"].value and fine["sweep.ratios"].verdict == "same"
+    # the lr selection rule is stated; BatchNorm groups of 196 clips are stated
+    sel = fine["sweep.select_metric"]
+    assert sel.status == "unstated" and "study-level validation AUROC" in sel.note
+    assert (
+        pre["pretrain.bn_group_size"].value == 196
+        and pre["pretrain.bn_group_size"].verdict == "same"
+    )
+    assert fine["evaluate.bootstrap_unit"].published == "item"
+
+
+def test_published_values_are_values_the_config_accepts(paper):
+    """A published value the config refuses (``bootstrap_unit: video``) could not be set."""
+    for it in RECIPE:
+        if it.fixed or it.unstated or callable(it.published):
+            continue
+        tree: dict = {}
+        node = tree
+        *parents, leaf = it.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = it.published
+        cfg = Config.model_validate(tree)
+        assert recipe_rows(cfg) and get(cfg, it.key) == it.published, it.key
+
+
+def test_paper_sweep_profile_runs_the_published_fractions():
+    from importlib.resources import files
+
+    sweep = yaml.safe_load((files("echoclr_cli") / "configs/sweep/paper.yaml").read_text())["sweep"]
+    published = next(it.published for it in RECIPE if it.key == "sweep.ratios")
+    assert sweep["ratios"] == published == [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0]
+    assert sweep["select_metric"] == "val_auroc"
+
+
+def test_published_positive_class_weight_is_never_below_one():
+    """published: max(1, n_neg / n_pos) (the published scripts divided the balanced class
+    weights by the smaller one); balanced (ours, an option): n_neg / n_pos."""
+    assert pos_weight_value("published", n_pos=25, n_neg=75) == 3.0
+    assert pos_weight_value("published", n_pos=75, n_neg=25) == 1.0  # positives the majority
+    assert pos_weight_value("balanced", n_pos=75, n_neg=25) == pytest.approx(1 / 3)
+    assert Config().finetune.pos_weight == "published"
+
+
+NOTES = Path(__file__).resolve().parents[1] / "docs" / "METHOD_NOTES.md"
+NOTES_HEADING = "## Every item of --print-recipe"
+
+
+def _notes_table() -> dict[str, tuple[str, str, str]]:
+    """``key -> (paper profile, published, verdict)`` from METHOD_NOTES' machine-checked table."""
+    text = NOTES.read_text()
+    assert NOTES_HEADING in text, f"docs/METHOD_NOTES.md lost its section '{NOTES_HEADING}'"
+    rows = {}
+    for line in text.split(NOTES_HEADING, 1)[1].splitlines():
+        if line.startswith("## "):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2], cells[3])
+    return rows
+
+
+def test_method_notes_and_the_printout_agree_on_what_differs(paper):
+    """docs/METHOD_NOTES.md keeps the table of every printed item with same / differs /
+    unstated; it must say what the printout says (regenerate: recipe.notes_table)."""
+    rows = recipe_rows(paper)
+    want = {r.key: (str(r.value), str(r.published), r.verdict) for r in rows}
+    got = _notes_table()
+    hint = "\nthe table the printout gives:\n" + notes_table(rows)
+    assert {k: v[2] for k, v in got.items()} == {k: v[2] for k, v in want.items()}, hint
+    for key, (value, published, _) in want.items():
+        assert got[key][:2] == (value.replace("|", "/"), published.replace("|", "/")), key + hint

@@ -80,6 +80,13 @@ class PretrainConfig(Section):
         description="separate = one forward call per view, BatchNorm statistics per view (paper); "
         "joint = both views in one 2B forward (shared statistics, one call)",
     )
+    bn_group_size: int = Field(
+        196,
+        ge=0,
+        description="BatchNorm in groups of this many clips of a view along the global batch "
+        "(the published 2-GPU DataParallel replicas: 196), whatever the number of processes; "
+        "0 = the whole per-process batch",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     temperature: float = Field(0.05, gt=0)
     clip_len: int = Field(4, ge=1, le=64)
@@ -137,7 +144,12 @@ class FinetuneConfig(Section):
         description="targets y*(1-s)+s/2; paper 0 (the published code parsed 0.1 and never "
         "applied it)",
     )
-    pos_weight: str = Field("balanced", description="balanced | none | a number")
+    pos_weight: str = Field(
+        "published",
+        description="positive-class weight: published = max(1, n_neg / n_pos) (the published "
+        "scripts); balanced = n_neg / n_pos (below 1 when positives are the majority); none; or "
+        "a number",
+    )
     mode: Literal["full", "linear", "lp-ft"] = Field(
         "full", description="full fine-tune, frozen-backbone linear probe, or LP then FT"
     )
@@ -187,14 +199,14 @@ class FinetuneConfig(Section):
     @field_validator("pos_weight")
     @classmethod
     def _pos_weight(cls, v: str) -> str:
-        if v in ("balanced", "none"):
+        if v in ("published", "balanced", "none"):
             return v
         try:
             if float(v) > 0:
                 return v
         except ValueError:
             pass
-        raise ValueError("must be 'balanced', 'none' or a positive number")
+        raise ValueError("must be 'published', 'balanced', 'none' or a positive number")
 
 
 class EvaluateConfig(Section):
@@ -258,7 +270,10 @@ class SlurmConfig(Section):
 
 
 class SweepConfig(Section):
-    ratios: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0],
+        description="label fractions (the published scripts ran these seven)",
+    )
     inits: list[str] = Field(
         default_factory=lambda: ["auto"],
         description="auto = random + kinetics (if weights) + every SSL run found",

@@ -15,16 +15,23 @@ from echoclr_cli.pretrain.losses import fp32
 
 
 def pos_weight_value(spec: str, n_pos: int, n_neg: int) -> float | None:
-    """``finetune.pos_weight``: ``balanced`` -> n_neg / n_pos; ``none`` -> None; a number -> it."""
+    """``finetune.pos_weight`` -> the positive-class weight of the BCE (None = unweighted).
+
+    ``published`` (the paper default) -> ``max(1, n_neg / n_pos)``: the published scripts took
+    the balanced class weights and divided by the smaller one, so positives are never weighted
+    below negatives; ``balanced`` (ours, an option) -> ``n_neg / n_pos``, below 1 when the
+    positives are the majority; ``none`` -> None; a number -> it.
+    """
     if spec == "none":
         return None
-    if spec == "balanced":
+    if spec in ("balanced", "published"):
         if n_pos == 0:
             raise UserError(
-                "pos_weight balanced needs at least one positive training video",
+                f"pos_weight {spec} needs at least one positive training video",
                 fix="check the labels",
             )
-        return n_neg / n_pos
+        ratio = n_neg / n_pos
+        return max(1.0, ratio) if spec == "published" else ratio
     return float(spec)
 
 

@@ -11,8 +11,8 @@ monitor), with:
   read it back); videos with an empty value are excluded and counted;
 - model: backbone -> dropout -> Linear(out_dim, K) (``models.Classifier`` with K outputs);
 - loss: softmax cross-entropy (``finetune.label_smoothing`` as torch's ``label_smoothing``);
-  ``finetune.pos_weight: balanced`` weighs class k by n / (K n_k) over the training videos,
-  anything else trains unweighted;
+  ``finetune.pos_weight: balanced`` or ``published`` (the default) weighs class k by n / (K n_k)
+  over the training videos, anything else trains unweighted;
 - label fraction: ``int(frac * N)`` training studies, a prefix of one random study order per
   ``frac_seed`` (nested across fractions), at least one;
 - budget: every batch of every epoch unless ``finetune.multiclass_max_steps_per_epoch`` /
@@ -115,8 +115,9 @@ def study_subset(train_df: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame
 
 
 def class_weights(y: np.ndarray, k: int, how: Any) -> Tensor | None:
-    """``balanced``: n / (K n_k) per class (0 for a class absent from training); else None."""
-    if how != "balanced":
+    """``balanced`` / ``published``: n / (K n_k) per class (0 for a class absent from training);
+    else None. (The published positive-class weight is a binary rule; K classes keep balanced.)"""
+    if how not in ("balanced", "published"):
         return None
     counts = np.bincount(y.astype(np.int64), minlength=k).astype(np.float64)
     w = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)

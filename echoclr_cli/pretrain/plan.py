@@ -1,5 +1,6 @@
 """What a pretraining run will do, decided before any model is built: the rows of
-``pretrain.split``, their pairs, the batch per process and the steps per epoch.
+``pretrain.split``, their pairs, the batch per process, the steps per epoch and the BatchNorm
+groups.
 
 The preflight (``echoclr check --for pretrain``, ``training/preflight.py``) and ``run_pretrain``
 apply the same rules from here, so the standalone check cannot disagree with a real run.
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.datasets import EpochSampler, PairDataset
 from echoclr_cli.errors import UserError
+from echoclr_cli.models.sync_bn import group_bounds
 
 
 @dataclass
@@ -90,12 +92,42 @@ def pretrain_batch(
     return batch, per_rank // batch, notes
 
 
+def bn_group_size(cfg: Config, world_size: int = 1) -> int:
+    """The BatchNorm group of pretraining in clips (0 = none): ``pretrain.bn_group_size``,
+    except that ``runtime.sync_bn`` on several processes normalises over the global batch."""
+    return 0 if cfg.runtime.sync_bn and world_size > 1 else cfg.pretrain.bn_group_size
+
+
+def bn_groups(cfg: Config, batch: int, world_size: int = 1) -> list[str]:
+    """The BatchNorm-group rule of pretraining (``pretrain.bn_group_size`` G, the
+    ``GroupBatchNorm`` of ``models/sync_bn.py``): each view's ``batch * world_size`` clips are
+    normalised in groups of G along the global batch, whatever the number of processes. Returns
+    a note when the view is cut into several groups, or when ``runtime.sync_bn`` overrides G."""
+    g, view = cfg.pretrain.bn_group_size, batch * world_size
+    if g and not bn_group_size(cfg, world_size):
+        return [
+            f"runtime.sync_bn: BatchNorm over the global batch ({view} clips per view); "
+            f"pretrain.bn_group_size {g} not applied"
+        ]
+    groups = group_bounds(view, g)
+    if len(groups) == 1:
+        return []
+    sizes = sorted({e - s for s, e in groups}, reverse=True)
+    return [
+        f"BatchNorm in groups of {g} clips per view (pretrain.bn_group_size, the published "
+        f"2-GPU replicas): {len(groups)} group(s) of {'/'.join(map(str, sizes))} clips in the "
+        f"{view}-clip view on {world_size} process(es)"
+    ]
+
+
 def plan_pretrain(cfg: Config, df: pd.DataFrame, data_dir: Path, world_size: int = 1) -> Plan:
-    """The pairs of ``pretrain.split`` and the batch of :func:`pretrain_batch`."""
+    """The pairs of ``pretrain.split``, the batch of :func:`pretrain_batch` and the BatchNorm
+    groups of :func:`bn_groups`."""
     pc = cfg.pretrain
     ds = pair_dataset(cfg, select_splits(df, pc.split), data_dir)
     what = f"{pc.method} on split '{pc.split}'"
     batch, steps, notes = pretrain_batch(len(ds), pc.batch_size, world_size, what)
+    notes += bn_groups(cfg, batch, world_size)
     return Plan(ds, batch, steps, world_size, notes)
 
 

@@ -21,7 +21,8 @@ from echoclr_cli import rundir
 from echoclr_cli.config.schema import Config, with_pretrain_epochs
 from echoclr_cli.events import Note
 from echoclr_cli.io import atomic_write_json
-from echoclr_cli.pretrain.plan import make_loader, plan_pretrain
+from echoclr_cli.models.sync_bn import convert_group_batchnorm
+from echoclr_cli.pretrain.plan import bn_group_size, make_loader, plan_pretrain
 from echoclr_cli.pretrain.probe import build_probe
 from echoclr_cli.pretrain.task import PretrainTask, build_model
 from echoclr_cli.rundir import manifest_fingerprint
@@ -83,6 +84,8 @@ def run_pretrain(
             progress(Note(note))
     try:
         model = build_model(cfg)
+        if bn_group_size(cfg, world):  # BatchNorm per group of clips (plan.bn_groups)
+            model = convert_group_batchnorm(model, bn_group_size(cfg, world))
         net = engine.prepare(model)
         optimizer = build_optimizer(model.parameters(), cfg.pretrain.optim)
         scheduler = build_scheduler(optimizer, cfg.pretrain.optim, cfg.pretrain.epochs)
