@@ -135,10 +135,11 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def csv_cell(value: Any) -> Any:
     """``value`` safe for a spreadsheet: text starting with ``= + - @``, a tab or CR (or a quote)
-    gets a leading ``'``; numbers, and text that is a plain number (``-0.5``), are unchanged."""
+    gets a leading ``'``; numbers, text that is a plain number (``-0.5``) and a lone ``-`` are
+    unchanged."""
     if not isinstance(value, str) or not value or not value.startswith((*FORMULA_START, _QUOTE)):
         return value
-    if _NUMBER.fullmatch(value):
+    if value == "-" or _NUMBER.fullmatch(value):  # "-": a table's "no value", not a formula
         return value
     return _QUOTE + value
 
