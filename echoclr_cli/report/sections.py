@@ -171,12 +171,18 @@ def _loaded(init: Mapping[str, Any]) -> str:
 def methods_note(doc, facts: RunFacts) -> None:
     o = facts.opts
     doc.section("methods", "Evaluation methods")
+    resampled = {
+        "patient": "resampling whole patients (a patient's studies and videos together; the "
+        "study where the manifest has no patient id)",
+        "study": "resampling whole studies",
+        "item": "resampling the rows as if independent",
+    }.get(getattr(o, "unit", "patient"), "")
     doc.bullets([
         "A video's probability is the mean of its clips' sigmoid outputs; a study's is the mean "
         "of its videos' (each video counts once). Study level is primary.",
-        f"95% CIs: {o.n_boot} stratified percentile bootstrap resamples of the evaluated split "
-        f"(studies at study level), level {o.ci:g}. Thresholds and recalibration maps are "
-        "chosen on val and held fixed.",
+        f"95% CIs: {o.n_boot} stratified percentile bootstrap resamples of the evaluated split, "
+        f"{resampled} (each table's CI unit), level {o.ci:g}. Thresholds and recalibration "
+        "maps are chosen on val and held fixed.",
         "Discrimination: AUROC (Mann-Whitney), AP (step-wise), trapezoid AUPR.",
         f"Calibration: Brier score; ECE over up to {o.n_bins} equal-mass bins (fewer so that a "
         "bin holds >= 10 predictions on average); calibration slope "
@@ -191,7 +197,8 @@ def methods_note(doc, facts: RunFacts) -> None:
         + "; positive iff p >= threshold.",
         f"Subgroups: per value of each manifest column; a warning below n={o.subgroup_min_n}. "
         "No CI where a class has a single member (every stratified resample is the same).",
-        "Paired comparisons (sweeps): DeLong's test on the same studies; Holm-adjusted within "
+        "Paired comparisons (sweeps): DeLong's test on the same studies, clustered by patient "
+        "(Obuchowski 1997) unless evaluate.bootstrap_unit says otherwise; Holm-adjusted within "
         "each task and split.",
     ])  # fmt: skip
 
@@ -220,8 +227,10 @@ def results_sections(doc, facts: RunFacts) -> dict[str, Any]:
         cells = {r.metric: {"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high}
                  for r in g.itertuples()}  # fmt: skip
         n, n_pos = cells.get("n", {}).get("value"), cells.get("n_pos", {}).get("value")
+        units = g["ci_unit"].dropna().astype(str).unique() if "ci_unit" in g else []
         rows.append({"split": split, "level": level, "n": n, "positives": n_pos,
-                     **{m: fmt_ci(cells.get(m)) for m in MAIN_METRICS}})  # fmt: skip
+                     **{m: fmt_ci(cells.get(m)) for m in MAIN_METRICS},
+                     "CI unit": ", ".join(units) or "-"})  # fmt: skip
     disc = pd.DataFrame(rows)
     if not disc.empty:
         disc["_o"] = disc["split"].map({s: i for i, s in enumerate(SPLIT_ORDER)})

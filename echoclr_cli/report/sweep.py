@@ -151,9 +151,11 @@ def sweep_sections(
                   for d, lo, hi in zip(pairs["diff"], pairs["ci_low"], pairs["ci_high"],
                                        strict=True)],
         )[["task", "split", "ratio", "n_studies", "seed", "init_a", "init_b", "n", "auroc_a",
-           "auroc_b", "diff", "p_value", "p_holm", "reason"]]  # fmt: skip
+           "auroc_b", "diff", "p_value", "p_holm", "unit", "test", "reason"]]  # fmt: skip
         doc.para("diff = AUROC(init_a) - AUROC(init_b) with its 95% DeLong CI, on the same "
-                 "test studies; p_holm adjusts within each task and split.")  # fmt: skip
+                 "test studies; unit/test: the independent unit and the method (DeLong "
+                 "clustered by patient: Obuchowski 1997); p_holm adjusts within each task and "
+                 "split.")  # fmt: skip
         doc.table(shown)
     # featured runs in full
     card: dict[str, Any] = {}
