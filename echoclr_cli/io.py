@@ -263,7 +263,12 @@ class OwnFiles:
 
 
 def replace_own_files(
-    dest: Path, owner: str, fill: Callable[[Path], Any], *, overwrite: bool = False
+    dest: Path,
+    owner: str,
+    fill: Callable[[Path], Any],
+    *,
+    overwrite: bool = False,
+    fix: str = "pass --overwrite or another output path",
 ) -> tuple[Any, OwnFiles]:
     """Write a tool's files into ``dest`` replacing only what the same ``owner`` wrote there.
 
@@ -272,7 +277,8 @@ def replace_own_files(
     there before and did not write now are removed (only when unchanged since: their sha256 is
     in the index), and ``dest/.echoclr-files.json`` records ``owner``'s files. A file of anyone
     else (a user's, another tool's) is never removed; one with the name of a new file is
-    refused (one line) unless ``overwrite``. Returns ``(fill's result, OwnFiles)``.
+    refused (one line, ending with ``fix``) unless ``overwrite``. Returns ``(fill's result,
+    OwnFiles)``.
     """
     dest = Path(dest)
     try:
@@ -297,7 +303,7 @@ def replace_own_files(
                 raise UserError(
                     f"{target} already exists and was not written by {owner.split(':')[0]} "
                     f"(not in {dest / OWN_FILES})",
-                    fix="pass --overwrite or another output path",
+                    fix=fix,
                 )
         hashes = {rel: sha256_file(stage / rel) for rel in new}
         for rel in new:

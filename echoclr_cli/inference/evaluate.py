@@ -239,7 +239,8 @@ def evaluate_run(
 
     # an evaluation folder from before the file index: its files are the earlier evaluation's
     legacy = not (out_dir / OWN_FILES).exists()
-    written, _ = replace_own_files(out_dir, "evaluate", fill, overwrite=legacy)
+    written, _ = replace_own_files(out_dir, "evaluate", fill, overwrite=legacy,
+                                   fix="move that file away, or pass another --out / --name")  # fmt: skip
     files = [out_dir / rel for rel in written]
     return EvaluateResult(
         run_dir=run_dir,

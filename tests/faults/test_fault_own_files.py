@@ -94,6 +94,8 @@ def test_a_file_of_someone_else_with_our_name_is_refused_without_overwrite(tmp_p
         replace_own_files(out, "tool", _writer({"a.txt": "1"}))
     assert theirs.read_text() == USER_TEXT
     assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # no index, no staging folder
+    with pytest.raises(UserError, match="-> move it away"):
+        replace_own_files(out, "tool", _writer({"a.txt": "1"}), fix="move it away")
     replace_own_files(out, "tool", _writer({"a.txt": "1"}), overwrite=True)
     assert theirs.read_text() == "1"
 
