@@ -2,6 +2,7 @@
 CI and type-I error of the clustered DeLong test when patients repeat.
 
     python bench/patient_coverage.py [--reps 1000] [--patients 100] [--boot 1000] [--seed 0]
+    python bench/patient_coverage.py --sweep SWEEP_DIR   # a finished sweep's test predictions
 
 Each simulated dataset has N patients with 1-3 studies each (uniform). A patient's studies share
 a patient random effect u ~ N(0, sd_patient^2) and, with probability 1 - flip, the patient's
@@ -17,6 +18,11 @@ negative study of two different patients). Printed as one JSON line:
   or with studies as independent units (the previous test).
 
 tests/test_cluster_stats.py runs a small version of both in CI and the full one as a slow test.
+
+``--sweep DIR`` measures the change on real predictions instead: for every run's
+``predictions_test_study.csv`` under ``DIR/runs`` the study-level AUROC with its 95% CI
+resampling studies (before) and patients (now), and for every pair of inits at the same task,
+ratio and seed the DeLong p-value with studies as units (before) and clustered by patient (now).
 """
 
 from __future__ import annotations
@@ -24,14 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.stats import norm
 
 from echoclr_cli.metrics.bootstrap import bootstrap_ci
 from echoclr_cli.metrics.compare import delong_test
+from echoclr_cli.metrics.splits import evaluate_frame
 
+UNITS = ("study", "patient")
 MODEL = {"mu": 1.0, "sd_patient": 1.0, "sd_study": 0.3, "flip": 0.1, "prevalence": 0.4}
 
 
@@ -95,15 +105,56 @@ def type_one_error(reps: int, n_patients: int, seed: int = 0, **model: Any) -> d
     return {k: v / reps for k, v in rejected.items()}
 
 
+def sweep_change(sweep_dir: Path, n_boot: int = 1000) -> dict:
+    """Study- vs patient-resampled CIs and naive vs clustered DeLong on a sweep's test split."""
+    runs, rows, pairs = {}, [], []
+    paths = sorted(sweep_dir.glob("runs/*/*/*/predictions_test_study.csv"))
+    if (sweep_dir / "selection.csv").exists():  # the selected run of each cell only
+        chosen = set(pd.read_csv(sweep_dir / "selection.csv")["run_dir"].dropna().astype(str))
+        paths = [p for p in paths if str(p.parent.relative_to(sweep_dir)) in chosen]
+    for path in paths:
+        task, init, name = path.parts[-4:-1]
+        df = pd.read_csv(path)
+        runs[(task, init, name.split("_lr")[0] + "_s" + name.rsplit("_s", 1)[1])] = df
+        cells = {u: evaluate_frame(df, None, n_boot, 0.95, 0, u)[0]["auroc"] for u in UNITS}
+        width = {u: c["ci_high"] - c["ci_low"] for u, c in cells.items()}
+        rows.append({"run": f"{task}/{init}/{name}", "auroc": cells["patient"]["value"],
+                     "ci_study": [cells["study"]["ci_low"], cells["study"]["ci_high"]],
+                     "ci_patient": [cells["patient"]["ci_low"], cells["patient"]["ci_high"]],
+                     "width_ratio": width["patient"] / width["study"]})  # fmt: skip
+    for (task, a, cell), da in runs.items():
+        for (task_b, b, cell_b), db in runs.items():
+            if (task_b, cell_b) != (task, cell) or a >= b:
+                continue
+            m = da.merge(db[["study_id", "y_prob"]], on="study_id", suffixes=("_a", "_b"))
+            y, pa, pb = m["y_true"].to_numpy(), m["y_prob_a"], m["y_prob_b"]
+            pairs.append({"task": task, "cell": cell, "a": a, "b": b,
+                          "p_study": delong_test(y, pa, pb)["p_value"],
+                          "p_patient": delong_test(y, pa, pb, clusters=m["patient_id"])["p_value"]})  # fmt: skip
+    any_df = next(iter(runs.values()), pd.DataFrame(columns=["study_id", "patient_id"]))
+    ratios = [r["width_ratio"] for r in rows]
+    return {
+        "test_studies": len(any_df), "test_patients": int(any_df["patient_id"].nunique()),
+        "runs": len(rows), "width_ratio_mean": float(np.mean(ratios)) if ratios else None,
+        "width_ratio_range": [float(min(ratios)), float(max(ratios))] if ratios else None,
+        "per_run": rows, "delong_pairs": pairs,
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=1000, help="simulated datasets")
     ap.add_argument("--patients", type=int, default=100, help="patients per dataset")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per CI")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sd-patient", type=float, default=MODEL["sd_patient"])
     ap.add_argument("--sd-study", type=float, default=MODEL["sd_study"])
+    ap.add_argument("--sweep", type=Path, help="a finished sweep dir: measure on its test split")
     a = ap.parse_args()
-    model = {**MODEL, "sd_study": a.sd_study}
+    if a.sweep is not None:
+        print(json.dumps(sweep_change(a.sweep, a.boot)))
+        return
+    model = {**MODEL, "sd_patient": a.sd_patient, "sd_study": a.sd_study}
     out = {
         "reps": a.reps,
         "patients": a.patients,

@@ -260,9 +260,12 @@ def test_patient_ci_covers_and_the_clustered_delong_holds_its_level():
 
 @pytest.mark.slow
 def test_patient_ci_coverage_full():
+    """The run docs/BENCHMARKS.md records (``python bench/patient_coverage.py``): 1000 datasets
+    of 100 patients, 1000 resamples per CI; 2000 datasets for the type-I error."""
     sim = _bench()
-    cov = sim.coverage(reps=500, n_patients=100, n_boot=1000, seed=0)
-    assert 0.93 <= cov["coverage"]["patient"] <= 0.97, cov
-    assert cov["coverage"]["study"] <= 0.9, cov
-    err = sim.type_one_error(reps=1000, n_patients=100, seed=1)
+    cov = sim.coverage(reps=1000, n_patients=100, n_boot=1000, seed=0)
+    assert 0.92 <= cov["coverage"]["patient"] <= 0.98, cov
+    assert cov["coverage"]["study"] <= 0.88, cov
+    err = sim.type_one_error(reps=2000, n_patients=100, seed=1)
     assert 0.035 <= err["clustered"] <= 0.065, err
+    assert err["naive"] >= 0.1, err
