@@ -1,0 +1,92 @@
+"""`bench/demo_choices.py` (issue 24 point 6): options are chosen on validation AUROC; the test
+split is read once, for the chosen profile only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import demo_choices  # noqa: E402
+
+INITS = ("random", "echoclr")
+
+
+def _metrics(path: Path, val: float, test: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    level = lambda v: {"study": {"auroc": {"value": v}}}  # noqa: E731
+    path.write_text(json.dumps({"val": level(val), "test": level(test)}))
+
+
+def _sweep(sweep: Path, val: dict[str, float], test: dict[str, float]) -> Path:
+    rows = []
+    for init in INITS:
+        for seed in (0, 1):
+            run = f"runs/lvh/{init}/r0.05_lr0.001_s{seed}"
+            _metrics(sweep / run / "metrics.json", val[init] + seed / 100, test[init])
+            rows.append({"init": init, "ratio": 0.05, "seed": seed, "run_dir": run})
+    pd.DataFrame(rows).to_csv(sweep / "selection.csv", index=False)
+    return sweep
+
+
+def _demo(root: Path) -> Path:
+    sweep = _sweep(root / "runs" / "sweep", {"random": 0.6, "echoclr": 0.8},
+                   {"random": 0.5, "echoclr": 0.7})  # fmt: skip
+    cfg = {"sweep": {"ratios": [0.05, 1.0], "seeds": [0], "low_ratio_seeds": [0, 1],
+                     "inits": list(INITS)},
+           "finetune": {"early_stop": "published", "label_smoothing": 0.0},
+           "evaluate": {"clip_starts": "published", "scaling": "video"},
+           "pretrain": {"view_forward": "separate"}}  # fmt: skip
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "data").mkdir()
+    (root / "data" / "dataset.json").write_text(
+        json.dumps({"size": 64, "config": {"resize": "whole_frame"}})
+    )
+    return root
+
+
+def test_choices_are_made_on_validation_and_test_is_read_for_the_chosen_profile(
+    tmp_path, monkeypatch
+):
+    root = _demo(tmp_path / "demo")
+    calls: list[list[str]] = []
+    # a variant's validation beats the profile for label smoothing only; its test would lose
+    better_val = {"random": 0.7, "echoclr": 0.9}
+
+    def fake_run(args: list[str]) -> None:
+        calls.append(args)
+        if args[0] == "evaluate":  # evaluation variants: validation only, worse than the profile
+            run, name = Path(args[1]), args[args.index("--name") + 1]
+            assert args[args.index("--split") + 1] == "val"
+            _metrics(run / "eval" / name / "metrics.json", 0.1, float("nan"))
+        elif args[0] == "sweep":
+            sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            out = Path(args[args.index("--out") + 1])
+            if "finetune.label_smoothing=0.1" in sets:
+                _sweep(out, better_val, {"random": 0.11, "echoclr": 0.12})
+            else:
+                _sweep(out, {"random": 0.5, "echoclr": 0.5}, {"random": 0.99, "echoclr": 0.99})
+
+    monkeypatch.setattr(demo_choices, "_run", fake_run)
+    ch = demo_choices.Choices(root)
+    assert ch.other("finetune.label_smoothing") == 0.1 and ch.other("preprocess.resize") == (
+        "sector_crop"
+    )
+    ch.demo()
+    ch.eval()
+    ch.finetune()
+    assert {r["split"] for r in ch.rows} == {"val"}
+    assert ch.rows[0]["random"] == "0.605 ± 0.007"  # the profile's validation values
+    assert ch.chosen() == ["finetune.label_smoothing=0.1"]  # the only variant beating val
+    test = ch.final_test(ch.chosen())
+    assert test == {"random": [0.11, 0.11], "echoclr": [0.12, 0.12]}  # the chosen profile's run
+    final = calls[-1]
+    assert final[0] == "sweep" and "finetune.label_smoothing=0.1" in final
+    assert str(root / "choices" / "chosen") in final[final.index("--out") + 1]
+    # nothing chosen: the demo's own runs give the one test figure
+    assert ch.final_test([]) == {"random": [0.5, 0.5], "echoclr": [0.7, 0.7]}
