@@ -18,6 +18,7 @@ from helpers import make_dataset, spawn_workers
 from torch import nn
 
 from echoclr_cli.config.schema import Config
+from echoclr_cli.data.datasets import EpochSampler
 from echoclr_cli.models.backbones import SSLModel, build_backbone
 from echoclr_cli.models.sync_bn import GroupBatchNorm, convert_group_batchnorm, group_bounds
 from echoclr_cli.pretrain.losses import nt_xent
@@ -163,6 +164,28 @@ def test_plan_states_the_groups():
     sync = Config.model_validate({"runtime": {"sync_bn": True}})
     assert bn_group_size(sync, 1) == 196  # sync_bn acts on several processes only
     assert bn_group_size(sync, 2) == 0 and "not applied" in bn_groups(sync, 196, 2)[0]
+    assert bn_groups(sync, 16, 2) == []  # 32 clips < 196: one group either way, nothing to say
+
+
+def test_sampler_ranks_hold_contiguous_blocks_of_the_global_batch():
+    """drop_last (pretraining): rank r's batch of a step is block r of the one-process batch, so
+    the groups along the global batch hold the same clips on 1 and 2 processes."""
+    one = [i for _, i in EpochSampler(23, True, 5, drop_last=True, batch_size=8)]
+    two = [
+        [
+            i
+            for _, i in EpochSampler(
+                23, True, 5, rank=r, world_size=2, drop_last=True, batch_size=4
+            )
+        ]
+        for r in (0, 1)
+    ]
+    assert len(one) == 16 and all(len(t) == 8 for t in two)
+    for step in range(2):
+        assert (
+            one[8 * step : 8 * step + 8]
+            == two[0][4 * step : 4 * step + 4] + two[1][4 * step : 4 * step + 4]
+        )
 
 
 class _Stop(Exception):
@@ -191,3 +214,40 @@ def test_pretraining_trains_group_batchnorm(tmp_path, monkeypatch):
         bns = [m for m in seen[-1].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         assert bns and all(isinstance(m, GroupBatchNorm) == (size > 0) for m in bns)
         assert all(m.group_size == 3 for m in bns if isinstance(m, GroupBatchNorm))
+
+
+@pytest.mark.slow  # 2 torchrun launches and 2 single-process runs of the CLI
+def test_torchrun_two_processes_same_loss_as_one_process(tmp_path):
+    """The real path without sync_bn: `torchrun` with 2 processes and one process on the same
+    global batch of P pairs give the same first-epoch loss, with groups of P/2 clips (one per
+    process: no communication) and with the default 196 (one group spanning both processes).
+    Before the groups, 2 processes normalised each half on its own and the loss differed."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from test_torchrun import ROOT, TORCHRUN, _env, _mi_simclr_pairs
+
+    data = make_dataset(tmp_path, n_studies=20)
+    p = _mi_simclr_pairs(data)
+    assert p >= 8 and p % 2 == 0, p
+    env = _env(GLOO_SOCKET_IFNAME="lo")
+    losses = {}
+    for size in (p // 2, 196):
+        for name, launch in (("one", [sys.executable]),
+                             ("two", [TORCHRUN, "--standalone", "--nproc_per_node", "2"])):  # fmt: skip
+            out = tmp_path / f"{name}{size}"
+            cmd = [*launch, "-m", "echoclr_cli", "pretrain", "--method", "mi-simclr",
+                   "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", str(p),
+                   "--device", "cpu", "--profile", "demo", "--set", "model.width=0.125",
+                   "--set", "pretrain.augment.enabled=false",
+                   "--set", f"pretrain.bn_group_size={size}"]  # fmt: skip
+            res = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+            losses[name, size] = pd.read_csv(out / "history.csv").nt_xent.iloc[0]
+    print(losses)
+    for size in (p // 2, 196):
+        assert abs(losses["one", size] - losses["two", size]) < 1e-5, (size, losses)
+    assert abs(losses["one", p // 2] - losses["one", 196]) > 1e-4  # the groups are real

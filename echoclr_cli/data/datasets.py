@@ -353,10 +353,14 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys: a per-epoch order, this rank's share, resumable.
 
     The order of epoch e is ``default_rng((seed, e)).permutation(n)`` (or 0..n-1 without
-    shuffle). With ``world_size`` > 1 each rank takes every world_size-th key; without
-    ``drop_last`` the order is padded by wrapping so all ranks get the same count, with it the
-    tail is cut and each share is cut to whole batches. ``skip(k)`` drops the first ``k``
-    batches of the current epoch (mid-epoch resume); ``set_epoch`` clears it.
+    shuffle). With ``world_size`` > 1 and no ``drop_last`` each rank takes every world_size-th
+    key, the order padded by wrapping so all ranks get the same count. With ``drop_last`` the
+    order is cut to whole global steps of ``world_size * batch_size`` keys and rank r takes the
+    r-th block of ``batch_size`` keys of each step: the ranks' batches in rank order are the
+    one-process batch of the same step, so BatchNorm groups along the global batch
+    (``pretrain.bn_group_size``) hold the same clips on any number of processes. ``skip(k)``
+    drops the first ``k`` batches of the current epoch (mid-epoch resume); ``set_epoch`` clears
+    it.
     """
 
     def __init__(
@@ -396,16 +400,13 @@ class EpochSampler(Sampler):
             if self.shuffle
             else np.arange(self.n)
         )
-        w = self.world_size
-        if self.drop_last:
-            order = order[: (self.n // w) * w]
-        else:
-            total = math.ceil(self.n / w) * w
-            order = np.resize(order, total)  # wraps around
-        share = order[self.rank :: w]
-        if self.drop_last:
-            share = share[: (len(share) // self.batch_size) * self.batch_size]
-        return share
+        w, b = self.world_size, self.batch_size
+        if self.drop_last:  # whole global steps; rank r takes block r of each: (steps, w, b)
+            steps = self.n // (w * b)
+            return order[: steps * w * b].reshape(steps, w, b)[:, self.rank].reshape(-1)
+        total = math.ceil(self.n / w) * w
+        order = np.resize(order, total)  # wraps around
+        return order[self.rank :: w]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         share = self._share()[self._skip :]

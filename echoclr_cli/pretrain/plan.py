@@ -102,16 +102,17 @@ def bn_groups(cfg: Config, batch: int, world_size: int = 1) -> list[str]:
     """The BatchNorm-group rule of pretraining (``pretrain.bn_group_size`` G, the
     ``GroupBatchNorm`` of ``models/sync_bn.py``): each view's ``batch * world_size`` clips are
     normalised in groups of G along the global batch, whatever the number of processes. Returns
-    a note when the view is cut into several groups, or when ``runtime.sync_bn`` overrides G."""
+    a note when the view is cut into several groups, or would be but ``runtime.sync_bn``
+    overrides G."""
     g, view = cfg.pretrain.bn_group_size, batch * world_size
-    if g and not bn_group_size(cfg, world_size):
+    groups = group_bounds(view, g)
+    if len(groups) == 1:  # one group: the whole view, as sync_bn and a single process do
+        return []
+    if not bn_group_size(cfg, world_size):
         return [
             f"runtime.sync_bn: BatchNorm over the global batch ({view} clips per view); "
             f"pretrain.bn_group_size {g} not applied"
         ]
-    groups = group_bounds(view, g)
-    if len(groups) == 1:
-        return []
     sizes = sorted({e - s for s, e in groups}, reverse=True)
     return [
         f"BatchNorm in groups of {g} clips per view (pretrain.bn_group_size, the published "
