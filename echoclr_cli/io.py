@@ -165,18 +165,27 @@ def _text_columns(df) -> list[int]:
     ]
 
 
-def _map_text(df, fn):
-    """``df`` with ``fn`` applied to every text cell and column name (numeric columns as is)."""
+def _map_text(df, fn, starts: tuple[str, ...]):
+    """``df`` with ``fn`` applied to every text cell and column name (numeric columns as is);
+    only cells starting with one of ``starts`` can change, the others are not visited."""
     out = df.copy()
     for i in _text_columns(df):
-        out.isetitem(i, df.iloc[:, i].astype(object).map(fn))
+        col = df.iloc[:, i].astype(object)
+        try:
+            hit = col.str[:1].isin(starts).to_numpy(dtype=bool)  # non-text cells: NaN, no hit
+        except AttributeError:  # no text in the column (booleans, integers as objects)
+            continue
+        if hit.any():
+            col = col.copy()
+            col[hit] = col[hit].map(fn)
+        out.isetitem(i, col)
     out.columns = [fn(c) for c in df.columns]
     return out
 
 
 def safe_csv_frame(df):
     """``df`` as written: every text cell and header neutralised (:func:`csv_cell`)."""
-    return _map_text(df, csv_cell)
+    return _map_text(df, csv_cell, (*FORMULA_START, _QUOTE))
 
 
 def atomic_write_csv(path: Path, df, perms: int | None = None) -> None:
@@ -192,10 +201,16 @@ def atomic_write_csv(path: Path, df, perms: int | None = None) -> None:
 
 
 def _has_cr(df) -> bool:
-    cells = [c for c in df.columns if isinstance(c, str)]
+    if any("\r" in c for c in df.columns if isinstance(c, str)):
+        return True
     for i in _text_columns(df):
-        cells += [v for v in df.iloc[:, i] if isinstance(v, str)]
-    return any("\r" in c for c in cells)
+        try:
+            cr = df.iloc[:, i].astype(object).str.contains("\r", regex=False)
+        except AttributeError:  # no text in the column
+            continue
+        if bool(cr.fillna(False).astype(bool).any()):
+            return True
+    return False
 
 
 def read_csv(path: Path, **kwargs):
@@ -203,7 +218,7 @@ def read_csv(path: Path, **kwargs):
     (:func:`csv_value`)."""
     import pandas as pd
 
-    return _map_text(pd.read_csv(path, **kwargs), csv_value)
+    return _map_text(pd.read_csv(path, **kwargs), csv_value, (_QUOTE,))
 
 
 def _json_default(o: Any):

@@ -152,6 +152,11 @@ def test_atomic_write_csv_neutralises_formulas_headers_included_numbers_stay_num
     assert pd.api.types.is_float_dtype(back["n"]) and back["n"].tolist() == df["n"].tolist()
     text = read_csv(path, dtype=str, keep_default_na=False)
     assert text["t"].tolist() == df["t"].tolist()
+    # object columns without text (flags, numbers as objects, nothing) are written as they are
+    other = pd.DataFrame({"b": pd.Series([True, False], dtype=object),
+                          "i": pd.Series([1, -2], dtype=object), "n": [None, None]})  # fmt: skip
+    atomic_write_csv(path, other)
+    assert path.read_text() == other.to_csv(index=False)
 
 
 def test_manifest_round_trip_and_labels_of_the_attack(attacked):
