@@ -189,7 +189,8 @@ def test_task_dot_dot_writes_nothing_outside_runs(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["finetune", "--data", "nodata", "--task", "../x"])
-    assert res.exit_code != 0 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    assert len(res.output.strip().splitlines()) <= 3 and "Traceback" not in res.output
     assert "../x" in res.output and "[A-Za-z0-9_.-]+" in res.output, res.output
     assert not (tmp_path / "x-random-1-s0").exists() and not list(tmp_path.glob("x-*"))
 
