@@ -9,10 +9,10 @@ Options (``finetune`` section; defaults = the paper):
 - ``frac`` / ``frac_seed``: ``int(frac * N)`` labelled training studies, a prefix of one
   stratified random order per seed, so subsets are nested across fractions (see
   :func:`stratified_study_order`). The run writes the studies it used to ``train_studies.csv``.
-- ``pos_weight``: ``balanced`` = n_neg / n_pos of the training *videos* of the subset (the
-  samples the loss sees; sklearn's balanced class-weight ratio; the published code divided by
-  the smaller weight, which gives 1 instead when positives are the majority), ``none``, or a
-  number. Only positive terms are weighted (``BCEWithLogits(pos_weight=...)``), in training and
+- ``pos_weight``: ``published`` (the default) = max(1, n_neg / n_pos) of the training *videos*
+  of the subset (the samples the loss sees; the published code divided sklearn's balanced class
+  weights by the smaller one); ``balanced`` = n_neg / n_pos (below 1 when positives are the
+  majority), ``none``, or a number. Only positive terms are weighted (``BCEWithLogits(pos_weight=...)``), in training and
   validation alike (the published evaluation loss weighted every element). ``val_loss`` is the
   training loss formula (same weight, same smoothing) on the evaluation clips.
 - ``label_smoothing`` s: targets ``y * (1 - s) + s / 2`` (the published code parsed it and
