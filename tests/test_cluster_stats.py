@@ -15,7 +15,6 @@ from echoclr_cli.clinical import core as clin
 from echoclr_cli.clinical.logistic import logistic_fit_batch
 from echoclr_cli.metrics import aggregate, splits
 from echoclr_cli.metrics.bootstrap import (
-    MIXED,
     cluster_labels,
     cluster_weights,
     resample_indices,
@@ -142,19 +141,18 @@ def test_clustered_delong_needs_two_clusters_per_class():
 
 
 # --------------------------------------------------------------------------- cluster bootstrap
-def test_cluster_weights_keep_each_stratum_and_equal_the_plain_draws_without_mixed():
-    rng = np.random.default_rng(0)
-    strata = rng.choice([0, 1, MIXED], 30)
-    w = cluster_weights(strata, 50, np.random.default_rng(7))
-    for s in (0, 1, MIXED):
-        assert (w[:, strata == s].sum(axis=1) == (strata == s).sum()).all()
-    plain = strata[strata != MIXED]
-    w2 = cluster_weights(plain, 50, np.random.default_rng(7))
-    idx = resample_indices(plain, 50, True, np.random.default_rng(7))
-    ref = np.stack([np.bincount(r, minlength=len(plain)) for r in idx])
-    np.testing.assert_array_equal(w2, ref)
-    inv, y_c = cluster_labels(np.array([1, 0, 1, 1, 0]), np.array(["b", "b", "a", "c", "d"]))
-    assert inv.tolist() == [1, 1, 0, 2, 3] and y_c.tolist() == [1, MIXED, 1, 0]
+def test_patient_strata_keep_their_counts_and_equal_the_plain_draws():
+    """Patients are stratified by 'holds a positive study' vs 'all negative': each stratum keeps
+    its number of patients, and the draws are the stratified bootstrap over the patients."""
+    y = np.array([1, 0, 1, 1, 0, 0, 0])
+    ids = np.array(["b", "b", "a", "c", "d", "e", "e"])  # b has both labels
+    inv, y_c = cluster_labels(y, ids)
+    assert inv.tolist() == [1, 1, 0, 2, 3, 4, 4] and y_c.tolist() == [1, 1, 1, 0, 0]
+    w = cluster_weights(y_c, 50, np.random.default_rng(7))
+    assert (w[:, y_c == 1].sum(axis=1) == 3).all() and (w[:, y_c == 0].sum(axis=1) == 2).all()
+    assert w[:, 1].std() > 0  # the mixed patient is resampled like any other
+    idx = resample_indices(y_c, 50, True, np.random.default_rng(7))
+    np.testing.assert_array_equal(w, np.stack([np.bincount(r, minlength=5) for r in idx]))
 
 
 def test_patient_ci_is_wider_and_the_auroc_unchanged():

@@ -10,9 +10,11 @@ videos, are correlated, so resampling them as independent items gives too narrow
 A cluster resample is expressed as integer weights on the items (how often each item's cluster
 was drawn), so every resample has the same shape and the metrics stay vectorised:
 ``weighted_metrics`` equals the metrics of the sample that repeats each item as often as its
-weight (tests/test_paper_eval.py). Clusters are stratified by their labels: all-positive,
-all-negative, and (patients only: a patient's studies may differ) mixed clusters are drawn
-separately, each stratum keeping its count; with no mixed cluster the draws are exactly those
+weight (tests/test_paper_eval.py). Clusters are stratified by their labels: clusters with a
+positive and all-negative clusters are drawn separately, each stratum keeping its count of
+clusters. A patient whose studies differ in label joins the positive stratum (a stratum of its
+own would be drawn identically in every resample when only one patient is mixed, as on the
+demo's test split, and narrow the interval); with no such patient the draws are exactly those
 of a stratified bootstrap over the clusters themselves.
 """
 
@@ -188,40 +190,32 @@ def percentile_interval(values: np.ndarray, ci: float = 0.95) -> tuple[float, fl
     return float(low), float(high)
 
 
-MIXED = 2  # the stratum label of a cluster holding both classes (``cluster_labels``)
-
-
 def cluster_weights(
     y_cluster: np.ndarray, n_resamples: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Stratified cluster resamples as draw counts ``(n_resamples, K)`` over ``K`` clusters.
 
-    ``y_cluster: (K,)`` is each cluster's stratum: 1 (all positive), 0 (all negative) or
-    ``MIXED``. Positives and negatives are resampled exactly as ``resample_indices`` (same
-    generator calls), so with the same seed and order the draws equal a bootstrap over the
-    clusters themselves; mixed clusters are drawn last, among themselves."""
-    y_cluster = np.asarray(y_cluster)
+    ``y_cluster: (K,)`` is each cluster's stratum (``cluster_labels``: 1 = holds a positive,
+    0 = all negative), resampled exactly as ``resample_indices`` (same generator calls), so
+    with the same seed and order the draws equal a bootstrap over the clusters themselves."""
     k = len(y_cluster)
-    strata = [np.flatnonzero(y_cluster == s) for s in (1, 0, MIXED)]
-    parts = [rng.choice(idx, size=(n_resamples, len(idx))) for idx in strata if len(idx)]
-    idx = np.concatenate(parts, axis=1) if parts else np.zeros((n_resamples, 0), np.int64)
+    idx = resample_indices(np.asarray(y_cluster), n_resamples, True, rng)  # (B, K) cluster indices
     flat = idx + k * np.arange(n_resamples)[:, None]
     return np.bincount(flat.ravel(), minlength=n_resamples * k).reshape(n_resamples, k)
 
 
 def cluster_labels(y: np.ndarray, clusters: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(inv, y_cluster)``: each item's cluster index (clusters sorted by id) and each
-    cluster's stratum for ``cluster_weights`` (1, 0 or ``MIXED``)."""
+    cluster's stratum for ``cluster_weights``: 1 when it holds a positive, else 0."""
     ids = np.asarray(clusters)
     if ids.shape != np.shape(y):
         raise ValueError(f"clusters must be (n,) like y_true, got {ids.shape}")
     _, inv = np.unique(ids, return_inverse=True)  # sorted ids, item -> cluster
     k = int(inv.max()) + 1 if len(inv) else 0
     y = np.asarray(y, np.int64)
-    hi, lo = np.zeros(k, np.int64), np.ones(k, np.int64)
+    hi = np.zeros(k, np.int64)
     np.maximum.at(hi, inv, y)
-    np.minimum.at(lo, inv, y)
-    return inv, np.where(hi == lo, hi, MIXED)
+    return inv, hi
 
 
 def weighted_metrics(
