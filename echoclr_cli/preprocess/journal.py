@@ -25,7 +25,7 @@ from echoclr_cli.io import atomic_write
 
 JOURNAL = "journal.jsonl"
 FSYNC_EVERY = 32
-VERSION = 1
+VERSION = 2  # 2: source_hash is an HMAC with the salt (entries of 1 hold the plain sha256)
 # Tests only: SIGKILL the preprocess process after this many newly journaled files.
 KILL_AFTER_ENV = "ECHOCLR_TEST_KILL_AFTER"
 # Skip reasons that depend on more than the file and the video settings (label file view

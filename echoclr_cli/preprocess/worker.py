@@ -24,6 +24,7 @@ from echoclr_cli.data.privacy import hash_id, source_hash
 from echoclr_cli.data.readers import ReadOptions, SkipVideo
 from echoclr_cli.data.store import save_video
 from echoclr_cli.data.video_reader import read_video
+from echoclr_cli.io import sha256_file
 from echoclr_cli.preprocess import outputs, sector
 
 
@@ -123,6 +124,16 @@ def _reuse(item: Item, prev: dict, ctx: WorkerContext) -> dict | None:
     return {"status": "reused", "row": row, "ids": None, "warnings": [], "preview": None}
 
 
+def _same_source(prev: dict, file_hash: str, path: Path) -> bool:
+    """Whether an earlier row was made from these bytes: its ``source_hash`` is this one, or
+    the unsalted sha256 prefix of an earlier version (read again only then), so a dataset made
+    before the HMAC is not decoded again."""
+    old = prev.get("source_hash")
+    if old == file_hash:
+        return True
+    return isinstance(old, str) and len(old) == 16 and old == sha256_file(path)[:16]
+
+
 def process_item(item: Item, ctx: WorkerContext) -> dict:
     """Read one file, mask/crop/resize its sector, write ``videos/<video_id>.npy``.
 
@@ -139,9 +150,11 @@ def process_item(item: Item, ctx: WorkerContext) -> dict:
     npy_rel = f"videos/{video_id}.npy"
     npy = Path(ctx.out_dir) / npy_rel
     prev = ctx.previous.get(video_id)
-    if prev and not ctx.overwrite and prev.get("source_hash") == file_hash and npy.exists():
+    if prev and not ctx.overwrite and npy.exists() and _same_source(prev, file_hash, item.file):
         reused = _reuse(item, prev, ctx)
         if reused is not None:
+            if reused["status"] == "reused":
+                reused["row"]["source_hash"] = file_hash
             return reused
     study_id = patient_id = match = None
     try:
