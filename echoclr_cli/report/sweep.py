@@ -16,6 +16,7 @@ import yaml
 
 from echoclr_cli.clinical.sweep import paired_pvalues, sweep_clinical_columns
 from echoclr_cli.errors import UserError
+from echoclr_cli.io import read_csv
 from echoclr_cli.report.facts import RunFacts, code_hash, file_sha256, ordered, png_of
 from echoclr_cli.report.sections import (
     config_deviations,
@@ -33,7 +34,7 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
             f"{path} not found ({what})",
             fix="run `echoclr sweep` (it aggregates what has finished) before the report",
         )
-    return pd.read_csv(path, keep_default_na=True)
+    return read_csv(path, keep_default_na=True)  # our own CSV: formula-neutralised cells restored
 
 
 def efficiency_table(results: pd.DataFrame, task: str, split: str, metric: str,
