@@ -155,6 +155,8 @@ def run_chain(work: Path, archive: Path, worklist: Path, labels: Path, how: str)
     out["report sweep"] = cli("report", runs / "sweep", "--out", work / "sweep_report.html")
     out["embed"] = cli("embed", runs / "ft", "--data", data, "--out", work / "emb", "--map",
                        "pca", *c)  # fmt: skip
+    out["explain"] = cli("explain", runs / "ft", "--data", data, "--top", "1", "--out",
+                         work / "explain", *c)  # fmt: skip
     out["export"] = cli("export", runs / "ft", "--out", work / "model.onnx", *c)
     return out
 
