@@ -260,3 +260,34 @@ def test_view_forward_separate_normalises_each_view_with_its_own_statistics():
         PretrainTask(cfg, model).train_step(batch, Eng())
         assert calls == want, (mode, calls)
     assert Config().pretrain.view_forward == "separate"
+
+
+def test_history_and_progress_show_each_loss_beside_its_chance(data, tmp_path):
+    """history.csv and the epoch line: nt_xent next to ln(2B-1), the reorder loss next to ln 24
+    and its accuracy next to 1/24 (B = pairs per step; the frames head changes nothing here)."""
+    from echoclr_cli.console import epoch_summary
+
+    events = []
+    res = run_pretrain(
+        tiny_cfg("echoclr", epochs=1, reorder_head="frames"),
+        data,
+        tmp_path / "run",
+        progress=events.append,
+    )
+    hist = pd.read_csv(tmp_path / "run" / "history.csv")
+    cols = list(hist.columns)
+    for name in ("nt_xent", "reorder", "reorder_acc"):
+        value = "reorder_loss" if name == "reorder" else name
+        assert cols.index(f"{name}_chance") == cols.index(value) + 1  # side by side
+    assert hist["nt_xent_chance"].iloc[0] == pytest.approx(math.log(2 * res.batch_size - 1))
+    assert hist["reorder_chance"].iloc[0] == pytest.approx(math.log(24))
+    assert hist["reorder_acc_chance"].iloc[0] == pytest.approx(1 / 24)
+    line = epoch_summary(next(e for e in events if isinstance(e, Epoch)).row)
+    assert f"nt_xent_chance {math.log(2 * res.batch_size - 1):.4f}" in line
+    assert "reorder_chance 3.1781" in line and "reorder_acc_chance 0.0417" in line
+    cfg = tiny_cfg("simclr")
+    ds = plan_pretrain(cfg, pd.read_csv(data / "manifest.csv"), data).dataset
+    out = PretrainTask(cfg, build_model(cfg)).train_step(
+        batch_of(ds, [(0, 0), (0, 1)]), fake_engine()
+    )
+    assert out["nt_xent_chance"] == pytest.approx(math.log(3)) and "reorder_chance" not in out

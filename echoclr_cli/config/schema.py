@@ -92,6 +92,12 @@ class PretrainConfig(Section):
     clip_len: int = Field(4, ge=1, le=64)
     stride: int = Field(1, ge=1)
     reorder_frames: int = Field(4, ge=2, le=5, description="K frames permuted (K! classes)")
+    reorder_head: Literal["linear", "frames"] = Field(
+        "linear",
+        description="EchoCLR order head: linear = Linear on the pooled features (paper); "
+        "frames = an MLP on layer1's per-frame maps (each frame on a 4x4 grid and the "
+        "pairwise frame differences), before layer2-4 pool time (docs/BENCHMARKS.md)",
+    )
     nt_xent_weight: float = Field(1.0, ge=0)
     reorder_weight: float = Field(1.0, ge=0)
     exclude_same_study_negatives: bool = Field(

@@ -113,11 +113,66 @@ def permutations(k: int) -> list[tuple[int, ...]]:
     return list(itertools.permutations(range(k)))
 
 
+REORDER_HEADS = ("linear", "frames")  # pretrain.reorder_head: published | ours (FrameOrderHead)
+FRAMES_HEAD_HIDDEN = 256
+FRAMES_HEAD_GRID = 4  # each frame's map is averaged onto a GRID x GRID grid
+
+
+class FrameOrderHead(nn.Module):
+    """Frame-order head that reads ``layer1``'s output, where every frame still has its own
+    feature map (the r3d/mc3/r(2+1)d stems and ``layer1`` keep time; ``layer2``-``layer4`` halve
+    it, so 4 frames reach the pooled features as 1 time step).
+
+    Each frame's map is averaged onto a ``grid`` x ``grid`` grid (which also averages out the
+    per-frame speckle); the features are every frame's grid (C*T*grid^2: where things are) and,
+    for each pair of frames i < j, the mean of ``|G_i - G_j|`` over the grid (C*T(T-1)/2: which
+    frames are neighbours); then Linear - ReLU - Linear to the K! orders. Not the published head
+    (a linear layer on the pooled features): ``pretrain.reorder_head=frames``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        frames: int,
+        classes: int,
+        hidden: int = FRAMES_HEAD_HIDDEN,
+        grid: int = FRAMES_HEAD_GRID,
+    ):
+        super().__init__()
+        self.frames = frames
+        self.grid = grid
+        self.pairs = list(itertools.combinations(range(frames), 2))
+        n_in = channels * (frames * grid * grid + len(self.pairs))
+        self.mlp = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes)
+        )
+
+    def forward(self, f: Tensor) -> Tensor:
+        """f: (N, C, T, H, W) feature map with T == frames -> logits (N, K!)."""
+        if f.shape[2] != self.frames:
+            raise ValueError(f"the frames head needs {self.frames} time steps, got {f.shape[2]}")
+        g = nn.functional.adaptive_avg_pool3d(f, (self.frames, self.grid, self.grid))  # (N,C,T,g,g)
+        diffs = torch.stack(
+            [(g[:, :, i] - g[:, :, j]).abs().mean(dim=(2, 3)) for i, j in self.pairs], dim=2
+        )  # (N, C, P)
+        return self.mlp(torch.cat([g.flatten(1), diffs.flatten(1)], dim=1))
+
+
+def encode_with_layer1(backbone: WidthVideoResNet, x: Tensor) -> tuple[Tensor, Tensor]:
+    """torchvision's VideoResNet forward, also returning ``layer1``'s output:
+    x (N, 3, T, H, W) -> (h (N, out_dim), layer1 map (N, C1, T, H/2, W/2))."""
+    f = backbone.layer1(backbone.stem(x))
+    y = backbone.layer4(backbone.layer3(backbone.layer2(f)))
+    return backbone.fc(backbone.avgpool(y).flatten(1)), f
+
+
 class SSLModel(nn.Module):
     """Backbone + projection head (+ frame-reordering head for EchoCLR).
 
     ``projector``: Linear(out_dim, hidden, no bias) - ReLU - Linear(hidden, proj_dim, no bias).
-    ``reorder_head``: Linear(out_dim, K!) or None.
+    ``reorder_head``: None, or for ``reorder_head="linear"`` (published) Linear(out_dim, K!) on
+    the pooled features; for ``"frames"`` a ``FrameOrderHead`` on ``layer1``'s map of the
+    ``reorder_frames`` frames.
     """
 
     def __init__(
@@ -126,8 +181,15 @@ class SSLModel(nn.Module):
         proj_hidden: int = 256,
         proj_dim: int = 128,
         reorder_classes: int = 0,
+        reorder_head: str = "linear",
+        reorder_frames: int = 4,
     ) -> None:
         super().__init__()
+        if reorder_head not in REORDER_HEADS:
+            raise UserError(
+                f"unknown pretrain.reorder_head '{reorder_head}'",
+                fix=f"use one of {', '.join(REORDER_HEADS)}",
+            )
         self.backbone = backbone
         feat = backbone.out_dim
         self.projector = nn.Sequential(
@@ -135,7 +197,21 @@ class SSLModel(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(proj_hidden, proj_dim, bias=False),
         )
-        self.reorder_head = nn.Linear(feat, reorder_classes) if reorder_classes else None
+        self.reorder_from_frames = bool(reorder_classes) and reorder_head == "frames"
+        self.reorder_head: nn.Module | None = None
+        if self.reorder_from_frames:
+            c1 = backbone.layer1[-1].conv2[1].num_features  # layer1's output channels
+            self.reorder_head = FrameOrderHead(c1, reorder_frames, reorder_classes)
+        elif reorder_classes:
+            self.reorder_head = nn.Linear(feat, reorder_classes)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(h, order logits or None) of one backbone call."""
+        if self.reorder_from_frames:
+            h, f = encode_with_layer1(self.backbone, x)
+            return h, self.reorder_head(f)
+        h = self.backbone(x)  # (N, F)
+        return h, self.reorder_head(h) if self.reorder_head is not None else None
 
     def forward(self, x: Tensor, views: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
         """x: (N, 3, T, H, W) -> (h (N, F), z (N, proj_dim), order logits (N, K!) or None).
@@ -144,12 +220,12 @@ class SSLModel(nn.Module):
         encoded by its own backbone call, so BatchNorm uses per-view statistics (the published
         model encoded the two views separately). One model call either way (one DDP forward).
         """
-        if views > 1:
-            h = torch.cat([self.backbone(c) for c in x.chunk(views)])  # (N, F)
-        else:
-            h = self.backbone(x)  # (N, F)
+        parts = [self._encode(c) for c in x.chunk(views)] if views > 1 else [self._encode(x)]
+        h = torch.cat([p[0] for p in parts])  # (N, F)
         z = self.projector(h)  # (N, D)
-        logits = self.reorder_head(h) if self.reorder_head is not None else None  # (N, K!)
+        logits = (
+            torch.cat([p[1] for p in parts]) if self.reorder_head is not None else None
+        )  # (N, K!)
         return h, z, logits
 
 

@@ -10,12 +10,17 @@ backward sums the gradient from every rank). The mean of the per-rank losses equ
 1-process loss on the global batch, and DDP's gradient averaging then gives exactly the
 1-process gradient - no extra scaling is needed (tested in tests/test_ddp.py).
 
+``nt_xent_chance`` and ``order_chance`` give each loss at chance (what a model that learned
+nothing scores): the runs report them beside the losses.
+
 Every loss runs in float32 with autocast disabled (``fp32``): inside the engine's bf16 autocast
 the similarity matmul would otherwise run in bf16 whatever the inputs' dtype (the published
 scripts trained in fp32; bf16 moved the NT-Xent by ~1e-3 and its gradients by 0.3-1.5%).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -88,22 +93,54 @@ def _nt_xent(
         offset = rank * b
     else:
         z1_all, z2_all, groups_all, offset = z1, z2, groups, 0
-    n = z1_all.shape[0]
     anchors = torch.cat([z1, z2], dim=0)  # (2B, D)
     cands = torch.cat([z1_all, z2_all], dim=0)  # (2N, D)
     logits = anchors @ cands.T / temperature  # (2B, 2N)
-    local = torch.arange(b, device=z1.device) + offset  # (B,) global pair index
-    self_idx = torch.cat([local, local + n])  # (2B,) column of each anchor itself
-    pos_idx = torch.cat([local + n, local])  # (2B,) column of its partner
-    cols = torch.arange(2 * n, device=z1.device)  # (2N,)
-    drop = cols[None, :] == self_idx[:, None]  # (2B, 2N)
-    if groups is not None:
-        g_anchor = torch.cat([groups, groups]).to(z1.device)  # (2B,)
-        g_cand = torch.cat([groups_all, groups_all]).to(z1.device)  # (2N,)
-        same = g_anchor[:, None] == g_cand[None, :]  # (2B, 2N)
-        drop = drop | (same & (cols[None, :] != pos_idx[:, None]))
+    drop, pos_idx = _candidate_mask(b, z1_all.shape[0], offset, groups, groups_all, z1.device)
     logits = logits.masked_fill(drop, float("-inf"))  # (2B, 2N)
     return F.cross_entropy(logits, pos_idx)
+
+
+def _candidate_mask(
+    b: int,
+    n: int,
+    offset: int,
+    groups: Tensor | None,
+    groups_all: Tensor | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Which of the 2N candidates each of the 2B anchors leaves out (itself; with ``groups`` the
+    other pairs of its group) as a (2B, 2N) bool mask, and the column of its partner (2B,)."""
+    local = torch.arange(b, device=device) + offset  # (B,) global pair index
+    self_idx = torch.cat([local, local + n])  # (2B,) column of each anchor itself
+    pos_idx = torch.cat([local + n, local])  # (2B,) column of its partner
+    cols = torch.arange(2 * n, device=device)  # (2N,)
+    drop = cols[None, :] == self_idx[:, None]  # (2B, 2N)
+    if groups is not None and groups_all is not None:
+        g_anchor = torch.cat([groups, groups]).to(device)  # (2B,)
+        g_cand = torch.cat([groups_all, groups_all]).to(device)  # (2N,)
+        same = g_anchor[:, None] == g_cand[None, :]  # (2B, 2N)
+        drop = drop | (same & (cols[None, :] != pos_idx[:, None]))
+    return drop, pos_idx
+
+
+def nt_xent_chance(
+    b: int, gather: bool = False, groups: Tensor | None = None, device: torch.device | None = None
+) -> Tensor:
+    """The NT-Xent of embeddings that carry no information (every candidate equally similar):
+    the mean over the 2B anchors of ln(its candidates). Without ``groups`` that is ln(2N - 1),
+    N the pairs over all processes (``gather``) or this process's ``b``; with ``groups`` each
+    anchor counts the candidates ``nt_xent`` keeps for it. float64 scalar.
+    """
+    rank, world = _world()
+    if gather and world > 1:
+        n, offset = b * world, rank * b
+        groups_all = _gather_no_grad(groups) if groups is not None else None
+    else:
+        n, offset, groups_all = b, 0, groups
+    dev = device if device is not None else (groups.device if groups is not None else None)
+    drop, _ = _candidate_mask(b, n, offset, groups, groups_all, dev or torch.device("cpu"))
+    return (~drop).sum(dim=1).double().log().mean()
 
 
 def order_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -115,6 +152,12 @@ def order_loss(logits: Tensor, target: Tensor) -> Tensor:
     """
     with fp32(logits):
         return F.cross_entropy(logits.float(), target)
+
+
+def order_chance(classes: int) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of a head that knows nothing about ``classes`` orders:
+    ln(classes) and 1/classes (K = 4 frames: ln 24 = 3.178, 1/24 = 0.042)."""
+    return math.log(classes), 1.0 / classes
 
 
 def order_accuracy(logits: Tensor, target: Tensor) -> Tensor:

@@ -14,21 +14,35 @@ paper's unweighted "NT-Xent + cross-entropy". ``pretrain.batch_size`` is the glo
 of k processes takes batch/k pairs and the NT-Xent gathers the embeddings of all processes, so
 k processes optimise the loss of the global batch. The losses run in float32 (autocast off).
 
+Each loss is reported beside its chance value (history.csv and the epoch line):
+``nt_xent_chance`` = ln(2N - 1), N the pairs of the global batch (the loss of embeddings that
+carry nothing; with ``exclude_same_study_negatives`` the mean log-count of each anchor's
+candidates), ``reorder_chance`` = ln K! and ``reorder_acc_chance`` = 1/K! (K = 4: ln 24, 1/24).
+
 The model is the ``SSLModel``: ``backbone.*`` (what fine-tuning loads), ``projector.*`` and, for
-a reorder method, ``reorder_head.*``.
+a reorder method, ``reorder_head.*`` (``pretrain.reorder_head``: ``linear`` on the pooled
+features as published, or ``frames`` on layer1's per-frame maps, models/backbones.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from echoclr_cli.config.schema import Config
 from echoclr_cli.data.augment import prepare_clips
 from echoclr_cli.models.backbones import SSLModel, build_backbone, n_permutations
-from echoclr_cli.pretrain.losses import nt_xent, order_accuracy, order_loss
+from echoclr_cli.pretrain.losses import (
+    nt_xent,
+    nt_xent_chance,
+    order_accuracy,
+    order_chance,
+    order_loss,
+)
 from echoclr_cli.pretrain.methods import METHODS
 from echoclr_cli.pretrain.probe import ProbeData, run_probe
 
@@ -42,6 +56,8 @@ def build_model(cfg: Config) -> SSLModel:
         cfg.model.proj_hidden,
         cfg.model.proj_dim,
         k,
+        reorder_head=cfg.pretrain.reorder_head,
+        reorder_frames=cfg.pretrain.reorder_frames,
     )
 
 
@@ -94,16 +110,27 @@ class PretrainTask:
         gather = bool(getattr(engine, "distributed", False))
         nt = nt_xent(z1, z2, self.pc.temperature, gather=gather, groups=groups)
         loss = self.pc.nt_xent_weight * nt
-        out = {"nt_xent": nt.detach()}
+        out = {"nt_xent": nt.detach(), "nt_xent_chance": self._nt_xent_chance(b, gather, groups)}
         if "reorder" in self.loss_terms:
             target = torch.cat([batch["perm1"], batch["perm2"]]).to(dev, non_blocking=True)  # (2B,)
             ro = order_loss(logits, target)
             loss = loss + self.pc.reorder_weight * ro
+            loss_chance, acc_chance = order_chance(logits.shape[1])
             out["reorder_loss"] = ro.detach()
+            out["reorder_chance"] = loss_chance
             out["reorder_acc"] = order_accuracy(logits.detach(), target)
+            out["reorder_acc_chance"] = acc_chance
         out["loss"] = loss
         out["n_clips"] = torch.tensor(2 * b)
         return out
+
+    def _nt_xent_chance(self, b: int, gather: bool, groups: torch.Tensor | None) -> Any:
+        """The NT-Xent at chance for this batch (``losses.nt_xent_chance``): a float
+        ln(2N - 1) without groups (no device work), else a device scalar."""
+        if groups is None:
+            n = b * (dist.get_world_size() if gather and dist.is_initialized() else 1)
+            return math.log(2 * n - 1)
+        return nt_xent_chance(b, gather, groups)
 
     def end_of_epoch(self, epoch: int, engine: Any) -> dict[str, float]:
         every = self.pc.probe_every
