@@ -3,7 +3,8 @@
 The HTML has inline CSS and every figure as a base64 PNG (``data:`` URI): no external resource,
 so it opens offline and can be attached to a submission. The Markdown holds the same text with
 the figures as PNG files in ``<stem>_files/``. Nothing public carries an absolute path, a
-salt or an original id: paths are reduced to their last component, the config is redacted.
+salt or an original id: inputs are named by their role (``<dataset>``, ``<archive>``), the config
+is redacted (``report.facts.redact``: the salt and raw input paths are ``<private>``).
 
 Layout: ``Doc`` (the two renderings), ``run_sections`` (one fine-tune run), ``sweep_sections``
 (a sweep dir), ``build_report`` (detects which, writes the three files). An existing report,
