@@ -47,6 +47,30 @@ def test_roc_pr_writes_png_with_bands(tmp_path):
     assert _png(plot_roc_pr(_preds(), tmp_path / "noband", n_boot=0)) == (h, w)
 
 
+def test_roc_pr_bands_resample_the_unit_and_say_so(tmp_path, monkeypatch):
+    """The bands resample what metrics.json's CIs resample (evaluate.bootstrap_unit) and their
+    legend names it: patients when the rows carry patient ids, else the rows themselves."""
+    from matplotlib.axes import Axes
+
+    drawn: list[tuple[str, np.ndarray]] = []
+    real = Axes.fill_between
+
+    def spy(self, x, y1, y2=0, **kw):
+        drawn.append((kw.get("label", ""), np.asarray(y2) - np.asarray(y1)))
+        return real(self, x, y1, y2, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", spy)
+    df = _preds(60, 2)
+    df["patient_id"] = [f"p{i // 3}" for i in range(len(df))]  # 3 studies per patient
+    plot_roc_pr(df, tmp_path / "by_patient", n_boot=100, seed=0, unit="patient")
+    plot_roc_pr(df, tmp_path / "by_study", n_boot=100, seed=0, unit="item")
+    labels = [label for label, _ in drawn]
+    assert all("patient" in lab for lab in labels[:2]), labels
+    assert all("patient" not in lab and "study" in lab for lab in labels[2:]), labels
+    # the same curves with other resamples: the bands differ
+    assert not np.allclose(drawn[0][1], drawn[2][1])
+
+
 def test_curves_match_sklearn_roc():
     from sklearn.metrics import roc_curve
 

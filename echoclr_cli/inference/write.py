@@ -98,6 +98,7 @@ def _write_binary(
             n_boot=e.bootstrap,
             seed=e.bootstrap_seed,
             ci=e.ci,
+            unit=e.bootstrap_unit,
         )
         if history_csv is not None and Path(history_csv).exists():
             paths.append(plots.plot_history(history_csv, plot_dir / "history.png"))

@@ -22,7 +22,13 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from echoclr_cli.errors import UserError
 from echoclr_cli.io import atomic_write
-from echoclr_cli.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
+from echoclr_cli.metrics.bootstrap import (
+    bootstrap_ci,
+    cluster_resamples,
+    percentile_interval,
+    resample_indices,
+)
+from echoclr_cli.metrics.clustered import resolve_clusters
 from echoclr_cli.metrics.core import (
     check_arrays,
     compute_metrics,
@@ -99,13 +105,15 @@ def plot_roc_pr(
     seed: int = 0,
     ci: float = 0.95,
     title: str = "",
+    unit: str = "patient",
 ) -> Path:
     """ROC and PR curves side by side, with bootstrap bands; writes ``{path_prefix}_roc_pr.png``.
 
     ``df`` has ``y_true`` and ``y_prob`` (one row per video or study). Bands are the ``ci``
     percentile envelopes of ``n_boot`` stratified resamples (TPR at fixed FPR; interpolated
-    precision at fixed recall); legends give AUROC, AP and the trapezoid AUPR with their CIs.
-    ``n_boot=0`` draws the curves without bands.
+    precision at fixed recall) of ``unit`` (``evaluate.bootstrap_unit``: whole patients by
+    default, as metrics.json's CIs; the band's label names it); legends give AUROC, AP and the
+    trapezoid AUPR with their CIs. ``n_boot=0`` draws the curves without bands.
     """
     path = Path(f"{path_prefix}_roc_pr.png")
     y, p = _arrays(df, "plot_roc_pr")
@@ -116,9 +124,16 @@ def plot_roc_pr(
     cis: dict[str, tuple[float, float]] = {}
     bands = None
     if n_boot > 0:
-        cis = bootstrap_ci(y, p, ["auroc", "ap", "aupr_trapz"], n=n_boot, ci=ci, seed=seed)
-        idx = resample_indices(y, n_boot, True, np.random.default_rng(seed))  # (B, n)
-        boot = [_curves(y[row], p[row]) for row in idx]
+        clusters, ci_unit = resolve_clusters(df, unit)
+        names = ["auroc", "ap", "aupr_trapz"]
+        cis = bootstrap_ci(y, p, names, n=n_boot, ci=ci, seed=seed, clusters=clusters)
+        if clusters is None:
+            yb, pb = y, p
+            idx = resample_indices(y, n_boot, True, np.random.default_rng(seed))  # (B, n)
+        else:  # each resample repeats every item as often as its patient was drawn
+            yb, pb, counts, item_cluster = cluster_resamples(y, p, clusters, n_boot, seed)
+            idx = [np.repeat(np.arange(len(yb)), c[item_cluster]) for c in counts]
+        boot = [_curves(yb[row], pb[row]) for row in idx]
         tprs = np.stack([b[0] for b in boot])  # (B, G)
         precs = np.stack([b[1] for b in boot])  # (B, G)
         bands = [
@@ -142,7 +157,7 @@ def plot_roc_pr(
     ax_pr.axhline(prevalence, ls="--", color="grey", lw=0.8, label=f"prevalence {prevalence:.3f}")
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
     if bands is not None:
-        pct = f"{100 * ci:g}% bootstrap band (n={n_boot})"
+        pct = f"{100 * ci:g}% bootstrap band (n={n_boot}, {ci_unit})"
         ax_roc.fill_between(GRID, bands[0][0], bands[0][1], color="C0", alpha=0.2, label=pct)
         ax_pr.fill_between(GRID, bands[1][0], bands[1][1], color="C1", alpha=0.2, label=pct)
     for ax in (ax_roc, ax_pr):
@@ -362,9 +377,10 @@ def plot_evaluation(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    unit: str = "patient",
 ) -> list[Path]:
     """All evaluation figures of a run: for each split and level (``{split: {level: df}}``, as
-    from ``aggregate_levels``) write ``{split}_{level}_roc_pr.png``, ``_confusion.png`` (at 0.5),
+    from ``aggregate_levels``) write ``{split}_{level}_roc_pr.png`` (bands resampling ``unit``), ``_confusion.png`` (at 0.5),
     ``_calibration.png`` and, when ``thresholds[level]["youden"]`` was chosen on validation,
     ``_confusion_youden.png`` (not for the val split itself). Returns the paths written."""
     out_dir = Path(out_dir)
@@ -373,7 +389,7 @@ def plot_evaluation(
         for level, df in by_level.items():
             stem = out_dir / f"{split}_{level}"
             name = f"{split}/{level}"
-            paths.append(plot_roc_pr(df, stem, n_boot=n_boot, seed=seed, ci=ci, title=name))
+            paths.append(plot_roc_pr(df, stem, n_boot, seed, ci, title=name, unit=unit))
             paths.append(plot_confusion(df, f"{stem}_confusion.png", 0.5, title=name))
             paths.append(plot_calibration(df, f"{stem}_calibration.png", title=name))
             youden = (thresholds or {}).get(level, {}).get("youden")
