@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pandas as pd
 import yaml
@@ -34,6 +34,16 @@ from echoclr_cli.pretrain.methods import DEFAULT_METHOD, METHODS
 
 if TYPE_CHECKING:
     from echoclr_cli.config.schema import Config
+
+
+class RunStart(TypedDict, total=False):
+    """How a training run starts on its run dir (``--resume`` / ``--overwrite`` / ``--force``):
+    what ``run_pretrain`` and ``run_finetune`` take as keywords and hand to the engine."""
+
+    resume: bool  # continue from checkpoints/last.pt
+    overwrite: bool  # start again in a finished or non-empty run dir (never deletes it)
+    force: bool  # resume although the dataset changed since the run started
+
 
 # --------------------------------------------------------------------------- layout (names)
 CONFIG = "config.yaml"

@@ -37,6 +37,7 @@ from echoclr_cli.config.load import (
 )
 from echoclr_cli.config.schema import Config
 from echoclr_cli.errors import Interrupted, Preempted, UserError
+from echoclr_cli.rundir import RunStart
 
 SECTION = "<section>"  # in a key: the section of the command (the training block's keys)
 FIELD = "<field>"  # in a key: the option's field name
@@ -444,9 +445,9 @@ class Training:
         """The config keys these options set (None = not given); ``<section>.`` = ``section``."""
         return config_flags(self, section)
 
-    def run_kwargs(self) -> dict[str, bool]:
+    def run_kwargs(self) -> RunStart:
         """What ``run_pretrain`` / ``run_finetune`` take of these options."""
-        return {"resume": self.resume, "overwrite": self.overwrite, "force": self.force}
+        return RunStart(resume=self.resume, overwrite=self.overwrite, force=self.force)
 
 
 def training_options(func: Callable) -> Callable:

@@ -43,7 +43,7 @@ import math
 from collections.abc import Collection
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import pandas as pd
@@ -83,6 +83,7 @@ from echoclr_cli.models.weights import (
     resolve_init_file,
     unpack_state,
 )
+from echoclr_cli.rundir import RunStart
 from echoclr_cli.runtime import seed_everything, unwrap
 from echoclr_cli.training.engine import Engine
 
@@ -262,10 +263,8 @@ def run_finetune(
     cfg: Config,
     data_dir: Path,
     out_dir: Path,
-    resume: bool = False,
-    overwrite: bool = False,
-    force: bool = False,
     progress: Progress | None = None,
+    **start: Unpack[RunStart],
 ) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.finetune.task`` of ``data_dir`` into run dir ``out_dir``.
 
@@ -277,7 +276,7 @@ def run_finetune(
     K-class task (``multiclass.py``), a 0/1 label column binary; ``task.json`` records it.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    run = FinetuneRun(data_dir, out_dir, resume, overwrite, force, progress)
+    run = FinetuneRun(data_dir, out_dir, progress=progress, **start)
     if task_kind(data_dir, cfg.finetune.task) == MULTICLASS:
         return run_finetune_multiclass(cfg, run)
     ft = cfg.finetune
@@ -304,14 +303,14 @@ def run_finetune(
     seed_everything(cfg.runtime.seed)
     model = task_obj.build_model(cfg)
     init: dict[str, Any] | None = None
-    if not resume:
+    if not run.resume:
         init = init_backbone(cfg, model.backbone, data_dir).to_dict()
     fs = setup_fit(
         cfg, task_obj, model, init, run, df=df, sub_df=sub_df, batch_size=batch_size,
         world_size=world_size,
         drop_last=False,  # every training video every epoch (published loader)
         write_main=lambda: _write_train_studies(
-            sample.studies, out_dir / rundir.TRAIN_STUDIES, resume
+            sample.studies, out_dir / rundir.TRAIN_STUDIES, run.resume
         ),
     )  # fmt: skip
     engine, prepared, init, normalization = fs.engine, fs.prepared, fs.init, fs.normalization

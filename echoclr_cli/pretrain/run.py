@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 import pandas as pd
 
@@ -25,7 +26,7 @@ from echoclr_cli.models.sync_bn import convert_group_batchnorm
 from echoclr_cli.pretrain.plan import bn_group_size, make_loader, plan_pretrain
 from echoclr_cli.pretrain.probe import build_probe
 from echoclr_cli.pretrain.task import PretrainTask, build_model
-from echoclr_cli.rundir import manifest_fingerprint
+from echoclr_cli.rundir import RunStart, manifest_fingerprint
 from echoclr_cli.runtime import dist_env
 from echoclr_cli.training.engine import Engine
 from echoclr_cli.training.optim import build_optimizer, build_scheduler
@@ -53,12 +54,11 @@ def run_pretrain(
     cfg: Config,
     data_dir: Path,
     out_dir: Path,
-    resume: bool = False,
-    overwrite: bool = False,
-    force: bool = False,
     progress: Callable[[dict], None] | None = None,
+    **start: Unpack[RunStart],
 ) -> PretrainResult:
-    """Pretrain ``cfg.pretrain.method`` on ``data_dir`` into the run dir ``out_dir``."""
+    """Pretrain ``cfg.pretrain.method`` on ``data_dir`` into the run dir ``out_dir``
+    (``start``: resume / overwrite / force, ``rundir.RunStart``)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     cfg = with_pretrain_epochs(cfg)  # None -> the method's published count, recorded
     rank, world, _ = dist_env()
@@ -73,11 +73,9 @@ def run_pretrain(
         cfg,
         out_dir,
         section="pretrain",
-        resume=resume,
-        overwrite=overwrite,
         progress=progress,
         data_fingerprint=manifest_fingerprint(data_dir),
-        force=force,
+        **start,
     )
     if progress is not None and rank == 0:
         for note in plan.notes:
