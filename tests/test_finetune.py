@@ -155,7 +155,7 @@ def test_test_metrics_use_the_best_checkpoint(data, tmp_path, monkeypatch):
     monkeypatch.setattr(FinetuneTask, "end_of_epoch", fake_val)
     res = run_finetune(tiny_cfg(), data, tmp_path / "run")
     assert res.best_epoch == 1 and res.checkpoint.name == "best.pt"
-    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=False)
+    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
     assert best["epoch"] == 1
     # predictions of the reloaded best model == the run's test predictions
     from echoclr_cli.inference.evaluate import evaluate_run
@@ -278,7 +278,7 @@ def test_linear_mode_keeps_the_backbone_and_its_bn_statistics(data, tmp_path):
     ssl_dir, ssl_model = _ssl_checkpoint(tmp_path)
     cfg = tiny_cfg(finetune={"init": str(ssl_dir), "mode": "linear", "epochs": 1})
     run_finetune(cfg, data, tmp_path / "run")
-    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)["model"]
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
     for k, v in ssl_model.backbone.state_dict().items():
         assert torch.equal(state[f"backbone.{k}"], v), k  # weights and running stats unchanged
 
@@ -289,11 +289,11 @@ def test_lp_ft_trains_the_backbone_only_after_lp_epochs(data, tmp_path):
     key = "layer1.0.conv1.0.weight"
     cfg = tiny_cfg(finetune={"init": str(ssl_dir), "mode": "lp-ft", "lp_epochs": 1, "epochs": 1})
     run_finetune(cfg, data, tmp_path / "lp")
-    lp = torch.load(tmp_path / "lp/checkpoints/last.pt", weights_only=False)["model"]
+    lp = torch.load(tmp_path / "lp/checkpoints/last.pt", weights_only=True)["model"]
     assert torch.equal(lp[f"backbone.{key}"], src[key])
     cfg = tiny_cfg(finetune={"init": str(ssl_dir), "mode": "lp-ft", "lp_epochs": 1, "epochs": 2})
     run_finetune(cfg, data, tmp_path / "lpft")
-    lpft = torch.load(tmp_path / "lpft/checkpoints/last.pt", weights_only=False)["model"]
+    lpft = torch.load(tmp_path / "lpft/checkpoints/last.pt", weights_only=True)["model"]
     assert not torch.equal(lpft[f"backbone.{key}"], src[key])
     assert not torch.equal(lpft["head.weight"], lp["head.weight"])
 
@@ -391,7 +391,7 @@ def test_two_process_finetune_agrees_and_rank0_writes(data, tmp_path):
         port = s.getsockname()[1]
     out = str(tmp_path / "run")
     mp.spawn(_ddp_worker, args=(port, str(data), out), nprocs=2, join=True)
-    r0, r1 = (torch.load(f"{out}_rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(f"{out}_rank{r}.pt", weights_only=True) for r in (0, 1))
     # rank 0 validates the weights it saves and shares the numbers: same monitor, same stop
     pd.testing.assert_series_equal(r0["history"]["val_loss"], r1["history"]["val_loss"])
     assert r0["best"] == r1["best"]
@@ -423,7 +423,7 @@ def test_init_model_reads_what_the_init_was_trained_with(tmp_path):
     assert init_model("random") is None
     model, source = init_model("kinetics")  # Kinetics-400 fixes the width only, any arch
     assert model == {"width": 1.0} and "Kinetics-400" in source
-    with pytest.raises(UserError, match="not 'random', 'kinetics'"):
+    with pytest.raises(UserError, match="not 'random', 'random-bn', 'kinetics'"):
         init_model(str(tmp_path / "missing.pt"))
 
 

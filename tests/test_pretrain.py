@@ -166,7 +166,7 @@ def test_run_pretrain_echoclr_with_probe(data, tmp_path):
     events = []
     res = run_pretrain(cfg, data, tmp_path / "run", progress=events.append)
     assert res.epochs_run == 2 and res.steps == 2 * res.steps_per_epoch
-    ck = torch.load(res.checkpoint, weights_only=False)
+    ck = torch.load(res.checkpoint, weights_only=True)
     keys = list(ck["model"])
     assert any(k.startswith("backbone.stem.") for k in keys)
     assert any(k.startswith("projector.") for k in keys) and any(
@@ -193,8 +193,8 @@ def test_run_pretrain_resume_equals_uninterrupted(data, tmp_path):
     run_pretrain(tiny_cfg("mi-simclr", epochs=1), data, tmp_path / "b")
     resumed = run_pretrain(cfg2, data, tmp_path / "b", resume=True)
     assert resumed.epochs_run == 2 and resumed.steps == straight.steps
-    a = torch.load(straight.checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.checkpoint, weights_only=False)["model"]
+    a = torch.load(straight.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

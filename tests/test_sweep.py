@@ -585,7 +585,7 @@ def test_paper_grid_config(data_dir, tmp_path):
     )
     plan = plan_sweep(c, data_dir, tmp_path / "sweep")
     assert plan.inits == ["random", "kinetics", "simclr", "mi-simclr", "echoclr"]
-    assert len(plan.runs) == 120  # 2 tasks x 5 inits x (3 x 3 + 3 x 1) LR/ratio points
+    assert len(plan.runs) == 130  # 2 tasks x 5 inits x (3 x 3 + 4 x 1) LR/ratio points
     assert {r.lr for r in plan.runs if r.ratio == 0.1} == {1e-5, 1e-4, 5e-4}
     assert {r.lr for r in plan.runs if r.ratio == 0.25} == {1e-4}
 

@@ -215,7 +215,9 @@ def test_unsafe_pickle_is_not_executed(tmp_path):
 
 
 def test_missing_init_path_and_empty_run_dir(tmp_path):
-    with pytest.raises(UserError, match="not 'random', 'kinetics', a run dir or a checkpoint file"):
+    with pytest.raises(
+        UserError, match="not 'random', 'random-bn', 'kinetics', a run dir or a checkpoint file"
+    ):
         load_into_fresh(cfg_with(str(tmp_path / "nope.pt")))
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match="no checkpoints/best.pt or checkpoints/last.pt"):
