@@ -21,7 +21,7 @@ of a stratified bootstrap over the clusters themselves.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,16 +164,39 @@ def bootstrap_distribution(
     y, p = y[order], p[order]
     idx = resample_indices(y, n, stratified, rng)  # (n, len(y))
     if isinstance(metrics, Mapping):
-        return {
-            name: np.array([fn(y[row], p[row]) for row in idx], dtype=np.float64)
-            for name, fn in metrics.items()
-        }
+        return _per_resample(metrics, y, p, idx)
     names = list(metrics)
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, len(y)))
+
+    def block_values(rows: slice) -> dict[str, np.ndarray]:
+        block = np.sort(idx[rows], axis=1)  # (b, len(y)) sorted by score
+        return batch_metrics(y[block], p[block], names, thresholds)
+
+    return _in_chunks(names, n, len(y), block_values)
+
+
+def _per_resample(
+    metrics: Mapping[str, MetricFn], y: np.ndarray, p: np.ndarray, rows: Iterable[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``name -> (n,)``: each ``fn(y[r], p[r])`` called once per resample's index row ``r``."""
+    rows = list(rows)
+    return {
+        name: np.array([fn(y[r], p[r]) for r in rows], dtype=np.float64)
+        for name, fn in metrics.items()
+    }
+
+
+def _in_chunks(
+    names: list[str],
+    n: int,
+    n_items: int,
+    block_values: Callable[[slice], Mapping[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """``name -> (n,)`` from vectorised blocks of resamples (``block_values(rows)`` for the
+    resamples ``rows``), each block bounded to about ``_BOOT_CHUNK_ELEMENTS`` items."""
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, n_items))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for start in range(0, n, chunk):
-        block = np.sort(idx[start : start + chunk], axis=1)  # (b, len(y)) sorted by score
-        values = batch_metrics(y[block], p[block], names, thresholds)
+        values = block_values(slice(start, start + chunk))
         for k in names:
             parts[k].append(values[k])
     return {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
@@ -322,20 +345,15 @@ def cluster_bootstrap_distribution(
     """
     y, p, counts, item_cluster = cluster_resamples(y_true, y_prob, clusters, n, seed)
     if isinstance(metrics, Mapping):
-        rows = [np.repeat(np.arange(len(y)), c[item_cluster]) for c in counts]
-        return {
-            name: np.array([fn(y[r], p[r]) for r in rows], dtype=np.float64)
-            for name, fn in metrics.items()
-        }
+        rows = (np.repeat(np.arange(len(y)), c[item_cluster]) for c in counts)
+        return _per_resample(metrics, y, p, rows)
     names = list(metrics)
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(1, len(y)))
-    parts: dict[str, list[np.ndarray]] = {k_: [] for k_ in names}
-    for start in range(0, n, chunk):
-        w = counts[start : start + chunk][:, item_cluster]  # (b, n_items) item weights
-        values = weighted_metrics(y, p, w, names, thresholds)
-        for k_ in names:
-            parts[k_].append(values[k_])
-    return {k_: np.concatenate(v) if v else np.empty(0) for k_, v in parts.items()}
+
+    def block_values(rows: slice) -> dict[str, np.ndarray]:
+        w = counts[rows][:, item_cluster]  # (b, n_items) item weights
+        return weighted_metrics(y, p, w, names, thresholds)
+
+    return _in_chunks(names, n, len(y), block_values)
 
 
 def bootstrap_ci(
