@@ -32,6 +32,24 @@ def test_every_option_of_every_command_has_help():
             assert getattr(param, "help", None), f"{name}: {param.name} has no help"
 
 
+def test_training_options_name_their_command_keys_and_meaning():
+    """The training block is declared once, yet each command's help names its own keys, and
+    --batch-size says what a batch is there (issue 24: pretrain's is the global batch)."""
+    import typer
+
+    group = typer.main.get_command(cli.app)
+    helps = {
+        name: {p.name: p.help for p in group.commands[name].params}
+        for name in ("pretrain", "finetune")
+    }
+    assert "(pretrain.batch_size)" in helps["pretrain"]["batch_size"]
+    assert "ALL processes" in helps["pretrain"]["batch_size"]
+    assert "(finetune.batch_size)" in helps["finetune"]["batch_size"]
+    assert "videos per process" in helps["finetune"]["batch_size"]
+    assert helps["finetune"]["epochs"] == "Training epochs (finetune.epochs)."
+    assert not any("<section>" in h for cmd in helps.values() for h in cmd.values())
+
+
 def test_version():
     res = invoke("--version")
     assert res.exit_code == 0 and "echoclr" in res.output
@@ -197,6 +215,7 @@ def test_common_options_adds_the_tail_and_passes_it_as_common():
 
 
 def test_training_options_bundle_the_training_block_as_training():
+    import functools
     import inspect
 
     import pytest
@@ -204,7 +223,7 @@ def test_training_options_bundle_the_training_block_as_training():
     from echoclr_cli.cli.common import Common, Training, common_options, training_options
 
     @common_options(device=False)
-    @training_options
+    @functools.partial(training_options, section="finetune")
     def cmd(x: int = 1, *, training: Training, common: Common):
         return x, training
 
@@ -224,8 +243,8 @@ def test_training_options_bundle_the_training_block_as_training():
         "runtime.seed": 7,
         "runtime.workers": None,
     }
-    with pytest.raises(TypeError, match="training"):
-        training_options(lambda x=1: x)
+    with pytest.raises(TypeError, match="bundled options need a `training`"):
+        training_options(lambda x=1: x, "pretrain")
 
 
 def test_command_options_bundle_a_commands_own_options_as_opts():

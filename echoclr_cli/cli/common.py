@@ -3,7 +3,7 @@ of the command's options dataclass; ``key=`` names the config key it sets, once)
 ``Options.flags()`` (the keys a command's options set, derived from those fields), the options
 several commands declare alike (``data_option``, ``workers_option``, ...), the one list parser
 (``parse_list``), the options tail every command takes (``@common_options`` -> ``Common``), the
-training block (``@training_options`` -> ``Training``), the bundling of a command's own options
+training block (``training_options(func, section)`` -> ``Training``), the bundling of a command's own options
 (``@command_options``; the options themselves sit beside each command), config resolution
 (``build_config`` / ``Common.resolve``, which also prints the command's first line) and error
 handling (``handle_errors``, around every ``@common_options`` command). Only cli/ imports typer.
@@ -12,6 +12,7 @@ handling (``handle_errors``, around every ``@common_options`` command). Only cli
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -422,7 +423,7 @@ def common_options(*, device: bool = True) -> Callable[[Callable], Callable]:
 @dataclass(frozen=True)
 class Training:
     """The training block `pretrain` and `finetune` share (--resume ... --workers), given to a
-    command decorated with ``@training_options`` as its ``training`` argument."""
+    command wrapped by ``training_options`` as its ``training`` argument."""
 
     resume: bool = option(
         "--resume", help="Continue the run from checkpoints/last.pt.", default=False
@@ -433,7 +434,9 @@ class Training:
     )
     epochs: int | None = option("--epochs", key="<section>.epochs", help="Training epochs ({key}).")
     batch_size: int | None = option(
-        "--batch-size", key="<section>.batch_size", help="Batch size per process ({key})."
+        "--batch-size",
+        key="<section>.batch_size",
+        help="Batch size ({key}): {per}.",
     )
     lr: float | None = option(
         "--lr", key="<section>.optim.learning_rate", help="Learning rate ({key})."
@@ -450,10 +453,27 @@ class Training:
         return RunStart(resume=self.resume, overwrite=self.overwrite, force=self.force)
 
 
-def training_options(func: Callable) -> Callable:
+# what a training option means where it differs between the two commands (``{per}`` in its help)
+SECTION_HELP = {
+    "batch_size": {
+        "pretrain": "pairs over ALL processes together (the global NT-Xent batch)",
+        "finetune": "videos per process",
+    }
+}
+
+
+def training_options(func: Callable, section: str) -> Callable:
     """Declare the training block once: the command takes a ``training: Training`` parameter,
-    which Typer sees as the eight options at that place."""
-    return _bundle(func, "training", Training, bundle_params(Training))
+    which Typer sees as the eight options at that place; their help names ``section``'s keys
+    (``<section>`` filled in) and what an option means there (``SECTION_HELP``)."""
+    params = []
+    for name, hint, default in bundle_params(Training):
+        base, info = typing.get_args(hint)
+        info = copy.copy(info)  # the class's option info is shared by both commands
+        per = SECTION_HELP.get(name, {}).get(section, "")
+        info.help = info.help.replace(SECTION, section).replace("{per}", per)
+        params.append((name, Annotated[base, info], default))
+    return _bundle(func, "training", Training, tuple(params))
 
 
 def command(options: type, *, device: bool = True) -> Callable[[Callable], Callable]:

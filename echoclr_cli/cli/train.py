@@ -74,7 +74,7 @@ def training_command(
 
         command.__name__, command.__doc__ = section, show.__doc__
         bundled = command_options(options)(command)
-        return app.command()(common_options()(training_options(bundled)))
+        return app.command()(common_options()(training_options(bundled, section)))
 
     return decorate
 
