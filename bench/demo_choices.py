@@ -23,8 +23,13 @@ variant:
 The rule: an option takes the variant's value when the variant's validation mean is higher
 than the profile's, else it keeps the profile's. The chosen profile (the profile with every
 chosen change) is then the only thing whose test AUROC is printed, once: the demo's own runs when
-nothing changes, else a lowest-ratio run of the chosen profile (``choices/chosen/``), pretrained
-again when a pretraining or preprocessing option changed.
+nothing changes; the demo's runs evaluated on test with the chosen options when only evaluation
+options change; the variant's own runs when one trained option changes (they are the chosen
+profile); else a lowest-ratio run of the chosen profile (``choices/chosen/``), pretrained again
+when a pretraining or preprocessing option changed.
+
+A re-run resumes: finished sweeps, pretraining runs and preprocessing are reused by the commands
+themselves, and an ``eval/choice_*`` evaluation newer than its run's checkpoint is reused.
 
 Everything is written under ``DEMO_ROOT/choices/`` (never inside the demo's own runs except the
 ``eval/choice_*`` folders ``echoclr evaluate`` writes in each run). Prints one JSON line per
@@ -112,6 +117,19 @@ def _score(values: dict[str, list[float]]) -> float:
     """Mean over inits of each init's mean over seeds (every init weighted equally)."""
     means = [statistics.mean(v) for v in values.values() if v]
     return statistics.mean(means) if means else float("nan")
+
+
+def _evaluate(run: Path, split: str, name: str, sets: list[str]) -> Path:
+    """``echoclr evaluate RUN --split SPLIT --name NAME --set ...``; a finished evaluation newer
+    than the run's checkpoint is reused (a re-run of the bench resumes)."""
+    metrics = run / "eval" / name / "metrics.json"
+    ckpt = run / "checkpoints" / "best.pt"
+    if not (metrics.exists() and ckpt.exists() and metrics.stat().st_mtime > ckpt.stat().st_mtime):
+        args = ["evaluate", str(run), "--split", split, "--name", name]
+        for s in sets:
+            args += ["--set", s]
+        _run(args)
+    return metrics
 
 
 def _get(cfg: dict, key: str):
@@ -224,13 +242,8 @@ class Choices:
             for init, dirs in runs.items():
                 for run in dirs:
                     name = f"choice_val_{i}"
-                    args = ["evaluate", str(run), "--split", "val", "--name", name]
-                    for s in sets:
-                        args += ["--set", s]
-                    _run(args)
-                    values.setdefault(init, []).append(
-                        _study_auroc(run / "eval" / name / "metrics.json", "val")
-                    )
+                    metrics = _evaluate(run, "val", name, sets)
+                    values.setdefault(init, []).append(_study_auroc(metrics, "val"))
             self.record(variant, values)
 
     def one_option(self, key: str) -> None:
@@ -259,9 +272,21 @@ class Choices:
         return [self.set_of(k) for k in OPTIONS if self.scores.get(self.set_of(k), -1.0) > base]
 
     def final_test(self, sets: list[str]) -> dict[str, list[float]]:
-        """Test AUROC of the chosen profile (read once): the demo's runs, or a run of it."""
+        """Test AUROC of the chosen profile (read once): the demo's runs when nothing changes;
+        the demo's runs evaluated again when only evaluation options change; the variant's own
+        runs when one trained option changes (the same profile, already trained); else a run of
+        the chosen profile."""
         if not sets:
             return _sweep_values(self.sweep, "test", self.keep)
+        if all(PART[s.split("=", 1)[0]] == "eval" for s in sets):
+            return {
+                init: [
+                    _study_auroc(_evaluate(r, "test", "choice_test", sets), "test") for r in runs
+                ]
+                for init, runs in _lowest_runs(self.sweep, self.keep).items()
+            }
+        if len(sets) == 1 and (self.out / sets[0] / "sweep" / "selection.csv").exists():
+            return _sweep_values(self.out / sets[0] / "sweep", "test")
         return _sweep_values(self.train_variant("chosen", sets), "test")
 
     def table(self) -> str:

@@ -4,6 +4,7 @@ split is read once, for the chosen profile only."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def test_choices_are_made_on_validation_and_test_is_read_for_the_chosen_profile(
         calls.append(args)
         if args[0] == "evaluate":  # evaluation variants: validation only, worse than the profile
             run, name = Path(args[1]), args[args.index("--name") + 1]
-            assert args[args.index("--split") + 1] == "val"
-            _metrics(run / "eval" / name / "metrics.json", 0.1, float("nan"))
+            split = args[args.index("--split") + 1]
+            assert split == "val" or name == "choice_test"  # test only for the chosen profile
+            _metrics(run / "eval" / name / "metrics.json", 0.1, 0.3)
         elif args[0] == "sweep":
             sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
             out = Path(args[args.index("--out") + 1])
@@ -83,10 +85,30 @@ def test_choices_are_made_on_validation_and_test_is_read_for_the_chosen_profile(
     assert {r["split"] for r in ch.rows} == {"val"}
     assert ch.rows[0]["random"] == "0.605 ± 0.007"  # the profile's validation values
     assert ch.chosen() == ["finetune.label_smoothing=0.1"]  # the only variant beating val
+    n_calls = len(calls)
     test = ch.final_test(ch.chosen())
-    assert test == {"random": [0.11, 0.11], "echoclr": [0.12, 0.12]}  # the chosen profile's run
+    # one trained option chosen: its variant's runs are the chosen profile, nothing is retrained
+    assert test == {"random": [0.11, 0.11], "echoclr": [0.12, 0.12]}
+    assert len(calls) == n_calls
+    # two trained options: a run of the chosen profile under choices/chosen
+    two = ["finetune.label_smoothing=0.1", "finetune.early_stop=ours"]
+    assert ch.final_test(two) == {"random": [0.11, 0.11], "echoclr": [0.12, 0.12]}
     final = calls[-1]
-    assert final[0] == "sweep" and "finetune.label_smoothing=0.1" in final
+    assert final[0] == "sweep" and all(s in final for s in two)
     assert str(root / "choices" / "chosen") in final[final.index("--out") + 1]
+    # evaluation options only: the demo's runs evaluated again, on test, with those options
+    n_calls = len(calls)
+    only_eval = ["evaluate.scaling=clip"]
+    assert ch.final_test(only_eval) == {"random": [0.3, 0.3], "echoclr": [0.3, 0.3]}
+    assert [c[0] for c in calls[n_calls:]] == ["evaluate"] * 4
+    assert all(c[c.index("--name") + 1] == "choice_test" for c in calls[n_calls:])
     # nothing chosen: the demo's own runs give the one test figure
     assert ch.final_test([]) == {"random": [0.5, 0.5], "echoclr": [0.7, 0.7]}
+    # a re-run of the bench reuses the finished evaluations (newer than the run's checkpoint)
+    for run in root.glob("runs/sweep/runs/lvh/*/*"):
+        (run / "checkpoints").mkdir(exist_ok=True)
+        (run / "checkpoints" / "best.pt").write_bytes(b"")
+        os.utime(run / "checkpoints" / "best.pt", (1e9, 1e9))  # written before the evaluations
+    n_calls = len(calls)
+    ch.eval()
+    assert len(calls) == n_calls
