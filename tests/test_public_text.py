@@ -192,7 +192,9 @@ def test_task_dot_dot_writes_nothing_outside_runs(tmp_path, monkeypatch):
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
     assert len(res.output.strip().splitlines()) <= 3 and "Traceback" not in res.output
     assert "../x" in res.output and "[A-Za-z0-9_.-]+" in res.output, res.output
-    assert not (tmp_path / "x-random-1-s0").exists() and not list(tmp_path.glob("x-*"))
+    # refused before anything is written: the old default run dir runs/finetune/../x-... was
+    # runs/x-random-1-s0, outside runs/finetune
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == []
 
 
 def test_label_column_names_become_valid_task_names_or_are_refused():
