@@ -175,6 +175,7 @@ def test_fault_41_fifo_device_and_socket_skipped_within_5_s(tmp_path):
     finally:
         if sock is not None:
             sock.close()
+    print(f"FIFO, /dev/zero link and socket skipped; preprocess took {res['seconds']:.2f} s")
     assert res["seconds"] < 5, res
     assert _reasons(tmp_path / "out") == expect
     assert len(load_manifest(tmp_path / "out")) == 1
