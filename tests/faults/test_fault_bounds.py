@@ -14,12 +14,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from faultkit import ROOT, assert_one_line_error, cli, env
+from faultkit import ROOT, assert_one_line_error, cli, env, run, spawn
 
 sys.path.insert(0, str(ROOT / "tests"))
 from preprocess_fixtures import (  # noqa: E402
@@ -70,11 +71,12 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 limit = int(sys.argv[4])
+labels = {"labels": Path(sys.argv[5])} if len(sys.argv) > 5 else {}
 if limit:  # never let an unbounded decoder take the test machine down
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from preprocess_fixtures import small_cfg
 from echoclr_cli.preprocess.run import preprocess
-cfg = small_cfg(input=Path(sys.argv[1]), max_skipped_frac=1.0, short_videos="pad")
+cfg = small_cfg(input=Path(sys.argv[1]), max_skipped_frac=1.0, short_videos="pad", **labels)
 t0 = time.monotonic()
 try:
     preprocess(cfg, Path(sys.argv[1]), Path(sys.argv[2]))
@@ -86,9 +88,10 @@ print(json.dumps({"seconds": time.monotonic() - t0, "status": status,
 """
 
 
-def _child(root: Path, out: Path, limit: int = 0) -> subprocess.Popen:
+def _child(root: Path, out: Path, limit: int = 0, labels: Path | None = None) -> subprocess.Popen:
+    extra = [str(labels)] if labels else []
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), str(out), str(ROOT / "tests"), str(limit)],
+        [sys.executable, "-c", CHILD, str(root), str(out), str(ROOT / "tests"), str(limit), *extra],
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -208,6 +211,37 @@ def test_fault_41_compressed_label_file_read_with_a_size_limit(tmp_path, suffix)
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
+def _gzip_bomb(path: Path, size: int) -> Path:
+    """A label file of about 2 MB holding ``size`` bytes of CSV rows once decompressed: one
+    gzip member compressing 16 MiB of rows, repeated (a gzip file may hold many members)."""
+    block = b"1.2.3.0,1\n" * ((16 << 20) // 10)
+    member = gzip.compress(block, compresslevel=9)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(b"study_id,as\n"))
+        for _ in range(-(-size // len(block))):
+            f.write(member)
+    assert path.stat().st_size < 3_000_000
+    return path
+
+
+def test_fault_41_gzip_label_bomb_refused_by_the_default_limit(tmp_path):
+    """The attack as the issue gives it, with no option set: a ~2 MB labels.csv.gz holding more
+    than the default ``preprocess.max_label_bytes`` (1 GiB) of rows. It is refused in one line
+    after reading at most the limit, within seconds and under a 4 GiB address-space cap (before:
+    pandas read all of it; a 300 MB one was still being read after 600 s at 5.4 GiB RSS)."""
+    limit = 1 << 30  # the default; the refusal below names it, so a changed default shows
+    root = tmp_path / "raw"
+    _dicom(root / "P0" / "a.dcm")
+    labels = _gzip_bomb(tmp_path / "labels.csv.gz", limit + (64 << 20))
+    res, stderr = _result(_child(root, tmp_path / "out", 4 << 30, labels), 60)
+    print(f"gzip label bomb ({labels.stat().st_size:,} bytes): {res}")
+    assert res["status"].startswith("UserError") and "max_label_bytes" in res["status"], (
+        res, stderr[-2000:])  # fmt: skip
+    assert "labels.csv.gz" in res["status"] and f"{limit} bytes" in res["status"]
+    assert res["seconds"] < 30 and res["rss_mb"] < 2048, res  # the limit held, plus 1 GiB
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
 def test_fault_41_small_compressed_label_file_is_read(tmp_path):
     root = tmp_path / "raw"
     for i in range(2):
@@ -295,6 +329,63 @@ def test_fault_42_second_writer_refused_naming_the_holder(tmp_path):
     assert again.exit_code == 0, again.output
     assert len(load_manifest(out)) == 2
     assert cli("check", "--data", out).exit_code == 0
+
+
+# The first writer, held inside its run: after its first file is journaled it says so (a file)
+# and waits for the test's gate file; then it goes on as an ordinary ``echoclr preprocess``.
+HELD_WRITER = r"""
+import os, runpy, sys, time
+from pathlib import Path
+from echoclr_cli.preprocess import journal
+inside, gate = Path(sys.argv[1]), Path(sys.argv[2])
+add = journal.Journal.add
+def held_add(self, *a, **k):
+    add(self, *a, **k)
+    if not inside.exists():
+        inside.write_text(str(os.getpid()))
+        end = time.monotonic() + 120
+        while not gate.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+journal.Journal.add = held_add
+sys.argv = ["echoclr", *sys.argv[3:]]
+runpy.run_module("echoclr_cli", run_name="__main__")
+"""
+
+
+def test_fault_42_two_concurrent_preprocess_runs_one_refused(tmp_path):
+    """The attack as the issue gives it: two real ``echoclr preprocess`` processes into one
+    folder. The second starts while the first is provably inside its run (held after its first
+    file, before the rest), so the test does not depend on timing. The second refuses in one
+    line naming the first's pid; the first then finishes a consistent dataset (before: both
+    exited 0, leaving 62 .npy files for 31 rows and an id map that disagreed with the salt)."""
+    from echoclr_cli.data.privacy import hash_id
+
+    root, out, n = tmp_path / "raw", tmp_path / "data", 4
+    for i in range(n):
+        _dicom(root / f"P{i}" / "a.dcm", seed=i)
+    args = ["preprocess", "--input", str(root), "--output", str(out), *ARGS]
+    inside, gate = tmp_path / "inside", tmp_path / "gate"
+    first = spawn([str(inside), str(gate), *args], code=HELD_WRITER)
+    try:
+        while not inside.exists():
+            assert first.poll() is None, first.communicate()[0]
+            time.sleep(0.01)
+        second = run(args, timeout=120)  # the first is held inside its run meanwhile
+    finally:
+        gate.touch()
+        first_out = first.communicate(timeout=120)[0]
+    man = pd.read_csv(out / "manifest.csv", dtype=str) if (out / "manifest.csv").exists() else []
+    salt = json.loads((out / "private" / "salt.json").read_text())["salt"]
+    ids = pd.read_csv(out / "private" / "id_map.csv", dtype=str)
+    state = {
+        "first exit": first.returncode, "second exit": second.returncode, "rows": len(man),
+        "npy": len(list(out.rglob("*.npy"))),
+        "ids not from the salt": sum(hash_id(salt, k, o) != h for h, o, k in
+                                     zip(ids["hashed"], ids["original"], ids["kind"], strict=True)),
+    }  # fmt: skip
+    assert state == {"first exit": 0, "second exit": 1, "rows": n, "npy": n,
+                     "ids not from the salt": 0}, (state, second.stdout, first_out)  # fmt: skip
+    assert_one_line_error(second.stdout + second.stderr, str(out), f"pid {first.pid}")
 
 
 def test_fault_42_empty_input_still_leaves_no_dataset(tmp_path):
