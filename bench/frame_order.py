@@ -175,27 +175,38 @@ def _split_videos(data: Path, splits: tuple[str, ...]) -> pd.DataFrame:
     return df[df["split"].isin(splits)]
 
 
+def _pair_diffs(f: torch.Tensor, grid: int | None = None) -> torch.Tensor:
+    """(N, C, 4, H, W) -> (N, C*6): per channel, the mean |F_i - F_j| of each frame pair i < j
+    (on a ``grid`` x ``grid`` average of each frame first; None: full resolution)."""
+    if grid is not None:
+        f = torch.nn.functional.adaptive_avg_pool3d(f, (f.shape[2], grid, grid))
+    pairs = itertools.combinations(range(f.shape[2]), 2)
+    return torch.stack([(f[:, :, i] - f[:, :, j]).abs().mean(dim=(2, 3)) for i, j in pairs], 2).flatten(1)  # fmt: skip
+
+
 def _read_points(model: SSLModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The features each order head could read for clips x (N, 3, T, H, W): ``pooled`` (the
-    published head's input), and the ``frames`` head's input (each frame on a 4x4 grid plus
-    the pairwise frame differences) computed on the input pixels, the stem and layer1."""
-    from echoclr_cli.models.backbones import FrameOrderHead
+    """The features an order head could read for clips x (N, 3, T, H, W): ``pooled`` (the
+    published head's input); the pairwise frame distances (``_pair_diffs``) of the input
+    pixels, of the stem and ``layer1`` run on the whole clip (their 3-frame kernels mix the
+    shuffled frames), and of ``layer1`` run on each frame alone (``per_frame_layer1``: the
+    ``frames`` head's input, on its 8x8 grid); and the previous ``frames`` head's input
+    (``layer1`` of the clip: each frame on a 4x4 grid plus the pairwise distances)."""
+    from echoclr_cli.models.backbones import per_frame_layer1
 
     b = model.backbone
-
-    def frames_features(f: torch.Tensor) -> torch.Tensor:
-        head = FrameOrderHead(f.shape[1], f.shape[2], 1)
-        g = torch.nn.functional.adaptive_avg_pool3d(f, (f.shape[2], head.grid, head.grid))
-        diffs = torch.stack(
-            [(g[:, :, i] - g[:, :, j]).abs().mean(dim=(2, 3)) for i, j in head.pairs], 2
-        )
-        return torch.cat([g.flatten(1), diffs.flatten(1)], dim=1)
-
     stem = b.stem(x)
     l1 = b.layer1(stem)
     pooled = b.avgpool(b.layer4(b.layer3(b.layer2(l1)))).flatten(1)
-    return {"pooled": pooled, "pixels_frames": frames_features(x[:, :1]),
-            "stem_frames": frames_features(stem), "layer1_frames": frames_features(l1)}  # fmt: skip
+    grid4 = torch.nn.functional.adaptive_avg_pool3d(l1, (l1.shape[2], 4, 4)).flatten(1)
+    return {
+        "pooled": pooled,
+        "pixels_diff": _pair_diffs(x[:, :1]),
+        "stem_clip_diff": _pair_diffs(stem),
+        "layer1_clip_diff_g8": _pair_diffs(l1, 8),
+        "layer1_clip_grid4+diff_g4 (previous frames head)": torch.cat([grid4, _pair_diffs(l1, 4)], 1),
+        "layer1_per_frame_diff_g4": _pair_diffs(per_frame_layer1(b, x), 4),
+        "layer1_per_frame_diff_g8 (frames head)": _pair_diffs(per_frame_layer1(b, x), 8),
+    }  # fmt: skip
 
 
 def probe(data: Path, n_train: int, n_test: int, init: Path | None, tstride: int, batch: int = 64):

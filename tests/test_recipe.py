@@ -45,6 +45,7 @@ PAPER = {
     "pretrain.clip_len": 4,
     "pretrain.stride": 1,
     "pretrain.reorder_frames": 4,
+    "pretrain.reorder_head": "linear",
     "pretrain.nt_xent_weight": 1.0,
     "pretrain.reorder_weight": 1.0,
     "pretrain.exclude_same_study_negatives": False,

@@ -123,6 +123,7 @@ pretrain.temperature | 0.05 | NT-Xent temperature 0.05
 pretrain.clip_len | 4 | pretraining clips of 4 frames
 pretrain.stride | 1 | consecutive frames (stride 1)
 pretrain.reorder_frames | 4 | EchoCLR: 4 frames permuted, 4! = 24 classes
+pretrain.reorder_head | linear | EchoCLR order head: one linear layer on the pooled features
 pretrain.nt_xent_weight | 1.0 | loss = NT-Xent + cross-entropy
 pretrain.reorder_weight | 1.0 | loss = NT-Xent + cross-entropy
 pretrain.exclude_same_study_negatives | false | every other clip is a negative

@@ -11,6 +11,7 @@ smaller widths make the CPU demo profile run in minutes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -115,19 +116,18 @@ def permutations(k: int) -> list[tuple[int, ...]]:
 
 REORDER_HEADS = ("linear", "frames")  # pretrain.reorder_head: published | ours (FrameOrderHead)
 FRAMES_HEAD_HIDDEN = 256
-FRAMES_HEAD_GRID = 4  # each frame's map is averaged onto a GRID x GRID grid
+FRAMES_HEAD_GRID = 8  # each frame's map is averaged onto a GRID x GRID grid
 
 
 class FrameOrderHead(nn.Module):
-    """Frame-order head that reads ``layer1``'s output, where every frame still has its own
-    feature map (the r3d/mc3/r(2+1)d stems and ``layer1`` keep time; ``layer2``-``layer4`` halve
-    it, so 4 frames reach the pooled features as 1 time step).
-
-    Each frame's map is averaged onto a ``grid`` x ``grid`` grid (which also averages out the
-    per-frame speckle); the features are every frame's grid (C*T*grid^2: where things are) and,
-    for each pair of frames i < j, the mean of ``|G_i - G_j|`` over the grid (C*T(T-1)/2: which
-    frames are neighbours); then Linear - ReLU - Linear to the K! orders. Not the published head
-    (a linear layer on the pooled features): ``pretrain.reorder_head=frames``.
+    """Frame-order head on each frame's own ``layer1`` map (``per_frame_layer1``), averaged onto a
+    ``grid`` x ``grid`` grid G. For each pair of frames i < j and each channel, three numbers of
+    the difference D = G_j - G_i: the mean of ``|D|`` (how far apart two frames are, the cue of
+    a pixel-difference rule; the same for a clip and its reversal) and D's first moments along
+    y and x (where the map gained against where it lost: which way things moved, so a clip and
+    its reversal differ). C*3*T(T-1)/2 features, then BatchNorm - Linear - ReLU - Linear to the
+    K! orders. Not the published head (a linear layer on the pooled features):
+    ``pretrain.reorder_head=frames``.
     """
 
     def __init__(
@@ -142,28 +142,68 @@ class FrameOrderHead(nn.Module):
         self.frames = frames
         self.grid = grid
         self.pairs = list(itertools.combinations(range(frames), 2))
-        n_in = channels * (frames * grid * grid + len(self.pairs))
+        n_in = channels * 3 * len(self.pairs)
+        coords = torch.linspace(-1.0, 1.0, grid)
+        self.register_buffer("ycoord", coords.view(grid, 1), persistent=False)
+        self.register_buffer("xcoord", coords.view(1, grid), persistent=False)
         self.mlp = nn.Sequential(
-            nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes)
+            nn.BatchNorm1d(n_in),
+            nn.Linear(n_in, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, classes),
         )
 
-    def forward(self, f: Tensor) -> Tensor:
-        """f: (N, C, T, H, W) feature map with T == frames -> logits (N, K!)."""
+    def features(self, f: Tensor) -> Tensor:
+        """f: (N, C, T, H, W) per-frame maps -> (N, C*3*P): per frame pair, mean |D| and D's y and
+        x moments (D = G_j - G_i on the grid)."""
         if f.shape[2] != self.frames:
             raise ValueError(f"the frames head needs {self.frames} time steps, got {f.shape[2]}")
         g = nn.functional.adaptive_avg_pool3d(f, (self.frames, self.grid, self.grid))  # (N,C,T,g,g)
-        diffs = torch.stack(
-            [(g[:, :, i] - g[:, :, j]).abs().mean(dim=(2, 3)) for i, j in self.pairs], dim=2
-        )  # (N, C, P)
-        return self.mlp(torch.cat([g.flatten(1), diffs.flatten(1)], dim=1))
+        d = torch.stack([g[:, :, j] - g[:, :, i] for i, j in self.pairs], dim=2)  # (N,C,P,g,g)
+        dims = (3, 4)
+        feats = (d.abs().mean(dims), (d * self.ycoord).mean(dims), (d * self.xcoord).mean(dims))
+        return torch.cat(feats, dim=2).flatten(1)  # (N, C*3P)
+
+    def forward(self, f: Tensor) -> Tensor:
+        """f: (N, C, T, H, W) per-frame maps with T == frames -> logits (N, K!)."""
+        return self.mlp(self.features(f))
 
 
-def encode_with_layer1(backbone: WidthVideoResNet, x: Tensor) -> tuple[Tensor, Tensor]:
-    """torchvision's VideoResNet forward, also returning ``layer1``'s output:
-    x (N, 3, T, H, W) -> (h (N, out_dim), layer1 map (N, C1, T, H/2, W/2))."""
-    f = backbone.layer1(backbone.stem(x))
-    y = backbone.layer4(backbone.layer3(backbone.layer2(f)))
-    return backbone.fc(backbone.avgpool(y).flatten(1)), f
+@contextlib.contextmanager
+def _running_stats_kept(*modules: nn.Module):
+    """BatchNorm layers of ``modules`` normalise with batch statistics as usual but leave their
+    running statistics unchanged (momentum 0) inside the block."""
+    bns = [
+        m
+        for mod in modules
+        for m in mod.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+
+
+def per_frame_layer1(backbone: WidthVideoResNet, x: Tensor) -> Tensor:
+    """``layer1``'s map of every frame on its own: x (N, 3, T, H, W) -> (N, C1, T, H/2, W/2).
+
+    The frames go through the stem and ``layer1`` as a batch of 1-frame clips, so the 3-frame
+    temporal kernels see only their centre tap: no frame is mixed with its (shuffled)
+    neighbours. On the whole clip the stem and ``layer1`` already span all 4 frames, and the
+    pairwise differences of their maps no longer tell which frames are neighbours
+    (docs/BENCHMARKS.md, issue 24). Same weights as the clip's forward pass; the BatchNorm
+    running statistics are left to the clip's pass.
+    """
+    n, c, t, h, w = x.shape
+    xf = x.transpose(1, 2).reshape(n * t, c, 1, h, w)
+    with _running_stats_kept(backbone.stem, backbone.layer1):
+        f = backbone.layer1(backbone.stem(xf))  # (N*T, C1, 1, h', w')
+    return f.reshape(n, t, f.shape[1], *f.shape[3:]).transpose(1, 2)
 
 
 class SSLModel(nn.Module):
@@ -171,8 +211,8 @@ class SSLModel(nn.Module):
 
     ``projector``: Linear(out_dim, hidden, no bias) - ReLU - Linear(hidden, proj_dim, no bias).
     ``reorder_head``: None, or for ``reorder_head="linear"`` (published) Linear(out_dim, K!) on
-    the pooled features; for ``"frames"`` a ``FrameOrderHead`` on ``layer1``'s map of the
-    ``reorder_frames`` frames.
+    the pooled features; for ``"frames"`` a ``FrameOrderHead`` on ``layer1``'s map of each of the
+    ``reorder_frames`` frames on its own (``per_frame_layer1``).
     """
 
     def __init__(
@@ -208,8 +248,7 @@ class SSLModel(nn.Module):
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(h, order logits or None) of one backbone call."""
         if self.reorder_from_frames:
-            h, f = encode_with_layer1(self.backbone, x)
-            return h, self.reorder_head(f)
+            return self.backbone(x), self.reorder_head(per_frame_layer1(self.backbone, x))
         h = self.backbone(x)  # (N, F)
         return h, self.reorder_head(h) if self.reorder_head is not None else None
 

@@ -21,7 +21,8 @@ candidates), ``reorder_chance`` = ln K! and ``reorder_acc_chance`` = 1/K! (K = 4
 
 The model is the ``SSLModel``: ``backbone.*`` (what fine-tuning loads), ``projector.*`` and, for
 a reorder method, ``reorder_head.*`` (``pretrain.reorder_head``: ``linear`` on the pooled
-features as published, or ``frames`` on layer1's per-frame maps, models/backbones.py).
+features as published, or ``frames`` on the distances between the frames' own layer1 maps,
+models/backbones.py).
 """
 
 from __future__ import annotations
