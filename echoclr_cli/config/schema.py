@@ -95,8 +95,8 @@ class PretrainConfig(Section):
     reorder_head: Literal["linear", "frames"] = Field(
         "linear",
         description="EchoCLR order head: linear = Linear on the pooled features (paper); "
-        "frames = an MLP on the pairwise distances of the frames' layer1 maps, stem and layer1 "
-        "run on each frame alone (docs/METHOD_NOTES.md, docs/BENCHMARKS.md)",
+        "frames = an MLP on each frame pair's layer1 map difference (mean |D| and its signed "
+        "y/x moments), stem and layer1 run on each frame alone (docs/METHOD_NOTES.md)",
     )
     nt_xent_weight: float = Field(1.0, ge=0)
     reorder_weight: float = Field(1.0, ge=0)

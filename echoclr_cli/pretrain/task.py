@@ -21,7 +21,7 @@ candidates), ``reorder_chance`` = ln K! and ``reorder_acc_chance`` = 1/K! (K = 4
 
 The model is the ``SSLModel``: ``backbone.*`` (what fine-tuning loads), ``projector.*`` and, for
 a reorder method, ``reorder_head.*`` (``pretrain.reorder_head``: ``linear`` on the pooled
-features as published, or ``frames`` on the distances between the frames' own layer1 maps,
+features as published, or ``frames`` on the differences between the frames' own layer1 maps,
 models/backbones.py).
 """
 
