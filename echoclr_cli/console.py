@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from echoclr_cli import events
+from echoclr_cli.pretrain.methods import METHODS
 
 
 def _console(stderr: bool) -> Console:
@@ -139,7 +140,8 @@ def settings_line(
                   f"batch {cfg.evaluate.batch_size} videos"]  # fmt: skip
     elif section in ("finetune", "sweep", "check"):
         parts += [f"clip {ft.clip_len}", f"width {cfg.model.width:g}", f"batch {ft.batch_size}"]
-    if section in ("pretrain", "demo") and pt.reorder_head != "linear":  # not the published head
+    reorders = section == "demo" or (section == "pretrain" and METHODS[pt.method].reorder)
+    if reorders and pt.reorder_head != "linear":  # not the published head
         parts.append(f"EchoCLR order head {pt.reorder_head} (paper: linear)")
     if section not in ("synth", "preprocess", "check"):
         parts.append(f"device {cfg.runtime.device}")

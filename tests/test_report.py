@@ -107,8 +107,14 @@ def test_settings_line_names_profile_and_data_and_model_settings():
     demo = load_config(profile="demo")
     assert report.settings_line(demo, "pretrain", "auto") == (
         "profile demo (auto: CPU) | frames 64x64 | method echoclr | clip 4 | width 0.25 "
-        "| batch 32 | device auto"
+        "| batch 32 | EchoCLR order head frames (paper: linear) | device auto"
+    )  # the demo's one non-published model option is said on the first line ...
+    mi = demo.model_copy(
+        update={"pretrain": demo.pretrain.model_copy(update={"method": "mi-simclr"})}
     )
+    assert "order head" not in report.settings_line(mi, "pretrain")  # ... where it is used
+    assert "order head frames" in report.settings_line(demo, "demo")
+    assert "order head" not in report.settings_line(load_config(profile="paper"), "pretrain")
     assert report.settings_line(demo, "finetune", "demo") == (
         "profile demo | frames 64x64 | clip 4 | width 0.25 | batch 16 | device auto"
     )
