@@ -82,6 +82,27 @@ def test_frames_head_tells_a_clip_from_its_reversal():
     assert torch.equal(fwd[2], torch.zeros(6))  # nothing moved along x
 
 
+@pytest.mark.parametrize("arch", ["r3d_18", "r2plus1d_18"])
+def test_per_frame_pass_equals_each_frame_as_a_one_frame_clip(arch):
+    """The centre-tap convolutions give what the stem and layer1 give each frame as its own
+    zero-padded 1-frame clip, values and gradients, and leave the convs' padding as it was."""
+    torch.manual_seed(0)
+    bb = build_backbone(arch, 0.125).double().train()
+    x = torch.randn(3, 3, 4, 32, 32, dtype=torch.float64)
+    pads = [m.padding for m in bb.modules() if isinstance(m, torch.nn.Conv3d)]
+    ours = per_frame_layer1(bb, x)
+    (g_ours,) = torch.autograd.grad(ours.square().sum(), bb.stem[0].weight)
+    with torch.no_grad():
+        for m in bb.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.momentum = 0.0  # the reference pass must not move the statistics either
+    frames = x.transpose(1, 2).reshape(12, 3, 1, 32, 32)  # one batch of 1-frame clips
+    ref = bb.layer1(bb.stem(frames)).reshape(3, 4, -1, 16, 16).transpose(1, 2)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), bb.stem[0].weight)
+    assert torch.allclose(ours, ref, atol=1e-10) and torch.allclose(g_ours, g_ref, atol=1e-8)
+    assert [m.padding for m in bb.modules() if isinstance(m, torch.nn.Conv3d)] == pads
+
+
 def test_per_frame_pass_leaves_the_running_statistics_to_the_clip_pass():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 4, 32, 32)
