@@ -7,7 +7,6 @@ from pathlib import Path
 
 from echoclr_cli import console as report
 from echoclr_cli.cli.common import (
-    FRAME_SIZE_KEY,
     Common,
     Options,
     argument,
@@ -16,6 +15,7 @@ from echoclr_cli.cli.common import (
     overwrite_option,
     setting,
 )
+from echoclr_cli.cli.follow import FRAME_SIZE_KEY
 from echoclr_cli.events import counter
 
 
