@@ -102,6 +102,10 @@ def _fit(model: SSLModel, batches, steps: int, lr: float, label: dict, opts: dic
                                       "seconds": round(time.perf_counter() - t0)}), flush=True)  # fmt: skip
 
 
+BN_WARMUP_STEP = 10**6  # the batches that estimate frozen BatchNorm statistics (PairDataset
+# seeds take non-negative epochs only; the old -1 - i raised in SeedSequence)
+
+
 def _estimate_bn(model: SSLModel, batches, n: int) -> None:
     """BatchNorm running statistics from ``n`` batches (cumulative average), then frozen:
     the BatchNorm layers stay in eval mode while the rest trains."""
@@ -111,7 +115,7 @@ def _estimate_bn(model: SSLModel, batches, n: int) -> None:
         m.momentum = None
     with torch.no_grad():
         for i in range(n):
-            model(batches(-1 - i)[0])
+            model(batches(BN_WARMUP_STEP + i)[0])  # steps the training never reaches
     for m in bns:
         m.eval()
         m.train = lambda mode=True, m=m: m  # stays frozen
