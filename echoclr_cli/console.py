@@ -140,9 +140,12 @@ def settings_line(
                   f"batch {cfg.evaluate.batch_size} videos"]  # fmt: skip
     elif section in ("finetune", "sweep", "check"):
         parts += [f"clip {ft.clip_len}", f"width {cfg.model.width:g}", f"batch {ft.batch_size}"]
+    published = {"resize": type(cfg.preprocess)().resize, "head": type(pt)().reorder_head}
+    if section in ("preprocess", "demo") and cfg.preprocess.resize != published["resize"]:
+        parts.append(f"resize {cfg.preprocess.resize} (paper: {published['resize']})")
     reorders = section == "demo" or (section == "pretrain" and METHODS[pt.method].reorder)
-    if reorders and pt.reorder_head != "linear":  # not the published head
-        parts.append(f"EchoCLR order head {pt.reorder_head} (paper: linear)")
+    if reorders and pt.reorder_head != published["head"]:  # not the published head
+        parts.append(f"EchoCLR order head {pt.reorder_head} (paper: {published['head']})")
     if section not in ("synth", "preprocess", "check"):
         parts.append(f"device {cfg.runtime.device}")
     return " | ".join(parts)

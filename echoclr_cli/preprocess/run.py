@@ -204,17 +204,23 @@ def order_note(before: dict, salt: str) -> list[str]:
 
 # What a user archive takes from the published settings (the code defaults) whatever the profile:
 # a profile's frame size and split are for the embedded demo archive only.
-ARCHIVE_KEYS = {"size": "--size", "split": "--set preprocess.split=..."}  # key -> how to set it
+ARCHIVE_KEYS = {  # key -> how to set it
+    "size": "--size",
+    "split": "--set preprocess.split=...",
+    "resize": "--set preprocess.resize=...",
+}
 
 
 def _shown(key: str, value: object) -> str:
     if key == "split":
         return "split " + "/".join(f"{100 * float(v):g}" for v in value)  # type: ignore[union-attr]
+    if key == "resize":
+        return f"resize {value}"
     return f"frame size {value} px"
 
 
 def user_archive_settings(cfg: Config, explicit: Collection[str]) -> tuple[Config, list[str]]:
-    """``cfg`` with the published frame size and split (the code defaults) for a user archive
+    """``cfg`` with the published frame size, split and resize (the code defaults) for a user archive
     (``preprocess.input`` set), except the keys the user set (``explicit``: dotted config keys
     given by a flag, ``--set`` or a ``--config`` file). The profile's values apply only to the
     embedded demo archive. Returns the config and one line saying what changed (none: [])."""
