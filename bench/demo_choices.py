@@ -155,6 +155,7 @@ class Choices:
         self.methods = [i for i in self.inits if i not in ("random", "random-bn", "kinetics")]
         dataset = json.loads((self.data / "dataset.json").read_text())
         self.size = dataset["size"]
+        self.split = dataset["config"]["split"]  # the demo dataset's own split
         self.current = {k: self.profile_value(k, dataset) for k in OPTIONS}
         self.rows: list[dict] = []
         self.scores: dict[str, float] = {}
@@ -205,10 +206,13 @@ class Choices:
         return root
 
     def preprocess_again(self, data: Path, sets: list[str]) -> None:
-        # an explicit --input is a user archive, which gets the paper's 112 px unless --size is
-        # given: pass the demo dataset's own size so only the resize rule changes
+        # an explicit --input is a user archive, which gets the paper's 112 px, split and resize
+        # unless given: pass the demo dataset's own size and split so only the resize changes
+        # (the first version passed the size only: the variant's splits were the paper's 75/10/15)
+        split = "[" + ",".join(str(x) for x in self.split) + "]"
         args = ["preprocess", "--profile", "demo", "--input", str(self.root / "raw"),
-                "--output", str(data), "--size", str(self.size)]  # fmt: skip
+                "--output", str(data), "--size", str(self.size),
+                "--set", f"preprocess.split={split}"]  # fmt: skip
         for s in sets:
             args += ["--set", s]
         _run(args)

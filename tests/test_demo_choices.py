@@ -46,7 +46,7 @@ def _demo(root: Path) -> Path:
     (sweep / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     (root / "data").mkdir()
     (root / "data" / "dataset.json").write_text(
-        json.dumps({"size": 64, "config": {"resize": "whole_frame"}})
+        json.dumps({"size": 64, "config": {"resize": "whole_frame", "split": [0.6, 0.15, 0.25]}})
     )
     return root
 
@@ -112,3 +112,16 @@ def test_choices_are_made_on_validation_and_test_is_read_for_the_chosen_profile(
     n_calls = len(calls)
     ch.eval()
     assert len(calls) == n_calls
+
+
+def test_the_preprocess_variant_keeps_the_demo_datasets_size_and_split(tmp_path, monkeypatch):
+    """`--input` makes the raw archive a user archive, which gets the paper's size and split
+    unless given: the variant passes the demo dataset's own, so only its option changes."""
+    root = _demo(tmp_path / "demo")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo_choices, "_run", calls.append)
+    demo_choices.Choices(root).preprocess_again(tmp_path / "d", ["preprocess.resize=sector_crop"])
+    (args,) = calls
+    assert args[args.index("--size") + 1] == "64"
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert sets == ["preprocess.split=[0.6,0.15,0.25]", "preprocess.resize=sector_crop"]
