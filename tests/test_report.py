@@ -118,10 +118,14 @@ def test_settings_line_names_profile_and_data_and_model_settings():
     assert report.settings_line(demo, "finetune", "demo") == (
         "profile demo | frames 64x64 | clip 4 | width 0.25 | batch 16 | device auto"
     )
-    assert report.settings_line(demo, "preprocess") == (
-        "profile demo | frames 64x64 | resize sector_crop (paper: whole_frame)"
-    )  # the profile's one non-published data option, on the first line
-    assert "resize" not in report.settings_line(load_config(profile="paper"), "preprocess")
+    assert report.settings_line(demo, "preprocess") == "profile demo | frames 64x64"
+    crop = demo.model_copy(
+        update={"preprocess": demo.preprocess.model_copy(update={"resize": "sector_crop"})}
+    )  # a non-published resize is said on the first line of the commands it shapes
+    assert report.settings_line(crop, "preprocess").endswith(
+        "| resize sector_crop (paper: whole_frame)"
+    )
+    assert "resize sector_crop" in report.settings_line(crop, "demo")
     assert report.settings_line(demo, "synth") == (
         "profile demo | 200 studies | raw frames 160x212 | dicom"
     )

@@ -55,13 +55,10 @@ def test_user_archive_is_written_at_112_px_with_the_published_split_on_cpu(user_
     assert first_line(res).startswith(
         "profile demo (auto: CPU) | frames 112x112 (paper, user archive)"
     )
-    assert "frame size 112 px, split 75/10/15, resize whole_frame (paper) for this archive" in (
-        res.output
-    )
+    assert "frame size 112 px, split 75/10/15 (paper) for this archive" in res.output
     info = json.loads((data / "dataset.json").read_text())
     assert info["size"] == 112
     assert info["config"]["split"] == [0.75, 0.10, 0.15]  # not the demo profile's 60/15/25
-    assert info["config"]["resize"] == "whole_frame"  # nor its sector crop
     report = json.loads((data / "report.json").read_text())
     patients = {split: n["patients"] for split, n in report["split_sizes"].items()}
     assert patients == {"train": 15, "val": 2, "test": 3}  # the demo's split: 12/3/5
@@ -79,16 +76,18 @@ def test_a_split_or_size_the_user_sets_is_kept_and_the_demo_archive_keeps_the_pr
     )
     cfg, notes = user_archive_settings(user, frozenset())
     assert (cfg.preprocess.size, cfg.preprocess.split) == (112, (0.75, 0.10, 0.15))
-    assert cfg.preprocess.resize == "whole_frame"
-    assert len(notes) == 1
-    assert "demo profile's frame size 64 px, split 60/15/25, resize sector_crop" in notes[0]
+    assert len(notes) == 1 and "demo profile's frame size 64 px, split 60/15/25" in notes[0]
     split_set = user_set_keys(None, parse_set(["preprocess.split=[0.6,0.15,0.25]"]))
     cfg, notes = user_archive_settings(user, split_set)
     assert (cfg.preprocess.size, cfg.preprocess.split) == (112, (0.6, 0.15, 0.25))
-    assert notes[0].startswith("frame size 112 px, resize whole_frame (paper)")
-    assert "split" not in notes[0]
+    assert notes[0].startswith("frame size 112 px (paper)") and "split" not in notes[0]
+    crop = user.model_copy(  # a profile's resize applies to the demo archive only, too
+        update={"preprocess": user.preprocess.model_copy(update={"resize": "sector_crop"})}
+    )
+    cfg, notes = user_archive_settings(crop, frozenset())
+    assert cfg.preprocess.resize == "whole_frame" and "resize whole_frame" in notes[0]
     yml = tmp_path / "mine.yaml"  # a --config file counts as the user's choice too
-    yml.write_text("preprocess:\n  size: 48\n  split: [0.5, 0.25, 0.25]\n  resize: sector_crop\n")
+    yml.write_text("preprocess:\n  size: 48\n  split: [0.5, 0.25, 0.25]\n")
     cfg, notes = user_archive_settings(user, user_set_keys([yml], {}))
     assert (cfg.preprocess.size, cfg.preprocess.split) == (64, (0.6, 0.15, 0.25)) and not notes
 

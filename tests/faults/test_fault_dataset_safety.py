@@ -191,15 +191,15 @@ def test_34_user_archive_gets_paper_size_unless_set(tmp_path):
             "--set", "preprocess.min_frames=8"]  # fmt: skip
     res = cli(*base, "--output", tmp_path / "a")
     assert res.exit_code == 0, res.output
-    assert "frame size 112 px, split 75/10/15, resize whole_frame (paper)" in res.output
-    assert "demo profile's frame size 64 px, split 60/15/25, resize sector_crop" in res.output
+    assert "frame size 112 px, split 75/10/15 (paper)" in res.output
+    assert "demo profile's frame size 64 px, split 60/15/25" in res.output
     assert "frames 112x112 (paper, user archive)" in res.output.splitlines()[0]
     assert json.loads((tmp_path / "a" / "dataset.json").read_text())["size"] == 112
     assert load_manifest(tmp_path / "a")["height"].tolist() == [112, 112]
     res = cli(*base, "--output", tmp_path / "b", "--set", "preprocess.size=48")
     assert res.exit_code == 0, res.output
     assert "frame size" not in res.output and "(paper, user archive)" not in res.output
-    assert "split 75/10/15, resize whole_frame (paper)" in res.output  # what the user did not set
+    assert "split 75/10/15 (paper)" in res.output  # the split the user did not set
     assert json.loads((tmp_path / "b" / "dataset.json").read_text())["size"] == 48
 
 
