@@ -189,19 +189,26 @@ def _running_stats_kept(*modules: nn.Module):
             m.momentum = mom
 
 
-def _centre_taps(stack: nn.Module) -> tuple[dict[str, Tensor], list[tuple[nn.Conv3d, tuple]]]:
-    """For each Conv3d of ``stack`` whose temporal kernel is centred (kernel 2p+1, padding p,
-    stride 1, dilation 1): its weight's centre tap (name -> (O, I, 1, kh, kw), a view of the
-    parameter, so gradients reach it) and (conv, its padding with no temporal padding). On a
-    1-frame input such a conv only ever multiplies the other taps by the zero padding."""
-    taps, pads = {}, []
+@contextlib.contextmanager
+def _centre_taps(stack: nn.Module):
+    """Inside the block, each Conv3d of ``stack`` whose temporal kernel is centred (kernel 2p+1,
+    padding p, stride 1, dilation 1) has no temporal padding, and the block gets its weight's
+    centre tap (name -> (O, I, 1, kh, kw), a view of the parameter, so gradients reach it) to
+    call ``stack`` with. On a 1-frame input such a conv only ever multiplies the other taps by
+    the zero padding. The paddings are restored after."""
+    taps, saved = {}, []
     for name, m in stack.named_modules():
         if isinstance(m, nn.Conv3d) and m.kernel_size[0] > 1:
             (k, *_), (p, *hw) = m.kernel_size, m.padding
             if k == 2 * p + 1 and m.stride[0] == 1 and m.dilation[0] == 1:
                 taps[f"{name}.weight"] = m.weight[:, :, p : p + 1]
-                pads.append((m, (0, *hw)))
-    return taps, pads
+                saved.append((m, m.padding))
+                m.padding = (0, *hw)
+    try:
+        yield taps
+    finally:
+        for m, pad in saved:
+            m.padding = pad
 
 
 def per_frame_layer1(backbone: WidthVideoResNet, x: Tensor) -> Tensor:
@@ -219,16 +226,8 @@ def per_frame_layer1(backbone: WidthVideoResNet, x: Tensor) -> Tensor:
     n, c, t, h, w = x.shape
     xf = x.transpose(1, 2).reshape(n * t, c, 1, h, w)
     stack = nn.Sequential(backbone.stem, backbone.layer1)
-    taps, pads = _centre_taps(stack)
-    saved = [(m, m.padding) for m, _ in pads]
-    try:
-        for m, pad in pads:
-            m.padding = pad
-        with _running_stats_kept(stack):
-            f = torch.func.functional_call(stack, taps, (xf,), strict=False)  # (N*T, C1, 1, ..)
-    finally:
-        for m, pad in saved:
-            m.padding = pad
+    with _centre_taps(stack) as taps, _running_stats_kept(stack):
+        f = torch.func.functional_call(stack, taps, (xf,), strict=False)  # (N*T, C1, 1, ..)
     return f.reshape(n, t, f.shape[1], *f.shape[3:]).transpose(1, 2)
 
 

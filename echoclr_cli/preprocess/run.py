@@ -203,7 +203,7 @@ def order_note(before: dict, salt: str) -> list[str]:
 
 
 # What a user archive takes from the published settings (the code defaults) whatever the profile:
-# a profile's frame size and split are for the embedded demo archive only.
+# a profile's frame size, split and resize are for the embedded demo archive only.
 ARCHIVE_KEYS = {  # key -> how to set it
     "size": "--size",
     "split": "--set preprocess.split=...",
